@@ -1,0 +1,138 @@
+"""High-level inference: weights + config -> model; RGB images -> boxes, classes, scores, masks.
+
+    predictor = Predictor.from_weights("CondInst_MS_R_50_1x.pth")
+    result = predictor(read_image("photo.jpg"))[0]      # ImageResult at the photo's size
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import (CheckpointError, config_from_checkpoint, load_state_dict_strict, read_checkpoint,
+                         split_checkpoint)
+from .config import CondInstConfig, ConfigError, PRESETS, get_preset
+from .model import CondInst, HeadOutputs, normalize_and_pad
+from .postprocess import ImageResult, postprocess
+from .preprocess import resize_image, to_rgb_uint8
+
+
+def resolve_config(config: CondInstConfig | str | os.PathLike) -> CondInstConfig:
+    """A config object, a preset name or a YAML file (AdelaiDet preset or cfg.dump())."""
+    if isinstance(config, CondInstConfig):
+        return config
+    text = str(config)
+    if text in PRESETS:
+        return get_preset(text)
+    if text.endswith((".yaml", ".yml")):
+        from .yaml_config import config_from_yaml
+
+        return config_from_yaml(text)
+    raise ConfigError(f"--config {text!r} is neither a preset ({', '.join(PRESETS)}) nor a .yaml file")
+
+
+def _merge_test_settings(arch: CondInstConfig, given: CondInstConfig) -> CondInstConfig:
+    """Architecture and class names come from the checkpoint; input/test settings from `given`."""
+    return replace(arch, name=given.name, input=given.input,
+                   fcos=replace(arch.fcos, score_threshold=given.fcos.score_threshold,
+                                pre_nms_topk=given.fcos.pre_nms_topk, post_nms_topk=given.fcos.post_nms_topk,
+                                nms_threshold=given.fcos.nms_threshold))
+
+
+def load_model(weights: str | os.PathLike | None, config: CondInstConfig | str | os.PathLike | None = None,
+               device: str | torch.device = "cpu") -> tuple[CondInst, CondInstConfig]:
+    """Build a CondInst in eval mode and load `weights` strictly.
+
+    Without `config`, the architecture comes from the checkpoint (ours stores it; official ones are
+    recognised from their keys and shapes). With `config`, the model is built from it and the
+    checkpoint must fit it exactly. `weights=None` gives randomly initialised weights (needs config).
+    """
+    cfg = resolve_config(config) if config is not None else None
+    if weights is None:
+        if cfg is None:
+            raise ConfigError("either weights or a config is needed to build a model")
+        return CondInst(cfg).to(device).eval(), cfg
+    sd, kind, extras = split_checkpoint(read_checkpoint(weights))
+    stored = config_from_checkpoint(extras, sd, kind)
+    if cfg is None:
+        cfg = stored
+    else:
+        if not cfg.class_names and stored.class_names and cfg.fcos.num_classes == stored.fcos.num_classes:
+            cfg = replace(cfg, class_names=stored.class_names, category_ids=stored.category_ids)
+    model = CondInst(cfg)
+    try:
+        load_state_dict_strict(model, sd, source=f"checkpoint {Path(weights).name}")
+    except CheckpointError as e:
+        hint = (f" (the checkpoint looks like: {stored.neck.kind}, R-{stored.backbone.depth}, "
+                f"{stored.fcos.num_classes} classes, semantic head {'on' if stored.mask_branch.semantic_loss_on else 'off'})")
+        raise CheckpointError(str(e) + hint) from None
+    return model.to(device).eval(), cfg
+
+
+class Predictor:
+    """Runs the official test-time pipeline on RGB uint8 images of any size.
+
+    Resize (shortest edge, PIL bilinear), BGR/RGB per config, normalise, pad to 32, detect and
+    segment, then boxes and masks back at each image's original size.
+    """
+
+    def __init__(self, model: CondInst, cfg: CondInstConfig | None = None, device: str | torch.device | None = None):
+        self.model = model.eval()
+        self.cfg = cfg or model.cfg
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+
+    @classmethod
+    def from_weights(cls, weights, config=None, device: str = "cpu", score_threshold: float | None = None,
+                     min_size: int | None = None, max_size: int | None = None) -> "Predictor":
+        model, cfg = load_model(weights, config, device)
+        if score_threshold is not None:
+            cfg.fcos.score_threshold = score_threshold
+        if min_size is not None:
+            cfg.input.min_size_test = min_size
+        if max_size is not None:
+            cfg.input.max_size_test = max_size
+        return cls(model, cfg, device)
+
+    # ---- class metadata ---------------------------------------------------------------------
+    def class_name(self, index: int) -> str:
+        return self.cfg.class_names[index] if self.cfg.class_names else f"class_{index}"
+
+    def category_id(self, index: int) -> int:
+        return int(self.cfg.category_ids[index]) if self.cfg.category_ids else int(index) + 1
+
+    # ---- pipeline -----------------------------------------------------------------------------
+    def prepare(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """RGB uint8 images -> (B, 3, H, W) normalised padded batch and the resized sizes."""
+        tensors, sizes = [], []
+        for image in images:
+            image = to_rgb_uint8(image)
+            resized = resize_image(image, self.cfg.input.min_size_test, self.cfg.input.max_size_test)
+            if self.cfg.input.format == "BGR":
+                resized = resized[:, :, ::-1]
+            tensors.append(torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1))
+            sizes.append(tuple(resized.shape[:2]))
+        batch = normalize_and_pad(tensors, self.cfg.input.pixel_mean, self.cfg.input.pixel_std,
+                                  self.cfg.input.size_divisibility)
+        return batch, sizes
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray | list[np.ndarray]) -> list[ImageResult]:
+        if isinstance(images, np.ndarray):
+            images = [images]
+        if not images:
+            return []
+        batch, sizes = self.prepare(images)
+        results = self.model.inference(batch, sizes)
+        return [postprocess(r.detections, r.mask_logits, tuple(batch.shape[-2:]), size, image.shape[:2],
+                            self.cfg.mask_head.mask_threshold)
+                for r, size, image in zip(results, sizes, images)]
+
+    @torch.no_grad()
+    def heads(self, image: np.ndarray) -> tuple[HeadOutputs, torch.Tensor, tuple[int, int]]:
+        """Dense outputs of one image (for explanations): (outputs, padded batch, resized size)."""
+        batch, sizes = self.prepare([image])
+        return self.model.forward_heads(batch), batch, sizes[0]
