@@ -1,0 +1,1 @@
+"""CondInst Studio annotation app: workspace persistence, export and UI."""

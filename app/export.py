@@ -1,0 +1,239 @@
+"""Export a workspace as a COCO instance-segmentation dataset (folder or zip).
+
+Output layout (folder and zip alike)::
+
+    annotations/instances.json
+    images/<file>            copies of the workspace images, unique file names
+
+COCO ids are the workspace's own stable ids: ``images[].id`` is the image id,
+``annotations[].id`` the instance id and ``category_id`` the category id, so the same object
+keeps the same id across exports, also after other instances are deleted.
+
+What is exported: every image (or only reviewed ones), all categories, and every instance that
+is not deleted. Hidden instances *are* exported (hidden is only a view flag). Instances whose
+mask is empty are skipped, and in polygon mode also those whose mask yields no polygon with at
+least 3 points. Polygon mode keeps only outer contours (holes are filled) and is close to,
+but not guaranteed identical with, the stored mask; use RLE mode for exact masks.
+``area`` and ``bbox`` always come from the exact RLE mask.
+
+Exporting zero images (an empty workspace, or ``reviewed_only`` with nothing reviewed) raises
+``ExportError`` instead of writing an empty dataset. All writes are atomic: the folder export
+is built in a temporary folder and moved into place with ``os.replace``; the zip is written
+to a temporary file that replaces ``zip_path`` at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from app.workspace import (Instance, Workspace, WorkspaceSnapshot, fsync_dir,
+                           sanitize_file_name)
+
+MaskFormat = Literal["rle", "polygon"]
+ANNOTATIONS_PATH = "annotations/instances.json"
+IMAGES_DIR = "images"
+
+
+class ExportError(Exception):
+    """The export could not be written; the message is meant to be shown to the user."""
+
+
+@dataclass(frozen=True)
+class CocoExport:
+    """A COCO dataset dict plus the image files to copy (source path -> name in images/)."""
+
+    dataset: dict[str, Any]
+    files: list[tuple[Path, str]]
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Outer contours of a mask as COCO polygons ``[x1, y1, x2, y2, ...]``.
+
+    ``cv2.findContours`` (``RETR_CCOMP``) runs on the mask's bounding box upsampled 2x, and
+    each vertex is mapped back with ``(v + 0.5) / 2``, i.e. a quarter pixel inside the outer
+    edge of the boundary pixels. Rasterised again by pycocotools this reproduces the mask
+    (hole-filled) far better than contours through pixel centres, which lose about half a
+    pixel all around (IoU < 0.9 for objects ~10 px wide). Hole contours (those with a
+    parent) are dropped, so holes are filled; polygons with fewer than 3 points are skipped.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return []
+    y0, x0 = int(rows[0]), int(cols[0])
+    crop = mask[y0:rows[-1] + 1, x0:cols[-1] + 1].astype(np.uint8)
+    upsampled = np.ascontiguousarray(crop.repeat(2, axis=0).repeat(2, axis=1))
+    contours, hierarchy = cv2.findContours(upsampled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    polygons = []
+    for contour, (_next, _prev, _child, parent) in zip(contours, hierarchy[0]):
+        points = contour.reshape(-1, 2).astype(np.float64)
+        if parent != -1 or len(points) < 3:
+            continue
+        points = (points + 0.5) / 2.0 + (x0, y0)
+        polygons.append([float(value) for value in points.flatten()])
+    return polygons
+
+
+def _annotation(instance: Instance, mask_format: MaskFormat) -> dict[str, Any] | None:
+    """The COCO annotation of one instance, or None if it has nothing to export."""
+    rle = instance.rle
+    area = float(mask_utils.area(rle))
+    if area == 0:
+        return None
+    if mask_format == "rle":
+        segmentation: Any = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    else:
+        segmentation = mask_to_polygons(instance.mask)
+        if not segmentation:
+            return None
+    return {
+        "id": instance.id,
+        "image_id": instance.image_id,
+        "category_id": instance.category_id,
+        "segmentation": segmentation,
+        "area": area,
+        "bbox": [float(value) for value in mask_utils.toBbox(rle)],
+        "iscrowd": 0,
+    }
+
+
+def _export_file_names(snapshot: WorkspaceSnapshot) -> dict[int, str]:
+    """A unique (case-insensitively) file name per image: original stem + stored extension.
+
+    Images are visited in id order; a clashing name gets ``-<image id>`` appended.
+    """
+    used: set[str] = set()
+    names: dict[int, str] = {}
+    for image in snapshot.images:
+        stem = Path(sanitize_file_name(image.original_name)).stem or "image"
+        extension = snapshot.image_paths[image.id].suffix
+        name = f"{stem}{extension}"
+        counter = 1
+        while name.lower() in used:
+            name = f"{stem}-{image.id}{extension}" if counter == 1 else \
+                f"{stem}-{image.id}-{counter}{extension}"
+            counter += 1
+        used.add(name.lower())
+        names[image.id] = name
+    return names
+
+
+def build_coco(workspace: Workspace, reviewed_only: bool = False,
+               mask_format: MaskFormat = "rle") -> CocoExport:
+    """Build the COCO dict and the list of image files from one consistent workspace read."""
+    if mask_format not in ("rle", "polygon"):
+        raise ExportError(f"mask_format must be 'rle' or 'polygon', got {mask_format!r}")
+    snapshot = workspace.snapshot(reviewed_only=reviewed_only)
+    if not snapshot.images:
+        which = "reviewed images" if reviewed_only else "images"
+        raise ExportError(f"Nothing to export: the workspace has no {which}")
+    names = _export_file_names(snapshot)
+    images, annotations, files = [], [], []
+    for image in snapshot.images:
+        source = snapshot.image_paths[image.id]
+        if not source.is_file():
+            raise ExportError(f"Image file {source} of image {image.id} is missing")
+        files.append((source, names[image.id]))
+        images.append({"id": image.id, "file_name": names[image.id],
+                       "width": image.width, "height": image.height})
+        for instance in snapshot.instances[image.id]:
+            annotation = _annotation(instance, mask_format)
+            if annotation is not None:
+                annotations.append(annotation)
+    categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory}
+                  for c in snapshot.categories]
+    info = {"description": "CondInst Studio export",
+            "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    dataset = {"info": info, "licenses": [], "images": images, "annotations": annotations,
+               "categories": categories}
+    return CocoExport(dataset, files)
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush one file's contents to disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_tree(root: Path, export: CocoExport) -> None:
+    """Write ``images/`` and ``annotations/instances.json`` under ``root`` (fsynced)."""
+    (root / IMAGES_DIR).mkdir()
+    (root / "annotations").mkdir()
+    for source, name in export.files:
+        target = root / IMAGES_DIR / name
+        shutil.copyfile(source, target)
+        _fsync_file(target)
+    json_path = root / ANNOTATIONS_PATH
+    json_path.write_text(json.dumps(export.dataset), encoding="utf-8")
+    _fsync_file(json_path)
+
+
+def export_coco(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only: bool = False,
+                mask_format: MaskFormat = "rle", overwrite: bool = False) -> Path:
+    """Export to ``out_dir/annotations/instances.json`` + ``out_dir/images/``.
+
+    Only these two sub-folders of ``out_dir`` are written; other content is left alone.
+    If they exist already, ``overwrite=True`` is required and they are replaced as a whole.
+    Returns the path of the annotations JSON.
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
+    export = build_coco(workspace, reviewed_only, mask_format)
+    targets = [out_dir / IMAGES_DIR, out_dir / "annotations"]  # annotations moved in last
+    existing = [str(target) for target in targets if target.exists()]
+    if existing and not overwrite:
+        raise ExportError(f"{', '.join(existing)} already exist; pass overwrite=True to replace")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".coco-export-"))
+    try:
+        (staging / "new").mkdir()
+        (staging / "old").mkdir()
+        _write_tree(staging / "new", export)
+        for target in targets:
+            if target.exists():
+                os.replace(target, staging / "old" / target.name)
+            os.replace(staging / "new" / target.name, target)
+        fsync_dir(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / ANNOTATIONS_PATH
+
+
+def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike,
+                    reviewed_only: bool = False, mask_format: MaskFormat = "rle") -> Path:
+    """Export the same layout into a zip file (replacing ``zip_path`` atomically)."""
+    zip_path = Path(zip_path).expanduser().resolve()
+    export = build_coco(workspace, reviewed_only, mask_format)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=zip_path.parent, prefix=f".{zip_path.name}.",
+                                    suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            with zipfile.ZipFile(handle, "w") as archive:
+                archive.writestr(ANNOTATIONS_PATH, json.dumps(export.dataset),
+                                 compress_type=zipfile.ZIP_DEFLATED)
+                for source, name in export.files:
+                    archive.write(source, f"{IMAGES_DIR}/{name}",
+                                  compress_type=zipfile.ZIP_STORED)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, zip_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    fsync_dir(zip_path.parent)
+    return zip_path
+
