@@ -24,3 +24,31 @@ COCO_CLASS_NAMES = (
     "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
     "hair drier", "toothbrush",
 )
+
+
+def encode_rle(mask) -> dict:
+    """(H, W) bool mask -> COCO compressed RLE {"size": [H, W], "counts": str}."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def result_to_coco(result, file_name: str, class_names, category_ids, image_id=None,
+                   min_score: float = 0.0) -> list[dict]:
+    """One image's `ImageResult` -> COCO results entries (bbox xywh, score, RLE segmentation)."""
+    entries = []
+    boxes, scores, classes = result.boxes.tolist(), result.scores.tolist(), result.classes.tolist()
+    for k, (box, score, c) in enumerate(zip(boxes, scores, classes)):
+        if score < min_score:
+            continue
+        x1, y1, x2, y2 = box
+        entry = {"file_name": file_name, "category_id": int(category_ids[c]), "category_name": class_names[c],
+                 "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                 "score": round(float(score), 6), "segmentation": encode_rle(result.masks[k].cpu().numpy())}
+        if image_id is not None:
+            entry = {"image_id": image_id, **entry}
+        entries.append(entry)
+    return entries

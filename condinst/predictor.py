@@ -82,6 +82,7 @@ class Predictor:
     def __init__(self, model: CondInst, cfg: CondInstConfig | None = None, device: str | torch.device | None = None):
         self.model = model.eval()
         self.cfg = cfg or model.cfg
+        self.model.cfg = self.cfg  # thresholds used by model.detect
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
 

@@ -1,0 +1,34 @@
+"""Drawing detections with supervision's annotators."""
+from __future__ import annotations
+
+import numpy as np
+import supervision as sv
+
+from .postprocess import ImageResult
+
+
+def to_supervision(result: ImageResult, min_score: float = 0.0) -> sv.Detections:
+    """ImageResult -> sv.Detections (boxes, masks, scores, class ids), keeping scores >= min_score."""
+    keep = (result.scores >= min_score).cpu().numpy()
+    return sv.Detections(xyxy=result.boxes.cpu().numpy()[keep].astype(np.float32),
+                         mask=result.masks.cpu().numpy()[keep],
+                         confidence=result.scores.cpu().numpy()[keep].astype(np.float32),
+                         class_id=result.classes.cpu().numpy()[keep].astype(int))
+
+
+def draw(image: np.ndarray, detections: sv.Detections, labels: list[str] | None = None,
+         opacity: float = 0.5) -> np.ndarray:
+    """Overlay masks, boxes and labels on an (H, W, 3) uint8 RGB image; returns a new image."""
+    lookup = sv.ColorLookup.INDEX
+    out = sv.MaskAnnotator(opacity=opacity, color_lookup=lookup).annotate(image.copy(), detections)
+    out = sv.BoxAnnotator(thickness=2, color_lookup=lookup).annotate(out, detections)
+    if labels is not None and len(detections):
+        out = sv.LabelAnnotator(text_scale=0.4, text_padding=3, color_lookup=lookup,
+                                smart_position=True).annotate(out, detections, labels=labels)
+    return out
+
+
+def draw_result(image: np.ndarray, result: ImageResult, class_names, min_score: float = 0.0) -> np.ndarray:
+    det = to_supervision(result, min_score)
+    labels = [f"{class_names[c]} {s:.2f}" for c, s in zip(det.class_id, det.confidence)]
+    return draw(image, det, labels)
