@@ -131,8 +131,12 @@ def convert_mmdet_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     BN `num_batches_tracked` counters are dropped (our ResNet norms are frozen); the 0-dim FCOS
     scales become shape (1,). Unrecognised keys are kept as they are so the strict load reports them.
     """
+    num_tower_convs = len({m[1] for k in sd if (m := re.match(r"^mask_head\.mask_feature_head\.conv_branch\.(\d+)\.", k))})
     out = {}
     for key, value in sd.items():
+        if key.startswith("mask_head.mask_feature_head.conv_pred."):
+            out[f"mask_branch.tower.{num_tower_convs}.{key.rsplit('.', 1)[1]}"] = value
+            continue
         if key.endswith("num_batches_tracked") and key.startswith("backbone."):
             continue
         new = _mmdet_resnet_key(key)
@@ -158,6 +162,10 @@ def infer_config(sd: dict[str, torch.Tensor], kind: str) -> CondInstConfig:
     """
     cfg = get_preset("mmdet_condinst_r50_fpn_ms_poly_90k" if kind == "mmdet" else "MS_R_50_1x")
     cfg.name = "inferred-" + kind
+    required = ("controller.weight", "proposal_generator.fcos_head.cls_logits.weight", "mask_branch.refine.0.0.weight")
+    if not all(k in sd for k in required):
+        raise CheckpointError(f"not a CondInst checkpoint: it has no {' / '.join(required)} "
+                              f"(its first keys: {', '.join(list(sd)[:4])})")
     try:
         bifpn = any(k.startswith("backbone.repeated_bifpn.") for k in sd)
         rn = "backbone.bottom_up.backbone." if bifpn else "backbone.bottom_up."

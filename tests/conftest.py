@@ -27,3 +27,4 @@ def parity_dir():
     if not PARITY.is_dir():
         pytest.skip(f"reference data not found at {PARITY} (set CONDINST_SHARED)")
     return PARITY
+
