@@ -5,6 +5,8 @@ Module and parameter names follow detectron2/AdelaiDet (`backbone.bottom_up.res3
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,13 +18,24 @@ from .layers import ConvNorm, c2_xavier_fill
 RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """FrozenBN (pretrained, the official models), BN, or GN with up to 32 groups (from scratch)."""
+    if kind == "FrozenBN":
+        return FrozenBatchNorm2d(channels)
+    if kind == "BN":
+        return nn.BatchNorm2d(channels)
+    if kind == "GN":
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
 class BasicStem(nn.Module):
     """7x7/2 conv + FrozenBN + ReLU + 3x3/2 max pool: (B, 3, H, W) -> (B, C, H/4, W/4)."""
 
-    def __init__(self, out_channels: int):
+    def __init__(self, out_channels: int, norm: str = "FrozenBN"):
         super().__init__()
         self.conv1 = ConvNorm(3, out_channels, 7, stride=2, padding=3, bias=False,
-                              norm=FrozenBatchNorm2d(out_channels))
+                              norm=make_norm(norm, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu_(self.conv1(x))
@@ -36,20 +49,25 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int, stride: int,
-                 stride_in_1x1: bool):
+                 stride_in_1x1: bool, norm: str = "FrozenBN"):
         super().__init__()
         if in_channels != out_channels:
             self.shortcut = ConvNorm(in_channels, out_channels, 1, stride=stride, bias=False,
-                                     norm=FrozenBatchNorm2d(out_channels))
+                                     norm=make_norm(norm, out_channels))
         else:
             self.shortcut = None
         s1x1, s3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1, stride=s1x1, bias=False,
-                              norm=FrozenBatchNorm2d(bottleneck_channels))
+                              norm=make_norm(norm, bottleneck_channels))
         self.conv2 = ConvNorm(bottleneck_channels, bottleneck_channels, 3, stride=s3x3, padding=1, bias=False,
-                              norm=FrozenBatchNorm2d(bottleneck_channels))
+                              norm=make_norm(norm, bottleneck_channels))
         self.conv3 = ConvNorm(bottleneck_channels, out_channels, 1, bias=False,
-                              norm=FrozenBatchNorm2d(out_channels))
+                              norm=make_norm(norm, out_channels))
+        if norm != "FrozenBN":  # from scratch: start each residual branch near zero
+            nn.init.constant_(self.conv3.norm.weight, 0.0)
+        for conv in (self.conv1, self.conv2, self.conv3, self.shortcut):
+            if conv is not None and norm != "FrozenBN":
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
@@ -68,7 +86,7 @@ class ResNet(nn.Module):
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
-        self.stem = BasicStem(cfg.stem_out_channels)
+        self.stem = BasicStem(cfg.stem_out_channels, cfg.norm)
         in_ch = cfg.stem_out_channels
         bottleneck = cfg.width_per_group
         out_ch = cfg.res2_out_channels
@@ -80,7 +98,7 @@ class ResNet(nn.Module):
             blocks = []
             for b in range(num_blocks):
                 blocks.append(Bottleneck(in_ch, bottleneck, out_ch, first_stride if b == 0 else 1,
-                                         stride_in_1x1=cfg.style == "caffe"))
+                                         stride_in_1x1=cfg.style == "caffe", norm=cfg.norm))
                 in_ch = out_ch
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)

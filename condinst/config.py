@@ -37,6 +37,8 @@ class BackboneConfig:
     res2_out_channels: int = 256
     width_per_group: int = 64
     freeze_at: int = 2  # 0 = train everything, 1 = freeze stem, 2 = stem + res2 (detectron2 meaning)
+    # FrozenBN for pretrained weights (all official models); GN / BN to train from scratch.
+    norm: Literal["FrozenBN", "BN", "GN"] = "FrozenBN"
 
 
 @dataclass
@@ -171,6 +173,8 @@ class CondInstConfig:
             raise ConfigError(f"backbone.depth must be 50 or 101, got {self.backbone.depth}")
         if self.backbone.style not in ("caffe", "pytorch"):
             raise ConfigError(f"backbone.style must be 'caffe' or 'pytorch', got {self.backbone.style!r}")
+        if self.backbone.norm not in ("FrozenBN", "BN", "GN"):
+            raise ConfigError(f"backbone.norm must be FrozenBN, BN or GN, got {self.backbone.norm!r}")
         if self.neck.kind not in ("fpn", "bifpn"):
             raise ConfigError(f"neck.kind must be 'fpn' or 'bifpn', got {self.neck.kind!r}")
         if self.neck.out_channels % 32:
