@@ -58,6 +58,7 @@ def decode_level(cls_logits: torch.Tensor, bbox_reg: torch.Tensor, ctrness: torc
     `pre_nms_topk` candidates per image are kept, by ranking score.
     """
     b, k, h, w = cls_logits.shape
+    cls_logits, bbox_reg, ctrness = cls_logits.float(), bbox_reg.float(), ctrness.float()
     probs = cls_logits.sigmoid().permute(0, 2, 3, 1).reshape(b, h * w, k)
     ctr = ctrness.sigmoid().reshape(b, h * w)
     reg = bbox_reg.permute(0, 2, 3, 1).reshape(b, h * w, 4) * stride

@@ -17,7 +17,7 @@ from .checkpoint import (CheckpointError, config_from_checkpoint, load_state_dic
 from .config import CondInstConfig, ConfigError, PRESETS, get_preset
 from .model import CondInst, HeadOutputs, normalize_and_pad
 from .postprocess import ImageResult, postprocess
-from .preprocess import resize_image, to_rgb_uint8
+from .preprocess import resize_image, resized_shape, to_rgb_uint8
 
 
 def resolve_config(config: CondInstConfig | str | os.PathLike) -> CondInstConfig:
@@ -79,16 +79,23 @@ class Predictor:
     segment, then boxes and masks back at each image's original size.
     """
 
-    def __init__(self, model: CondInst, cfg: CondInstConfig | None = None, device: str | torch.device | None = None):
+    def __init__(self, model: CondInst, cfg: CondInstConfig | None = None, device: str | torch.device | None = None,
+                 fast: bool = False, fast_dtype: torch.dtype = torch.bfloat16):
+        """`fast`: channels_last, autocast to `fast_dtype` on CUDA, resizing on the device (close to,
+        not bit-identical with, the official pipeline). The default fp32 mode is the reference."""
         self.model = model.eval()
         self.cfg = cfg or model.cfg
         self.model.cfg = self.cfg  # thresholds used by model.detect
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
+        self.fast = fast
+        self.fast_dtype = fast_dtype
+        if fast:
+            self.model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_weights(cls, weights, config=None, device: str = "cpu", score_threshold: float | None = None,
-                     min_size: int | None = None, max_size: int | None = None) -> "Predictor":
+                     min_size: int | None = None, max_size: int | None = None, fast: bool = False) -> "Predictor":
         model, cfg = load_model(weights, config, device)
         if score_threshold is not None:
             cfg.fcos.score_threshold = score_threshold
@@ -96,7 +103,7 @@ class Predictor:
             cfg.input.min_size_test = min_size
         if max_size is not None:
             cfg.input.max_size_test = max_size
-        return cls(model, cfg, device)
+        return cls(model, cfg, device, fast=fast)
 
     # ---- class metadata ---------------------------------------------------------------------
     def class_name(self, index: int) -> str:
@@ -111,14 +118,29 @@ class Predictor:
         tensors, sizes = [], []
         for image in images:
             image = to_rgb_uint8(image)
-            resized = resize_image(image, self.cfg.input.min_size_test, self.cfg.input.max_size_test)
+            if self.fast:
+                resized = self._resize_on_device(image)
+            else:
+                resized = torch.from_numpy(resize_image(image, self.cfg.input.min_size_test,
+                                                        self.cfg.input.max_size_test)).to(self.device).permute(2, 0, 1)
             if self.cfg.input.format == "BGR":
-                resized = resized[:, :, ::-1]
-            tensors.append(torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1))
-            sizes.append(tuple(resized.shape[:2]))
+                resized = resized.flip(0)
+            tensors.append(resized)
+            sizes.append(tuple(resized.shape[-2:]))
         batch = normalize_and_pad(tensors, self.cfg.input.pixel_mean, self.cfg.input.pixel_std,
                                   self.cfg.input.size_divisibility)
+        if self.fast:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         return batch, sizes
+
+    def _resize_on_device(self, image: np.ndarray) -> torch.Tensor:
+        """Antialiased bilinear resize on the model's device: (H, W, 3) uint8 -> (3, h, w) float."""
+        h, w = resized_shape(image.shape[0], image.shape[1], self.cfg.input.min_size_test,
+                             self.cfg.input.max_size_test)
+        x = torch.from_numpy(image).to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
+        if (h, w) != tuple(image.shape[:2]):
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        return x[0].round_().clamp_(0, 255)
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray | list[np.ndarray]) -> list[ImageResult]:
@@ -127,10 +149,15 @@ class Predictor:
         if not images:
             return []
         batch, sizes = self.prepare(images)
-        results = self.model.inference(batch, sizes)
+        with self._autocast():
+            results = self.model.inference(batch, sizes)
         return [postprocess(r.detections, r.mask_logits, tuple(batch.shape[-2:]), size, image.shape[:2],
                             self.cfg.mask_head.mask_threshold)
                 for r, size, image in zip(results, sizes, images)]
+
+    def _autocast(self):
+        enabled = self.fast and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=self.fast_dtype, enabled=enabled)
 
     @torch.no_grad()
     def heads(self, image: np.ndarray) -> tuple[HeadOutputs, torch.Tensor, tuple[int, int]]:

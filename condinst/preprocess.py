@@ -96,4 +96,4 @@ def resize_image(image: np.ndarray, short_edge: int, max_size: int) -> np.ndarra
     newh, neww = resized_shape(h, w, short_edge, max_size)
     if (newh, neww) == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
