@@ -1,0 +1,263 @@
+"""Command-line front ends of training and evaluation (used by `python -m condinst train|evaluate`).
+
+    python -m condinst train --config MS_R_50_1x --weights R-50.pkl \\
+        --train-ann train.json --train-images train/ --val-ann val.json --val-images val/ --output-dir out/
+    torchrun --nproc_per_node 8 -m condinst train ...            # same flags, one process per GPU
+    python -m condinst train ... --output-dir out/ --resume        # continue a stopped run
+    python -m condinst evaluate --weights out/model_final.pth --ann val.json --images val/
+
+`--config` is a preset name, an AdelaiDet YAML, or a JSON config dump (the `config.json` a training
+run writes). User errors (bad config, missing files, unreadable weights or annotations) end with a
+one-line message and exit code 2. `python -m training.cli train|evaluate ...` works too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from condinst.checkpoint import CheckpointError
+from condinst.config import CondInstConfig, ConfigError, PRESETS
+
+logger = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem with the user's input, reported in one line with exit code 2."""
+
+
+# ---- shared helpers ---------------------------------------------------------------------------------
+
+def load_config(spec: str) -> CondInstConfig:
+    """A preset name, an AdelaiDet YAML file, or our JSON config dump (optionally {"config": {...}})."""
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"--config {spec}: no such file")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config {spec}: not valid JSON ({e})") from None
+        if isinstance(data, dict) and isinstance(data.get("config"), dict) and "backbone" not in data:
+            data = data["config"]
+        return CondInstConfig.from_dict(data).validate()
+    from condinst.predictor import resolve_config
+
+    if spec.endswith((".yaml", ".yml")) and not Path(spec).is_file():
+        raise ConfigError(f"--config {spec}: no such file")
+    return resolve_config(spec)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input rather than a bug."""
+    from condinst.preprocess import ImageError
+
+    from .data import DatasetError
+
+    return (UsageError, ConfigError, CheckpointError, DatasetError, ImageError, FileNotFoundError)
+
+
+def _run_reporting_errors(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return fn(args)
+    except _user_errors() as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (so redirected/captured output keeps working)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _setup_logging() -> None:
+    from .distributed import get_rank, launched_by_torchrun
+
+    log = logging.getLogger("training")
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    rank = int(os.environ.get("RANK", "0")) if launched_by_torchrun() else get_rank()
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def _check_file(path: str | None, flag: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+
+
+def _check_dir(path: str | None, flag: str) -> None:
+    if path is not None and not Path(path).is_dir():
+        raise UsageError(f"{flag} {path}: no such directory")
+
+
+def _open_dataset(ann: str, images: str, on_error: str):
+    from .data import CocoInstances
+
+    return CocoInstances(ann, images, on_error=on_error)
+
+
+# ---- train ---------------------------------------------------------------------------------------------
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of `condinst train`."""
+    parser.add_argument("--config", default="MS_R_50_1x",
+                        help=f"preset ({', '.join(PRESETS)}), AdelaiDet YAML, or JSON config dump (default MS_R_50_1x)")
+    parser.add_argument("--train-ann", required=True, help="COCO instances JSON of the training set")
+    parser.add_argument("--train-images", required=True, help="folder the training file_names are relative to")
+    parser.add_argument("--val-ann", help="COCO JSON of a validation set (box and mask AP during/after training)")
+    parser.add_argument("--val-images", help="image folder of the validation set")
+    parser.add_argument("--output-dir", required=True, help="checkpoints, metrics.jsonl, TensorBoard events, log")
+    parser.add_argument("--weights", help="initial weights: R-50.pkl / R-101.pkl (detectron2 ImageNet), torchvision "
+                                          "resnet50/101 .pth, or a CondInst checkpoint to fine-tune; none = scratch")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
+    parser.add_argument("--max-iter", type=int, help="iterations (default: the config's, e.g. 90000 for 1x)")
+    parser.add_argument("--batch-size", type=int, help="global images per iteration (default: the config's, 16)")
+    parser.add_argument("--lr-scale-batch", action="store_true",
+                        help="with --batch-size B: linear scaling rule, LR x B/16 and iterations/steps/warmup x 16/B")
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (default off)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--num-workers", type=int, default=4, help="data-loading processes per training process")
+    parser.add_argument("--eval-period", type=int, default=0,
+                        help="evaluate every N iterations (0: only at the end, when --val-ann is given)")
+    parser.add_argument("--checkpoint-period", type=int, help="save every N iterations (default: the config's, 5000)")
+    parser.add_argument("--log-period", type=int, default=20, help="log losses every N iterations")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation")
+    parser.add_argument("--sync-bn", choices=("auto", "all", "none"), default="auto",
+                        help="multi-GPU SyncBatchNorm: auto = as AdelaiDet (BiFPN norms; the mask branch keeps "
+                             "per-GPU BN), all = every BatchNorm, none")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="bad annotations/images: stop with an error (default) or skip them with a warning")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run `condinst train` with parsed arguments; returns 0 (exit code 2 via SystemExit on bad input)."""
+    return _run_reporting_errors(_train, args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    _setup_logging()
+    _check_file(args.train_ann, "--train-ann")
+    _check_dir(args.train_images, "--train-images")
+    if (args.val_ann is None) != (args.val_images is None):
+        raise UsageError("--val-ann and --val-images go together")
+    _check_file(args.val_ann, "--val-ann")
+    _check_dir(args.val_images, "--val-images")
+    if args.weights is not None:
+        _check_file(args.weights, "--weights")
+    for flag in ("max_iter", "batch_size", "checkpoint_period"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.num_workers < 0 or args.eval_period < 0 or args.log_period < 1:
+        raise UsageError("--num-workers and --eval-period must be >= 0, --log-period >= 1")
+    if args.lr_scale_batch and args.batch_size is None:
+        raise UsageError("--lr-scale-batch needs --batch-size")
+    from .engine import LAST_CHECKPOINT
+
+    output_dir = Path(args.output_dir)
+    if not args.resume and (output_dir / LAST_CHECKPOINT).is_file():
+        raise UsageError(f"--output-dir {output_dir} already holds a run ({LAST_CHECKPOINT} exists): pass --resume "
+                         "to continue it, or choose another folder")
+    cfg = load_config(args.config)
+    train_set = _open_dataset(args.train_ann, args.train_images, args.on_error)
+    val_set = _open_dataset(args.val_ann, args.val_images, args.on_error) if args.val_ann else None
+    from .engine import train
+
+    train(cfg, train_set, output_dir, val_set=val_set, init_weights=args.weights, resume=args.resume,
+          max_iter=args.max_iter, batch_size=args.batch_size, amp=args.amp, device=args.device,
+          eval_period=args.eval_period, checkpoint_period=args.checkpoint_period, num_workers=args.num_workers,
+          seed=args.seed, log_period=args.log_period, lr_scale_batch=args.lr_scale_batch, sync_bn=args.sync_bn,
+          progress=not args.no_progress)
+    from .distributed import cleanup_distributed
+
+    cleanup_distributed()
+    return 0
+
+
+# ---- evaluate ------------------------------------------------------------------------------------------
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of `condinst evaluate`."""
+    parser.add_argument("--weights", required=True, help="a CondInst checkpoint (ours, AdelaiDet or mmdetection)")
+    parser.add_argument("--ann", required=True, help="COCO instances JSON with the ground truth")
+    parser.add_argument("--images", required=True, help="folder the file_names are relative to")
+    parser.add_argument("--config", help="preset / YAML / JSON config (default: the one stored in or inferred "
+                                         "from the checkpoint); test-time settings are taken from it")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--output", help="write the detections as a COCO results JSON here")
+    parser.add_argument("--max-images", type=int, help="evaluate only the first N images (quick check)")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="bad annotations/images: stop with an error (default) or skip them")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run `condinst evaluate`; prints the AP table; returns 0 (exit code 2 via SystemExit on bad input)."""
+    return _run_reporting_errors(_evaluate, args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    _setup_logging()
+    _check_file(args.weights, "--weights")
+    _check_file(args.ann, "--ann")
+    _check_dir(args.images, "--images")
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
+    from condinst.predictor import Predictor
+
+    from .distributed import resolve_device
+    from .evaluation import evaluate, format_metrics
+
+    config = load_config(args.config) if args.config else None
+    try:
+        device = resolve_device(args.device)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--device {args.device}: {e}") from None
+    predictor = Predictor.from_weights(args.weights, config, device=str(device))
+    dataset = _open_dataset(args.ann, args.images, args.on_error)
+    out = evaluate(predictor, dataset, output_file=args.output, progress=not args.no_progress,
+                   max_images=args.max_images, log_summary=False)
+    print(f"{out.num_images} images, {out.num_detections} detections, {out.seconds:.1f}s "
+          f"({1000 * out.timings['inference_s_per_image']:.0f} ms/image inference)")
+    print(format_metrics(out.metrics))
+    if out.results_file is not None:
+        print(f"results written to {out.results_file}")
+    return 0
+
+
+# ---- standalone entry point ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.cli", description="CondInst training and evaluation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_arguments(sub.add_parser("train", help="train CondInst on a COCO-format dataset"))
+    add_evaluate_arguments(sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_train(args) if args.command == "train" else run_evaluate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
