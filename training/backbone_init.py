@@ -266,9 +266,13 @@ def adapt_config_to_init(cfg: CondInstConfig, init: InitWeights | None) -> list[
     """
     notes: list[str] = []
     if init is None:
-        notes.append("no --weights: training from scratch (random ResNet, FrozenBN with identity statistics); "
-                     "expect poor accuracy (AdelaiDet#214). For the official recipe pass the ImageNet backbone "
-                     f"--weights R-{cfg.backbone.depth}.pkl ({IMAGENET_URLS.get(cfg.backbone.depth, '')}).")
+        if cfg.backbone.norm == "FrozenBN":
+            notes.append("no --weights: training from scratch with a FrozenBN ResNet (identity statistics, the "
+                         "backbone is not normalised); expect poor accuracy (AdelaiDet#214). Set backbone.norm to "
+                         "GN to train from scratch, or for the official recipe pass the ImageNet backbone "
+                         f"--weights R-{cfg.backbone.depth}.pkl ({IMAGENET_URLS.get(cfg.backbone.depth, '')}).")
+        else:
+            notes.append(f"no --weights: training from scratch ({cfg.backbone.norm} ResNet, random initialisation)")
         return notes
     if init.kind == "condinst" and init.config is not None:
         stored = init.config

@@ -1,0 +1,225 @@
+"""Smoke tests of the benchmark scripts (bench/): tiny models, tiny images, one thread, a few iterations.
+
+They check that each script runs end to end, writes its JSON with the expected keys, and forces the
+detection counts it promises; the timings themselves are meaningless here. GPU variants skip without
+CUDA.
+"""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import common, cpu_latency, inference, mask_head, train_step  # noqa: E402
+
+TIMING_KEYS = {"iters", "batch_size", "median_ms", "p10_ms", "p90_ms", "iqr_ms", "mean_ms", "min_ms",
+               "ms_per_image", "images_per_s", "times_ms"}
+ENV_KEYS = {"device", "device_name", "torch", "torchvision", "cuda", "cpu_count", "torch_threads", "git_commit"}
+FAST = ["--iters", "2", "--warmup", "1", "--threads", "1"]
+# Small enough to be quick, large enough that the tiny models' P7 map has two cells (GroupNorm needs it).
+TINY_INFERENCE = ["--tiny", "--sizes", "96x128", "--min-size", "128", "--max-size", "192"]
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_state():
+    """The scripts set torch's thread count and seeds; give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    torch_rng, np_rng, py_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(torch_rng)
+    np.random.set_state(np_rng)
+    random.setstate(py_rng)
+
+
+def read(path: Path) -> dict:
+    assert path.is_file(), f"{path} was not written"
+    assert not list(path.parent.glob(f".{path.name}.*")), "a temporary file was left behind"
+    return json.loads(path.read_text())
+
+
+def check_common(payload: dict, benchmark: str, device: str = "cpu") -> None:
+    assert payload["benchmark"] == benchmark
+    assert ENV_KEYS <= set(payload["environment"])
+    assert payload["environment"]["device"] == device
+    assert isinstance(payload["settings"], dict)
+    assert payload["results"]
+
+
+# ---- common helpers -------------------------------------------------------------------------------
+
+def test_summarize_statistics():
+    stats = common.summarize([float(x) for x in range(1, 11)], batch_size=2)
+    assert stats["median_ms"] == pytest.approx(5.5)
+    assert stats["p10_ms"] == pytest.approx(1.9)
+    assert stats["p90_ms"] == pytest.approx(9.1)
+    assert stats["iqr_ms"] == pytest.approx(7.75 - 3.25)
+    assert stats["ms_per_image"] == pytest.approx(2.75)
+    assert stats["images_per_s"] == pytest.approx(2000 / 5.5)
+    assert TIMING_KEYS <= set(stats)
+
+
+def test_time_fn_counts_calls():
+    calls = []
+    stats = common.time_fn(lambda: calls.append(1), torch.device("cpu"), iters=3, warmup=2)
+    assert len(calls) == 5 and stats["iters"] == 3 and len(stats["times_ms"]) == 3
+
+
+def test_table_and_json(tmp_path):
+    table = common.format_table([{"name": "a", "ms": 1.5}, {"name": "long name", "ms": None}],
+                                [("model", "name", "{}"), ("ms", "ms", "{:.2f}")])
+    lines = table.splitlines()
+    assert lines[0].split() == ["model", "ms"] and lines[2].endswith("1.50") and lines[3].endswith("-")
+    assert len({len(line) for line in lines[:3]}) == 1  # aligned columns
+    path = common.write_json(tmp_path / "sub" / "r.json", {"x": [1, 2]})
+    assert read(path) == {"x": [1, 2]}
+
+
+def test_parse_size():
+    assert common.parse_size("480x640") == (480, 640)
+    assert common.parse_list("480x640,800x1067", common.parse_size) == [(480, 640), (800, 1067)]
+    with pytest.raises(Exception):
+        common.parse_size("640")
+
+
+# ---- the scripts on CPU -----------------------------------------------------------------------------
+
+def test_inference_device_input(tmp_path):
+    out = tmp_path / "inference.json"
+    payload = inference.main(["--device", "cpu", *FAST, *TINY_INFERENCE, "--batch-sizes", "1,2",
+                              "--modes", "fp32", "--out", str(out)])
+    assert read(out) == json.loads(json.dumps(payload))
+    check_common(payload, "inference")
+    rows = payload["results"]
+    assert {(r["model"], r["batch_size"]) for r in rows} == {("condinst", 1), ("maskrcnn", 1),
+                                                               ("condinst", 2), ("maskrcnn", 2)}
+    for row in rows:
+        assert TIMING_KEYS <= set(row)
+        assert row["detections_per_image"] == [100] * row["batch_size"]
+        assert row["image_size"] == [96, 128] and row["peak_allocated_mb"] is None
+    assert len(payload["comparisons"]) == 2
+    for comp in payload["comparisons"]:
+        assert comp["ratio_ours_over_torchvision"] == pytest.approx(
+            comp["condinst_ms_per_image"] / comp["maskrcnn_ms_per_image"])
+    models = payload["models"]
+    assert models["condinst"]["score_threshold"] == 0.0 and models["condinst"]["post_nms_topk"] == 100
+    assert models["condinst"]["topk_ties"] == "exact"
+    assert models["maskrcnn"]["score_threshold"] == 0.0 and models["maskrcnn"]["detections_per_img"] == 100
+
+
+def test_inference_host_input_fast_mode(tmp_path):
+    out = tmp_path / "inference_host.json"
+    payload = inference.main(["--device", "cpu", *FAST, *TINY_INFERENCE, "--batch-sizes", "1", "--modes", "fast",
+                              "--input", "host", "--nms-off", "--out", str(out)])
+    check_common(read(out), "inference")
+    for row in payload["results"]:
+        assert row["mode"] == "fast" and row["detections_per_image"] == [100]
+        assert "channels_last" in row["precision"] and "no autocast on CPU" in row["precision"]
+    assert payload["models"]["condinst"]["nms_threshold"] == 1.0
+    assert payload["models"]["maskrcnn"]["nms_threshold"] == 1.0
+
+
+def test_mask_head(tmp_path):
+    out = tmp_path / "mask_head.json"
+    payload = mask_head.main(["--device", "cpu", *FAST, "--image-size", "64x96", "--instances", "10,50",
+                              "--out", str(out)])
+    check_common(read(out), "mask_head")
+    rows = payload["results"]
+    assert [(r["instances"], r["dtype"]) for r in rows] == [(10, "fp32"), (50, "fp32")]
+    for row in rows:
+        assert TIMING_KEYS <= set(row)
+        assert row["mask_feats_shape"] == [1, 8, 8, 12]  # stride 8 of 64x96
+        assert row["output_shape"] == [row["instances"], 1, 16, 24]  # stride 4
+
+
+def test_train_step(tmp_path):
+    out = tmp_path / "train_step.json"
+    payload = train_step.main(["--device", "cpu", *FAST, "--tiny", "--batch-size", "2", "--image-size", "128x160",
+                               "--instances-per-image", "3", "--out", str(out)])
+    check_common(read(out), "train_step")
+    rows = payload["results"]
+    assert [(r["model"], r["amp"]) for r in rows] == [("condinst", "off"), ("maskrcnn", "off")]
+    for row in rows:
+        assert TIMING_KEYS <= set(row)
+        assert row["batch_size"] == 2 and row["channels_last"] is False
+        assert row["losses_finite"] and "total_loss" in row["last_losses"]
+        assert row["peak_allocated_mb"] is None
+    assert {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask"} <= set(rows[0]["last_losses"])
+    assert "loss_mask" in rows[1]["last_losses"]  # torchvision's own loss dict
+    assert payload["comparisons"][0]["amp"] == "off"
+
+
+def test_cpu_latency_with_a_default_model(tmp_path):
+    from bench.models import condinst_config, give_boxes_extent
+    from condinst.checkpoint import save_checkpoint
+    from condinst.model import CondInst
+
+    cfg = condinst_config(tiny=True)
+    cfg.fcos.num_classes = 3
+    cfg.input.min_size_test, cfg.input.max_size_test = 128, 192
+    weights = save_checkpoint(tmp_path / "model.pth", give_boxes_extent(CondInst(cfg)), cfg)
+    out = tmp_path / "cpu_latency.json"
+    payload = cpu_latency.main([*FAST, "--tiny", "--image-size", "96x128", "--min-size", "128", "--max-size", "192",
+                                "--default-weights", str(weights), "--out", str(out)])
+    check_common(read(out), "cpu_latency")
+    rows = {r["model"]: r for r in payload["results"]}
+    assert set(rows) == {"default", "condinst", "maskrcnn"}
+    for row in rows.values():
+        assert not row["skipped"] and row["detections"] == 100 and TIMING_KEYS <= set(row)
+    assert rows["default"]["input_size"] == [128, 171]
+    assert payload["environment"]["torch_threads"] == 1
+    assert {c["model"] for c in payload["comparisons"]} == {"default", "condinst"}
+
+
+def test_cpu_latency_skips_a_missing_default_model(tmp_path):
+    args = cpu_latency.parse_args(["--default-weights", str(tmp_path / "missing.pth")])
+    assert args.threads == 2 and args.device == "cpu"  # the documented defaults
+    row = cpu_latency.default_model_row(np.zeros((60, 80, 3), np.uint8), args, torch.device("cpu"))
+    assert row["skipped"] and "not found" in row["note"]
+
+
+def test_scripts_run_as_files():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "mask_head.py"), "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--instances" in result.stdout
+
+
+# ---- GPU variants -----------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_inference_cuda_fast_mode(tmp_path):
+    payload = inference.main(["--device", "cuda", *FAST, *TINY_INFERENCE, "--batch-sizes", "1,2",
+                              "--out", str(tmp_path / "inference.json")])
+    check_common(payload, "inference", device="cuda")
+    for row in payload["results"]:
+        assert row["detections_per_image"] == [100] * row["batch_size"]
+        assert row["peak_allocated_mb"] > 0
+        if row["mode"] == "fast":
+            assert "autocast bfloat16" in row["precision"]
+
+
+@pytest.mark.gpu
+def test_mask_head_cuda_bf16(tmp_path):
+    payload = mask_head.main(["--device", "cuda", *FAST, "--image-size", "64x96", "--instances", "10",
+                              "--out", str(tmp_path / "mask_head.json")])
+    assert [r["dtype"] for r in payload["results"]] == ["fp32", "bf16"]
+    assert payload["results"][1]["output_dtype"] == "bfloat16"
+
+
+@pytest.mark.gpu
+def test_train_step_cuda_amp(tmp_path):
+    payload = train_step.main(["--device", "cuda", *FAST, "--tiny", "--batch-size", "2", "--image-size", "128x160",
+                               "--amp", "bf16,fp16", "--out", str(tmp_path / "train_step.json")])
+    for row in payload["results"]:
+        assert row["channels_last"] is True and row["peak_allocated_mb"] > 0
