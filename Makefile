@@ -7,7 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv run test test-fast clean
+SHARED ?= ../shared
+RUN_DIR ?= runs/default_model
+
+.PHONY: venv run test test-fast browser-deps default-model clean
 
 venv: $(STAMP)
 
@@ -21,11 +24,30 @@ $(STAMP): requirements.txt pyproject.toml
 run: venv
 	$(PY) -m app
 
-test: venv
+test: venv browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Chromium for the browser tests (Debian's package; Playwright drives it, nothing is downloaded by Playwright).
+# Installed when running as root with apt-get; otherwise the browser tests skip themselves.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests"; \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium install failed: browser tests will skip"; \
+	else echo "chromium not found: browser tests will skip (sudo apt-get install chromium)"; fi
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Retrain the bundled default model on fruits_nuts (3 held-out images) and package it with its model card.
+default-model: venv
+	$(PY) tools/split_coco.py --ann $(SHARED)/datasets/fruits_nuts/data/trainval.json --val-ids 15 16 17 --out-dir $(RUN_DIR)/split
+	$(PY) -m condinst train --config configs/fruits_nuts_default.json --device cpu --num-workers 1 \
+		--train-ann $(RUN_DIR)/split/train.json --train-images $(SHARED)/datasets/fruits_nuts/data/images \
+		--val-ann $(RUN_DIR)/split/val.json --val-images $(SHARED)/datasets/fruits_nuts/data/images \
+		--output-dir $(RUN_DIR)/train --eval-period 400
+	$(PY) tools/package_model.py --checkpoint $(RUN_DIR)/train/model_final.pth --out-dir assets/default_model \
+		--val-ann $(RUN_DIR)/split/val.json --val-images $(SHARED)/datasets/fruits_nuts/data/images
 
 clean:
 	rm -rf $(VENV) .pytest_cache
