@@ -1,16 +1,10 @@
 """Shared test fixtures: where the reference data lives, and GPU skipping."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CONDINST_SHARED", REPO.parent / "shared"))
-PARITY = SHARED / "reference" / "parity"
-DATASETS = SHARED / "datasets"
+from testutils import DATASETS, PARITY, REPO, SHARED  # noqa: F401
 
 
 def pytest_collection_modifyitems(config, items):

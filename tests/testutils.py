@@ -1,6 +1,14 @@
 """Helpers shared by the tests (importable: `tests/` is on pytest's pythonpath)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CONDINST_SHARED", REPO.parent / "shared"))
+PARITY = SHARED / "reference" / "parity"
+DATASETS = SHARED / "datasets"
+
 
 def tiny_config(num_classes: int = 80, **mask_head):
     """The parity fixtures' TINY architecture (R-50 depth, narrow channels)."""
