@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from condinst.io import atomic_open
 from app.workspace import (Instance, Workspace, WorkspaceSnapshot, fsync_dir,
                            sanitize_file_name)
 
@@ -218,22 +219,13 @@ def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike,
     zip_path = Path(zip_path).expanduser().resolve()
     export = build_coco(workspace, reviewed_only, mask_format)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=zip_path.parent, prefix=f".{zip_path.name}.",
-                                    suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w") as archive:
-                archive.writestr(ANNOTATIONS_PATH, json.dumps(export.dataset),
-                                 compress_type=zipfile.ZIP_DEFLATED)
-                for source, name in export.files:
-                    archive.write(source, f"{IMAGES_DIR}/{name}",
-                                  compress_type=zipfile.ZIP_STORED)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, zip_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(zip_path, "wb") as handle:
+        with zipfile.ZipFile(handle, "w") as archive:
+            archive.writestr(ANNOTATIONS_PATH, json.dumps(export.dataset),
+                             compress_type=zipfile.ZIP_DEFLATED)
+            for source, name in export.files:
+                archive.write(source, f"{IMAGES_DIR}/{name}",
+                              compress_type=zipfile.ZIP_STORED)
     fsync_dir(zip_path.parent)
     return zip_path
 

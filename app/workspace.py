@@ -33,7 +33,6 @@ import os
 import re
 import sqlite3
 import sys
-import tempfile
 import threading
 import unicodedata
 import warnings
@@ -270,32 +269,9 @@ def resolve_inside(root: Path, relative: str | os.PathLike) -> Path:
     return candidate
 
 
-def fsync_dir(directory: Path) -> None:
-    """Flush a directory entry to disk (best effort; not supported on Windows)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# One implementation of atomic writes for the whole project (re-exported for callers of this module).
+from condinst.io import atomic_write_bytes, fsync_dir  # noqa: E402
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, replace."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    fsync_dir(path.parent)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

@@ -19,13 +19,14 @@ import platform
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from condinst.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -260,21 +261,8 @@ def _is_number(value: Any) -> bool:
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write `payload` as indented JSON atomically (temporary file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+    return Path(path)
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import nn
 from .coco import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from .config import CondInstConfig, ConfigError, get_preset
 from .dynamic_mask_head import param_layout
+from .io import atomic_torch_save
 
 FORMAT_NAME = "condinst-studio"
 FORMAT_VERSION = 1
@@ -254,18 +254,3 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: CondInstConf
              "config": cfg.to_dict(), **extra}
     atomic_torch_save(state, path)
     return path
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

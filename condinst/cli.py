@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,23 +49,9 @@ def _check_device(device: str) -> None:
         raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
 
 
-def write_json_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run_predict(args: argparse.Namespace) -> int:
     from .coco import result_to_coco
+    from .io import atomic_write_json
     from .predictor import Predictor
     from .preprocess import ImageError, read_image
 
@@ -101,7 +84,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
             vis_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(draw_result(image, result, names, min_score)).save(vis_dir / (path.stem + ".png"))
-    write_json_atomic(results, Path(args.output))
+    atomic_write_json(Path(args.output), results)
     print(f"wrote {len(results)} detections for {len(inputs) - failures} image(s) to {args.output}")
     return 1 if failures else 0
 
@@ -111,8 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_predict_arguments(sub.add_parser("predict", help="segment images, write COCO results"))
     try:
-        from training.cli import (add_evaluate_arguments, add_train_arguments, run_evaluate,  # noqa: F401
-                                  run_train)
+        from training.cli import add_evaluate_arguments, add_train_arguments
     except ImportError:
         pass
     else:

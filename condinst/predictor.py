@@ -34,14 +34,6 @@ def resolve_config(config: CondInstConfig | str | os.PathLike) -> CondInstConfig
     raise ConfigError(f"--config {text!r} is neither a preset ({', '.join(PRESETS)}) nor a .yaml file")
 
 
-def _merge_test_settings(arch: CondInstConfig, given: CondInstConfig) -> CondInstConfig:
-    """Architecture and class names come from the checkpoint; input/test settings from `given`."""
-    return replace(arch, name=given.name, input=given.input,
-                   fcos=replace(arch.fcos, score_threshold=given.fcos.score_threshold,
-                                pre_nms_topk=given.fcos.pre_nms_topk, post_nms_topk=given.fcos.post_nms_topk,
-                                nms_threshold=given.fcos.nms_threshold))
-
-
 def load_model(weights: str | os.PathLike | None, config: CondInstConfig | str | os.PathLike | None = None,
                device: str | torch.device = "cpu") -> tuple[CondInst, CondInstConfig]:
     """Build a CondInst in eval mode and load `weights` strictly.

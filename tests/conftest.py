@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testutils import DATASETS, PARITY, REPO, SHARED  # noqa: F401
+from testutils import PARITY
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,17 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
+import sys
 from pathlib import Path
 
-
-def write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from condinst.io import atomic_write_json  # noqa: E402
 
 
 def split(data: dict, val_ids: set[int]) -> tuple[dict, dict]:
@@ -40,8 +34,8 @@ def main() -> None:
     args = p.parse_args()
     train, val = split(json.loads(Path(args.ann).read_text()), set(args.val_ids))
     out = Path(args.out_dir)
-    write_json(train, out / "train.json")
-    write_json(val, out / "val.json")
+    atomic_write_json(out / "train.json", train)
+    atomic_write_json(out / "val.json", val)
     print(f"train: {len(train['images'])} images / {len(train['annotations'])} instances; "
           f"val: {len(val['images'])} images / {len(val['annotations'])} instances -> {out}")
 

@@ -44,6 +44,7 @@ from torch import nn
 from condinst.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, split_checkpoint
 from condinst.checkpoint import load_state_dict_strict
 from condinst.config import CondInstConfig, ConfigError
+from condinst.io import atomic_write_text
 from condinst.backbone import ResNet
 from condinst.model import CondInst
 
@@ -192,12 +193,7 @@ def checkpoint_name(iteration: int) -> str:
 
 def write_last_checkpoint(output_dir: Path, name: str) -> None:
     """Point `last_checkpoint` at `name`, atomically."""
-    tmp = output_dir / (LAST_CHECKPOINT + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(name)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, output_dir / LAST_CHECKPOINT)
+    atomic_write_text(output_dir / LAST_CHECKPOINT, name)
 
 
 def find_last_checkpoint(output_dir: str | os.PathLike) -> Path | None:

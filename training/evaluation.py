@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from condinst.config import ConfigError
+from condinst.io import atomic_write_json
 from condinst.postprocess import ImageResult
 
 logger = logging.getLogger(__name__)
@@ -199,10 +199,7 @@ def evaluate(predictor: Any, dataset: Any, output_file: str | os.PathLike | None
     results_file = None
     if output_file is not None:
         results_file = Path(output_file)
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = results_file.with_name(results_file.name + ".tmp")
-        tmp.write_text(json.dumps(results))
-        os.replace(tmp, results_file)
+        atomic_write_json(results_file, results)
     metrics, text = evaluate_results(gt, results, image_ids)
     seconds = time.perf_counter() - start
     out = EvalOutput(metrics=metrics, num_images=n, num_detections=len(results), seconds=seconds,
