@@ -23,14 +23,24 @@ from condinst.config import (BackboneConfig, CondInstConfig, FCOSConfig, InputCo
 from condinst.model import CondInst
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# One intra-op thread: the tiny model gains nothing from more, and on a busy 2-core machine
-# oversubscribed torch threads made the tests 5x slower.
-torch.set_num_threads(1)
 
 FRUITS = Path(os.environ.get("CONDINST_SHARED", Path(__file__).resolve().parents[3] / "shared")) \
     / "datasets" / "fruits_nuts" / "data" / "images"
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread while the app tests run (restored after each module).
+
+    The tiny model gains nothing from more, and on a busy 2-core machine oversubscribed torch
+    threads made these tests 5x slower.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_config(max_detections: int = 8) -> CondInstConfig:

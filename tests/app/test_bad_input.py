@@ -107,7 +107,7 @@ def test_paths_from_requests_stay_inside_the_workspace(app, tmp_path, image_path
         client.predict(["../../../etc/passwd"], api_name="/add_samples")
     with pytest.raises(ServiceError, match="Pick one or more sample"):  # the service checks too
         app.service.add_samples(["../../../etc/passwd"])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="Unknown image '/etc/passwd'"):
         client.predict("/etc/passwd", api_name="/go_to_image")
 
 

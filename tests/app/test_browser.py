@@ -3,8 +3,9 @@
 Upload two images, select an instance by clicking it, look at its explanation (and at a clicked
 point's), delete one instance, repaint another (brush + eraser), add one by clicking
 (segment-at-point), undo/redo, mark reviewed, go to the next image and edit it too (paint a new
-instance, change its class), reload the page and find every edit, export a zip and check it with
-pycocotools. Screenshots of each view go to docs/screenshots/; on failure one goes to
+instance, change its class), go back to the first and edit it again (hide), all in one page; then
+reload and find every edit, open the second image by deep link, export a zip and check it with
+pycocotools; finally run a short retraining job from the Retrain tab and switch to its model. Screenshots of each view go to docs/screenshots/; on failure one goes to
 test-artifacts/.
 
 Needs Debian's Chromium at /usr/bin/chromium and the playwright package (never `playwright install`).
@@ -68,7 +69,9 @@ def screenshot_on_failure(page, name: str):
 
 
 def keep_screenshot(page, name: str) -> None:
+    """A full-page screenshot for the README (after fade-in animations settle)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
@@ -197,8 +200,9 @@ def test_annotation_flow_across_images_without_reload(app, page, image_paths, tm
         wait_status(page, f"Image {first} marked reviewed.")
         keep_screenshot(page, "correct")
 
-        # 7. next image, in the same page: paint a new instance and give it a class
-        page.locator("#next").click()
+        # 7. next image (hotkey n), in the same page: paint a new instance and give it a class
+        page.locator("#info").click()  # focus off the checkbox: hotkeys are ignored while in a field
+        page.keyboard.press("n")
         wait_text(page, "#info", "image 2 of 2")
         set_tool(page, "Paint new")
         click_image(page, "#main-image img", 60, 60)
@@ -213,13 +217,29 @@ def test_annotation_flow_across_images_without_reload(app, page, image_paths, tm
         wait_status(page, f"Instance #{painted} is now 'fig'.")
         assert ws.get_instance(painted).category_id == 2
 
-        # 8. reload: every edit is there
+        # 7b. back to the first image (hotkey p), still the same page: hide an instance (hotkeys s, h)
+        page.locator("#info").click()
+        page.keyboard.press("p")
+        wait_text(page, "#info", "image 1 of 2")
+        page.keyboard.press("s")
+        hidden = next(inst for inst in ws.instances(first) if inst.id not in (row_id, added))
+        covering = [inst for inst in ws.instances(first) if inst.mask[inner_point(hidden.mask)[::-1]]]
+        hidden = min(covering, key=lambda inst: inst.mask.sum())
+        click_image(page, "#main-image img", *inner_point(hidden.mask))
+        wait_status(page, f"Selected instance #{hidden.id}.")
+        page.locator("#info").click()
+        page.keyboard.press("h")
+        wait_status(page, f"Instance #{hidden.id} hidden.")
+        assert ws.get_instance(hidden.id).hidden
+
+        # 8. reload: every edit is there; a deep link opens the second image
         page.reload()
         wait_text(page, "#info", "image 1 of 2")
         wait_text(page, "#info", "reviewed")
         ids_shown = [text.strip() for text in page.locator(ROW_IDS).all_inner_texts()]
         assert str(expected) not in ids_shown and str(added) in ids_shown
-        page.locator("#next").click()
+        assert "hidden" in page.locator(ROWS, has_text="hidden").first.inner_text()
+        page.goto(f"{app.url}?image={second}")
         wait_text(page, "#info", "image 2 of 2")
         row = page.locator(ROWS, has_text="user").first.inner_text()
         assert str(painted) in row and "fig" in row
@@ -239,7 +259,7 @@ def test_annotation_flow_across_images_without_reload(app, page, image_paths, tm
         archive.extractall(tmp_path / "coco")
     coco = COCO(str(tmp_path / "coco" / "annotations" / "instances.json"))
     ann_ids = set(coco.getAnnIds())
-    assert expected not in ann_ids and {added, painted, row_id} <= ann_ids
+    assert expected not in ann_ids and {added, painted, row_id, hidden.id} <= ann_ids  # hidden: a view flag
     assert coco.loadAnns([painted])[0]["category_id"] == 2
     assert len(coco.getImgIds()) == 2
     expected_mask = ws.get_instance(row_id).mask

@@ -348,6 +348,16 @@ def test_results_json(segmented):
     assert {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(entries[0])
 
 
+def test_big_images_are_shown_smaller_and_clicks_mapped_back(service):
+    image = np.zeros((1000, 3200, 3), np.uint8)
+    image_id = service.ws.add_image(image, "wide.png")
+    view = service.initial_view(image_id)
+    assert service.screen(view).image.shape == (500, 1600, 3)
+    assert service.to_image_coords(view, 800, 250) == (1600, 500)
+    result = service.click(view, 1600, 500, "paint", size=41)
+    assert service.ws.get_instance(result.view.selected).mask[500, 1600]
+
+
 def test_empty_workspace_messages(service):
     view = service.initial_view()
     assert view.image_id is None

@@ -1,0 +1,124 @@
+"""Start CondInst Studio: ``python -m app`` (also the ``condinst-app`` console script).
+
+    python -m app                                 # bundled model, http://127.0.0.1:7860
+    python -m app --weights my.pth --port 7861 --auth anna:secret --workspace ~/fruit-ws
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_FILE_SIZE = "50mb"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.service import DEFAULT_WEIGHTS
+    from app.workspace import default_workspace_dir
+
+    parser = argparse.ArgumentParser(prog="condinst-app", description="CondInst Studio: segment, explain, "
+                                     "correct and export instance masks in the browser")
+    parser.add_argument("--weights", help=f"checkpoint to serve (default: the bundled {DEFAULT_WEIGHTS})")
+    parser.add_argument("--config", help="preset name or YAML (default: taken from the checkpoint)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--auth", help="require a login, as user:password")
+    parser.add_argument("--workspace", default=str(default_workspace_dir()),
+                        help="workspace folder (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--recover", action="store_true",
+                        help="if the workspace database is damaged, move it aside and start a new one")
+    parser.add_argument("--samples", help="folder of sample images to offer (default: assets/samples)")
+    parser.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE,
+                        help="largest accepted upload (default %(default)s)")
+    return parser
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """'user:pass' -> ('user', 'pass'); SystemExit with a message if malformed."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("error: --auth must look like user:password")
+    return user, password
+
+
+def resolve_weights(weights: str | None) -> Path:
+    """The checkpoint to load: --weights, else the bundled default (clear exit if missing)."""
+    from app.service import DEFAULT_WEIGHTS
+
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise SystemExit(f"error: --weights {weights}: no such file")
+        if not DEFAULT_WEIGHTS.is_file():
+            print(f"note: the bundled default model {DEFAULT_WEIGHTS} is missing; using {path}", file=sys.stderr)
+        return path
+    if not DEFAULT_WEIGHTS.is_file():
+        raise SystemExit(f"error: the bundled default model {DEFAULT_WEIGHTS} is missing. Train or download it "
+                         "there, or start with --weights PATH to serve another checkpoint.")
+    return DEFAULT_WEIGHTS
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device}: CUDA is not available here (use --device cpu)")
+
+
+def create_service(args: argparse.Namespace):
+    """Model + workspace from the parsed arguments (SystemExit with a message on failure)."""
+    weights = resolve_weights(args.weights)
+    check_device(args.device)
+    from app.service import Service
+    from condinst.checkpoint import CheckpointError
+    from condinst.config import ConfigError
+
+    try:
+        service = Service.create(args.workspace, weights, config=args.config, device=args.device,
+                                 recover=args.recover, samples_dir=args.samples)
+    except (CheckpointError, ConfigError) as exc:
+        raise SystemExit(f"error: cannot load the model: {exc}") from None
+    if service.workspace_error:
+        print(f"warning: the workspace cannot be opened: {service.workspace_error}\n"
+              "The app starts anyway: use 'Recover workspace' in the page, or restart with --recover.",
+              file=sys.stderr)
+    for notice in service.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    return service
+
+
+def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=None,
+           max_file_size: str = DEFAULT_MAX_FILE_SIZE, block: bool = True):
+    """Build and start the Gradio app; returns the Blocks (call ``.close()`` to stop it)."""
+    from app.ui import CSS, HOTKEYS_JS, build_ui
+
+    demo = build_ui(service)
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    allowed = [str(service.workspace_dir / "exports")]
+    demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=max_file_size,
+                allowed_paths=allowed, prevent_thread_lock=not block, ssr_mode=False, show_error=True,
+                css=CSS, head=HOTKEYS_JS, quiet=not block)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    auth = parse_auth(args.auth)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    service = create_service(args)
+    print(f"CondInst Studio on http://{args.host}:{args.port} - workspace {service.workspace_dir}")
+    try:
+        launch(service, args.host, args.port, auth, args.max_file_size, block=True)
+    finally:
+        service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
