@@ -5,14 +5,17 @@ point's), delete one instance, repaint another (brush + eraser), add one by clic
 (segment-at-point), undo/redo, mark reviewed, go to the next image and edit it too (paint a new
 instance, change its class), go back to the first and edit it again (hide), all in one page; then
 reload and find every edit, open the second image by deep link, export a zip and check it with
-pycocotools; finally run a short retraining job from the Retrain tab and switch to its model. Screenshots of each view go to docs/screenshots/; on failure one goes to
-test-artifacts/.
+pycocotools; finally run a short retraining job from the Retrain tab and switch to its model. On failure a
+screenshot goes to test-artifacts/. With CONDINST_SAVE_SCREENSHOTS=1, screenshots of each view (tiny random
+model) go to test-artifacts/screenshots-tiny-model/; the README's docs/screenshots/ come from the bundled
+model (tests/app/test_default_model_browser.py).
 
 Needs Debian's Chromium at /usr/bin/chromium and the playwright package (never `playwright install`).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 import zipfile
@@ -25,7 +28,8 @@ from pycocotools.coco import COCO
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-SCREENSHOTS = REPO / "docs" / "screenshots"
+SCREENSHOTS = ARTIFACTS / "screenshots-tiny-model"  # the README's come from test_default_model_browser.py
+SAVE_SCREENSHOTS = os.environ.get("CONDINST_SAVE_SCREENSHOTS", "") not in ("", "0")
 ROWS = "#instances div.virtual-row"
 ROW_IDS = "#instances div.virtual-row [data-col='0']"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -69,7 +73,9 @@ def screenshot_on_failure(page, name: str):
 
 
 def keep_screenshot(page, name: str) -> None:
-    """A full-page screenshot for the README (after fade-in animations settle)."""
+    """A full-page screenshot of a view (only with CONDINST_SAVE_SCREENSHOTS=1), after fade-ins settle."""
+    if not SAVE_SCREENSHOTS:
+        return
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(500)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
