@@ -96,10 +96,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [default_model_row(image, args, device)]
     cfg = condinst_config_from_args(args)
     torch.manual_seed(args.seed)
-    condinst = CondInstPipeline(build_condinst(cfg, device), cfg, device)
+    # Both models as a user runs them on a CPU in fp32 with the same memory layout (channels_last):
+    # CondInst as `Predictor.from_weights` builds it (FrozenBN folded into the convs), Mask R-CNN
+    # with channels_last weights (its pipeline's `fast` mode is exactly that on the CPU).
+    condinst = CondInstPipeline(build_condinst(cfg, device).optimize_for_inference(), cfg, device)
     input_size = list(resized_shape(*image.shape[:2], cfg.input.min_size_test, cfg.input.max_size_test))
     torch.manual_seed(args.seed)
-    maskrcnn = MaskRCNNPipeline(maskrcnn_from_args(args, cfg), device, mask_threshold=cfg.mask_head.mask_threshold)
+    maskrcnn = MaskRCNNPipeline(maskrcnn_from_args(args, cfg), device, fast=True,
+                                mask_threshold=cfg.mask_head.mask_threshold)
     maskrcnn_label = "maskrcnn_tiny" if args.tiny else f"maskrcnn_resnet50_fpn_{args.maskrcnn_norm}"
     for name, run in (("condinst", condinst.host), ("maskrcnn", maskrcnn.host)):
         row = {"model": name, "weights": "random", "skipped": False,

@@ -146,7 +146,7 @@ class CondInstPipeline:
             tensors.append(x)
             sizes.append(tuple(x.shape[-2:]))
         batch = normalize_and_pad(tensors, cfg.input.pixel_mean, cfg.input.pixel_std, cfg.input.size_divisibility)
-        if self.fast:
+        if self.fast or getattr(self.model, "inference_optimized", False):
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.autocast_dtype):
             results = self.model.inference(batch, sizes)

@@ -248,6 +248,9 @@ def config_from_checkpoint(extras: dict[str, Any], sd: dict[str, torch.Tensor], 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: CondInstConfig, **extra: Any) -> Path:
     """Atomically write our checkpoint format (weights, config incl. class names, extra entries)."""
+    if getattr(model, "inference_optimized", False):
+        raise CheckpointError("this model was optimised for inference (FrozenBN folded into the convs) and "
+                              "cannot be saved; save the model it was loaded from")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.state_dict(),

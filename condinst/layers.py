@@ -27,6 +27,27 @@ class ConvNorm(nn.Conv2d):
         return x
 
 
+def fold_frozen_batchnorm(conv: ConvNorm) -> bool:
+    """Fold a FrozenBatchNorm2d `conv.norm` into the conv's weight and bias (inference only).
+
+    y = (W*x + b - mean) * w / sqrt(var + eps) + beta == W'*x + b'. Returns whether it folded.
+    """
+    from torchvision.ops import FrozenBatchNorm2d
+
+    norm = conv.norm
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return False
+    with torch.no_grad():
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        bias = norm.bias - norm.running_mean * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(bias, requires_grad=False)
+    conv.norm = None
+    return True
+
+
 class Scale(nn.Module):
     """A learnable scalar (FCOS per-level regression scale), stored with shape (1,)."""
 

@@ -212,3 +212,17 @@ def test_yaml_config_with_fixture_checkpoint_gives_parity(parity_dir):
     ref = np.load(folder / "outputs.npz")
     assert np.array_equal(result.classes.numpy(), ref["pred_classes"])
     assert np.abs(result.scores.numpy() - ref["scores"]).max() < 1e-4
+
+
+def test_optimized_model_matches_and_cannot_be_saved(tmp_path):
+    cfg = tiny_config()
+    model = randomize_(CondInst(cfg), seed=4).eval()
+    image = (np.random.default_rng(1).random((150, 200, 3)) * 255).astype(np.uint8)
+    ref = Predictor(model, cfg)(image)[0]
+    path = save_checkpoint(tmp_path / "m.pth", model, cfg)
+    fast = Predictor.from_weights(path)  # optimize=True by default
+    assert fast.model.inference_optimized and fast.model.backbone.bottom_up.stem.conv1.norm is None
+    got = fast(image)[0]
+    assert torch.equal(got.classes, ref.classes) and torch.allclose(got.scores, ref.scores, atol=1e-5)
+    with pytest.raises(CheckpointError, match="optimised for inference"):
+        save_checkpoint(tmp_path / "again.pth", fast.model, fast.cfg)
