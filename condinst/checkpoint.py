@@ -214,6 +214,19 @@ def _infer_mask_head(num_params: int, c_mask: int) -> tuple[int, int, str]:
 
 # ---- loading into a model -------------------------------------------------------------------
 
+def mismatch_summary(mismatched: list[str], missing: list[str], unexpected: list[str], limit: int = 5,
+                     missing_what: str = "key(s) missing", unexpected_what: str = "unexpected key(s)") -> str:
+    """One line naming the first shape mismatches, missing and unexpected keys ('' when all fit)."""
+    parts = []
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es), first: " + "; ".join(mismatched[:limit]))
+    if missing:
+        parts.append(f"{len(missing)} {missing_what}, first: {', '.join(missing[:limit])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} {unexpected_what}, first: {', '.join(unexpected[:limit])}")
+    return " | ".join(parts)
+
+
 def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load every tensor or fail, naming the first missing / unexpected / mis-shaped keys."""
     own = model.state_dict()
@@ -223,15 +236,9 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es), first: " + "; ".join(mismatched[:5]))
-        if missing:
-            parts.append(f"{len(missing)} key(s) missing from the {source}, first: {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), first: {', '.join(unexpected[:5])}")
-        raise CheckpointError(f"the {source} does not fit the model architecture: " + " | ".join(parts))
+    summary = mismatch_summary(mismatched, missing, unexpected, missing_what=f"key(s) missing from the {source}")
+    if summary:
+        raise CheckpointError(f"the {source} does not fit the model architecture: {summary}")
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(sd[k].to(v.dtype))

@@ -134,6 +134,8 @@ class Predictor:
         """Antialiased bilinear resize on the model's device: (H, W, 3) uint8 -> (3, h, w) float."""
         h, w = resized_shape(image.shape[0], image.shape[1], self.cfg.input.min_size_test,
                              self.cfg.input.max_size_test)
+        if not image.flags.writeable:  # e.g. a view of a PIL image; torch wants writable memory
+            image = image.copy()
         x = torch.from_numpy(image).to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
         if (h, w) != tuple(image.shape[:2]):
             x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)

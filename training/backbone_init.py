@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from condinst.checkpoint import (IGNORED_KEYS, CheckpointError, config_from_checkpoint, read_checkpoint,
-                                 split_checkpoint)
+from condinst.checkpoint import (IGNORED_KEYS, CheckpointError, config_from_checkpoint, mismatch_summary,
+                                 read_checkpoint, split_checkpoint)
 from condinst.config import TORCHVISION_PIXEL_MEAN, TORCHVISION_PIXEL_STD, CondInstConfig
 
 logger = logging.getLogger(__name__)
@@ -344,17 +344,13 @@ def apply_backbone_weights(model: nn.Module, init: InitWeights) -> InitReport:
             report.loaded += 1
     own_names = {k[len(prefix):] for k in own}
     extra = [k for k in init.state_dict if k not in own_names and not k.startswith(("linear.", "fc."))]
-    if missing or mismatched or extra:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es), first: " + "; ".join(mismatched[:3]))
-        if missing:
-            parts.append(f"{len(missing)} ResNet weight(s) missing from the file, first: {', '.join(missing[:3])}")
-        if extra:
-            parts.append(f"{len(extra)} ResNet weight(s) the model does not have, first: {', '.join(extra[:3])}")
+    summary = mismatch_summary(mismatched, missing, extra, limit=3,
+                               missing_what="ResNet weight(s) missing from the file",
+                               unexpected_what="ResNet weight(s) the model does not have")
+    if summary:
         depth = model.cfg.backbone.depth if hasattr(model, "cfg") else "?"
         raise CheckpointError(f"{init.path}: the ImageNet weights do not fit the configured R-{depth} backbone "
-                              "(wrong depth or width?): " + " | ".join(parts))
+                              "(wrong depth or width?): " + summary)
     return report
 
 
@@ -393,20 +389,14 @@ def apply_condinst_weights(model: nn.Module, init: InitWeights) -> InitReport:
     extra = [k for k in sd if k not in own and not k.endswith("num_batches_tracked")]
     report.dropped = [k for k in extra if k.startswith(OPTIONAL_PREFIXES)]
     extra = [k for k in extra if not k.startswith(OPTIONAL_PREFIXES)]
-    if mismatched or missing or extra:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es), first: " + "; ".join(mismatched[:3]))
-        if missing:
-            parts.append(f"{len(missing)} key(s) missing, first: {', '.join(missing[:3])}")
-        if extra:
-            parts.append(f"{len(extra)} unexpected key(s), first: {', '.join(extra[:3])}")
+    summary = mismatch_summary(mismatched, missing, extra, limit=3)
+    if summary:
         hint = ""
         if init.config is not None:
             s = init.config
             hint = (f" (the checkpoint looks like: {s.neck.kind}, R-{s.backbone.depth}, {s.fcos.num_classes} classes; "
                     "pick a --config with the same architecture)")
-        raise CheckpointError(f"{init.path}: does not fit the configured model: " + " | ".join(parts) + hint)
+        raise CheckpointError(f"{init.path}: does not fit the configured model: " + summary + hint)
     # Collapse per-tensor names to layer names for the log.
     report.reinitialized = sorted({k.rsplit(".", 1)[0] for k in report.reinitialized})
     return report

@@ -23,17 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from browserkit import CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, wait_status, wait_text
 from pycocotools.coco import COCO
 
-CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots-tiny-model"  # the README's come from test_default_model_browser.py
 SAVE_SCREENSHOTS = os.environ.get("CONDINST_SAVE_SCREENSHOTS", "") not in ("", "0")
-ROWS = "#instances div.virtual-row"
 ROW_IDS = "#instances div.virtual-row [data-col='0']"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -83,34 +81,8 @@ def keep_screenshot(page, name: str) -> None:
 
 # ------------------------------------------------------------------ page helpers
 
-def click_image(page, selector: str, x: int, y: int) -> None:
-    """Click image pixel (x, y) of an <img> shown with object-fit: scale-down."""
-    img = page.locator(selector)
-    img.wait_for(state="visible")
-    box = img.bounding_box()
-    natural_w, natural_h = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
-    scale = min(1.0, box["width"] / natural_w, box["height"] / natural_h)
-    left = box["x"] + (box["width"] - natural_w * scale) / 2
-    top = box["y"] + (box["height"] - natural_h * scale) / 2
-    page.mouse.click(left + (x + 0.5) * scale, top + (y + 0.5) * scale)
-
-
-def wait_text(page, selector: str, text: str, timeout: float = 30_000) -> None:
-    page.wait_for_function("([sel, t]) => { const e = document.querySelector(sel); "
-                           "return e && e.innerText.includes(t); }", arg=[selector, text], timeout=timeout)
-
-
-def wait_status(page, text: str) -> None:
-    wait_text(page, "#status", text)
-
-
 def set_tool(page, label: str) -> None:
     page.locator("#tool").get_by_label(label, exact=True).check()
-
-
-def pick_option(page, dropdown: str, option: str) -> None:
-    page.locator(f"{dropdown} input").click()
-    page.get_by_role("option", name=option).click()
 
 
 def inner_point(mask: np.ndarray) -> tuple[int, int]:

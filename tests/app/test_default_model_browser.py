@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from browserkit import CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, wait_status, wait_text
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "assets" / "default_model" / "model.pth"
 SAMPLES = REPO / "assets" / "samples"
@@ -41,9 +42,6 @@ CLASSES = {"date", "fig", "hazelnut"}
 ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOTS = REPO / "docs" / "screenshots"
 SAVE_SCREENSHOTS = os.environ.get("CONDINST_SAVE_SCREENSHOTS", "") not in ("", "0")
-ROWS = "#instances div.virtual-row"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_TIMEOUT_S = 180
 # image pixels along the upper gold-foil fig of fruits_nuts_9.jpg, which the model misses
 GOLD_FIG_STROKE = [(272, 194), (270, 212), (276, 232), (284, 250), (293, 268), (308, 284)]
@@ -167,15 +165,6 @@ def keep_screenshot(page, name: str) -> None:
 
 # ------------------------------------------------------------------ page helpers
 
-def wait_text(page, selector: str, text: str, timeout: float = 60_000) -> None:
-    page.wait_for_function("([sel, t]) => { const e = document.querySelector(sel); "
-                           "return e && e.innerText.includes(t); }", arg=[selector, text], timeout=timeout)
-
-
-def wait_status(page, text: str, timeout: float = 60_000) -> None:
-    wait_text(page, "#status", text, timeout)
-
-
 def add_sample(page, name: str) -> None:
     """Pick a bundled sample in the "Bundled samples" dropdown and press "Add samples"."""
     pick_option(page, "#samples", name)
@@ -192,23 +181,6 @@ def table_rows(page) -> list[dict]:
         rows.append({"id": int(cells[0]), "class": cells[1], "score": float(cells[2]) if cells[2] else None,
                      "area": float(cells[3])})  # no score: a user-made instance
     return rows
-
-
-def click_image(page, selector: str, x: float, y: float) -> None:
-    """Click image pixel (x, y) of an <img> shown with object-fit: scale-down."""
-    img = page.locator(selector)
-    img.wait_for(state="visible")
-    box = img.bounding_box()
-    natural_w, natural_h = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
-    scale = min(1.0, box["width"] / natural_w, box["height"] / natural_h)
-    left = box["x"] + (box["width"] - natural_w * scale) / 2
-    top = box["y"] + (box["height"] - natural_h * scale) / 2
-    page.mouse.click(left + (x + 0.5) * scale, top + (y + 0.5) * scale)
-
-
-def pick_option(page, dropdown: str, option: str) -> None:
-    page.locator(f"{dropdown} input").click()
-    page.get_by_role("option", name=option).click()
 
 
 def overlay_visible(page, selector: str = "#main-image img") -> bool:

@@ -1,0 +1,37 @@
+"""Page helpers shared by the browser tests (Playwright driving Debian's Chromium)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless and offline: without the networking flags Chromium keeps trying hosts this machine cannot reach.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ROWS = "#instances div.virtual-row"
+
+
+def click_image(page, selector: str, x: float, y: float) -> None:
+    """Click image pixel (x, y) of an <img> shown with object-fit: scale-down."""
+    img = page.locator(selector)
+    img.wait_for(state="visible")
+    box = img.bounding_box()
+    natural_w, natural_h = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
+    scale = min(1.0, box["width"] / natural_w, box["height"] / natural_h)
+    left = box["x"] + (box["width"] - natural_w * scale) / 2
+    top = box["y"] + (box["height"] - natural_h * scale) / 2
+    page.mouse.click(left + (x + 0.5) * scale, top + (y + 0.5) * scale)
+
+
+def wait_text(page, selector: str, text: str, timeout: float = 60_000) -> None:
+    """Wait until the element matching `selector` shows `text`."""
+    page.wait_for_function("([sel, t]) => { const e = document.querySelector(sel); "
+                           "return e && e.innerText.includes(t); }", arg=[selector, text], timeout=timeout)
+
+
+def wait_status(page, text: str, timeout: float = 60_000) -> None:
+    wait_text(page, "#status", text, timeout)
+
+
+def pick_option(page, dropdown: str, option: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=option).click()
