@@ -109,25 +109,57 @@ class DynamicMaskHead(nn.Module):
         else (N, 1, H, W).
         """
         n = params.shape[0]
-        _, c, h, w = mask_feats.shape
+        b, c, h, w = mask_feats.shape
         if n == 0:
             f = mask_feat_stride // self.mask_out_stride if upsample else 1
             return mask_feats.new_zeros((0, 1, h * f, w * f))
-        x = mask_feats[im_inds].reshape(n, c, h * w)
-        if self.coords != "none":
-            coords = self.coordinate_maps(locations, fpn_levels, h, w, mask_feat_stride)
-            x = torch.cat([coords.reshape(n, 2, h * w).to(x.dtype), x], dim=1)
         p = split_params(params, self.in_channels, self.channels, self.num_layers)
-        x = self.run_layers(x, p)
+        x = self.first_layer(mask_feats.flatten(2), mask_feat_stride, h, w, locations, fpn_levels, im_inds,
+                             p.weights[0], p.biases[0])
+        x = self.run_layers(x, p, start=1)
         logits = x.reshape(n, 1, h, w)
         if upsample:
             logits = aligned_bilinear(logits, mask_feat_stride // self.mask_out_stride)
         return logits
 
-    def run_layers(self, x: torch.Tensor, p: DynamicParams) -> torch.Tensor:
-        """Apply the per-instance 1x1 convs: (N, C_in, M) -> (N, 1, M), ReLU between layers."""
-        for layer, (w, b) in enumerate(zip(p.weights, p.biases)):
-            x = torch.baddbmm(b.unsqueeze(2).to(x.dtype), w.to(x.dtype), x)
-            if layer < self.num_layers - 1:
+    def first_layer(self, feats: torch.Tensor, stride: int, h: int, w: int, locations: torch.Tensor,
+                    fpn_levels: torch.Tensor, im_inds: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor) -> torch.Tensor:
+        """Layer 0 on [coordinates, features] without building a per-instance (N, 2 + C, HW) input.
+
+        feats (B, C, HW); weight (N, C0, 2 + C) (coordinate columns first); bias (N, C0) -> (N, C0, HW).
+        Relative coordinates are affine in the pixel location g: W_xy @ (loc - g) / s equals
+        (W_xy / s) @ loc + (W_xy / s) @ (-g). The first part joins the bias; the second reads rows
+        [-g_x, -g_y] shared by every instance, so the input is (2 + C, HW) per image, not per instance.
+        """
+        n, c0, _ = weight.shape
+        b = feats.shape[0]
+        dtype = feats.dtype
+        weight, bias = weight.to(dtype), bias.to(dtype)
+        if self.coords == "none":
+            inputs = feats
+        else:
+            grid = compute_locations(h, w, stride, device=feats.device).T.to(dtype)  # (2, HW)
+            w_xy = weight[:, :, :2]
+            if self.coords == "relative":
+                w_xy = w_xy / self.soi[fpn_levels].to(dtype)[:, None, None]
+                bias = bias + torch.bmm(w_xy, locations.to(dtype).unsqueeze(2)).squeeze(2)
+                rows = -grid
+            else:  # absolute: pixel location / image size
+                rows = grid / grid.new_tensor([[w * stride], [h * stride]])
+            weight = torch.cat([w_xy, weight[:, :, 2:]], dim=2)
+            inputs = torch.cat([rows.unsqueeze(0).expand(b, -1, -1), feats], dim=1)
+        if b == 1:  # one image: a single GEMM with the bias fused, no per-instance copy
+            return torch.addmm(bias.reshape(-1, 1), weight.reshape(n * c0, -1), inputs[0]).reshape(n, c0, -1)
+        return torch.baddbmm(bias.unsqueeze(2), weight, inputs[im_inds])
+
+    def run_layers(self, x: torch.Tensor, p: DynamicParams, start: int = 0) -> torch.Tensor:
+        """Apply the per-instance 1x1 convs from layer `start` on: (N, C, M) -> (N, 1, M).
+
+        x is the output of layer start-1 before its ReLU (or the head's input when start is 0).
+        """
+        for layer in range(start, self.num_layers):
+            if layer > 0:
                 x = F.relu(x)
+            x = torch.baddbmm(p.biases[layer].unsqueeze(2).to(x.dtype), p.weights[layer].to(x.dtype), x)
         return x
