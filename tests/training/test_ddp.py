@@ -1,7 +1,6 @@
 """Two-process DistributedDataParallel training on CPU (gloo) against one process with the same global batch."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,14 +11,9 @@ import torch
 
 from condinst.checkpoint import read_checkpoint
 
+from synthetic_training import make_synthetic_coco, tiny_train_config
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_sibling(name: str):
-    spec = importlib.util.spec_from_file_location(f"_training_tests_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -28,14 +22,12 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def test_torchrun_two_processes_match_one_process_and_resume_exactly(tmp_path):
-    engine_tests = _load_sibling("test_engine")
-    make_synthetic_coco = _load_sibling("test_evaluation").make_synthetic_coco
     from training.data import CocoInstances
     from training.engine import train
 
     iterations = 8
     ann, images = make_synthetic_coco(tmp_path / "data", num_images=6, seed=3)
-    cfg = engine_tests.tiny_config(max_iter=iterations, steps=(6,), warmup_iters=2, checkpoint_period=4)
+    cfg = tiny_train_config(max_iter=iterations, steps=(6,), warmup_iters=2, checkpoint_period=4)
     cfg.input.min_size_train = (128,)
     cfg.input.hflip_train = False  # the same images in both runs (flips are drawn per rank)
     config = tmp_path / "tiny.json"

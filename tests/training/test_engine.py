@@ -3,7 +3,6 @@ weights (ImageNet pickles, torchvision, fine-tuning), the CLI, and (slow) that i
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pickle
@@ -17,36 +16,17 @@ import pytest
 import torch
 
 from condinst.checkpoint import CheckpointError, read_checkpoint
-from condinst.config import BackboneConfig, CondInstConfig, MaskBranchConfig, NeckConfig, SolverConfig, get_preset
+from condinst.config import CondInstConfig, get_preset
 from condinst.model import CondInst
 from training.backbone_init import (NumpyOnlyUnpickler, adapt_config_to_init, apply_init_weights, convert_c2_name,
                                     read_init_weights)
 from training.engine import LAST_CHECKPOINT, find_last_checkpoint, train
 
+from synthetic_training import make_synthetic_coco, tiny_train_config
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load_sibling(name: str):
-    spec = importlib.util.spec_from_file_location(f"_training_tests_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_synthetic_coco = _load_sibling("test_evaluation").make_synthetic_coco
-
-
-def tiny_config(max_iter: int = 6, **solver) -> CondInstConfig:
-    """A CondInst small enough to train on CPU in well under a second per iteration."""
-    cfg = CondInstConfig(name="tiny")
-    cfg.backbone = BackboneConfig(stem_out_channels=8, res2_out_channels=32, width_per_group=8)
-    cfg.neck = NeckConfig(out_channels=32)
-    cfg.mask_branch = MaskBranchConfig(channels=16)
-    cfg.input.min_size_train, cfg.input.max_size_train = (128, 160), 256
-    cfg.input.min_size_test, cfg.input.max_size_test = 128, 256
-    defaults = dict(ims_per_batch=2, base_lr=0.01, max_iter=max_iter, steps=(4,), warmup_iters=2, checkpoint_period=3)
-    cfg.solver = SolverConfig(**{**defaults, **solver})
-    return cfg.validate()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,7 +62,7 @@ def _assert_same_tensors(a: dict, b: dict, what: str) -> None:
 
 def test_checkpoint_contents(coco, tmp_path):
     dataset = coco[0]
-    summary = _train(tiny_config(max_iter=4, checkpoint_period=2), dataset, tmp_path / "run", tensorboard=True)
+    summary = _train(tiny_train_config(max_iter=4, checkpoint_period=2), dataset, tmp_path / "run", tensorboard=True)
     out = tmp_path / "run"
     assert summary.end_iter == 4 and summary.iterations == 4
     assert (out / LAST_CHECKPOINT).read_text() == "model_final.pth"
@@ -121,15 +101,15 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(coco, tmp_path):
     dataset = coco[0]
     n = 6
     full = tmp_path / "full"
-    _train(tiny_config(max_iter=n, checkpoint_period=n // 2), dataset, full)
+    _train(tiny_train_config(max_iter=n, checkpoint_period=n // 2), dataset, full)
     # "Killed" run: the same schedule, stopped after its checkpoint at N/2 ...
     part = tmp_path / "part"
-    first = _train(tiny_config(max_iter=n // 2), dataset, part)
+    first = _train(tiny_train_config(max_iter=n // 2), dataset, part)
     assert first.end_iter == n // 2
     _assert_same_tensors(read_checkpoint(full / "model_0000003.pth")["model"],
                          read_checkpoint(part / "model_final.pth")["model"], "midpoint")
     # ... then resumed to N.
-    second = _train(tiny_config(max_iter=n), dataset, part, resume=True)
+    second = _train(tiny_train_config(max_iter=n), dataset, part, resume=True)
     assert (second.start_iter, second.end_iter) == (n // 2, n)
     a, b = read_checkpoint(full / "model_final.pth"), read_checkpoint(part / "model_final.pth")
     _assert_same_tensors(a["model"], b["model"], "final weights")
@@ -140,7 +120,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(coco, tmp_path):
     assert [r["iteration"] for r in part_log] == list(range(1, n + 1))
     assert [r["total_loss"] for r in part_log] == [r["total_loss"] for r in full_log]
     # Resuming a finished run does nothing.
-    again = _train(tiny_config(max_iter=n), dataset, part, resume=True)
+    again = _train(tiny_train_config(max_iter=n), dataset, part, resume=True)
     assert again.iterations == 0
 
 
@@ -148,17 +128,17 @@ def test_resume_after_a_periodic_checkpoint_truncates_the_metrics(coco, tmp_path
     """A run killed after iteration 5 resumes from its iteration-4 checkpoint and logs 5.. again once."""
     dataset = coco[0]
     out = tmp_path / "run"
-    _train(tiny_config(max_iter=6, checkpoint_period=4), dataset, out)
+    _train(tiny_train_config(max_iter=6, checkpoint_period=4), dataset, out)
     for name in ("model_final.pth",):
         (out / name).unlink()
     (out / LAST_CHECKPOINT).write_text("model_0000004.pth")
-    _train(tiny_config(max_iter=6, checkpoint_period=4), dataset, out, resume=True)
+    _train(tiny_train_config(max_iter=6, checkpoint_period=4), dataset, out, resume=True)
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert iterations == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_without_a_checkpoint_starts_fresh(coco, tmp_path):
-    summary = _train(tiny_config(max_iter=1), coco[0], tmp_path / "new", resume=True)
+    summary = _train(tiny_train_config(max_iter=1), coco[0], tmp_path / "new", resume=True)
     assert summary.start_iter == 0 and summary.end_iter == 1
 
 
@@ -175,7 +155,7 @@ def test_batch_size_and_lr_scaling(coco, tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_and_gradient_clipping_run(coco, tmp_path, amp):
-    summary = _train(tiny_config(max_iter=2, clip_gradients=1.0), coco[0], tmp_path / amp, amp=amp)
+    summary = _train(tiny_train_config(max_iter=2, clip_gradients=1.0), coco[0], tmp_path / amp, amp=amp)
     assert summary.end_iter == 2 and np.isfinite(summary.final_losses["total_loss"])
 
 
@@ -227,7 +207,7 @@ def test_c2_names_follow_detectron2():
 
 @pytest.mark.parametrize("wrap", [False, True])
 def test_detectron2_imagenet_pickle(tmp_path, wrap):
-    cfg = tiny_config()
+    cfg = tiny_train_config()
     blobs = _write_c2_pickle(tmp_path / "R-50.pkl", cfg, wrap=wrap)
     init = read_init_weights(tmp_path / "R-50.pkl")
     assert (init.kind, init.source, init.style) == ("backbone", "detectron2-pkl", "caffe")
@@ -259,7 +239,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 
 def test_imagenet_weights_of_the_wrong_depth_are_rejected(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_train_config()
     _write_c2_pickle(tmp_path / "R-50.pkl", cfg)
     deeper = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, depth=101))
     with pytest.raises(CheckpointError, match="R-101"):
@@ -289,7 +269,7 @@ def test_torchvision_resnet_switches_to_pytorch_style(tmp_path):
 
 
 def test_fine_tuning_reinitialises_class_layers(tmp_path):
-    source_cfg = tiny_config()
+    source_cfg = tiny_train_config()
     source_cfg.fcos.num_classes = 5
     source_cfg.mask_branch.semantic_loss_on = True
     source = CondInst(source_cfg)
@@ -299,7 +279,7 @@ def test_fine_tuning_reinitialises_class_layers(tmp_path):
     from condinst.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "coco.pth", source, source_cfg)
-    cfg = tiny_config()
+    cfg = tiny_train_config()
     cfg.fcos.num_classes = 2
     cfg.mask_branch.semantic_loss_on = True
     init = read_init_weights(tmp_path / "coco.pth")
@@ -316,14 +296,14 @@ def test_fine_tuning_reinitialises_class_layers(tmp_path):
             assert torch.equal(sd[k], src[k]), k
     assert sd["proposal_generator.fcos_head.cls_logits.bias"][0].item() == pytest.approx(-4.59512, abs=1e-5)
     # A different architecture is an error, not a silent partial load.
-    other = tiny_config()
+    other = tiny_train_config()
     other.neck.out_channels = 64
     with pytest.raises(CheckpointError, match="shape mismatch"):
         apply_init_weights(CondInst(other), init)
 
 
 def test_train_from_imagenet_pickle(coco, tmp_path):
-    cfg = tiny_config(max_iter=1)
+    cfg = tiny_train_config(max_iter=1)
     blobs = _write_c2_pickle(tmp_path / "R-50.pkl", cfg)
     summary = _train(cfg, coco[0], tmp_path / "run", init_weights=tmp_path / "R-50.pkl")
     sd = read_checkpoint(summary.final_checkpoint)["model"]
@@ -378,7 +358,7 @@ def test_cli_train_then_evaluate(coco, tmp_path):
 
     _, ann, images = coco
     config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny_config().to_dict()))
+    config.write_text(json.dumps(tiny_train_config().to_dict()))
     out = tmp_path / "run"
     args = ["train", "--config", str(config), "--train-ann", str(ann), "--train-images", str(images),
             "--output-dir", str(out), "--max-iter", "2", "--num-workers", "0", "--device", "cpu", "--no-progress",
@@ -409,7 +389,7 @@ def test_tiny_model_learns_the_synthetic_shapes(tmp_path):
 
     ann, images = make_synthetic_coco(tmp_path / "data", num_images=4)
     dataset = CocoInstances(ann, images)
-    cfg = tiny_config(max_iter=300, steps=(240,), warmup_iters=50, checkpoint_period=10**6)
+    cfg = tiny_train_config(max_iter=300, steps=(240,), warmup_iters=50, checkpoint_period=10**6)
     cfg.input.min_size_train = (128,)
     summary = _train(cfg, dataset, tmp_path / "run", val_set=dataset, log_period=20)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -425,7 +405,7 @@ def test_tiny_model_learns_the_synthetic_shapes(tmp_path):
 
 def test_data_workers_do_not_change_the_run(coco, tmp_path):
     """Seeded per-sample augmentation: the same losses with 0 or 2 loader processes."""
-    cfg = tiny_config(max_iter=3)
+    cfg = tiny_train_config(max_iter=3)
     _train(cfg, coco[0], tmp_path / "w0", num_workers=0)
     _train(cfg, coco[0], tmp_path / "w2", num_workers=2)
     logs = [[json.loads(line)["total_loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
