@@ -74,7 +74,8 @@ def run_predict(args: argparse.Namespace) -> int:
             continue
         start = time.perf_counter()
         result = predictor(image)[0]
-        entries = result_to_coco(result, path.name, names, ids, min_score=min_score)
+        entries = result_to_coco(result, ids, file_name=path.name, class_names=names, min_score=min_score,
+                                 decimals=3)
         results.extend(entries)
         print(f"{path}: {len(entries)} instances in {time.perf_counter() - start:.2f} s")
         if vis_dir is not None:

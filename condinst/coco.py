@@ -26,29 +26,47 @@ COCO_CLASS_NAMES = (
 )
 
 
-def encode_rle(mask) -> dict:
-    """(H, W) bool mask -> COCO compressed RLE {"size": [H, W], "counts": str}."""
+def encode_masks(masks) -> list[dict]:
+    """(K, H, W) bool masks (numpy or torch) -> K compressed RLEs {"size": [H, W], "counts": str}."""
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    if hasattr(masks, "detach"):
+        masks = masks.detach().cpu().numpy()
+    masks = np.asarray(masks, dtype=np.uint8)
+    if masks.shape[0] == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
 
 
-def result_to_coco(result, file_name: str, class_names, category_ids, image_id=None,
-                   min_score: float = 0.0) -> list[dict]:
-    """One image's `ImageResult` -> COCO results entries (bbox xywh, score, RLE segmentation)."""
+def result_to_coco(result, category_ids, image_id=None, file_name: str | None = None, class_names=None,
+                   min_score: float = 0.0, decimals: int | None = None) -> list[dict]:
+    """One image's `ImageResult` -> COCO results entries (bbox xywh, score, RLE segmentation).
+
+    Contiguous classes map to `category_ids`; `image_id`, `file_name` and `category_name` (from
+    `class_names`) are added when given; `decimals` rounds bbox (and score to twice as many digits).
+    """
+    keep = [k for k, s in enumerate(result.scores.tolist()) if s >= min_score]
+    if not keep:
+        return []
+    boxes = result.boxes.detach().float().cpu()[keep].tolist()
+    scores = result.scores.detach().float().cpu()[keep].tolist()
+    classes = result.classes.detach().cpu()[keep].tolist()
+    rles = encode_masks(result.masks[keep])
     entries = []
-    boxes, scores, classes = result.boxes.tolist(), result.scores.tolist(), result.classes.tolist()
-    for k, (box, score, c) in enumerate(zip(boxes, scores, classes)):
-        if score < min_score:
-            continue
-        x1, y1, x2, y2 = box
-        entry = {"file_name": file_name, "category_id": int(category_ids[c]), "category_name": class_names[c],
-                 "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                 "score": round(float(score), 6), "segmentation": encode_rle(result.masks[k].cpu().numpy())}
-        if image_id is not None:
-            entry = {"image_id": image_id, **entry}
+    for (x1, y1, x2, y2), score, c, rle in zip(boxes, scores, classes, rles):
+        bbox = [x1, y1, x2 - x1, y2 - y1]
+        if decimals is not None:
+            bbox, score = [round(v, decimals) for v in bbox], round(score, 2 * decimals)
+        entry = {} if image_id is None else {"image_id": int(image_id)}
+        if file_name is not None:
+            entry["file_name"] = file_name
+        entry["category_id"] = int(category_ids[int(c)])
+        if class_names is not None:
+            entry["category_name"] = class_names[int(c)]
+        entry.update(bbox=bbox, score=float(score), segmentation=rle)
         entries.append(entry)
     return entries

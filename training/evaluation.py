@@ -24,15 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
-from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from condinst.config import ConfigError
+from condinst.coco import result_to_coco
 from condinst.io import atomic_write_json
-from condinst.postprocess import ImageResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,35 +39,6 @@ IOU_TYPES = ("bbox", "segm")
 
 
 # ---- results format -----------------------------------------------------------------------------
-
-def encode_masks(masks: np.ndarray | torch.Tensor) -> list[dict[str, Any]]:
-    """(K, H, W) bool masks -> K compressed RLEs {"size": [H, W], "counts": str}."""
-    if isinstance(masks, torch.Tensor):
-        masks = masks.detach().cpu().numpy()
-    masks = np.asarray(masks, dtype=np.uint8)
-    if masks.shape[0] == 0:
-        return []
-    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
-def result_to_coco(result: ImageResult, image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """One image's detections as COCO result dicts (bbox x, y, w, h; RLE segmentation; category id)."""
-    if len(result) == 0:
-        return []
-    boxes = result.boxes.detach().float().cpu().numpy()
-    scores = result.scores.detach().float().cpu().numpy()
-    classes = result.classes.detach().cpu().numpy()
-    rles = encode_masks(result.masks)
-    out = []
-    for box, score, cls, rle in zip(boxes, scores, classes, rles):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        out.append({"image_id": int(image_id), "category_id": int(category_ids[int(cls)]),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score), "segmentation": rle})
-    return out
-
 
 # ---- scoring -------------------------------------------------------------------------------------
 
@@ -193,7 +162,7 @@ def evaluate(predictor: Any, dataset: Any, output_file: str | os.PathLike | None
             result = predictor(record["image"])[0]
             infer_time += time.perf_counter() - t0
             image_ids.append(int(record["image_id"]))
-            results.extend(result_to_coco(result, record["image_id"], category_ids))
+            results.extend(result_to_coco(result, category_ids, image_id=record["image_id"]))
     finally:
         predictor.model.train(was_training)
     results_file = None

@@ -10,8 +10,8 @@ from pycocotools import mask as mask_util
 
 from condinst.config import CondInstConfig
 from condinst.postprocess import ImageResult
-from training.evaluation import (coco_metrics, encode_masks, evaluate, evaluate_results, format_metrics,
-                                 result_to_coco)
+from condinst.coco import encode_masks, result_to_coco
+from training.evaluation import coco_metrics, evaluate, evaluate_results, format_metrics
 
 
 from synthetic_training import make_synthetic_coco
@@ -79,7 +79,7 @@ def test_encode_masks_gives_string_counts_and_roundtrips():
 
 def test_result_to_coco_maps_classes_to_category_ids(dataset):
     result = _gt_result(dataset, 0)
-    rows = result_to_coco(result, 100, dataset.category_ids)
+    rows = result_to_coco(result, dataset.category_ids, image_id=100)
     assert len(rows) == len(result)
     for row, cls, box in zip(rows, result.classes.tolist(), result.boxes.tolist()):
         assert row["category_id"] == dataset.category_ids[cls]
@@ -147,7 +147,7 @@ def test_crowd_region_detection_is_not_a_false_positive(dataset):
 
 
 def test_metrics_of_a_subset_of_images(dataset):
-    rows = result_to_coco(_gt_result(dataset, 0), dataset.metadata(0)["image_id"], dataset.category_ids)
+    rows = result_to_coco(_gt_result(dataset, 0), dataset.category_ids, image_id=dataset.metadata(0)["image_id"])
     metrics, text = evaluate_results(dataset.coco, rows, image_ids=[dataset.metadata(0)["image_id"]])
     assert metrics["segm"]["AP"] == pytest.approx(1.0) and "Average Precision" in text
     whole, _ = coco_metrics(dataset.coco, rows, "bbox")
