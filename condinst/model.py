@@ -17,7 +17,7 @@ from torch import nn
 
 from .backbone import FPN, ResNet
 from .config import CondInstConfig
-from .detections import Detections, decode_level, level_locations, nms_and_topk
+from .detections import Detections, decode_level, level_locations, mask_nms, nms_and_topk
 from .dynamic_mask_head import DynamicMaskHead
 from .heads import MaskBranch, ProposalGenerator
 
@@ -118,8 +118,6 @@ class CondInst(nn.Module):
                                           image_index, det.params, upsample=upsample)
 
     def _mask_nms(self, det: Detections, mask_feats: torch.Tensor) -> Detections:
-        from .detections import mask_nms
-
         # IoUs are computed on the stride-8 masks (before upsampling) to bound memory.
         probs = self.mask_logits(mask_feats, det, 0, upsample=False).sigmoid()
         return mask_nms(det, probs[:, 0] > self.cfg.mask_head.mask_threshold, self.cfg.fcos)

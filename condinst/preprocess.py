@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Refuse images whose decoded size would exhaust memory; 12000 x 9000 is 108 MP.
 MAX_IMAGE_PIXELS = 120_000_000
@@ -55,8 +55,6 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
             if w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} image is too large ({w * h / 1e6:.0f} MP > "
                                  f"{max_pixels / 1e6:.0f} MP); downscale it first")
-            from PIL import ImageOps
-
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L"):
                 return to_rgb_uint8(np.asarray(im).astype(np.uint16))

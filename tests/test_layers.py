@@ -70,20 +70,25 @@ def test_relative_coordinates_sign_and_normalisation():
     assert m7[0, :, 0, 0].tolist() == pytest.approx([96 / 1024, 56 / 1024])
 
 
-def test_dynamic_head_equals_grouped_conv_reference():
-    """Batched matmul form == the official grouped 1x1 convolutions over N instances."""
+@pytest.mark.parametrize("coords", ["relative", "absolute", "none"])
+@pytest.mark.parametrize("num_images", [1, 2])
+def test_dynamic_head_equals_grouped_conv_reference(coords, num_images):
+    """Batched matmul form == the official grouped 1x1 convolutions on [coordinate maps, features]."""
     torch.manual_seed(0)
-    head = DynamicMaskHead(MaskHeadConfig(), 8, (64, 128, 256, 512))
-    feats = torch.randn(2, 8, 6, 7)
+    head = DynamicMaskHead(MaskHeadConfig(coords=coords), 8, (64, 128, 256, 512))
+    feats = torch.randn(num_images, 8, 6, 7)
     n = 5
-    params = torch.randn(n, 169)
+    cin = head.in_channels
+    params = torch.randn(n, head.num_gen_params)
     locs = torch.rand(n, 2) * 50
     levels = torch.tensor([0, 1, 2, 3, 4])
-    im = torch.tensor([0, 1, 1, 0, 1])
+    im = torch.tensor([0, 1, 1, 0, 1]) % num_images
     ours = head.mask_logits(feats, 8, locs, levels, im, params, upsample=False)
-    coords = head.coordinate_maps(locs, levels, 6, 7, 8)
-    x = torch.cat([coords, feats[im]], dim=1).reshape(1, n * 10, 6, 7)
-    p = split_params(params, 10, 8, 3)
+    x = feats[im]
+    if coords != "none":
+        x = torch.cat([head.coordinate_maps(locs, levels, 6, 7, 8), x], dim=1)
+    x = x.reshape(1, n * cin, 6, 7)
+    p = split_params(params, cin, 8, 3)
     for k in range(3):
         w = p.weights[k].reshape(-1, p.weights[k].shape[-1], 1, 1)
         x = F.conv2d(x, w, p.biases[k].reshape(-1), groups=n)
