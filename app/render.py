@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import supervision as sv
 
+from condinst.visualize import draw
+
 DEFAULT_MAX_SIDE = 1600
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 WHITE = (255, 255, 255)
@@ -99,14 +101,7 @@ def draw_instances(image: np.ndarray, items: list[DrawItem], selected_id: int | 
     detections = sv.Detections(xyxy=mask_boxes(masks), mask=masks,
                                class_id=np.zeros(len(items), dtype=int),
                                tracker_id=np.array([item.id for item in items], dtype=int))
-    lookup = sv.ColorLookup.TRACK
-    bgr = np.ascontiguousarray(canvas[:, :, ::-1])
-    bgr = sv.MaskAnnotator(opacity=opacity, color_lookup=lookup).annotate(bgr, detections)
-    bgr = sv.BoxAnnotator(thickness=2, color_lookup=lookup).annotate(bgr, detections)
-    bgr = sv.LabelAnnotator(text_scale=0.4, text_padding=3, color_lookup=lookup,
-                            smart_position=True).annotate(bgr, detections,
-                                                          labels=[item.label for item in items])
-    out = np.ascontiguousarray(bgr[:, :, ::-1])
+    out = draw(canvas, detections, [item.label for item in items], opacity, sv.ColorLookup.TRACK)
     for item, mask in zip(items, masks):
         if item.id == selected_id:
             outline(out, mask)

@@ -17,15 +17,19 @@ def to_supervision(result: ImageResult, min_score: float = 0.0) -> sv.Detections
 
 
 def draw(image: np.ndarray, detections: sv.Detections, labels: list[str] | None = None,
-         opacity: float = 0.5) -> np.ndarray:
-    """Overlay masks, boxes and labels on an (H, W, 3) uint8 RGB image; returns a new image."""
-    lookup = sv.ColorLookup.INDEX
-    out = sv.MaskAnnotator(opacity=opacity, color_lookup=lookup).annotate(image.copy(), detections)
-    out = sv.BoxAnnotator(thickness=2, color_lookup=lookup).annotate(out, detections)
+         opacity: float = 0.5, color_lookup: sv.ColorLookup = sv.ColorLookup.INDEX) -> np.ndarray:
+    """Overlay masks, boxes and labels on an (H, W, 3) uint8 RGB image; returns a new RGB image.
+
+    supervision's palette is BGR for numpy images, so the drawing happens on a BGR copy.
+    `color_lookup` TRACK colours by `detections.tracker_id` (stable ids), INDEX by position.
+    """
+    out = np.ascontiguousarray(image[:, :, ::-1])
+    out = sv.MaskAnnotator(opacity=opacity, color_lookup=color_lookup).annotate(out, detections)
+    out = sv.BoxAnnotator(thickness=2, color_lookup=color_lookup).annotate(out, detections)
     if labels is not None and len(detections):
-        out = sv.LabelAnnotator(text_scale=0.4, text_padding=3, color_lookup=lookup,
+        out = sv.LabelAnnotator(text_scale=0.4, text_padding=3, color_lookup=color_lookup,
                                 smart_position=True).annotate(out, detections, labels=labels)
-    return out
+    return np.ascontiguousarray(out[:, :, ::-1])
 
 
 def draw_result(image: np.ndarray, result: ImageResult, class_names, min_score: float = 0.0) -> np.ndarray:
