@@ -23,6 +23,7 @@ to a temporary file that replaces ``zip_path`` at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,16 +38,17 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from condinst.io import atomic_open
-from app.workspace import (Instance, Workspace, WorkspaceSnapshot, fsync_dir,
-                           sanitize_file_name)
+from app.errors import AppError
+from app.ingest import sanitize_file_name
+from app.workspace import Instance, Workspace, WorkspaceSnapshot
+from condinst.io import atomic_open, fsync_dir
 
 MaskFormat = Literal["rle", "polygon"]
 ANNOTATIONS_PATH = "annotations/instances.json"
 IMAGES_DIR = "images"
 
 
-class ExportError(Exception):
+class ExportError(AppError):
     """The export could not be written; the message is meant to be shown to the user."""
 
 
@@ -193,6 +195,11 @@ def export_coco(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
     """
     out_dir = Path(out_dir).expanduser().resolve()
     export = build_coco(workspace, reviewed_only, mask_format)
+    with _disk_errors(out_dir):
+        return _export_tree(export, out_dir, overwrite)
+
+
+def _export_tree(export: CocoExport, out_dir: Path, overwrite: bool) -> Path:
     targets = [out_dir / IMAGES_DIR, out_dir / "annotations"]  # annotations moved in last
     existing = [str(target) for target in targets if target.exists()]
     if existing and not overwrite:
@@ -218,6 +225,11 @@ def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike,
     """Export the same layout into a zip file (replacing ``zip_path`` atomically)."""
     zip_path = Path(zip_path).expanduser().resolve()
     export = build_coco(workspace, reviewed_only, mask_format)
+    with _disk_errors(zip_path.parent):
+        return _write_zip(export, zip_path)
+
+
+def _write_zip(export: CocoExport, zip_path: Path) -> Path:
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(zip_path, "wb") as handle:
         with zipfile.ZipFile(handle, "w") as archive:
@@ -229,3 +241,29 @@ def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike,
     fsync_dir(zip_path.parent)
     return zip_path
 
+
+
+@contextlib.contextmanager
+def _disk_errors(folder: Path):
+    """OSError while writing an export -> one ExportError sentence naming the folder."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ExportError(f"Cannot write the export into {folder}: {reason}.") from None
+
+
+def remove_stale_staging(folder: Path) -> int:
+    """Remove the staging folders and temporary files that killed exports left in `folder`."""
+    removed = 0
+    if not Path(folder).is_dir():
+        return 0
+    for path in Path(folder).iterdir():
+        if path.name.startswith(".coco-export-") and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        elif path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed

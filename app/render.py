@@ -86,11 +86,12 @@ def inside_point(mask: np.ndarray) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------
 
 def draw_instances(image: np.ndarray, items: list[DrawItem], selected_id: int | None = None,
-                   max_side: int = DEFAULT_MAX_SIDE, opacity: float = 0.45) -> np.ndarray:
-    """Masks, boxes and labels (supervision annotators) over an RGB image, at display size.
+                   max_side: int = DEFAULT_MAX_SIDE, opacity: float = 0.45, labels: bool = True) -> np.ndarray:
+    """Masks, boxes and (optionally) labels over an RGB image, at display size (supervision annotators).
 
     Colours follow the instance id, so they do not change when other instances are deleted.
-    The selected instance gets a white outline.
+    The selected instance gets a thin white outline. Masks already at the display size are used as
+    they are (the app passes its stored previews).
     """
     scale = display_scale(*image.shape[:2], max_side)
     canvas = resize_image(image, scale)
@@ -101,10 +102,11 @@ def draw_instances(image: np.ndarray, items: list[DrawItem], selected_id: int | 
     detections = sv.Detections(xyxy=mask_boxes(masks), mask=masks,
                                class_id=np.zeros(len(items), dtype=int),
                                tracker_id=np.array([item.id for item in items], dtype=int))
-    out = draw(canvas, detections, [item.label for item in items], opacity, sv.ColorLookup.TRACK)
+    out = draw(canvas, detections, [item.label for item in items] if labels else None, opacity,
+               sv.ColorLookup.TRACK)
     for item, mask in zip(items, masks):
         if item.id == selected_id:
-            outline(out, mask)
+            outline(out, mask, thickness=1)
     return out
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.workspace import (DB_FILE_NAME, Prediction, Workspace, WorkspaceError,
-                           atomic_write_bytes, resolve_inside, sanitize_file_name)
+from app.ingest import sanitize_file_name
+from app.workspace import DB_FILE_NAME, Prediction, Workspace, WorkspaceError, resolve_inside
+from condinst.io import atomic_write_bytes
 
 H, W = 48, 64
 
@@ -141,9 +142,9 @@ def test_database_uses_wal_and_schema_version(ws: Workspace, ws_dir: Path):
     ws.add_image(random_image(), "a.png")
     with sqlite3.connect(ws_dir / DB_FILE_NAME) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     # the workspace's own connection commits with synchronous=FULL (2)
-    assert ws._connection().execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert ws.db._connection().execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 # ------------------------------------------------------------------ instance operations
@@ -188,29 +189,62 @@ def test_instance_ids_are_never_reused(ws: Workspace):
     ws.undo(image_id)
     ws.undo(image_id)  # the creation is undone as well
     second = ws.add_instance(image_id, 1, random_mask(1))
-    ids = ws.set_predictions(image_id, [(1, 0.5, random_mask(2), None)])
+    ids = ws.set_predictions(image_id, [(1, 0.5, random_mask(2), None)]).added
     assert second > first and ids[0] > second
 
 
 def test_set_predictions_keeps_user_work(ws: Workspace):
     image_id = ws.add_image(random_image(), "a.png")
-    edited, untouched, recategorised, removed = ws.set_predictions(
-        image_id, [(1, 0.9, random_mask(i), None) for i in range(4)])
+    edited, hidden, recategorised, removed, untouched = ws.set_predictions(
+        image_id, [(1, 0.9, random_mask(i), None) for i in range(5)]).added
+    assert not ws.can_undo(image_id)  # the first predictions are the starting state, not an undo step
     ws.set_mask(edited, random_mask(10))
     ws.set_category(recategorised, 7)
-    ws.set_hidden(untouched)  # hiding is a view flag, not an edit
+    ws.set_hidden(hidden)
     ws.delete_instance(removed)
     user = ws.add_instance(image_id, 7, random_mask(11))
 
-    (fresh,) = ws.set_predictions(image_id, [(7, 0.8, random_mask(12), {"fpn_level": 4})])
-
-    assert live_ids(ws, image_id) == [edited, recategorised, user, fresh]
-    assert ws.get_instance(untouched).deleted and ws.get_instance(removed).deleted
-    assert ws.get_instance(edited).user_edited and ws.get_instance(fresh).meta == {"fpn_level": 4}
-    # one undo reverts the whole replacement
+    report = ws.set_predictions(image_id, [(7, 0.8, random_mask(12), {"fpn_level": 4}),
+                                           (1, 0.9, random_mask(3), None),   # what the user deleted
+                                           (1, 0.9, random_mask(4), None)])  # what is already there
+    (fresh,) = report.added
+    assert report.kept_overlap == 1 and report.replaced == 0
+    assert live_ids(ws, image_id) == [edited, hidden, recategorised, untouched, user, fresh]
+    assert ws.get_instance(removed).deleted and ws.get_instance(fresh).meta == {"fpn_level": 4}
+    assert ws.get_instance(edited).user_edited
+    # a re-run is one undo step
     entry = ws.undo(image_id)
-    assert entry is not None and set(entry.instance_ids) == {untouched, fresh}
-    assert live_ids(ws, image_id) == [edited, untouched, recategorised, user]
+    assert entry is not None and entry.label == "re-run model" and set(entry.instance_ids) == {fresh}
+    assert live_ids(ws, image_id) == [edited, hidden, recategorised, untouched, user]
+
+
+def test_rerun_replaces_only_untouched_predictions_and_never_a_reviewed_image(ws: Workspace):
+    image_id = ws.add_image(random_image(), "a.png")
+    old, kept = ws.set_predictions(image_id, [(1, 0.9, random_mask(1), None), (1, 0.8, random_mask(2), None)]).added
+    ws.set_category(kept, 7)
+    report = ws.set_predictions(image_id, [(1, 0.7, random_mask(5), None)])
+    assert report.replaced == 1 and ws.get_instance(old).deleted and live_ids(ws, image_id)[0] == kept
+    ws.set_reviewed(image_id, True, threshold=0.4)
+    before = live_ids(ws, image_id)
+    report = ws.set_predictions(image_id, [(1, 0.99, random_mask(6), None)])
+    assert report.skipped_reviewed and live_ids(ws, image_id) == before
+    assert ws.get_image_record(image_id).review_threshold == 0.4
+
+
+def test_editing_a_reviewed_image_keeps_the_edit_and_asks_for_re_review(ws: Workspace):
+    image_id = ws.add_image(random_image(), "a.png")
+    (inst,) = ws.set_predictions(image_id, [(1, 0.2, random_mask(1), None)]).added
+    ws.set_reviewed(image_id, True, threshold=0.1)
+    ws.set_hidden(inst)  # a view flag: still reviewed
+    assert ws.get_image_record(image_id).reviewed
+    ws.set_mask(inst, random_mask(2))
+    record = ws.get_image_record(image_id)
+    assert not record.reviewed and record.changed_after_review and record.state == "changed after review"
+    assert record.review_threshold == 0.1 and record.threshold(0.9) == 0.1  # what it shows does not jump
+    np.testing.assert_array_equal(ws.get_instance(inst).mask, random_mask(2))
+    ws.set_reviewed(image_id, True, threshold=0.5)
+    record = ws.get_image_record(image_id)
+    assert record.reviewed and not record.changed_after_review and record.review_threshold == 0.5
 
 
 # ------------------------------------------------------------------ undo / redo
@@ -334,7 +368,10 @@ def test_16bit_grayscale_and_rgba_are_converted(ws: Workspace, tmp_path: Path):
 
     deep = ws.get_image(ws.add_image(tmp_path / "deep.png"))
     assert deep.dtype == np.uint8 and deep.shape == (H, W, 3)
-    assert deep.min() == 0 and deep.max() == 255  # min-max stretched to full 8-bit range
+    # the library's rule (divide by 257), so the app's model sees what `condinst predict` sees
+    from condinst.preprocess import read_image
+    np.testing.assert_array_equal(deep, read_image(tmp_path / "deep.png"))
+    np.testing.assert_array_equal(deep[0, :, 0], np.round(gradient16[0] / 257.0).astype(np.uint8))
     assert np.array_equal(deep[..., 0], deep[..., 1])
     assert np.all(np.diff(deep[0, :, 0].astype(int)) >= 0)  # monotonic gradient kept
 

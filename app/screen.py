@@ -1,0 +1,109 @@
+"""What the annotate view shows for a `View`: the overlay picture, the instance table, the image list.
+
+Everything is drawn at display size from stored previews (`Workspace.get_preview`,
+`Instance.preview`): no full-size image or mask is decoded to show a screen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app import render
+from app.actions import View
+from app.masks import PREVIEW_MAX_SIDE
+from app.session import level_name
+
+if TYPE_CHECKING:
+    from app.service import Service
+
+TABLE_HEADERS = ["id", "class", "score", "area", "FPN level", "source", "state"]
+
+
+@dataclass
+class Screen:
+    """Everything the annotate view shows for one `View`."""
+
+    image: np.ndarray | None
+    rows: list[list]
+    image_choices: list[tuple[str, int]]
+    image_id: int | None
+    reviewed: bool
+    selected: int | None
+    selected_category: int | None
+    info: str
+    can_undo: bool
+    can_redo: bool
+
+
+def image_label(record) -> str:
+    """Image list entry: '3: name.jpg (reviewed)'."""
+    flags = [record.state] if record.state else []
+    if record.segmented_by is None:
+        flags.append("not segmented")
+    return f"{record.id}: {record.original_name}" + (f" ({', '.join(flags)})" if flags else "")
+
+
+class Screens:
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    def image_choices(self) -> list[tuple[str, int]]:
+        return [(image_label(img), img.id) for img in self.service.ws.list_images()]
+
+    def table_rows(self, view: View) -> list[list]:
+        names = {c.id: c.name for c in self.service.ws.categories()}
+        rows = []
+        for inst in self.service.actions.visible(view):
+            meta = inst.meta or {}
+            state = ", ".join(flag for flag, on in (("hidden", inst.hidden), ("edited", inst.user_edited)) if on)
+            rows.append([inst.id, names.get(inst.category_id, str(inst.category_id)),
+                         "" if inst.score is None else round(float(inst.score), 3), inst.area,
+                         level_name(meta["fpn_level"]) if "fpn_level" in meta else "", inst.source, state])
+        return rows
+
+    def overlay(self, view: View) -> np.ndarray | None:
+        """The current image at display size with its shown, non-hidden instances drawn."""
+        if view.image_id is None:
+            return None
+        ws = self.service.ws
+        names = {c.id: c.name for c in ws.categories()}
+        items = []
+        for inst in self.service.actions.visible(view, include_hidden=False):
+            label = f"#{inst.id} {names.get(inst.category_id, inst.category_id)}"
+            if inst.score is not None:
+                label += f" {inst.score:.2f}"
+            if inst.user_edited or inst.source != "model":
+                label += " *"
+            items.append(render.DrawItem(inst.id, inst.preview, label))
+        return render.draw_instances(ws.get_preview(view.image_id), items, view.selected, PREVIEW_MAX_SIDE,
+                                     opacity=view.opacity, labels=view.labels)
+
+    def screen(self, view: View) -> Screen:
+        service = self.service
+        if service.workspace is None or view.image_id is None:
+            return Screen(None, [], self.image_choices() if service.workspace is not None else [], None, False, None,
+                          None, "No image yet: upload images or pick samples; they are segmented at once.", False, False)
+        ws = service.ws
+        record = ws.get_image_record(view.image_id)
+        images = ws.list_images()
+        rows = self.table_rows(view)
+        stored = len(ws.instances(view.image_id))
+        selected = service.actions.selected_instance(view)
+        threshold = record.threshold(view.threshold)
+        frozen = " (frozen at review)" if record.review_threshold is not None else ""
+        position = [img.id for img in images].index(record.id) + 1
+        info = (f"**{record.original_name}** - image {position} of {len(images)} - {record.width}x{record.height} - "
+                f"{len(rows)} shown of {stored} instances (score >= {threshold:.2f}{frozen})")
+        if record.state:
+            info += f" - **{record.state}**"
+        unreviewed = sum(not img.reviewed for img in images)
+        info += f" - {unreviewed} image(s) to review"
+        if view.solo is not None:
+            info += f" - solo #{view.solo}"
+        if selected is not None:
+            info += f" - selected #{selected.id}"
+        return Screen(self.overlay(view), rows, [(image_label(img), img.id) for img in images], record.id,
+                      record.reviewed, selected.id if selected else None, selected.category_id if selected else None,
+                      info, ws.can_undo(record.id), ws.can_redo(record.id))
