@@ -59,7 +59,7 @@ class Annotator:
     # ---- images and navigation --------------------------------------------------------------------
     def require_image(self, view: View) -> int:
         if view.image_id is None:
-            raise ServiceError("No image yet: upload images or pick samples first.")
+            raise ServiceError("No image selected: upload images or pick samples first.")
         return int(view.image_id)
 
     def go_to(self, view: View, image_id: int | None) -> View:

@@ -40,7 +40,7 @@ def image_ids(app, image_paths):
     client = Client(app.url, verbose=False, analytics_enabled=False)
     out = client.predict([handle_file(str(p)) for p in image_paths[:2]], api_name="/upload")
     assert "Added 2 new image(s)" in out[STATUS]
-    return [img.id for img in app.service.image_records()]
+    return [img.id for img in app.service.ws.list_images()]
 
 
 def rows(out) -> list[list]:
@@ -216,7 +216,7 @@ def test_model_events_share_one_concurrency_slot(app):
 
 
 def test_samples_and_segment_all(app, client):
-    names = app.service.sample_names()
+    names = app.service.images.sample_names()
     out = client.predict(names[:1], api_name="/add_samples")
     assert "image(s)" in out[STATUS]
     out = client.predict(api_name="/segment_all")
@@ -233,7 +233,7 @@ def test_retrain_start_refuses_a_second_job_and_cancels(app, client, image_ids):
         client.predict(5000, 1, False, api_name="/retrain_start")
     progress, message, *_ = client.predict(api_name="/retrain_cancel")
     assert "Cancelling" in message
-    app.service.retrain.wait(60)
+    app.service.jobs.wait(60)
     progress, message, losses, ap, *_ = client.predict(api_name="/retrain_status")
     assert "cancelled" in progress and [row[0] for row in ap["data"]][:2] == ["box AP", "box AP50"]
     with pytest.raises(Exception, match="No finished retraining job"):

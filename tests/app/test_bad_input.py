@@ -55,7 +55,7 @@ def test_non_image_and_huge_uploads_are_rejected_others_kept(app, image_paths, t
     assert "Added 1 new image(s)" in out[STATUS]
     assert "fake.jpg" in out[STATUS] and "not a readable image" in out[STATUS]
     assert "huge.jpg" in out[STATUS] and "too large" in out[STATUS]
-    assert image_paths[2].name in [img.original_name for img in app.service.image_records()]
+    assert image_paths[2].name in [img.original_name for img in app.service.ws.list_images()]
 
 
 def test_only_bad_files_give_an_error_not_a_crash(app, tmp_path):
@@ -96,7 +96,7 @@ def test_export_of_an_empty_workspace(app_factory, tmp_path):
 
 
 def test_paths_from_requests_stay_inside_the_workspace(app, tmp_path, image_paths):
-    app.service.add_files(image_paths[:1])
+    app.service.images.add_files(image_paths[:1])
     client = connect(app, tmp_path)
     message = client.predict("../../../../tmp/evil", False, "rle", api_name="/export_folder")
     exports = app.service.ws.root / "exports"
@@ -106,7 +106,7 @@ def test_paths_from_requests_stay_inside_the_workspace(app, tmp_path, image_path
     with pytest.raises(Exception, match="not in the list of choices|Pick one or more sample"):
         client.predict(["../../../etc/passwd"], api_name="/add_samples")
     with pytest.raises(ServiceError, match="Pick one or more sample"):  # the service checks too
-        app.service.add_samples(["../../../etc/passwd"])
+        app.service.images.add_samples(["../../../etc/passwd"])
     with pytest.raises(Exception, match="Unknown image '/etc/passwd'"):
         client.predict("/etc/passwd", api_name="/go_to_image")
 

@@ -250,9 +250,7 @@ def test_retrain_tab_runs_a_job_and_switches_the_model(app, page, image_paths):
 
     if not Service.retrain_available():
         pytest.skip("training library not installed")
-    report = app.service.add_files(image_paths[:2])  # (already there after the flow test)
-    if app.service.unsegmented(report.image_ids):
-        app.service.segment(app.service.unsegmented(report.image_ids))
+    report = app.service.images.add_files(image_paths[:2])  # (already there after the flow test)
     with screenshot_on_failure(page, "browser-retrain"):
         page.goto(app.url)
         page.wait_for_selector("#main-image img")

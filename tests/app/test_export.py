@@ -49,7 +49,7 @@ def populated(ws: Workspace):
     first = ws.add_image(image(1), "scan.png")
     second = ws.add_image(image(2), "scan.png")  # same original name, different pixels
     model_a, model_b = ws.set_predictions(first, [(2, 0.9, ragged(1), {"fpn_level": 3}),
-                                                  (5, 0.6, disk(15, 20, 9), None)])
+                                                  (5, 0.6, disk(15, 20, 9), None)]).added
     user = ws.add_instance(second, 5, disk(30, 40, 20, hole=8))
     hidden = ws.add_instance(second, 2, disk(10, 10, 6))
     ws.set_hidden(hidden)

@@ -54,8 +54,8 @@ def test_metrics_lines_become_loss_rows(tmp_path):
 @pytest.fixture
 def trained_service(tmp_path, tiny_weights, image_paths):
     service = Service.create(tmp_path / "ws", tiny_weights)
-    report = service.add_files(image_paths)
-    service.segment(report.new_ids)
+    report = service.images.add_files(image_paths)
+    service.images.segment(report.new_ids)
     yield service
     service.close()
 
@@ -80,7 +80,7 @@ def test_a_short_fine_tuning_job_reports_ap_and_can_be_used(trained_service):
     assert "Started fine-tuning" in message and "held out" in message
     with pytest.raises(ServiceError, match="already running"):
         service.start_retrain(2, 1)
-    status = service.retrain.wait(300)
+    status = service.jobs.wait(300)
     assert status.state == "done", (status.message, status.log_tail)
     assert status.iteration == 2 and status.losses
     for metrics in (status.before, status.after):
@@ -88,7 +88,7 @@ def test_a_short_fine_tuning_job_reports_ap_and_can_be_used(trained_service):
     assert status.checkpoint.is_file() and status.checkpoint.is_relative_to(service.ws.root)
     assert "Now using model_final.pth" in service.use_retrained()
     view = service.initial_view()
-    assert service.screen(view).image is not None  # the new model serves
+    assert service.screens.screen(view).image is not None  # the new model serves
 
 
 @needs_training
@@ -101,9 +101,9 @@ def test_cancel_stops_the_training_process(trained_service):
         assert service.retrain_status().state in ("preparing", "evaluating before", "training"), \
             service.retrain_status().message
         time.sleep(0.5)
-    process = service.retrain._process
+    process = service.jobs._process
     assert "Cancelling" in service.cancel_retrain()
-    status = service.retrain.wait(60)
+    status = service.jobs.wait(60)
     assert status.state == "cancelled"
     assert process is None or process.poll() is not None
     assert "No job is running" in service.cancel_retrain()
