@@ -61,6 +61,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _running(owner: str) -> str:
+    where = f" in {owner}" if owner.startswith("another") else ""
+    return f"A retraining job is already running{where}; wait for it or cancel it."
+
+
 class _Stopped(Exception):
     """Internal: the job was cancelled or the app is closing."""
 
@@ -134,8 +139,9 @@ class RetrainJobs:
             raise RetrainError(f"The checkpoint to fine-tune does not exist: {init_weights}")
         if self._closed:
             raise RetrainError("The app is closing; no new retraining job.")
-        if self.status().active:
-            raise RetrainError("A retraining job is already running; wait for it or cancel it.")
+        status = self.status()
+        if status.active:
+            raise RetrainError(_running(status.owner))
         with self._lock:
             previous = (self._job_dir, self._record, self._mode)
             job_dir, record = self._claim(iterations, batch_size, device, init_weights)
@@ -176,15 +182,15 @@ class RetrainJobs:
         if record.state in ("training", "evaluating after", "done"):
             iteration = max(iteration, last_iteration(entries))
         owner = {"own": "this app", "adopted": "adopted after a restart",
-                 "watch": f"another app process (pid {record.owner_pid})"}.get(mode or "", "")
+                 "watch": f"another app (pid {record.owner_pid})"}.get(mode or "", "")
         return JobStatus(state=record.state, message=record.message, iteration=iteration, max_iter=record.max_iter,
                          losses=loss_history(entries), before=record.before, after=record.after,
                          checkpoint=job_dir / record.checkpoint if record.checkpoint else None, job_dir=job_dir,
                          log_tail=tail(job_dir / STEP_LOGS.get(record.state, "train.log")),
                          job_id=record.job_id, started=record.started, owner=owner if record.active else "")
 
-    def cancel(self) -> str:
-        """Stop the running job and wait (up to ~20 s) for it; the message names the iteration reached."""
+    def cancel(self, wait: float = 20.0) -> str:
+        """Stop the running job and wait up to `wait` s for it; the message names the iteration reached."""
         status = self.status()
         if not status.active:
             return "No job is running."
@@ -197,7 +203,7 @@ class RetrainJobs:
             atomic_write_text(job_dir / CANCEL_FILE, utc_now())
             if process_alive(record.pid, record.pid_started):
                 signal_group(record.pid, signal.SIGTERM)
-        status = self.wait(20)
+        status = self.wait(wait)
         return "Cancelling the retraining job..." if status.active else status.message
 
     def finished(self) -> list[FinishedJob]:
@@ -284,8 +290,8 @@ class RetrainJobs:
                     continue
                 if process_alive(record.owner_pid, record.owner_started) or process_alive(record.pid,
                                                                                            record.pid_started):
-                    where = "" if record.owner_pid == os.getpid() else f" in another app process (pid {record.owner_pid})"
-                    raise RetrainError(f"A retraining job is already running{where}; wait for it or cancel it.")
+                    raise RetrainError(_running("" if record.owner_pid == os.getpid()
+                                                else f"another app (pid {record.owner_pid})"))
                 self._interrupt(job_dir, record, f"the app stopped while the job was {record.state}")
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
             job_dir = self.root / f"job-{stamp}"

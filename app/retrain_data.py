@@ -84,7 +84,7 @@ class JobStatus:
     """A snapshot of the current (or last) job, for the UI.
 
     state: idle | preparing | evaluating before | training | evaluating after | done | failed | cancelled | interrupted
-    owner: '' (no job), 'this app', 'adopted after a restart' or 'another app process (pid N)'.
+    owner: '' (no job), 'this app', 'adopted after a restart' or 'another app (pid N)'.
     """
 
     state: str = "idle"

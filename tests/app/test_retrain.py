@@ -1,18 +1,19 @@
-"""Retraining as a background job: split/config/metrics helpers, a real short run, cancel."""
+"""Retraining jobs without training: split/config/metrics helpers, and what a restarted app finds in job.json.
+
+Recovery is tested on fake job folders whose "processes" are plain `sleep`s (alive) or exited
+`true`s (dead); the real training runs are in test_retrain_jobs.py.
+"""
 from __future__ import annotations
 
 import json
-import time
+import subprocess
 
 import pytest
 
-from app.retrain import (JobStatus, RetrainError, fine_tune_config, loss_history, read_metrics,
-                         split_dataset)
-from app.service import Service, ServiceError
-
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-needs_training = pytest.mark.skipif(not Service.retrain_available(), reason="training library not installed")
+from app.retrain import (FinishedJob, JobStatus, RetrainError, RetrainJobs, fine_tune_config, loss_history,
+                         read_metrics, split_dataset)
+from app.retrain_data import JobRecord
+from app.retrain_process import process_alive, process_started
 
 
 def dataset(n_images: int) -> dict:
@@ -51,59 +52,186 @@ def test_metrics_lines_become_loss_rows(tmp_path):
     assert JobStatus(state="training", iteration=5, max_iter=10).fraction == pytest.approx(0.5)
 
 
+# ---- fake jobs ---------------------------------------------------------------------------------
+
 @pytest.fixture
-def trained_service(tmp_path, tiny_weights, image_paths):
-    service = Service.create(tmp_path / "ws", tiny_weights)
-    report = service.images.add_files(image_paths)
-    service.images.segment(report.new_ids)
-    yield service
-    service.close()
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
 
 
-def test_retrain_without_annotations_is_refused(tmp_path, tiny_weights):
-    service = Service.create(tmp_path / "ws", tiny_weights)
-    try:
-        with pytest.raises(ServiceError, match="Nothing to export"):
-            service.start_retrain(2, 1)
-        with pytest.raises(ServiceError, match="No finished"):
-            service.use_retrained()
-        assert service.retrain_status().state == "idle"
-    finally:
-        service.close()
+@pytest.fixture
+def sleeper():
+    """Start `sleep 120` processes (own process group, like a training step); all are killed at the end."""
+    started = []
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(["sleep", "120"], start_new_session=True)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
 
 
-@needs_training
-@pytest.mark.slow
-def test_a_short_fine_tuning_job_reports_ap_and_can_be_used(trained_service):
-    service = trained_service
-    message = service.start_retrain(iterations=2, batch_size=1, min_score=0.0)
-    assert "Started fine-tuning" in message and "held out" in message
-    with pytest.raises(ServiceError, match="already running"):
-        service.start_retrain(2, 1)
-    status = service.jobs.wait(300)
-    assert status.state == "done", (status.message, status.log_tail)
-    assert status.iteration == 2 and status.losses
-    for metrics in (status.before, status.after):
-        assert set(metrics) == {"bbox", "segm"} and "AP" in metrics["segm"]
-    assert status.checkpoint.is_file() and status.checkpoint.is_relative_to(service.ws.root)
-    assert "Now using model_final.pth" in service.use_retrained()
-    view = service.initial_view()
-    assert service.screens.screen(view).image is not None  # the new model serves
+def fake_job(root, job_id: str, state: str, logged: int = 0, weights_file: bool = False, **fields) -> JobRecord:
+    """A job folder as a killed app leaves it: job.json, `logged` lines of metrics, maybe a checkpoint."""
+    job_dir = root / job_id
+    (job_dir / "train").mkdir(parents=True)
+    lines = [json.dumps({"iteration": i, "total_loss": 1.0 / i}) for i in range(1, logged + 1)]
+    (job_dir / "train" / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    if weights_file:
+        (job_dir / "train" / "model_final.pth").write_bytes(b"weights")
+    record = JobRecord(job_id=job_id, state=state, started=job_id, max_iter=40, **fields)
+    record.save(job_dir)
+    return record
 
 
-@needs_training
-@pytest.mark.slow
-def test_cancel_stops_the_training_process(trained_service):
-    service = trained_service
-    service.start_retrain(iterations=5000, batch_size=1, min_score=0.0)
-    deadline = time.time() + 180
-    while service.retrain_status().state != "training" and time.time() < deadline:
-        assert service.retrain_status().state in ("preparing", "evaluating before", "training"), \
-            service.retrain_status().message
-        time.sleep(0.5)
-    process = service.jobs._process
-    assert "Cancelling" in service.cancel_retrain()
-    status = service.jobs.wait(60)
-    assert status.state == "cancelled"
-    assert process is None or process.poll() is not None
-    assert "No job is running" in service.cancel_retrain()
+def refused_start(jobs: RetrainJobs, tmp_path) -> str:
+    """The message of a start whose export holds no images (the 'already running' check comes first)."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"w")
+
+    def export(folder):
+        folder.mkdir(parents=True)
+        (folder / "instances.json").write_text(json.dumps(dataset(0)))
+        return folder / "instances.json"
+
+    def folders():
+        return sorted(p for p in jobs.root.iterdir() if p.is_dir()) if jobs.root.is_dir() else []
+
+    before = folders()
+    with pytest.raises(RetrainError) as info:
+        jobs.start(export, weights, {}, 5, 1, "cpu")
+    assert folders() == before  # a refused start leaves no job folder
+    return str(info.value)
+
+
+def test_a_job_whose_app_died_is_interrupted_at_its_last_logged_iteration(tmp_path, dead_pid):
+    root = tmp_path / "retrain"
+    fake_job(root, "job-1", "training", logged=7, owner_pid=dead_pid, pid=dead_pid)
+    status = RetrainJobs(root).status()
+    assert (status.state, status.iteration, status.max_iter) == ("interrupted", 7, 40)
+    assert "Interrupted at iteration 7 of 40" in status.message and not status.active
+    assert JobRecord.load(root / "job-1").state == "interrupted"  # persisted: the next restart agrees
+    assert RetrainJobs(root).status().iteration == 7
+    assert "holds no images" in refused_start(RetrainJobs(root), tmp_path)  # no longer blocks a new job
+    assert [p.name for p in root.iterdir() if p.is_dir()] == ["job-1"]
+
+
+def test_a_reused_pid_does_not_pass_for_the_dead_app(tmp_path, sleeper):
+    impostor = sleeper()
+    started = process_started(impostor.pid)
+    assert process_alive(impostor.pid, started) and not process_alive(impostor.pid, started + 1)
+    root = tmp_path / "retrain"
+    fake_job(root, "job-1", "evaluating before", owner_pid=impostor.pid, owner_started=started + 1)
+    assert RetrainJobs(root).status().state == "interrupted"
+
+
+def test_a_live_training_process_of_a_dead_app_is_adopted_and_blocks_a_second_job(tmp_path, dead_pid, sleeper):
+    root = tmp_path / "retrain"
+    step = sleeper()
+    fake_job(root, "job-1", "training", logged=3, owner_pid=dead_pid, pid=step.pid,
+             pid_started=process_started(step.pid))
+    jobs = RetrainJobs(root, poll_seconds=0.05)
+    status = jobs.status()
+    assert status.state == "training" and status.owner == "adopted after a restart" and status.iteration == 3
+    assert "already running" in refused_start(jobs, tmp_path)
+    other = RetrainJobs(root)  # a second app process on the workspace sees it run here
+    assert other.status().active and "another app" in other.status().owner
+    assert "already running in another app" in refused_start(other, tmp_path)
+    assert jobs.cancel() == "Cancelled at iteration 3 of 40."
+    assert step.wait(5) is not None  # the whole group got the signal
+    assert (jobs.status().state, jobs.status().iteration) == ("cancelled", 3)
+    assert other.status().state == "cancelled"
+    assert not (root / "job-1" / "cancel.request").exists()
+
+
+def test_an_adopted_process_that_ends_without_output_leaves_the_job_interrupted(tmp_path, dead_pid, sleeper):
+    root = tmp_path / "retrain"
+    step = sleeper()
+    fake_job(root, "job-1", "training", logged=5, owner_pid=dead_pid, pid=step.pid,
+             pid_started=process_started(step.pid))
+    jobs = RetrainJobs(root, poll_seconds=0.05)
+    assert jobs.status().active
+    step.kill()
+    step.wait()
+    status = jobs.wait(10)
+    assert status.state == "interrupted" and status.iteration == 5 and "no app was watching" in status.message
+
+
+def test_shutdown_stops_an_adopted_process_group(tmp_path, dead_pid, sleeper):
+    root = tmp_path / "retrain"
+    step = sleeper()
+    fake_job(root, "job-1", "training", owner_pid=dead_pid, pid=step.pid, pid_started=process_started(step.pid))
+    jobs = RetrainJobs(root, poll_seconds=0.05)
+    jobs.shutdown()
+    assert step.wait(5) is not None
+    assert RetrainJobs(root).status().state == "interrupted"
+
+
+def test_a_job_run_by_another_live_app_is_watched_and_cancel_asks_it(tmp_path, sleeper):
+    root = tmp_path / "retrain"
+    app = sleeper()  # stands for the other app process
+    fake_job(root, "job-1", "training", logged=2, owner_pid=app.pid, owner_started=process_started(app.pid))
+    jobs = RetrainJobs(root, poll_seconds=0.05)
+    status = jobs.status()
+    assert status.active and status.owner == f"another app (pid {app.pid})" and status.iteration == 2
+    assert "already running in another app" in refused_start(jobs, tmp_path)
+    assert jobs.cancel(wait=0.5) == "Cancelling the retraining job..."  # the (fake) owner never answers
+    assert (root / "job-1" / "cancel.request").is_file()
+    app.kill()
+    app.wait()
+    assert jobs.status().state == "interrupted"  # its app died: found out on the next status
+
+
+def test_every_finished_checkpoint_stays_listed_newest_first(tmp_path, dead_pid):
+    root = tmp_path / "retrain"
+    segm = {"bbox": {"AP": 1.0}, "segm": {"AP": 2.0}}
+    for job_id, state, ended in (("job-a", "done", "2024-01-01T00:00:00"), ("job-b", "failed", "2024-01-02T00:00:00"),
+                                 ("job-c", "done", "2024-01-03T00:00:00")):
+        fake_job(root, job_id, state, weights_file=state == "done", iteration=40, ended=ended, before=segm,
+                 after={"segm": {"AP": 3.5}}, checkpoint="train/model_final.pth" if state == "done" else None)
+    (root / "job-a" / "train" / "model_final.pth").unlink()  # a deleted checkpoint is not offered
+    fake_job(root, "job-d", "interrupted", weights_file=True, ended="2024-01-04T00:00:00",
+             checkpoint="train/model_final.pth", before=segm)  # trained, app died before the comparison
+    jobs = RetrainJobs(root)
+    finished = jobs.finished()
+    assert [job.job_id for job in finished] == ["job-d", "job-c"]
+    assert finished[1] == FinishedJob(job_id="job-c", ended="2024-01-03T00:00:00", iterations=40, before_ap=2.0,
+                                      after_ap=3.5, checkpoint=root / "job-c" / "train" / "model_final.pth",
+                                      job_dir=root / "job-c")
+    assert finished[0].after_ap is None and "2.0 -> ?" in finished[0].label
+    assert jobs.status().job_id == "job-d"  # a restarted app shows the last job, not "idle"
+
+
+def test_invalid_starts_are_refused_and_leave_no_folder(tmp_path):
+    root = tmp_path / "retrain"
+    jobs = RetrainJobs(root)
+    assert jobs.status().state == "idle" and jobs.finished() == [] and jobs.cancel() == "No job is running."
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"w")
+    with pytest.raises(RetrainError, match="at least 1"):
+        jobs.start(lambda folder: folder, weights, {}, 0, 1, "cpu")
+    with pytest.raises(RetrainError, match="does not exist"):
+        jobs.start(lambda folder: folder, tmp_path / "missing.pth", {}, 5, 1, "cpu")
+
+    def unlabelled(folder):
+        folder.mkdir(parents=True)
+        data = dataset(3)
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] == 3]  # only the held-out image
+        (folder / "instances.json").write_text(json.dumps(data))
+        return folder / "instances.json"
+
+    with pytest.raises(RetrainError, match="Nothing to train on"):
+        jobs.start(unlabelled, weights, {}, 5, 1, "cpu")
+
+    def broken(folder):
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.raises(RetrainError, match="Could not write the job folder .*Permission denied"):
+        jobs.start(broken, weights, {}, 5, 1, "cpu")
+    assert [p for p in root.iterdir() if p.is_dir()] == [] and jobs.status().state == "idle"
