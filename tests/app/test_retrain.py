@@ -90,6 +90,14 @@ def fake_job(root, job_id: str, state: str, logged: int = 0, weights_file: bool 
     return record
 
 
+def orphan_job(root, sleeper, dead_pid: int, logged: int = 0) -> subprocess.Popen:
+    """A job in training whose app died while its training process (a sleeper) still runs; the process."""
+    step = sleeper()
+    fake_job(root, "job-1", "training", logged=logged, owner_pid=dead_pid, pid=step.pid,
+             pid_started=process_started(step.pid))
+    return step
+
+
 def refused_start(jobs: RetrainJobs, tmp_path) -> str:
     """The message of a start whose export holds no images (the 'already running' check comes first)."""
     weights = tmp_path / "w.pth"
@@ -133,9 +141,7 @@ def test_a_reused_pid_does_not_pass_for_the_dead_app(tmp_path, sleeper):
 
 def test_a_live_training_process_of_a_dead_app_is_adopted_and_blocks_a_second_job(tmp_path, dead_pid, sleeper):
     root = tmp_path / "retrain"
-    step = sleeper()
-    fake_job(root, "job-1", "training", logged=3, owner_pid=dead_pid, pid=step.pid,
-             pid_started=process_started(step.pid))
+    step = orphan_job(root, sleeper, dead_pid, logged=3)
     jobs = RetrainJobs(root, poll_seconds=0.05)
     status = jobs.status()
     assert status.state == "training" and status.owner == "adopted after a restart" and status.iteration == 3
@@ -152,9 +158,7 @@ def test_a_live_training_process_of_a_dead_app_is_adopted_and_blocks_a_second_jo
 
 def test_an_adopted_process_that_ends_without_output_leaves_the_job_interrupted(tmp_path, dead_pid, sleeper):
     root = tmp_path / "retrain"
-    step = sleeper()
-    fake_job(root, "job-1", "training", logged=5, owner_pid=dead_pid, pid=step.pid,
-             pid_started=process_started(step.pid))
+    step = orphan_job(root, sleeper, dead_pid, logged=5)
     jobs = RetrainJobs(root, poll_seconds=0.05)
     assert jobs.status().active
     step.kill()
@@ -165,8 +169,7 @@ def test_an_adopted_process_that_ends_without_output_leaves_the_job_interrupted(
 
 def test_shutdown_stops_an_adopted_process_group(tmp_path, dead_pid, sleeper):
     root = tmp_path / "retrain"
-    step = sleeper()
-    fake_job(root, "job-1", "training", owner_pid=dead_pid, pid=step.pid, pid_started=process_started(step.pid))
+    step = orphan_job(root, sleeper, dead_pid)
     jobs = RetrainJobs(root, poll_seconds=0.05)
     jobs.shutdown()
     assert step.wait(5) is not None
