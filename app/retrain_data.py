@@ -13,12 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.errors import AppError
 from condinst.io import atomic_write_json
-
-try:
-    from condinst.errors import UserError
-except ImportError:  # the shared user-error base is not on this branch yet
-    UserError = Exception
 
 JOB_FILE = "job.json"
 METRICS_FILE = "metrics.jsonl"
@@ -27,8 +23,8 @@ ACTIVE_STATES = ("preparing", "evaluating before", "training", "evaluating after
 LOSS_KEYS = ("total_loss", "loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask")
 
 
-class RetrainError(UserError):
-    """A job cannot be started or controlled; the message is meant for the user."""
+class RetrainError(AppError):
+    """A job cannot be started or controlled; the message is meant for the user (a warning in the page)."""
 
 
 @dataclass
@@ -132,7 +128,7 @@ class FinishedJob:
     @property
     def label(self) -> str:
         """One line for a model picker."""
-        ap = " -> ".join("?" if v is None else f"{v:.1f}" for v in (self.before_ap, self.after_ap))
+        ap = " -> ".join("?" if v is None else f"{100 * v:.1f}" for v in (self.before_ap, self.after_ap))
         return f"{self.job_id} ({self.iterations} it, mask AP {ap})"
 
 

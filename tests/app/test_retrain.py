@@ -193,21 +193,21 @@ def test_a_job_run_by_another_live_app_is_watched_and_cancel_asks_it(tmp_path, s
 
 def test_every_finished_checkpoint_stays_listed_newest_first(tmp_path, dead_pid):
     root = tmp_path / "retrain"
-    segm = {"bbox": {"AP": 1.0}, "segm": {"AP": 2.0}}
+    segm = {"bbox": {"AP": 0.1}, "segm": {"AP": 0.25}}
     for job_id, state, ended in (("job-a", "done", "2024-01-01T00:00:00"), ("job-b", "failed", "2024-01-02T00:00:00"),
                                  ("job-c", "done", "2024-01-03T00:00:00")):
         fake_job(root, job_id, state, weights_file=state == "done", iteration=40, ended=ended, before=segm,
-                 after={"segm": {"AP": 3.5}}, checkpoint="train/model_final.pth" if state == "done" else None)
+                 after={"segm": {"AP": 0.375}}, checkpoint="train/model_final.pth" if state == "done" else None)
     (root / "job-a" / "train" / "model_final.pth").unlink()  # a deleted checkpoint is not offered
     fake_job(root, "job-d", "interrupted", weights_file=True, ended="2024-01-04T00:00:00",
              checkpoint="train/model_final.pth", before=segm)  # trained, app died before the comparison
     jobs = RetrainJobs(root)
     finished = jobs.finished()
     assert [job.job_id for job in finished] == ["job-d", "job-c"]
-    assert finished[1] == FinishedJob(job_id="job-c", ended="2024-01-03T00:00:00", iterations=40, before_ap=2.0,
-                                      after_ap=3.5, checkpoint=root / "job-c" / "train" / "model_final.pth",
+    assert finished[1] == FinishedJob(job_id="job-c", ended="2024-01-03T00:00:00", iterations=40, before_ap=0.25,
+                                      after_ap=0.375, checkpoint=root / "job-c" / "train" / "model_final.pth",
                                       job_dir=root / "job-c")
-    assert finished[0].after_ap is None and "2.0 -> ?" in finished[0].label
+    assert finished[0].after_ap is None and "mask AP 25.0 -> ?" in finished[0].label
     assert jobs.status().job_id == "job-d"  # a restarted app shows the last job, not "idle"
 
 
