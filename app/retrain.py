@@ -44,9 +44,10 @@ from typing import Callable
 from condinst.io import atomic_write_json, atomic_write_text
 
 from app.retrain_data import (FINAL_CHECKPOINT, METRICS_FILE, FinishedJob, JobRecord, JobStatus, RetrainError,
-                              ap_metrics, fine_tune_config, last_iteration, loss_history, mask_ap,
+                              ap_metrics, fine_tune_config, job_status, last_iteration, loss_history, mask_ap,
                               read_metrics, split_dataset, tail)
-from app.retrain_process import process_alive, process_started, signal_group, spawn, stop_group
+from app.retrain_process import (evaluate_args, process_alive, process_started, signal_group, spawn, stop_group,
+                                 train_args)
 
 __all__ = ["RetrainJobs", "JobStatus", "FinishedJob", "RetrainError", "split_dataset", "fine_tune_config",
            "read_metrics", "loss_history"]
@@ -54,7 +55,6 @@ __all__ = ["RetrainJobs", "JobStatus", "FinishedJob", "RetrainError", "split_dat
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CANCEL_FILE = "cancel.request"
 LOCK_FILE = ".lock"
-STEP_LOGS = {"evaluating before": "before.log", "training": "train.log", "evaluating after": "after.log"}
 
 
 def utc_now() -> str:
@@ -177,17 +177,9 @@ class RetrainJobs:
             if self._record is None:
                 return JobStatus()
             job_dir, record, mode = self._job_dir, dataclasses.replace(self._record), self._mode
-        entries = read_metrics(job_dir / "train" / METRICS_FILE)
-        iteration = record.iteration
-        if record.state in ("training", "evaluating after", "done"):
-            iteration = max(iteration, last_iteration(entries))
         owner = {"own": "this app", "adopted": "adopted after a restart",
                  "watch": f"another app (pid {record.owner_pid})"}.get(mode or "", "")
-        return JobStatus(state=record.state, message=record.message, iteration=iteration, max_iter=record.max_iter,
-                         losses=loss_history(entries), before=record.before, after=record.after,
-                         checkpoint=job_dir / record.checkpoint if record.checkpoint else None, job_dir=job_dir,
-                         log_tail=tail(job_dir / STEP_LOGS.get(record.state, "train.log")),
-                         job_id=record.job_id, started=record.started, owner=owner if record.active else "")
+        return job_status(job_dir, record, owner)
 
     def cancel(self, wait: float = 20.0) -> str:
         """Stop the running job and wait up to `wait` s for it; the message names the iteration reached."""
@@ -352,19 +344,22 @@ class RetrainJobs:
         if not before.is_file():
             self._save(job_dir, record, state="evaluating before",
                        message="Measuring the current model on the held-out images...")
-            self._evaluate(job_dir, record, Path(record.init_weights), "before")
+            self._step(job_dir, record, evaluate_args(job_dir, record.init_weights, "before", record.device),
+                       "before.log")
         self._save(job_dir, record, before=ap_metrics(val_ann, before))
         if not checkpoint.is_file():
             self._save(job_dir, record, state="training", message=f"Training {record.max_iter} iterations on "
                                                                   f"{record.device}. {record.held_out_note}")
-            self._train(job_dir, record)
+            self._step(job_dir, record, train_args(job_dir, record.init_weights, record.max_iter,
+                                                   record.batch_size, record.device), "train.log")
             if not checkpoint.is_file():
                 raise RetrainError(f"Training ended without {FINAL_CHECKPOINT}; see {job_dir / 'train.log'}")
         self._save(job_dir, record, checkpoint="train/" + FINAL_CHECKPOINT, state="evaluating after",
                    iteration=last_iteration(read_metrics(job_dir / "train" / METRICS_FILE)) or record.max_iter,
                    message="Measuring the fine-tuned model on the held-out images...")
         if not after.is_file():
-            self._evaluate(job_dir, record, checkpoint, "after")
+            self._step(job_dir, record, evaluate_args(job_dir, str(checkpoint), "after", record.device),
+                       "after.log")
         self._save(job_dir, record, after=ap_metrics(val_ann, after), state="done",
                    message="Done: compare the AP below and switch if it is better.")
 
@@ -395,23 +390,6 @@ class RetrainJobs:
             self._stop_reason = "cancel"  # requested by another app process
             self._cancel.set()
         return self._cancel.is_set()
-
-    def _evaluate(self, job_dir: Path, record: JobRecord, weights: Path, name: str) -> None:
-        self._step(job_dir, record, ["evaluate", "--weights", str(weights), "--ann", str(job_dir / "val.json"),
-                                     "--images", str(job_dir / "dataset" / "images"),
-                                     "--output", str(job_dir / name / "results.json"),
-                                     "--device", record.device, "--no-progress"], f"{name}.log")
-
-    def _train(self, job_dir: Path, record: JobRecord) -> None:
-        n = record.max_iter
-        self._step(job_dir, record, ["train", "--config", str(job_dir / "config.json"),
-                                     "--train-ann", str(job_dir / "train.json"),
-                                     "--train-images", str(job_dir / "dataset" / "images"),
-                                     "--output-dir", str(job_dir / "train"), "--weights", record.init_weights,
-                                     "--max-iter", str(n), "--batch-size", str(record.batch_size),
-                                     "--device", record.device, "--num-workers", "0" if record.device == "cpu" else "2",
-                                     "--log-period", str(max(1, n // 100)), "--checkpoint-period", str(n),
-                                     "--no-progress"], "train.log")
 
     def _step(self, job_dir: Path, record: JobRecord, args: list[str], log_name: str) -> None:
         """Run `python -m condinst <args>` in its own process group (killed with this thread on Linux)."""

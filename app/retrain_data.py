@@ -20,6 +20,7 @@ JOB_FILE = "job.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_CHECKPOINT = "model_final.pth"
 ACTIVE_STATES = ("preparing", "evaluating before", "training", "evaluating after")
+STEP_LOGS = {"evaluating before": "before.log", "training": "train.log", "evaluating after": "after.log"}
 LOSS_KEYS = ("total_loss", "loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask")
 
 
@@ -130,6 +131,19 @@ class FinishedJob:
         """One line for a model picker."""
         ap = " -> ".join("?" if v is None else f"{100 * v:.1f}" for v in (self.before_ap, self.after_ap))
         return f"{self.job_id} ({self.iterations} it, mask AP {ap})"
+
+
+def job_status(job_dir: Path, record: JobRecord, owner: str = "") -> JobStatus:
+    """The UI's view of a job: its record plus the live losses, iteration and log of its folder."""
+    entries = read_metrics(job_dir / "train" / METRICS_FILE)
+    iteration = record.iteration
+    if record.state in ("training", "evaluating after", "done"):
+        iteration = max(iteration, last_iteration(entries))
+    return JobStatus(state=record.state, message=record.message, iteration=iteration, max_iter=record.max_iter,
+                     losses=loss_history(entries), before=record.before, after=record.after,
+                     checkpoint=job_dir / record.checkpoint if record.checkpoint else None, job_dir=job_dir,
+                     log_tail=tail(job_dir / STEP_LOGS.get(record.state, "train.log")),
+                     job_id=record.job_id, started=record.started, owner=owner if record.active else "")
 
 
 def mask_ap(metrics: dict | None) -> float | None:

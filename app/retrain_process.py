@@ -26,6 +26,22 @@ _LAUNCHER = (
     "os.execv(sys.executable, [sys.executable, '-m', 'condinst', *sys.argv[2:]])\n")
 
 
+def evaluate_args(job_dir: Path, weights: str, name: str, device: str) -> list[str]:
+    """`condinst evaluate` of `weights` on the job's held-out images into <name>/results.json."""
+    return ["evaluate", "--weights", weights, "--ann", str(job_dir / "val.json"),
+            "--images", str(job_dir / "dataset" / "images"), "--output", str(job_dir / name / "results.json"),
+            "--device", device, "--no-progress"]
+
+
+def train_args(job_dir: Path, weights: str, max_iter: int, batch_size: int, device: str) -> list[str]:
+    """`condinst train` of the job's schedule; metrics every 1% of the run, one checkpoint at the end."""
+    return ["train", "--config", str(job_dir / "config.json"), "--train-ann", str(job_dir / "train.json"),
+            "--train-images", str(job_dir / "dataset" / "images"), "--output-dir", str(job_dir / "train"),
+            "--weights", weights, "--max-iter", str(max_iter), "--batch-size", str(batch_size), "--device", device,
+            "--num-workers", "0" if device == "cpu" else "2", "--log-period", str(max(1, max_iter // 100)),
+            "--checkpoint-period", str(max_iter), "--no-progress"]
+
+
 def spawn(python: str, args: list[str], repo_root: Path, log_path: Path) -> subprocess.Popen:
     """Start `python -m condinst <args>` (cwd and PYTHONPATH = repo_root), stdout+stderr to log_path."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
