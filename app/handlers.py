@@ -95,13 +95,22 @@ class Handlers:
                                "what it holds into a new one.", visible=True)
 
     # ---- page ---------------------------------------------------------------------------------------
-    def on_load(self, last_image, request: gr.Request):
-        """A new page: deep link ``?image=<id>``, else the image this browser showed last."""
+    def on_load(self, request: gr.Request):
+        """A new page: the deep-linked image ``?image=<id>``, else the first one (see `on_restore`)."""
         wanted = request.query_params.get("image") if request is not None else None
-        view = self.service.initial_view(wanted if wanted else last_image)
+        view = self.service.initial_view(wanted)
         samples = self.service.images.sample_names() if self.service.workspace else []
         return (*self.annotate(view, self.service.summary()), *self.classes(), gr.update(choices=samples),
                 self.banner(), self.service.model_info())
+
+    def on_restore(self, view: View, last_image, request: gr.Request):
+        """After loading without a deep link: reopen the image this browser showed last."""
+        deep_link = request is not None and request.query_params.get("image")
+        if deep_link or last_image in (None, "") or last_image == view.image_id or self.service.workspace is None:
+            return tuple([gr.skip()] * 11)
+        if int(last_image) not in {img.id for img in self.service.ws.list_images()}:
+            return tuple([gr.skip()] * 11)
+        return self.annotate(self.actions.go_to(view, int(last_image)))
 
     def on_recover(self, view: View):
         message = self.service.recover_workspace()
@@ -264,8 +273,8 @@ class Handlers:
         losses = None  # an empty frame would fix the plot's axis types as text
         if status.losses:
             losses = pd.DataFrame(status.losses).astype({"iteration": int, "loss": str, "value": float})
-        finished = self.service.jobs.finished()
-        choices = [(f"{job.job_id} ({job.iterations} it)", str(job.checkpoint)) for job in finished]
+        finished = self.service.finished_jobs()
+        choices = [(job.label, str(job.checkpoint)) for job in finished]
         return (progress_html(status), message or status.message or "No retraining job yet.", losses,
                 ap_frame(status.before, status.after), status.log_tail,
                 gr.update(interactive=bool(finished)), gr.Timer(active=status.active),
@@ -281,6 +290,6 @@ class Handlers:
     def on_retrain_cancel(self):
         return self.retrain_outputs(self.service.cancel_retrain())
 
-    def on_retrain_use(self, view: View, checkpoint):
+    def on_retrain_use(self, view: View, checkpoint=None):
         message = self.service.use_retrained(checkpoint or None)
         return (*self.annotate(self.actions.refresh(view), message), self.service.model_info())

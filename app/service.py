@@ -252,7 +252,15 @@ class Service:
                                int(batch_size), device)
 
     def retrain_status(self):
+        """The current or last job's status ('idle' while there is no workspace)."""
+        if self.workspace is None:
+            from app.retrain import JobStatus
+
+            return JobStatus()
         return self.jobs.status()
+
+    def finished_jobs(self) -> list:
+        return [] if self.workspace is None else self.jobs.finished()
 
     def cancel_retrain(self) -> str:
         return self.jobs.cancel()

@@ -225,6 +225,7 @@ class AppUI:
             p["cancel"] = gr.Button("Cancel", variant="stop", elem_id="retrain-cancel")
             p["finished"] = gr.Dropdown(label="Finished models", choices=[], elem_id="retrain-finished")
             p["use"] = gr.Button("Use this model", interactive=False, elem_id="retrain-use")
+            p["use_newest"] = gr.Button(visible=False)  # API twin: the newest finished model
         p["progress"] = gr.HTML(progress_html(self.service.retrain_status()), elem_id="retrain-progress")
         p["message"] = gr.Markdown(elem_id="retrain-message")
         with gr.Row():
@@ -242,7 +243,7 @@ class AppUI:
 
         def on(event, fn, inputs, outputs, message=status, **kwargs):
             index = outputs.index(message) if message in outputs else None
-            event(guarded(fn, len(outputs), index), inputs, outputs, **kwargs)
+            return event(guarded(fn, len(outputs), index), inputs, outputs, **kwargs)
 
         annotate = [state, a["picture"], a["table"], a["image"], a["reviewed"], a["selected"], a["class"], a["info"],
                     a["undo"], a["redo"], status]
@@ -252,7 +253,8 @@ class AppUI:
                    e["text"], status]
         click_in = [state, a["tool"], a["size"], a["new_class"], a["join"]]
 
-        on(demo.load, h.on_load, [top["last_image"]], page, api_name="load")
+        loaded = on(demo.load, h.on_load, None, page, api_name="load")
+        on(loaded.then, h.on_restore, [state, top["last_image"]], annotate, api_visibility="private")
         on(top["recover"].click, h.on_recover, [state], page, api_name="recover_workspace")
         a["image"].change(lambda value: value, a["image"], top["last_image"], api_visibility="private")
 
@@ -308,6 +310,8 @@ class AppUI:
             on(retrain_tab.select, h.on_retrain_poll, None, outputs, message=r["message"], api_visibility="private")
             on(r["cancel"].click, h.on_retrain_cancel, None, outputs, message=r["message"], api_name="retrain_cancel")
             on(r["use"].click, h.on_retrain_use, [state, r["finished"]], annotate + [top["model_info"]],
+               api_name="retrain_use_model", **MODEL)
+            on(r["use_newest"].click, h.on_retrain_use, [state], annotate + [top["model_info"]],
                api_name="retrain_use", **MODEL)
 
 
