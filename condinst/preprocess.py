@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UserError
+
 # Refuse images whose decoded size would exhaust memory; 12000 x 9000 is 108 MP.
 MAX_IMAGE_PIXELS = 120_000_000
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An input that is not a usable image (unreadable, empty, truncated, absurdly large)."""
 
 

@@ -52,6 +52,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from condinst.config import CondInstConfig
+from condinst.errors import UserError
 from condinst.preprocess import ImageError, read_image
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ BOX_TOLERANCE = 1.0
 _LOGGED_SKIPS = 20  # individual warnings before only the summary is logged
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset entry (annotation file, image, annotation) that cannot be used, and why."""
 
 
