@@ -47,17 +47,17 @@ def _expand_inputs(items: list[str]) -> list[Path]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    inputs = _expand_inputs(args.input)  # every check before the imports of torch and the model
+    existing_file(args.weights, "--weights")
+    writable_file(args.output, "--output")
+    if args.vis:
+        writable_dir(args.vis, "--vis")
+    check_device(args.device)
     from .coco import result_to_coco
     from .io import atomic_write_json
     from .predictor import Predictor
     from .preprocess import ImageError, read_image
 
-    check_device(args.device)
-    inputs = _expand_inputs(args.input)
-    existing_file(args.weights, "--weights")
-    writable_file(args.output, "--output")
-    if args.vis:
-        writable_dir(args.vis, "--vis")
     predictor = Predictor.from_weights(args.weights, args.config, device=args.device,
                                        min_size=args.min_size, max_size=args.max_size)
     k = predictor.cfg.fcos.num_classes

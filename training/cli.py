@@ -130,7 +130,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    _setup_logging()
     existing_file(args.train_ann, "--train-ann")
     existing_dir(args.train_images, "--train-images")
     if (args.val_ann is None) != (args.val_images is None):
@@ -141,9 +140,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.weights is not None:
         existing_file(args.weights, "--weights")
     writable_dir(args.output_dir, "--output-dir")
-    check_device(args.device)
     if args.lr_scale_batch and args.batch_size is None:
         raise UsageError("--lr-scale-batch needs --batch-size")
+    check_device(args.device)
+    _setup_logging()
     from .engine import LAST_CHECKPOINT
 
     output_dir = Path(args.output_dir)
@@ -190,13 +190,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _setup_logging()
     existing_file(args.weights, "--weights")
     existing_file(args.ann, "--ann")
     existing_dir(args.images, "--images")
     if args.output is not None:
         writable_file(args.output, "--output")
     check_device(args.device)
+    _setup_logging()
     from condinst.predictor import Predictor
 
     from .distributed import resolve_device
