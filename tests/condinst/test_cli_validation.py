@@ -168,7 +168,7 @@ def _battery(f) -> list[list[str]]:
     evaluate = ["evaluate", "--weights", garbage, "--ann", ann, "--images", images]
     cases = [predict + ["--score-threshold", v] for v in ("nan", "2", "inf", "-1", "x")]
     cases += [predict + ["--min-size", "0"], predict + ["--max-size", "-5"], predict + ["--min-size", "1.5"],
-              predict + ["--device", "cuda:99"], predict + ["--device", "banana"],
+              predict + ["--device", "cuda:99"],  # device names: test_devices_that_do_not_exist (torch imports are slow)
               ["predict", "--weights", str(root / "none.pth"), "--input", img, "--output", str(root / "o.json")],
               ["predict", "--weights", str(WEIGHTS), "--input", str(root / "nope.jpg"), "--output", str(root / "o.json")],
               ["predict", "--weights", str(WEIGHTS), "--input", img, "--output", str(root)],
@@ -179,7 +179,7 @@ def _battery(f) -> list[list[str]]:
     cases += [train + [flag, value] for flag, value in [
         ("--max-iter", "0"), ("--max-iter", "abc"), ("--batch-size", "-1"), ("--num-workers", "-1"),
         ("--eval-period", "-2"), ("--checkpoint-period", "0"), ("--log-period", "0"), ("--seed", "-1"),
-        ("--device", "cuda:99"), ("--device", "tpu"), ("--amp", "fp8"), ("--val-ann", ann),
+        ("--device", "tpu"), ("--amp", "fp8"), ("--val-ann", ann),
         ("--output-dir", str(root / "afile")), ("--output-dir", str(ro / "run")), ("--lr-scale-batch", "--no-progress"),
         ("--train-images", str(root / "afile")), ("--train-ann", str(root / "nope.json")),
         ("--weights", str(root / "none.pth"))]]
