@@ -23,6 +23,7 @@ from torch import nn
 from .coco import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from .config import CondInstConfig, ConfigError, get_preset
 from .dynamic_mask_head import param_layout
+from .errors import UserError
 from .io import atomic_torch_save
 
 FORMAT_NAME = "condinst-studio"
@@ -31,7 +32,7 @@ FORMAT_VERSION = 1
 IGNORED_KEYS = ("mask_head._iter", "mask_head.sizes_of_interest")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A weights file that cannot be read, or that does not fit the model."""
 
 

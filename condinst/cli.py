@@ -6,10 +6,14 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import UserError, run_reporting_errors
+from .validate import (OneLineParser, check_device, existing_file, positive_int, probability, writable_dir,
+                       writable_file)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """A user mistake on the command line: printed as one line, exit code 2."""
 
 
@@ -19,10 +23,10 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", required=True, help="image files or folders of images")
     p.add_argument("--output", required=True, help="COCO results JSON to write")
     p.add_argument("--vis", help="folder for images with the detections drawn")
-    p.add_argument("--score-threshold", type=float, default=None,
+    p.add_argument("--score-threshold", type=probability, default=None,
                    help="keep detections scoring at least this (final score; default: keep all the model returns)")
-    p.add_argument("--min-size", type=int, help="test-time shortest edge (default: config, 800)")
-    p.add_argument("--max-size", type=int, help="test-time longest edge cap (default: config, 1333)")
+    p.add_argument("--min-size", type=positive_int, help="test-time shortest edge (default: config, 800)")
+    p.add_argument("--max-size", type=positive_int, help="test-time longest edge cap (default: config, 1333)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
@@ -42,21 +46,18 @@ def _expand_inputs(items: list[str]) -> list[Path]:
     return paths
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-
-
 def run_predict(args: argparse.Namespace) -> int:
+    inputs = _expand_inputs(args.input)  # every check before the imports of torch and the model
+    existing_file(args.weights, "--weights")
+    writable_file(args.output, "--output")
+    if args.vis:
+        writable_dir(args.vis, "--vis")
+    check_device(args.device)
     from .coco import result_to_coco
     from .io import atomic_write_json
     from .predictor import Predictor
     from .preprocess import ImageError, read_image
 
-    _check_device(args.device)
-    inputs = _expand_inputs(args.input)
     predictor = Predictor.from_weights(args.weights, args.config, device=args.device,
                                        min_size=args.min_size, max_size=args.max_size)
     k = predictor.cfg.fcos.num_classes
@@ -91,7 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="condinst", description="CondInst instance segmentation")
+    parser = OneLineParser(prog="condinst", description="CondInst instance segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
     add_predict_arguments(sub.add_parser("predict", help="segment images, write COCO results"))
     try:
@@ -105,19 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "predict":
-            return run_predict(args)
-        from training.cli import run_evaluate, run_train
+    if args.command == "predict":
+        return run_reporting_errors(run_predict, args)
+    from training.cli import run_evaluate, run_train
 
-        return run_train(args) if args.command == "train" else run_evaluate(args)
-    except (CLIError, ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_train(args) if args.command == "train" else run_evaluate(args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import UserError
+
 # Detectron2 MSRA (caffe) ResNet: BGR 0..255 minus mean, std 1.
 CAFFE_PIXEL_MEAN = (103.530, 116.280, 123.675)
 CAFFE_PIXEL_STD = (1.0, 1.0, 1.0)
@@ -19,7 +21,7 @@ TORCHVISION_PIXEL_MEAN = (123.675, 116.28, 103.53)
 TORCHVISION_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value or a preset/YAML file that cannot describe a CondInst model."""
 
 

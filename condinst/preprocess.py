@@ -1,48 +1,109 @@
-"""Reading images and resizing them the way the official test pipeline does."""
+"""Reading images and resizing them the way the official test pipeline does.
+
+Memory budget. A decoded image costs what its pixels cost and no more: PIL's decoded buffer (4
+bytes a pixel for RGB, 1 for grayscale) plus the (H, W, 3) uint8 array it is copied into, row
+strips at a time, so the peak of `read_image` is about 7 bytes a pixel (700 MB at 100 MP) and no
+full-size float or wide-integer copy is ever made (16-bit and 32-bit images are converted strip by
+strip). `resize_image` resizes uint8 with PIL (one 4-byte-a-pixel copy). Images above
+`MAX_IMAGE_PIXELS` (120 MP; 12000 x 9000 is 108 MP) are refused with an `ImageError` before
+anything is decoded.
+"""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UserError
+
 # Refuse images whose decoded size would exhaust memory; 12000 x 9000 is 108 MP.
 MAX_IMAGE_PIXELS = 120_000_000
+STRIP_ROWS = 256  # rows converted at a time: bounds every intermediate to a strip of the image
+
+# EXIF orientation -> the numpy view that undoes it (ImageOps.exif_transpose on the array, without
+# a second full-size PIL image).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An input that is not a usable image (unreadable, empty, truncated, absurdly large)."""
 
 
+def _strip_to_uint8(a: np.ndarray, float_scale: float) -> np.ndarray:
+    """A strip (h, w, C) of any dtype -> uint8, elementwise (the strip is small: temporaries are cheap)."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:  # round(a / 257) in integers: a / 257 is never exactly halfway
+        return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if np.issubdtype(a.dtype, np.floating):
+        return np.clip(a * float_scale, 0, 255).round().astype(np.uint8)
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
 def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
-    """Any grayscale / RGB / RGBA array of uint8, uint16, bool or float -> (H, W, 3) uint8 RGB."""
+    """Any grayscale / RGB / RGBA array of uint8, uint16, bool or float -> (H, W, 3) uint8 RGB.
+
+    uint16 is divided by 257 (rounded); float is taken as 0..1 when its maximum is <= 1, else as
+    0..255; alpha is dropped. Converted `STRIP_ROWS` rows at a time into the output.
+    """
     a = np.asarray(array)
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageError(f"expected an image array of shape (H, W[, C]) with C in 1..4, got {array.shape}")
-    if a.dtype == np.uint16:
-        a = (a / 257.0).round().astype(np.uint8)
-    elif a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif np.issubdtype(a.dtype, np.floating):
-        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
-        a = np.clip(a * scale, 0, 255).round().astype(np.uint8)
-    elif a.dtype != np.uint8:
-        a = np.clip(a, 0, 255).astype(np.uint8)
-    if a.shape[2] in (1, 2):  # gray (+ alpha)
-        a = np.repeat(a[:, :, :1], 3, axis=2)
-    elif a.shape[2] == 4:  # drop alpha
-        a = a[:, :, :3]
-    return np.ascontiguousarray(a)
+    a = a[:, :, :1] if a.shape[2] in (1, 2) else a[:, :, :3]  # gray (+ alpha) or colour (+ alpha)
+    if a.dtype == np.uint8 and a.shape[2] == 3:
+        return np.ascontiguousarray(a)
+    scale = 255.0 if np.issubdtype(a.dtype, np.floating) and a.max(initial=0) <= 1.0 else 1.0
+    out = np.empty((*a.shape[:2], 3), np.uint8)
+    for top in range(0, a.shape[0], STRIP_ROWS):
+        out[top : top + STRIP_ROWS] = _strip_to_uint8(a[top : top + STRIP_ROWS], scale)  # gray broadcasts
+    return out
+
+
+def _pil_to_rgb_uint8(im: Image.Image) -> np.ndarray:
+    """A decoded PIL image -> (H, W, 3) uint8 RGB, copied `STRIP_ROWS` rows at a time.
+
+    16-bit -> / 257; 32-bit integer and float -> stretched from the image's min..max to 0..255;
+    palette, CMYK, 1-bit etc. -> PIL's RGB conversion; alpha is dropped.
+    """
+    w, h = im.size
+    stretch = None
+    if im.mode in ("I", "F"):
+        lo, hi = im.getextrema()
+        stretch = float(lo), max(float(hi) - float(lo), 1e-12)
+    out = np.empty((h, w, 3), np.uint8)
+    for top in range(0, h, STRIP_ROWS):
+        strip = im.crop((0, top, w, min(top + STRIP_ROWS, h)))
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            a = np.asarray(strip).astype(np.uint16)
+        elif stretch is not None:
+            a = (np.asarray(strip).astype(np.float64) - stretch[0]) / stretch[1]
+        else:
+            a = np.asarray(strip if strip.mode in ("RGB", "L", "RGBA", "LA") else strip.convert("RGB"))
+        out[top : top + strip.height] = to_rgb_uint8(a)
+    return out
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB, honouring EXIF orientation.
 
     Grayscale, palette, RGBA, 16-bit and CMYK images are converted. Raises ImageError with the
-    file name for anything that is not a complete, reasonably sized image.
+    file name for anything that is not a complete, reasonably sized image (> `max_pixels`).
+    Peak memory is about 7 bytes a pixel for RGB (see the module docstring).
     """
     path = Path(path)
     if not path.is_file():
@@ -50,21 +111,16 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} image is too large ({w * h / 1e6:.0f} MP > "
-                                 f"{max_pixels / 1e6:.0f} MP); downscale it first")
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L"):
-                return to_rgb_uint8(np.asarray(im).astype(np.uint16))
-            if im.mode in ("I", "F"):  # 32-bit: stretch to 0..255
-                arr = np.asarray(im).astype(np.float64)
-                arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
-                return to_rgb_uint8(arr)
-            if im.mode not in ("RGB", "L", "RGBA", "LA"):
-                im = im.convert("RGB")
-            return to_rgb_uint8(np.asarray(im))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageError(f"{path}: {w}x{h} image is too large ({w * h / 1e6:.0f} MP > "
+                                     f"{max_pixels / 1e6:.0f} MP); downscale it first")
+                orientation = im.getexif().get(0x0112, 1)
+                im.load()
+                array = _pil_to_rgb_uint8(im)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (format not recognised)") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -73,6 +129,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
         raise ImageError(f"{path}: cannot decode the image ({e}); the file may be truncated or corrupt") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: image too large ({e})") from None
+    if orientation in _ORIENT:
+        array = np.ascontiguousarray(_ORIENT[orientation](array))
+    return array
 
 
 def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, int]:
@@ -91,7 +150,26 @@ def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, 
 def resize_image(image: np.ndarray, short_edge: int, max_size: int) -> np.ndarray:
     """Resize (H, W, 3) uint8 with PIL bilinear (antialiased when shrinking), as detectron2 does."""
     h, w = image.shape[:2]
-    newh, neww = resized_shape(h, w, short_edge, max_size)
-    if (newh, neww) == (h, w):
+    return resize_to(image, *resized_shape(h, w, short_edge, max_size))
+
+
+def resize_to(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (new_h, new_w, 3) uint8, PIL bilinear (antialiased when shrinking).
+
+    Bit-identical to `Image.fromarray(image).resize((new_w, new_h), BILINEAR)`, which resamples the
+    rows (horizontal pass, uint8 result) and then the columns: here the horizontal pass runs on
+    strips of `STRIP_ROWS` rows, so the only large intermediate is (H, new_w) instead of a 4-byte
+    copy of the whole input.
+    """
+    h, w = image.shape[:2]
+    if (new_h, new_w) == (h, w):
         return image
-    return np.array(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
+    if new_w != w:
+        rows = np.empty((h, new_w, 3), np.uint8)
+        for top in range(0, h, STRIP_ROWS):
+            strip = Image.fromarray(np.ascontiguousarray(image[top : top + STRIP_ROWS]))
+            rows[top : top + strip.height] = np.asarray(strip.resize((new_w, strip.height), Image.BILINEAR))
+        image = rows
+    if new_h == h:
+        return image
+    return np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))

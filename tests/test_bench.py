@@ -223,3 +223,26 @@ def test_train_step_cuda_amp(tmp_path):
                                "--amp", "bf16,fp16", "--out", str(tmp_path / "train_step.json")])
     for row in payload["results"]:
         assert row["channels_last"] is True and row["peak_allocated_mb"] > 0
+
+
+def test_memory_per_size_in_subprocesses(tmp_path):
+    from bench import memory
+
+    out = tmp_path / "memory.json"
+    payload = memory.main(["--megapixels", "0.05", "--threads", "1", "--out", str(out)])
+    check_common(read(out), "memory")
+    (row,) = payload["results"]
+    assert row["status"] == "ok" and row["predict_returncode"] == 0 and row["image_size"] == [194, 258]
+    assert row["predict_peak_mb"] > 50 and isinstance(row["detections"], int)
+    assert [s["stage"] for s in row["stages"]] == list(memory.STAGES)
+    peaks = [s["peak_mb"] for s in row["stages"]]
+    assert peaks == sorted(peaks)  # peak so far: never decreases
+    assert row["postprocess_added_mb"] == row["postprocess_mb"] - row["network_mb"]
+
+
+def test_memory_guard_stops_a_process_past_the_limit(tmp_path):
+    from bench import memory
+
+    run = memory.watch([sys.executable, "-c", "import time; x = bytearray(300 * 2**20); time.sleep(30)"],
+                       limit_mb=100, env={"PATH": "/usr/bin:/bin"})
+    assert run["killed_at_mb"] > 100 and run["returncode"] == -9 and run["seconds"] < 25

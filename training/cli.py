@@ -18,17 +18,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
-
-from condinst.checkpoint import CheckpointError
 from condinst.config import CondInstConfig, ConfigError, PRESETS
+from condinst.errors import EXIT_USAGE, UserError, run_reporting_errors
+from condinst.validate import (OneLineParser, check_device, existing_dir, existing_file, non_negative_int,
+                               positive_int, writable_dir, writable_file)
 
 logger = logging.getLogger(__name__)
 
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
+class UsageError(UserError):
     """A problem with the user's input, reported in one line with exit code 2."""
 
 
@@ -54,22 +51,12 @@ def load_config(spec: str) -> CondInstConfig:
     return resolve_config(spec)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input rather than a bug."""
-    from condinst.preprocess import ImageError
-
-    from .data import DatasetError
-
-    return (UsageError, ConfigError, CheckpointError, DatasetError, ImageError, FileNotFoundError)
-
-
-def _run_reporting_errors(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    try:
-        return fn(args)
-    except _user_errors() as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+def _run_reporting_errors(fn, args: argparse.Namespace) -> int:
+    """`fn(args)`; an expected error (condinst.errors) ends with one line and SystemExit(EXIT_USAGE)."""
+    code = run_reporting_errors(fn, args)
+    if code == EXIT_USAGE:
+        raise SystemExit(EXIT_USAGE)
+    return code
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -96,16 +83,6 @@ def _setup_logging() -> None:
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
-def _check_file(path: str | None, flag: str) -> None:
-    if path is not None and not Path(path).is_file():
-        raise UsageError(f"{flag} {path}: no such file")
-
-
-def _check_dir(path: str | None, flag: str) -> None:
-    if path is not None and not Path(path).is_dir():
-        raise UsageError(f"{flag} {path}: no such directory")
-
-
 def _open_dataset(ann: str, images: str, on_error: str):
     from .data import CocoInstances
 
@@ -126,18 +103,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--weights", help="initial weights: R-50.pkl / R-101.pkl (detectron2 ImageNet), torchvision "
                                           "resnet50/101 .pth, or a CondInst checkpoint to fine-tune; none = scratch")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
-    parser.add_argument("--max-iter", type=int, help="iterations (default: the config's, e.g. 90000 for 1x)")
-    parser.add_argument("--batch-size", type=int, help="global images per iteration (default: the config's, 16)")
+    parser.add_argument("--max-iter", type=positive_int, help="iterations (default: the config's, e.g. 90000 for 1x)")
+    parser.add_argument("--batch-size", type=positive_int, help="global images per iteration (default: the config's, 16)")
     parser.add_argument("--lr-scale-batch", action="store_true",
                         help="with --batch-size B: linear scaling rule, LR x B/16 and iterations/steps/warmup x 16/B")
     parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (default off)")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument("--num-workers", type=int, default=4, help="data-loading processes per training process")
-    parser.add_argument("--eval-period", type=int, default=0,
+    parser.add_argument("--num-workers", type=non_negative_int, default=4, help="data-loading processes per training process")
+    parser.add_argument("--eval-period", type=non_negative_int, default=0,
                         help="evaluate every N iterations (0: only at the end, when --val-ann is given)")
-    parser.add_argument("--checkpoint-period", type=int, help="save every N iterations (default: the config's, 5000)")
-    parser.add_argument("--log-period", type=int, default=20, help="log losses every N iterations")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and initialisation")
+    parser.add_argument("--checkpoint-period", type=positive_int, help="save every N iterations (default: the config's, 5000)")
+    parser.add_argument("--log-period", type=positive_int, default=20, help="log losses every N iterations")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data order, augmentation and initialisation")
     parser.add_argument("--sync-bn", choices=("auto", "all", "none"), default="auto",
                         help="multi-GPU SyncBatchNorm: auto = as AdelaiDet (BiFPN norms; the mask branch keeps "
                              "per-GPU BN), all = every BatchNorm, none")
@@ -153,23 +130,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    _setup_logging()
-    _check_file(args.train_ann, "--train-ann")
-    _check_dir(args.train_images, "--train-images")
+    existing_file(args.train_ann, "--train-ann")
+    existing_dir(args.train_images, "--train-images")
     if (args.val_ann is None) != (args.val_images is None):
         raise UsageError("--val-ann and --val-images go together")
-    _check_file(args.val_ann, "--val-ann")
-    _check_dir(args.val_images, "--val-images")
+    if args.val_ann is not None:
+        existing_file(args.val_ann, "--val-ann")
+        existing_dir(args.val_images, "--val-images")
     if args.weights is not None:
-        _check_file(args.weights, "--weights")
-    for flag in ("max_iter", "batch_size", "checkpoint_period"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    if args.num_workers < 0 or args.eval_period < 0 or args.log_period < 1:
-        raise UsageError("--num-workers and --eval-period must be >= 0, --log-period >= 1")
+        existing_file(args.weights, "--weights")
+    writable_dir(args.output_dir, "--output-dir")
     if args.lr_scale_batch and args.batch_size is None:
         raise UsageError("--lr-scale-batch needs --batch-size")
+    check_device(args.device)
+    _setup_logging()
     from .engine import LAST_CHECKPOINT
 
     output_dir = Path(args.output_dir)
@@ -203,7 +177,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                                          "from the checkpoint); test-time settings are taken from it")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--output", help="write the detections as a COCO results JSON here")
-    parser.add_argument("--max-images", type=int, help="evaluate only the first N images (quick check)")
+    parser.add_argument("--max-images", type=positive_int, help="evaluate only the first N images (quick check)")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad annotations/images: stop with an error (default) or skip them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -216,12 +190,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    existing_file(args.weights, "--weights")
+    existing_file(args.ann, "--ann")
+    existing_dir(args.images, "--images")
+    if args.output is not None:
+        writable_file(args.output, "--output")
+    check_device(args.device)
     _setup_logging()
-    _check_file(args.weights, "--weights")
-    _check_file(args.ann, "--ann")
-    _check_dir(args.images, "--images")
-    if args.max_images is not None and args.max_images < 1:
-        raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
     from condinst.predictor import Predictor
 
     from .distributed import resolve_device
@@ -232,8 +207,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except (RuntimeError, ValueError) as e:
         raise UsageError(f"--device {args.device}: {e}") from None
+    dataset = _open_dataset(args.ann, args.images, args.on_error)  # checked before the model loads
     predictor = Predictor.from_weights(args.weights, config, device=str(device))
-    dataset = _open_dataset(args.ann, args.images, args.on_error)
     out = evaluate(predictor, dataset, output_file=args.output, progress=not args.no_progress,
                    max_images=args.max_images, log_summary=False)
     print(f"{out.num_images} images, {out.num_detections} detections, {out.seconds:.1f}s "
@@ -247,7 +222,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 # ---- standalone entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.cli", description="CondInst training and evaluation")
+    parser = OneLineParser(prog="python -m training.cli", description="CondInst training and evaluation")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(sub.add_parser("train", help="train CondInst on a COCO-format dataset"))
     add_evaluate_arguments(sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint"))

@@ -6,7 +6,8 @@ message naming the file and the annotation or image id:
 
     missing or unreadable image file, non-image file, image size different from the JSON,
     malformed JSON or missing keys, unknown category id, polygon part with < 3 points,
-    polygon of zero area, box outside the image or with no extent, RLE of the wrong size.
+    polygon of zero area, box outside the image or with no extent, RLE of the wrong size,
+    duplicate image or annotation ids, the same image file listed under two image ids.
 
 With `on_error="raise"` (default) the first problem raises `DatasetError`; with `on_error="skip"`
 the bad annotation (or image, with its annotations) is left out, the message is appended to
@@ -52,6 +53,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from condinst.config import CondInstConfig
+from condinst.errors import UserError
 from condinst.preprocess import ImageError, read_image
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ BOX_TOLERANCE = 1.0
 _LOGGED_SKIPS = 20  # individual warnings before only the summary is logged
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset entry (annotation file, image, annotation) that cannot be used, and why."""
 
 
@@ -176,6 +178,7 @@ class CocoInstances:
 
     def _parse_images(self, entries: list[Any], check_images: bool) -> dict[int, dict[str, Any]]:
         images: dict[int, dict[str, Any]] = {}
+        files: dict[tuple[int, int], int] = {}  # (device, inode) of each accepted image file -> its image id
         for k, entry in enumerate(entries):
             if isinstance(entry, dict) and _is_int(entry.get("id")):
                 self._skipped_image_ids.add(entry["id"])  # until accepted below
@@ -203,6 +206,12 @@ class CocoInstances:
             if error:
                 self._problem(f"{where}: {error}")
                 continue
+            stat = path.stat()
+            first = files.setdefault((stat.st_dev, stat.st_ino), image_id)
+            if first != image_id:
+                self._problem(f"{where}: duplicate image: {path} is already image id {first} "
+                              f"({images[first]['file_name']!r})")
+                continue
             images[image_id] = {"id": image_id, "file_name": file_name, "height": h, "width": w}
         self._skipped_image_ids -= set(images)
         return images
@@ -210,7 +219,7 @@ class CocoInstances:
     def _parse_annotations(self, entries: list[Any], images: dict[int, dict[str, Any]]
                            ) -> dict[int, list[dict[str, Any]]]:
         per_image: dict[int, list[dict[str, Any]]] = {}
-        seen_ids: set[int] = set()
+        seen_ids: dict[int, Any] = {}  # annotation id -> its image id
         for k, entry in enumerate(entries):
             ann = self._parse_annotation(k, entry, images, seen_ids)
             if ann is not None:
@@ -219,7 +228,7 @@ class CocoInstances:
         return per_image
 
     def _parse_annotation(self, k: int, entry: Any, images: dict[int, dict[str, Any]],
-                          seen_ids: set[int]) -> dict[str, Any] | None:
+                          seen_ids: dict[int, Any]) -> dict[str, Any] | None:
         if not isinstance(entry, dict):
             self._problem(f"{self.ann_file}: annotations[{k}]: expected an object, got {type(entry).__name__}")
             return None
@@ -232,11 +241,12 @@ class CocoInstances:
         if not _is_int(ann_id):
             self._problem(f"{where} (annotations[{k}]): 'id' must be an integer")
             return None
-        if ann_id in seen_ids:
-            self._problem(f"{where}: duplicate annotation id")
-            return None
-        seen_ids.add(ann_id)
         image_id = entry["image_id"]
+        if ann_id in seen_ids:
+            self._problem(f"{where} (image id {image_id!r}): duplicate annotation id, already used by an "
+                          f"annotation of image id {seen_ids[ann_id]!r}")
+            return None
+        seen_ids[ann_id] = image_id
         image = images.get(image_id) if _is_int(image_id) else None
         if image is None:
             if not (_is_int(image_id) and image_id in self._skipped_image_ids):  # else already reported

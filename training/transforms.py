@@ -36,7 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from condinst.config import CondInstConfig
 from condinst.model import normalize_and_pad
-from condinst.preprocess import resized_shape
+from condinst.preprocess import resize_to, resized_shape
 
 BOX_MIN_SIZE = 1e-5  # detectron2 filter_empty_instances(box_threshold)
 
@@ -125,7 +125,7 @@ class ResizeFlip:
         `condinst.preprocess.resize_image` (detectron2 ResizeTransform; antialiased when shrinking)."""
         if not self.resizes:
             return image
-        return np.asarray(Image.fromarray(image).resize((self.new_width, self.new_height), Image.BILINEAR))
+        return resize_to(image, self.new_height, self.new_width)
 
     def apply_coords(self, xy: np.ndarray) -> np.ndarray:
         """(N, 2) float64 (x, y) points -> transformed points."""

@@ -166,12 +166,19 @@ BAD_ANNOTATIONS = {  # case -> (mutation, words expected in the message, what re
     "unknown category": (_set("annotations.0.category_id", 99), ["annotation id 1", "unknown category id 99"]),
     "RLE size": (_set("annotations.3.segmentation.size", [H, W + 1]), ["annotation id 4", "RLE size"]),
     "unknown image": (_set("annotations.0.image_id", 12345), ["annotation id 1", "image_id 12345"]),
+    "duplicate annotation id": (_set("annotations.1.id", 1),
+                                ["annotation id 1", "duplicate annotation id", f"image id {BIG_ID}"]),
 }
 BAD_IMAGES = {
     "missing image file": (_missing_image_file, ["image id", "b.png", "not found"]),
     "non-image file": (_non_image_file, ["b.png", "not an image file"]),
     "size mismatch": (_size_mismatch, ["b.png", "the JSON says 64x50"]),
     "image missing key": (_set("images.1.width", _DELETE), ["images[1]", "missing key", "width"]),
+    # observed: the same picture listed under two image ids passed silently
+    "same file under two ids": (_set("images.1.file_name", "a.png"),
+                                [f"image id {BIG_ID + 1}", "duplicate image", f"already image id {BIG_ID}"]),
+    "same file, other spelling": (_set("images.1.file_name", "./a.png"),
+                                  [f"image id {BIG_ID + 1}", "duplicate image", f"already image id {BIG_ID}"]),
 }
 
 
