@@ -19,12 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
     from app.service import DEFAULT_WEIGHTS
     from app.workspace import default_workspace_dir
 
-    parser = argparse.ArgumentParser(prog="condinst-app", description="CondInst Studio: segment, explain, "
-                                     "correct and export instance masks in the browser")
+    from condinst.validate import OneLineParser
+
+    parser = OneLineParser(prog="condinst-app", description="CondInst Studio: segment, explain, "
+                           "correct and export instance masks in the browser")
     parser.add_argument("--weights", help=f"checkpoint to serve (default: the bundled {DEFAULT_WEIGHTS})")
     parser.add_argument("--config", help="preset name or YAML (default: taken from the checkpoint)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--auth", help="require a login, as user:password")
     parser.add_argument("--workspace", default=str(default_workspace_dir()),
                         help="workspace folder (default: %(default)s)")
@@ -64,17 +66,34 @@ def resolve_weights(weights: str | None) -> Path:
     return DEFAULT_WEIGHTS
 
 
-def check_device(device: str) -> None:
-    import torch
+def port_number(text: str) -> int:
+    from condinst.validate import positive_int
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {device}: CUDA is not available here (use --device cpu)")
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (1..65535), got {text!r}")
+    return value
+
+
+def check_arguments(args: argparse.Namespace) -> Path:
+    """Everything that can be checked before the model loads; returns the weights. SystemExit on a problem."""
+    from condinst.errors import UserError
+    from condinst.validate import check_device, existing_dir, writable_dir
+
+    weights = resolve_weights(args.weights)
+    try:
+        check_device(args.device)
+        writable_dir(args.workspace, "--workspace")
+        if args.samples:
+            existing_dir(args.samples, "--samples")
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return weights
 
 
 def create_service(args: argparse.Namespace):
     """Model + workspace from the parsed arguments (SystemExit with a message on failure)."""
-    weights = resolve_weights(args.weights)
-    check_device(args.device)
+    weights = check_arguments(args)
     from app.service import Service
     from condinst.checkpoint import CheckpointError
     from condinst.config import ConfigError

@@ -5,8 +5,10 @@ returned as an error message to API clients); anything else is a bug and keeps i
 """
 from __future__ import annotations
 
+from condinst.errors import UserError
 
-class AppError(Exception):
+
+class AppError(UserError):
     """An action could not be done; the message (one line) says why and what to do."""
 
 

@@ -1,6 +1,7 @@
 """Event handlers: call one service action and turn its result into the values of the outputs.
 
-A handler never raises for an expected failure (`app.errors.AppError`): `guarded` turns it into a
+A handler never raises for an expected failure (`condinst.errors.UserError`, which every app error
+subclasses, or an OSError naming a file): `guarded` turns it into a
 non-blocking warning toast plus a message in the status line, and leaves every other output as it
 was (`gr.skip()`), so no output is replaced by an error overlay and the page keeps working.
 """
@@ -13,6 +14,7 @@ import pandas as pd
 
 from app.actions import TOOLS, View, display_to_image
 from app.errors import AppError
+from condinst.errors import UserError, user_message
 from app.screen import TABLE_HEADERS
 from app.service import Service
 
@@ -27,8 +29,10 @@ def guarded(fn, n_outputs: int, message_index: int | None):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except AppError as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except (UserError, OSError) as exc:  # a library's expected error (bad image, checkpoint) too
+            message = user_message(exc)
+            if message is None:
+                raise
             gr.Warning(message)
             values = [gr.skip()] * n_outputs
             if message_index is not None:

@@ -34,8 +34,8 @@ from condinst.io import atomic_write_bytes
 
 DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
 EXPORTS_DIR_NAME = "exports"
-USER_ERRORS = (AppError,)
-__all__ = ["Service", "ServiceError", "View", "USER_ERRORS", "DEFAULT_WEIGHTS", "DEFAULT_THRESHOLD"]
+
+__all__ = ["Service", "ServiceError", "View", "DEFAULT_WEIGHTS", "DEFAULT_THRESHOLD"]
 
 
 def utc_stamp() -> str:
