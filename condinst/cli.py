@@ -1,10 +1,18 @@
-"""Command line: `python -m condinst predict | train | evaluate` (also installed as `condinst`)."""
+"""Command line: `python -m condinst predict | train | evaluate` (also installed as `condinst`).
+
+The library's own commands (`predict`) live here. Other packages add theirs through the entry-point
+group `condinst.commands` (pyproject.toml: `train` and `evaluate` come from `training.cli`), so the
+command line reaches the trainer without the library importing it.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, Callable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -90,17 +98,34 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="condinst", description="CondInst instance segmentation")
+@dataclass(frozen=True)
+class Command:
+    """A `condinst` subcommand: its help line, the function adding its flags and the one running it."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], Any]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMAND_GROUP = "condinst.commands"
+PREDICT = Command("segment images, write COCO results", add_predict_arguments, run_predict)
+
+
+def commands() -> dict[str, Command]:
+    """The library's commands, then those installed packages declare in the `condinst.commands` group."""
+    found = {"predict": PREDICT}
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        if ep.name not in found:
+            found[ep.name] = ep.load()
+    return found
+
+
+def build_parser(available: dict[str, Command] | None = None, prog: str = "condinst") -> argparse.ArgumentParser:
+    """The parser of `available` commands (default: every installed one)."""
+    parser = argparse.ArgumentParser(prog=prog, description="CondInst instance segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_predict_arguments(sub.add_parser("predict", help="segment images, write COCO results"))
-    try:
-        from training.cli import add_evaluate_arguments, add_train_arguments
-    except ImportError:
-        pass
-    else:
-        add_train_arguments(sub.add_parser("train", help="train or fine-tune on a COCO dataset"))
-        add_evaluate_arguments(sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint"))
+    for name, command in (available or commands()).items():
+        command.add_arguments(sub.add_parser(name, help=command.help))
     return parser
 
 
@@ -108,13 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    available = commands()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and not argv[0].startswith("-") and argv[0] not in available:
+        print(f"error: unknown command {argv[0]!r} (this installation has: {', '.join(available)}; the training "
+              "commands are registered when the project is installed, `pip install -e .`)", file=sys.stderr)
+        return 2
+    args = build_parser(available).parse_args(argv)
     try:
-        if args.command == "predict":
-            return run_predict(args)
-        from training.cli import run_evaluate, run_train
-
-        return run_train(args) if args.command == "train" else run_evaluate(args)
+        return available[args.command].run(args)
     except (CLIError, ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

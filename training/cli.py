@@ -13,7 +13,6 @@ one-line message and exit code 2. `python -m training.cli train|evaluate ...` wo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from condinst.checkpoint import CheckpointError
-from condinst.config import CondInstConfig, ConfigError, PRESETS
+from condinst.cli import Command, build_parser
+from condinst.config import PRESETS, ConfigError, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -33,26 +33,6 @@ class UsageError(Exception):
 
 
 # ---- shared helpers ---------------------------------------------------------------------------------
-
-def load_config(spec: str) -> CondInstConfig:
-    """A preset name, an AdelaiDet YAML file, or our JSON config dump (optionally {"config": {...}})."""
-    if spec.endswith(".json"):
-        path = Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"--config {spec}: no such file")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"--config {spec}: not valid JSON ({e})") from None
-        if isinstance(data, dict) and isinstance(data.get("config"), dict) and "backbone" not in data:
-            data = data["config"]
-        return CondInstConfig.from_dict(data).validate()
-    from condinst.predictor import resolve_config
-
-    if spec.endswith((".yaml", ".yml")) and not Path(spec).is_file():
-        raise ConfigError(f"--config {spec}: no such file")
-    return resolve_config(spec)
-
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input rather than a bug."""
@@ -246,17 +226,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # ---- standalone entry point ------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.cli", description="CondInst training and evaluation")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_arguments(sub.add_parser("train", help="train CondInst on a COCO-format dataset"))
-    add_evaluate_arguments(sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint"))
-    return parser
+TRAIN = Command("train or fine-tune on a COCO dataset", add_train_arguments, run_train)
+EVALUATE = Command("COCO box and mask AP of a checkpoint", add_evaluate_arguments, run_evaluate)
+
+
+COMMANDS = {"train": TRAIN, "evaluate": EVALUATE}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_train(args) if args.command == "train" else run_evaluate(args)
+    args = build_parser(COMMANDS, prog="python -m training.cli").parse_args(argv)
+    return COMMANDS[args.command].run(args)
 
 
 if __name__ == "__main__":
