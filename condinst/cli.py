@@ -98,6 +98,24 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="checkpoint: official AdelaiDet/mmdetection .pth or ours")
+    p.add_argument("--config", help="preset name or AdelaiDet YAML; default: taken from the checkpoint")
+    p.add_argument("--output", required=True, help="ONNX file to write (predict --weights FILE.onnx runs it)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .predictor import load_model
+
+    if not args.output.endswith(".onnx"):
+        raise CLIError(f"--output {args.output}: the file name must end with .onnx")
+    model, cfg = load_model(args.weights, args.config)
+    path = export_onnx(model.optimize_for_inference(), cfg, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     """A `condinst` subcommand: its help line, the function adding its flags and the one running it."""
@@ -109,11 +127,12 @@ class Command:
 
 COMMAND_GROUP = "condinst.commands"
 PREDICT = Command("segment images, write COCO results", add_predict_arguments, run_predict)
+EXPORT = Command("write the dense part of the model as ONNX", add_export_arguments, run_export)
 
 
 def commands() -> dict[str, Command]:
     """The library's commands, then those installed packages declare in the `condinst.commands` group."""
-    found = {"predict": PREDICT}
+    found = {"predict": PREDICT, "export": EXPORT}
     for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
         if ep.name not in found:
             found[ep.name] = ep.load()

@@ -71,11 +71,13 @@ class Predictor:
     """
 
     def __init__(self, model: CondInst, cfg: CondInstConfig | None = None, device: str | torch.device | None = None,
-                 fast: bool = False, fast_dtype: torch.dtype = torch.bfloat16):
+                 fast: bool = False, fast_dtype: torch.dtype = torch.bfloat16, dense=None):
         """`fast`: channels_last, autocast to `fast_dtype` on CUDA, resizing on the device (close to,
         not bit-identical with, the official pipeline). The default fp32 mode is the reference."""
         self.model = model.eval()
         self.cfg = cfg or model.cfg  # test settings, passed to the model on every call
+        # What computes the dense outputs: the model itself, or an exported graph (export.OnnxHeads).
+        self.dense = dense if dense is not None else self.model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.fast = fast
@@ -89,6 +91,13 @@ class Predictor:
                      optimize: bool = True) -> "Predictor":
         """Load `weights` (see `load_model`); `optimize` folds FrozenBN into the convs and uses
         channels_last (same outputs to ~1e-6, much faster on CPU); the model is then inference-only."""
+        if str(weights).endswith(".onnx"):
+            from .export import OnnxHeads
+
+            heads = OnnxHeads(weights)
+            cfg = load_config(config) if config is not None else heads.cfg
+            return cls(CondInst(cfg), with_test_settings(cfg, score_threshold, min_size, max_size), "cpu",
+                       dense=heads)
         model, cfg = load_model(weights, config, device)
         if optimize:
             model.optimize_for_inference()
@@ -141,7 +150,7 @@ class Predictor:
             return []
         batch, sizes = self.prepare(images)
         with self._autocast():
-            outputs = self.model.forward_heads(batch)
+            outputs = self.dense.forward_heads(batch)
         return self.results(outputs, tuple(batch.shape[-2:]), sizes, [image.shape[:2] for image in images])
 
     @torch.no_grad()
@@ -167,4 +176,4 @@ class Predictor:
     def heads(self, image: np.ndarray) -> tuple[HeadOutputs, torch.Tensor, tuple[int, int]]:
         """Dense outputs of one image (for explanations): (outputs, padded batch, resized size)."""
         batch, sizes = self.prepare([image])
-        return self.model.forward_heads(batch), batch, sizes[0]
+        return self.dense.forward_heads(batch), batch, sizes[0]
