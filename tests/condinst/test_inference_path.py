@@ -25,16 +25,15 @@ from testutils import REPO, randomize_, tiny_config
 
 @pytest.fixture(scope="module")
 def predictor():
-    cfg = tiny_config()
-    return Predictor(randomize_(CondInst(cfg), seed=0).eval(), cfg)
+    return Predictor(randomize_(CondInst(tiny_config()), seed=0).eval(), tiny_config())
 
 
 @pytest.fixture(scope="module")
 def photo():
-    rng = np.random.default_rng(1)
-    img = np.zeros((200, 260, 3), np.uint8) + np.linspace(0, 255, 260, dtype=np.uint8)[None, :, None]
-    img[40:150, 60:190] = rng.integers(0, 255, 3)
-    return img
+    """A 200x260 photo: a horizontal ramp with one flat rectangle."""
+    ramp = np.broadcast_to(np.linspace(0, 255, 260, dtype=np.uint8)[None, :, None], (200, 260, 3)).copy()
+    ramp[40:150, 60:190] = (200, 30, 90)
+    return ramp
 
 
 # ---- one result path -------------------------------------------------------------------------
