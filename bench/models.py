@@ -19,7 +19,7 @@ from torch import nn
 
 from condinst.config import (BackboneConfig, CondInstConfig, MaskBranchConfig, NeckConfig, get_preset)
 from condinst.model import CondInst, normalize_and_pad
-from condinst.postprocess import ImageResult, postprocess
+from condinst.postprocess import ImageResult
 from condinst.predictor import Predictor
 from condinst.preprocess import resized_shape
 
@@ -149,11 +149,9 @@ class CondInstPipeline:
         if self.fast or getattr(self.model, "inference_optimized", False):
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.autocast_dtype):
-            results = self.model.inference(batch, sizes)
-        padded = tuple(batch.shape[-2:])
-        return [postprocess(r.detections, r.mask_logits, padded, size, tuple(image.shape[-2:]),
-                            cfg.mask_head.mask_threshold)
-                for r, size, image in zip(results, sizes, images)]
+            outputs = self.model.forward_heads(batch)
+        return self.predictor.results(outputs, tuple(batch.shape[-2:]), sizes,
+                                      [tuple(image.shape[-2:]) for image in images])
 
     def host(self, arrays: list[np.ndarray]) -> list[ImageResult]:
         """The public API on (H, W, 3) uint8 numpy images (fp32 mode resizes with PIL on the host)."""

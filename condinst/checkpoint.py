@@ -246,6 +246,8 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source
 
 
 def config_from_checkpoint(extras: dict[str, Any], sd: dict[str, torch.Tensor], kind: str) -> CondInstConfig:
+    """The architecture of a split checkpoint (see `split_checkpoint`): the config ours store, or
+    the one recognised from an official checkpoint's keys and shapes."""
     if kind == FORMAT_NAME:
         try:
             return CondInstConfig.from_dict(extras["config"]).validate()

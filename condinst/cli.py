@@ -1,10 +1,18 @@
-"""Command line: `python -m condinst predict | train | evaluate` (also installed as `condinst`)."""
+"""Command line: `python -m condinst predict | train | evaluate` (also installed as `condinst`).
+
+The library's own commands (`predict`) live here. Other packages add theirs through the entry-point
+group `condinst.commands` (pyproject.toml: `train` and `evaluate` come from `training.cli`), so the
+command line reaches the trainer without the library importing it.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, Callable
 
 from .errors import UserError, run_reporting_errors
 from .validate import (OneLineParser, check_device, existing_file, positive_int, probability, writable_dir,
@@ -91,27 +99,67 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="condinst", description="CondInst instance segmentation")
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="checkpoint: official AdelaiDet/mmdetection .pth or ours")
+    p.add_argument("--config", help="preset name or AdelaiDet YAML; default: taken from the checkpoint")
+    p.add_argument("--output", required=True, help="ONNX file to write (predict --weights FILE.onnx runs it)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    existing_file(args.weights, "--weights")
+    if not args.output.endswith(".onnx"):
+        raise CLIError(f"--output {args.output}: the file name must end with .onnx")
+    writable_file(args.output, "--output")
+    from .export import export_onnx
+    from .predictor import load_model
+
+    model, cfg = load_model(args.weights, args.config)
+    path = export_onnx(model.optimize_for_inference(), cfg, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """A `condinst` subcommand: its help line, the function adding its flags and the one running it."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], Any]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMAND_GROUP = "condinst.commands"
+PREDICT = Command("segment images, write COCO results", add_predict_arguments, run_predict)
+EXPORT = Command("write the dense part of the model as ONNX", add_export_arguments, run_export)
+
+
+def commands() -> dict[str, Command]:
+    """The library's commands, then those installed packages declare in the `condinst.commands` group."""
+    found = {"predict": PREDICT, "export": EXPORT}
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        if ep.name not in found:
+            found[ep.name] = ep.load()
+    return found
+
+
+def build_parser(available: dict[str, Command] | None = None, prog: str = "condinst") -> argparse.ArgumentParser:
+    """The parser of `available` commands (default: every installed one)."""
+    parser = OneLineParser(prog=prog, description="CondInst instance segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_predict_arguments(sub.add_parser("predict", help="segment images, write COCO results"))
-    try:
-        from training.cli import add_evaluate_arguments, add_train_arguments
-    except ImportError:
-        pass
-    else:
-        add_train_arguments(sub.add_parser("train", help="train or fine-tune on a COCO dataset"))
-        add_evaluate_arguments(sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint"))
+    for name, command in (available or commands()).items():
+        command.add_arguments(sub.add_parser(name, help=command.help))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "predict":
-        return run_reporting_errors(run_predict, args)
-    from training.cli import run_evaluate, run_train
-
-    return run_train(args) if args.command == "train" else run_evaluate(args)
+    available = commands()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and not argv[0].startswith("-") and argv[0] not in available:
+        print(f"error: unknown command {argv[0]!r} (this installation has: {', '.join(available)}; the training "
+              "commands are registered when the project is installed, `pip install -e .`)", file=sys.stderr)
+        return 2
+    args = build_parser(available).parse_args(argv)
+    return run_reporting_errors(available[args.command].run, args)
 
 
 if __name__ == "__main__":

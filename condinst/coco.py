@@ -29,22 +29,21 @@ COCO_CLASS_NAMES = (
 def encode_masks(masks) -> list[dict]:
     """(K, H, W) bool masks (numpy or torch) -> K compressed RLEs {"size": [H, W], "counts": str}."""
     import numpy as np
-    from pycocotools import mask as mask_utils
+    import torch
 
-    if hasattr(masks, "detach"):
-        masks = masks.detach().cpu().numpy()
-    masks = np.asarray(masks, dtype=np.uint8)
-    if masks.shape[0] == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    from .postprocess import InstanceMasks
+
+    if not hasattr(masks, "detach"):
+        masks = torch.from_numpy(np.asarray(masks, dtype=bool))
+    instances = InstanceMasks.from_dense(masks.detach().cpu())
+    return [instances.rle(k) for k in range(len(instances))]
 
 
 def result_to_coco(result, category_ids, image_id=None, file_name: str | None = None, class_names=None,
                    min_score: float = 0.0, decimals: int | None = None) -> list[dict]:
     """One image's `ImageResult` -> COCO results entries (bbox xywh, score, RLE segmentation).
+
+    Each RLE is encoded from the instance's crop (`InstanceMasks.rle`): no full-size mask stack.
 
     Contiguous classes map to `category_ids`; `image_id`, `file_name` and `category_name` (from
     `class_names`) are added when given; `decimals` rounds bbox (and score to twice as many digits).
@@ -55,7 +54,7 @@ def result_to_coco(result, category_ids, image_id=None, file_name: str | None = 
     boxes = result.boxes.detach().float().cpu()[keep].tolist()
     scores = result.scores.detach().float().cpu()[keep].tolist()
     classes = result.classes.detach().cpu()[keep].tolist()
-    rles = encode_masks(result.masks[keep])
+    rles = [result.instance_masks.rle(k) for k in keep]
     entries = []
     for (x1, y1, x2, y2), score, c, rle in zip(boxes, scores, classes, rles):
         bbox = [x1, y1, x2 - x1, y2 - y1]

@@ -3,12 +3,16 @@
 One `CondInstConfig` describes the architecture, the input pipeline and the test-time settings.
 Presets named after the official AdelaiDet models (and the mmdetection recipe) are built by
 `get_preset(name)`; `CondInstConfig.to_dict` / `from_dict` round-trip a config through JSON so
-checkpoints can carry it.
+checkpoints can carry it. `load_config` is the one front door: preset, YAML, JSON dump or checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .errors import UserError
@@ -278,3 +282,59 @@ def get_preset(name: str) -> CondInstConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(PRESETS)}")
     return PRESETS[name]().validate()
+
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt")
+
+
+def load_config(source: "CondInstConfig | str | os.PathLike | Mapping[str, Any]") -> CondInstConfig:
+    """Every way a config is given, in one place (CLI `--config`, the predictor, training resume).
+
+    `source` is a config (returned as is), a preset name (`PRESETS`), an AdelaiDet YAML file or
+    `cfg.dump()`, our JSON dump (a run's `config.json`, optionally `{"config": {...}}`), a checkpoint
+    file (its stored config, or the architecture recognised from an official one's keys), or an
+    already loaded checkpoint / config mapping. Raises ConfigError (or CheckpointError) in one line.
+    """
+    if isinstance(source, CondInstConfig):
+        return source
+    if isinstance(source, Mapping):
+        return _config_from_mapping(source)
+    text = str(source)
+    if text in PRESETS:
+        return get_preset(text)
+    path = Path(text)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json", *CHECKPOINT_SUFFIXES):
+        raise ConfigError(f"--config {text!r} is neither a preset ({', '.join(PRESETS)}) nor a .yaml, .json or "
+                          "checkpoint file")
+    if not path.is_file():
+        raise ConfigError(f"--config {text}: no such file")
+    if suffix in (".yaml", ".yml"):
+        from .yaml_config import config_from_yaml
+
+        return config_from_yaml(text)
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config {text}: not valid JSON ({e})") from None
+        return _config_from_mapping(data)
+    from .checkpoint import read_checkpoint
+
+    return _config_from_mapping(read_checkpoint(path))
+
+
+def _config_from_mapping(data: Any) -> CondInstConfig:
+    """A config dict, `{"config": {...}}`, or a loaded checkpoint (ours, AdelaiDet or mmdetection)."""
+    if isinstance(data, Mapping) and "backbone" not in data and isinstance(data.get("config"), Mapping) \
+            and "model" not in data:
+        data = data["config"]
+    if isinstance(data, Mapping) and ("model" in data or "state_dict" in data):
+        from .checkpoint import config_from_checkpoint, split_checkpoint
+
+        sd, kind, extras = split_checkpoint(dict(data))
+        return config_from_checkpoint(extras, sd, kind)
+    try:
+        return CondInstConfig.from_dict(dict(data) if isinstance(data, Mapping) else data).validate()
+    except TypeError as e:
+        raise ConfigError(f"invalid config: {e}") from None

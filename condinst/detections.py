@@ -47,6 +47,44 @@ def level_locations(features: list[torch.Tensor], strides: tuple[int, ...]) -> l
     return [compute_locations(f.shape[-2], f.shape[-1], s, f.device) for f, s in zip(features, strides)]
 
 
+def fcos_scores(cls_probs: torch.Tensor, ctr_probs: torch.Tensor, cfg: FCOSConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ranking, final) scores of (location, class) pairs from sigmoid class and centerness probabilities.
+
+    cls_probs (..., K) and ctr_probs (...,) broadcast to (..., K). The ranking score (cls*ctr, or cls
+    alone without `thresh_with_ctr`) is thresholded and ranked; the final score (sqrt(cls*ctr) or
+    cls*ctr) is what a detection reports.
+    """
+    product = cls_probs * ctr_probs[..., None]
+    ranking = product if cfg.thresh_with_ctr else cls_probs
+    final = product.sqrt() if cfg.score_mode == "sqrt" else product
+    return ranking, final
+
+
+def decode_boxes(locations: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
+    """(N, 2) locations and (N, 4) distances to the left, top, right, bottom -> (N, 4) x1y1x2y2 boxes."""
+    return torch.cat([locations - ltrb[:, :2], locations + ltrb[:, 2:]], dim=1)
+
+
+def cell_detections(cls_logits: torch.Tensor, bbox_reg: torch.Tensor, ctrness: torch.Tensor, params: torch.Tensor,
+                    locations: torch.Tensor, stride: int, level: int, loc_idx: torch.Tensor, cls_idx: torch.Tensor,
+                    cfg: FCOSConfig) -> Detections:
+    """Detections of one image at chosen (location, class) pairs of one level.
+
+    cls_logits (K, H, W), bbox_reg (4, H, W) in stride units, ctrness (1, H, W), params (P, H, W),
+    locations (H*W, 2); loc_idx (N,) flat cell indices and cls_idx (N,) classes. The decoding and
+    the score are those of every detection (`decode_level` uses this for its candidates).
+    """
+    k, p = cls_logits.shape[0], params.shape[0]
+    logit = cls_logits.reshape(k, -1)[cls_idx, loc_idx].float()
+    ctr = ctrness.reshape(-1)[loc_idx].float()
+    _, score = fcos_scores(logit.sigmoid()[:, None], ctr.sigmoid(), cfg)
+    loc = locations[loc_idx]
+    boxes = decode_boxes(loc, bbox_reg.reshape(4, -1)[:, loc_idx].float().T * stride)
+    return Detections(boxes=boxes, scores=score[:, 0], classes=cls_idx, locations=loc,
+                      fpn_levels=torch.full_like(loc_idx, level), params=params.reshape(p, -1)[:, loc_idx].T,
+                      grid_index=loc_idx)
+
+
 def decode_level(cls_logits: torch.Tensor, bbox_reg: torch.Tensor, ctrness: torch.Tensor,
                  params: torch.Tensor, locations: torch.Tensor, stride: int, level: int,
                  image_sizes: list[tuple[int, int]], cfg: FCOSConfig) -> list[Detections]:
@@ -54,18 +92,12 @@ def decode_level(cls_logits: torch.Tensor, bbox_reg: torch.Tensor, ctrness: torc
 
     cls_logits (B, K, H, W), bbox_reg (B, 4, H, W) in stride units, ctrness (B, 1, H, W),
     params (B, P, H, W), locations (H*W, 2). A (location, class) pair is a candidate when its
-    ranking score (cls*ctr, or cls alone without `thresh_with_ctr`) exceeds the threshold; at most
-    `pre_nms_topk` candidates per image are kept, by ranking score.
+    ranking score (`fcos_scores`) exceeds the threshold; at most `pre_nms_topk` candidates per
+    image are kept, by ranking score.
     """
     b, k, h, w = cls_logits.shape
-    cls_logits, bbox_reg, ctrness = cls_logits.float(), bbox_reg.float(), ctrness.float()
-    probs = cls_logits.sigmoid().permute(0, 2, 3, 1).reshape(b, h * w, k)
-    ctr = ctrness.sigmoid().reshape(b, h * w)
-    reg = bbox_reg.permute(0, 2, 3, 1).reshape(b, h * w, 4) * stride
-    top = params.permute(0, 2, 3, 1).reshape(b, h * w, -1)
-    product = probs * ctr[:, :, None]
-    ranking = product if cfg.thresh_with_ctr else probs
-    final = product.sqrt() if cfg.score_mode == "sqrt" else product
+    probs = cls_logits.float().sigmoid().permute(0, 2, 3, 1).reshape(b, h * w, k)
+    ranking, _ = fcos_scores(probs, ctrness.float().sigmoid().reshape(b, h * w), cfg)
 
     out = []
     for i in range(b):
@@ -75,13 +107,8 @@ def decode_level(cls_logits: torch.Tensor, bbox_reg: torch.Tensor, ctrness: torc
         if rank_i.numel() > cfg.pre_nms_topk:
             rank_i, top_idx = rank_i.topk(cfg.pre_nms_topk, sorted=False)
             loc_idx, cls_idx = loc_idx[top_idx], cls_idx[top_idx]
-        loc = locations[loc_idx]
-        ltrb = reg[i][loc_idx]
-        boxes = torch.stack([loc[:, 0] - ltrb[:, 0], loc[:, 1] - ltrb[:, 1],
-                             loc[:, 0] + ltrb[:, 2], loc[:, 1] + ltrb[:, 3]], dim=1)
-        det = Detections(boxes=boxes, scores=final[i][loc_idx, cls_idx], classes=cls_idx, locations=loc,
-                         fpn_levels=torch.full_like(loc_idx, level), params=top[i][loc_idx],
-                         grid_index=loc_idx)
+        det = cell_detections(cls_logits[i], bbox_reg[i], ctrness[i], params[i], locations, stride, level,
+                              loc_idx, cls_idx, cfg)
         if cfg.clip_boxes_at_decode:
             ih, iw = image_sizes[i]
             det.boxes[:, 0::2] = det.boxes[:, 0::2].clamp(0, iw)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .detections import Detections
+from .detections import Detections, cell_detections, fcos_scores
 from .dynamic_mask_head import split_params
-from .postprocess import ImageResult, mask_probs_to_image, postprocess
+from .postprocess import ImageResult, mask_probs_to_image
 from .predictor import Predictor
 
 
@@ -73,11 +73,8 @@ class Explainer:
     def result(self) -> ImageResult:
         """The same detections as `predictor(image)` (computed from the cached outputs)."""
         if self._result is None:
-            with torch.no_grad():
-                det = self.model.detect(self.outputs, [self.input_size])[0]
-                logits = self.model.mask_logits(self.outputs.mask_feats, det)
-            self._result = postprocess(det, logits, self.padded_size, self.input_size, self.image_size,
-                                       self.cfg.mask_head.mask_threshold)
+            self._result = self.predictor.results(self.outputs, self.padded_size, [self.input_size],
+                                                  [self.image_size])[0]
         return self._result
 
     def mask_features(self) -> np.ndarray:
@@ -96,8 +93,8 @@ class Explainer:
     def at_point(self, x: float, y: float, class_index: int | None = None) -> PointSegmentation:
         """Segment whatever the filters generated at original-image pixel (x, y) produce.
 
-        On every level the cell containing the point is scored with cls*ctr (of `class_index`, or of
-        the best class); the best level's controller output becomes the dynamic filters.
+        On every level the cell containing the point is scored as detections are (of `class_index`,
+        or of the best class); the best level's controller output becomes the dynamic filters.
         """
         h0, w0 = self.image_size
         if not (0 <= x < w0 and 0 <= y < h0):
@@ -109,9 +106,10 @@ class Explainer:
             cls = self.outputs.cls_logits[level][0]
             hl, wl = cls.shape[-2:]
             i, j = min(int(yi // stride), hl - 1), min(int(xi // stride), wl - 1)
-            probs = cls[:, i, j].sigmoid() * self.outputs.ctrness[level][0, 0, i, j].sigmoid()
-            c = int(probs.argmax()) if class_index is None else class_index
-            score = float(probs[c])
+            _, scores = fcos_scores(cls[:, i, j].float().sigmoid(),
+                                    self.outputs.ctrness[level][0, 0, i, j].float().sigmoid(), self.cfg.fcos)
+            c = int(scores.argmax()) if class_index is None else class_index
+            score = float(scores[c])
             if best is None or score > best[0]:
                 best = (score, level, i, j, c)
         _, level, i, j, c = best
@@ -131,17 +129,12 @@ class Explainer:
         return -(-h // stride), -(-w // stride)
 
     def _cell_detection(self, level: int, i: int, j: int, class_index: int) -> Detections:
-        stride = self.cfg.fcos.strides[level]
-        wl = self.outputs.cls_logits[level].shape[-1]
-        params = self.outputs.params[level][0, :, i, j][None]
-        loc = params.new_tensor([[j * stride + stride // 2, i * stride + stride // 2]])
-        reg = self.outputs.bbox_reg[level][0, :, i, j] * stride
-        box = torch.stack([loc[0, 0] - reg[0], loc[0, 1] - reg[1], loc[0, 0] + reg[2], loc[0, 1] + reg[3]])[None]
-        prob = self.outputs.cls_logits[level][0, class_index, i, j].sigmoid()
-        ctr = self.outputs.ctrness[level][0, 0, i, j].sigmoid()
-        score = (prob * ctr).sqrt() if self.cfg.fcos.score_mode == "sqrt" else prob * ctr
-        return Detections(boxes=box, scores=score[None], classes=torch.tensor([class_index]), locations=loc,
-                          fpn_levels=torch.tensor([level]), params=params, grid_index=torch.tensor([i * wl + j]))
+        out = self.outputs
+        wl, device = out.cls_logits[level].shape[-1], out.params[level].device
+        return cell_detections(out.cls_logits[level][0], out.bbox_reg[level][0], out.ctrness[level][0],
+                               out.params[level][0], out.locations[level], self.cfg.fcos.strides[level], level,
+                               torch.tensor([i * wl + j], device=device), torch.tensor([class_index], device=device),
+                               self.cfg.fcos)
 
     def _explain(self, det: Detections) -> InstanceExplanation:
         level = int(det.fpn_levels[0])

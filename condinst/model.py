@@ -93,20 +93,25 @@ class CondInst(nn.Module):
                            level_locations(features, self.cfg.fcos.strides))
 
     # ---- detections and masks --------------------------------------------------------------
-    def detect(self, out: HeadOutputs, image_sizes: list[tuple[int, int]]) -> list[Detections]:
-        """Per-image detections after NMS and top-k, in input pixel coordinates."""
+    def detect(self, out: HeadOutputs, image_sizes: list[tuple[int, int]],
+               cfg: CondInstConfig | None = None) -> list[Detections]:
+        """Per-image detections after NMS and top-k, in input pixel coordinates.
+
+        `cfg` carries the test settings (thresholds, NMS, top-k); default: the model's own config.
+        """
+        cfg = cfg or self.cfg
         per_level = [
             decode_level(out.cls_logits[l], out.bbox_reg[l], out.ctrness[l], out.params[l], out.locations[l],
-                         stride, l, image_sizes, self.cfg.fcos)
-            for l, stride in enumerate(self.cfg.fcos.strides)
+                         stride, l, image_sizes, cfg.fcos)
+            for l, stride in enumerate(cfg.fcos.strides)
         ]
         results = []
         for i in range(len(image_sizes)):
             det = Detections.cat([level[i] for level in per_level])
-            if self.cfg.mask_head.nms == "mask":
-                results.append(self._mask_nms(det, out.mask_feats[i : i + 1]))
+            if cfg.mask_head.nms == "mask":
+                results.append(self._mask_nms(det, out.mask_feats[i : i + 1], cfg))
             else:
-                results.append(nms_and_topk(det, self.cfg.fcos))
+                results.append(nms_and_topk(det, cfg.fcos))
         return results
 
     def mask_logits(self, mask_feats: torch.Tensor, det: Detections, image_index: int | torch.Tensor = 0,
@@ -117,19 +122,25 @@ class CondInst(nn.Module):
         return self.mask_head.mask_logits(mask_feats, self.mask_branch.out_stride, det.locations, det.fpn_levels,
                                           image_index, det.params, upsample=upsample)
 
-    def _mask_nms(self, det: Detections, mask_feats: torch.Tensor) -> Detections:
+    def _mask_nms(self, det: Detections, mask_feats: torch.Tensor, cfg: CondInstConfig) -> Detections:
         # IoUs are computed on the stride-8 masks (before upsampling) to bound memory.
         probs = self.mask_logits(mask_feats, det, 0, upsample=False).sigmoid()
-        return mask_nms(det, probs[:, 0] > self.cfg.mask_head.mask_threshold, self.cfg.fcos)
+        return mask_nms(det, probs[:, 0] > cfg.mask_head.mask_threshold, cfg.fcos)
 
     @torch.no_grad()
-    def inference(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[InstanceResult]:
+    def inference(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
+                  cfg: CondInstConfig | None = None) -> list[InstanceResult]:
         """Detect and segment: padded normalised images (B, 3, H, W) -> per-image results."""
-        out = self.forward_heads(images)
-        dets = self.detect(out, image_sizes)
+        return self.instances(self.forward_heads(images), image_sizes, cfg)
+
+    def instances(self, out: HeadOutputs, image_sizes: list[tuple[int, int]],
+                  cfg: CondInstConfig | None = None) -> list[InstanceResult]:
+        """Dense outputs of a batch -> per-image detections with their mask logits (test settings of `cfg`)."""
+        dets = self.detect(out, image_sizes, cfg)
         if not dets:
             return []
-        image_index = torch.cat([torch.full((len(d),), i, dtype=torch.long, device=images.device)
+        device = out.mask_feats.device
+        image_index = torch.cat([torch.full((len(d),), i, dtype=torch.long, device=device)
                                  for i, d in enumerate(dets)])
         logits = self.mask_logits(out.mask_feats, Detections.cat(dets), image_index)
         return [InstanceResult(d, m) for d, m in zip(dets, logits.split([len(d) for d in dets]))]

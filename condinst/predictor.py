@@ -14,24 +14,10 @@ import torch
 
 from .checkpoint import (CheckpointError, config_from_checkpoint, load_state_dict_strict, read_checkpoint,
                          split_checkpoint)
-from .config import CondInstConfig, ConfigError, PRESETS, get_preset
+from .config import CondInstConfig, ConfigError, load_config
 from .model import CondInst, HeadOutputs, normalize_and_pad
 from .postprocess import ImageResult, postprocess
 from .preprocess import resize_image, resized_shape, to_rgb_uint8
-
-
-def resolve_config(config: CondInstConfig | str | os.PathLike) -> CondInstConfig:
-    """A config object, a preset name or a YAML file (AdelaiDet preset or cfg.dump())."""
-    if isinstance(config, CondInstConfig):
-        return config
-    text = str(config)
-    if text in PRESETS:
-        return get_preset(text)
-    if text.endswith((".yaml", ".yml")):
-        from .yaml_config import config_from_yaml
-
-        return config_from_yaml(text)
-    raise ConfigError(f"--config {text!r} is neither a preset ({', '.join(PRESETS)}) nor a .yaml file")
 
 
 def load_model(weights: str | os.PathLike | None, config: CondInstConfig | str | os.PathLike | None = None,
@@ -42,7 +28,7 @@ def load_model(weights: str | os.PathLike | None, config: CondInstConfig | str |
     recognised from their keys and shapes). With `config`, the model is built from it and the
     checkpoint must fit it exactly. `weights=None` gives randomly initialised weights (needs config).
     """
-    cfg = resolve_config(config) if config is not None else None
+    cfg = load_config(config) if config is not None else None
     if weights is None:
         if cfg is None:
             raise ConfigError("either weights or a config is needed to build a model")
@@ -64,6 +50,19 @@ def load_model(weights: str | os.PathLike | None, config: CondInstConfig | str |
     return model.to(device).eval(), cfg
 
 
+def with_test_settings(cfg: CondInstConfig, score_threshold: float | None = None, min_size: int | None = None,
+                       max_size: int | None = None) -> CondInstConfig:
+    """A copy of `cfg` with the given test-time settings replaced (`cfg` itself is left unchanged)."""
+    fcos, inp = cfg.fcos, cfg.input
+    if score_threshold is not None:
+        fcos = replace(fcos, score_threshold=score_threshold)
+    if min_size is not None:
+        inp = replace(inp, min_size_test=min_size)
+    if max_size is not None:
+        inp = replace(inp, max_size_test=max_size)
+    return replace(cfg, fcos=fcos, input=inp)
+
+
 class Predictor:
     """Runs the official test-time pipeline on RGB uint8 images of any size.
 
@@ -72,12 +71,13 @@ class Predictor:
     """
 
     def __init__(self, model: CondInst, cfg: CondInstConfig | None = None, device: str | torch.device | None = None,
-                 fast: bool = False, fast_dtype: torch.dtype = torch.bfloat16):
+                 fast: bool = False, fast_dtype: torch.dtype = torch.bfloat16, dense=None):
         """`fast`: channels_last, autocast to `fast_dtype` on CUDA, resizing on the device (close to,
         not bit-identical with, the official pipeline). The default fp32 mode is the reference."""
         self.model = model.eval()
-        self.cfg = cfg or model.cfg
-        self.model.cfg = self.cfg  # thresholds used by model.detect
+        self.cfg = cfg or model.cfg  # test settings, passed to the model on every call
+        # What computes the dense outputs: the model itself, or an exported graph (export.OnnxHeads).
+        self.dense = dense if dense is not None else self.model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.fast = fast
@@ -91,16 +91,17 @@ class Predictor:
                      optimize: bool = True) -> "Predictor":
         """Load `weights` (see `load_model`); `optimize` folds FrozenBN into the convs and uses
         channels_last (same outputs to ~1e-6, much faster on CPU); the model is then inference-only."""
+        if str(weights).endswith(".onnx"):
+            from .export import OnnxHeads
+
+            heads = OnnxHeads(weights)
+            cfg = load_config(config) if config is not None else heads.cfg
+            return cls(CondInst(cfg), with_test_settings(cfg, score_threshold, min_size, max_size), "cpu",
+                       dense=heads)
         model, cfg = load_model(weights, config, device)
         if optimize:
             model.optimize_for_inference()
-        if score_threshold is not None:
-            cfg.fcos.score_threshold = score_threshold
-        if min_size is not None:
-            cfg.input.min_size_test = min_size
-        if max_size is not None:
-            cfg.input.max_size_test = max_size
-        return cls(model, cfg, device, fast=fast)
+        return cls(model, with_test_settings(cfg, score_threshold, min_size, max_size), device, fast=fast)
 
     # ---- class metadata ---------------------------------------------------------------------
     def class_name(self, index: int) -> str:
@@ -149,10 +150,23 @@ class Predictor:
             return []
         batch, sizes = self.prepare(images)
         with self._autocast():
-            results = self.model.inference(batch, sizes)
-        return [postprocess(r.detections, r.mask_logits, tuple(batch.shape[-2:]), size, image.shape[:2],
+            outputs = self.dense.forward_heads(batch)
+        return self.results(outputs, tuple(batch.shape[-2:]), sizes, [image.shape[:2] for image in images])
+
+    @torch.no_grad()
+    def results(self, outputs: HeadOutputs, padded_size: tuple[int, int], input_sizes: list[tuple[int, int]],
+                image_sizes: list[tuple[int, int]]) -> list[ImageResult]:
+        """Dense outputs of a batch -> each image's final result: the one path from head outputs to
+        boxes and masks (`__call__`, `Explainer.result` and evaluation all come through here).
+
+        padded_size (Hp, Wp) of the batch; input_sizes the resized (h, w) and image_sizes the
+        original (H, W) of each image.
+        """
+        with self._autocast():
+            instances = self.model.instances(outputs, input_sizes, self.cfg)
+        return [postprocess(r.detections, r.mask_logits, padded_size, size, tuple(image_size),
                             self.cfg.mask_head.mask_threshold)
-                for r, size, image in zip(results, sizes, images)]
+                for r, size, image_size in zip(instances, input_sizes, image_sizes)]
 
     def _autocast(self):
         enabled = self.fast and self.device.type == "cuda"
@@ -162,4 +176,4 @@ class Predictor:
     def heads(self, image: np.ndarray) -> tuple[HeadOutputs, torch.Tensor, tuple[int, int]]:
         """Dense outputs of one image (for explanations): (outputs, padded batch, resized size)."""
         batch, sizes = self.prepare([image])
-        return self.model.forward_heads(batch), batch, sizes[0]
+        return self.dense.forward_heads(batch), batch, sizes[0]

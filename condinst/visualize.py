@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import numpy as np
 import supervision as sv
+import torch
 
 from .postprocess import ImageResult
 
 
 def to_supervision(result: ImageResult, min_score: float = 0.0) -> sv.Detections:
-    """ImageResult -> sv.Detections (boxes, masks, scores, class ids), keeping scores >= min_score."""
+    """ImageResult -> sv.Detections (boxes, masks, scores, class ids), keeping scores >= min_score.
+
+    Only the kept instances' masks are made full-size (supervision draws (N, H, W) masks).
+    """
     keep = (result.scores >= min_score).cpu().numpy()
+    masks = result.dense_masks(torch.from_numpy(keep))
     return sv.Detections(xyxy=result.boxes.cpu().numpy()[keep].astype(np.float32),
-                         mask=result.masks.cpu().numpy()[keep],
+                         mask=masks.cpu().numpy(),
                          confidence=result.scores.cpu().numpy()[keep].astype(np.float32),
                          class_id=result.classes.cpu().numpy()[keep].astype(int))
 

@@ -13,15 +13,15 @@ one-line message and exit code 2. `python -m training.cli train|evaluate ...` wo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from condinst.config import CondInstConfig, ConfigError, PRESETS
+from condinst.cli import Command, build_parser
+from condinst.config import PRESETS, load_config
 from condinst.errors import EXIT_USAGE, UserError, run_reporting_errors
-from condinst.validate import (OneLineParser, check_device, existing_dir, existing_file, non_negative_int,
-                               positive_int, writable_dir, writable_file)
+from condinst.validate import (check_device, existing_dir, existing_file, non_negative_int, positive_int,
+                               writable_dir, writable_file)
 
 logger = logging.getLogger(__name__)
 
@@ -30,26 +30,6 @@ class UsageError(UserError):
 
 
 # ---- shared helpers ---------------------------------------------------------------------------------
-
-def load_config(spec: str) -> CondInstConfig:
-    """A preset name, an AdelaiDet YAML file, or our JSON config dump (optionally {"config": {...}})."""
-    if spec.endswith(".json"):
-        path = Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"--config {spec}: no such file")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"--config {spec}: not valid JSON ({e})") from None
-        if isinstance(data, dict) and isinstance(data.get("config"), dict) and "backbone" not in data:
-            data = data["config"]
-        return CondInstConfig.from_dict(data).validate()
-    from condinst.predictor import resolve_config
-
-    if spec.endswith((".yaml", ".yml")) and not Path(spec).is_file():
-        raise ConfigError(f"--config {spec}: no such file")
-    return resolve_config(spec)
-
 
 def _run_reporting_errors(fn, args: argparse.Namespace) -> int:
     """`fn(args)`; an expected error (condinst.errors) ends with one line and SystemExit(EXIT_USAGE)."""
@@ -221,17 +201,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # ---- standalone entry point ------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m training.cli", description="CondInst training and evaluation")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_arguments(sub.add_parser("train", help="train CondInst on a COCO-format dataset"))
-    add_evaluate_arguments(sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint"))
-    return parser
+TRAIN = Command("train or fine-tune on a COCO dataset", add_train_arguments, run_train)
+EVALUATE = Command("COCO box and mask AP of a checkpoint", add_evaluate_arguments, run_evaluate)
+
+
+COMMANDS = {"train": TRAIN, "evaluate": EVALUATE}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_train(args) if args.command == "train" else run_evaluate(args)
+    args = build_parser(COMMANDS, prog="python -m training.cli").parse_args(argv)
+    return COMMANDS[args.command].run(args)
 
 
 if __name__ == "__main__":

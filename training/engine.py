@@ -43,7 +43,7 @@ from torch import nn
 
 from condinst.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, split_checkpoint
 from condinst.checkpoint import load_state_dict_strict
-from condinst.config import CondInstConfig, ConfigError
+from condinst.config import CondInstConfig, ConfigError, load_config
 from condinst.io import atomic_write_text
 from condinst.backbone import ResNet
 from condinst.model import CondInst
@@ -387,8 +387,8 @@ class Trainer:
     def _config_from_checkpoint(self, path: Path) -> None:
         """On resume the architecture, classes and input come from the checkpoint; the solver from this run."""
         try:
-            stored = CondInstConfig.from_dict(self.checkpoint["config"]).validate()
-        except (KeyError, ConfigError, TypeError) as e:
+            stored = load_config(self.checkpoint)
+        except (ConfigError, CheckpointError) as e:
             raise CheckpointError(f"{path}: cannot resume, the stored config is invalid ({e})") from None
         if stored.category_ids and self.cfg.category_ids and tuple(stored.category_ids) != tuple(self.cfg.category_ids):
             raise CheckpointError(f"{path}: cannot resume, it was trained on categories {stored.category_ids} but the "

@@ -175,7 +175,7 @@ def test_annotation_flow_across_images_without_reload(app, page, image_paths, tm
         wait_status(page, f"Redid: add instance {added}")
         assert not ws.get_instance(added).deleted
         page.locator("#reviewed input").check()
-        wait_status(page, f"Image {first} marked reviewed.")
+        wait_status(page, f"Image {first} reviewed; its score threshold is frozen")
         keep_screenshot(page, "correct")
 
         # 7. next image (hotkey n), in the same page: paint a new instance and give it a class
