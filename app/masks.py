@@ -57,12 +57,13 @@ def shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EncodedMask:
-    """What the workspace stores for one mask: exact RLE, preview RLE (or None), area and box."""
+    """What the workspace stores for one mask: exact RLE, preview RLE (or None), area, box, image size."""
 
     counts: bytes
     preview: bytes | None
     area: int
     bbox: tuple[float, float, float, float]  # x, y, w, h (pycocotools toBbox)
+    size: tuple[int, int] = (0, 0)  # (H, W) of the image
 
 
 def encode_with_preview(mask: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> EncodedMask:
@@ -74,7 +75,32 @@ def encode_with_preview(mask: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> E
     size = preview_size(height, width, max_side)
     preview = None if size == (height, width) else encode_mask(shrink_mask(mask, size))
     bbox = tuple(float(v) for v in mask_utils.toBbox(rle))
-    return EncodedMask(counts, preview, int(mask_utils.area(rle)), bbox)
+    return EncodedMask(counts, preview, int(mask_utils.area(rle)), bbox, (height, width))
+
+
+def encode_crop(rle: dict, crop: np.ndarray, y0: int, x0: int, max_side: int = PREVIEW_MAX_SIDE) -> EncodedMask:
+    """A mask given as its exact RLE and its (h, w) crop at (y0, x0), e.g. the model's per-instance
+    output (`condinst.postprocess.InstanceMasks`): nothing full-size is made. The preview shrinks the
+    crop onto its place in the preview grid (within a preview pixel of `shrink_mask` of the full mask)."""
+    height, width = (int(v) for v in rle["size"])
+    counts = rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else bytes(rle["counts"])
+    full = {"size": [height, width], "counts": counts}
+    bbox = tuple(float(v) for v in mask_utils.toBbox(full))
+    size = preview_size(height, width, max_side)
+    preview = None
+    if size != (height, width):
+        small = np.zeros(size, bool)
+        ch, cw = crop.shape
+        if ch and cw:
+            sy, sx = size[0] / height, size[1] / width
+            py0, px0 = int(np.floor(y0 * sy)), int(np.floor(x0 * sx))
+            py1, px1 = max(py0 + 1, int(np.ceil((y0 + ch) * sy))), max(px0 + 1, int(np.ceil((x0 + cw) * sx)))
+            py1, px1 = min(py1, size[0]), min(px1, size[1])
+            part = cv2.resize(np.ascontiguousarray(crop, dtype=np.uint8) * 255, (px1 - px0, py1 - py0),
+                              interpolation=cv2.INTER_AREA)
+            small[py0:py1, px0:px1] = part >= 128
+        preview = encode_mask(small)
+    return EncodedMask(counts, preview, int(mask_utils.area(full)), bbox, (height, width))
 
 
 def disc(shape: tuple[int, int], x: int, y: int, size: int,

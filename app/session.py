@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from app.errors import ServiceError
+from app.masks import encode_crop
 from app.workspace import Prediction, Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ class ModelSession:
         return explainer
 
     def predictions(self, image_key: str, load_image: Callable[[], np.ndarray]) -> list[Prediction]:
-        """The model's detections of an image as workspace predictions (masks at the image's size)."""
+        """The model's detections of an image as workspace predictions (per-instance RLE; nothing full-size)."""
         explainer = self.explainer(image_key, load_image)
         with self.lock:
             result = explainer.result()
@@ -147,8 +148,10 @@ class ModelSession:
             lx, ly = det.locations[k].tolist()
             meta = {"det_index": k, "model": self.key, "fpn_level": int(det.fpn_levels[k]),
                     "location": [round(lx * w / iw, 2), round(ly * h / ih, 2)]}
+            masks = result.instance_masks
+            (y0, x0), crop = masks.offsets[k], masks.crops[k].cpu().numpy()
             out.append(Prediction(self.category_id(int(result.classes[k])), float(result.scores[k]),
-                                  result.masks[k].cpu().numpy(), meta))
+                                  encode_crop(masks.rle(k), crop, y0, x0), meta))
         return out
 
     def segment_point(self, image_key: str, load_image: Callable[[], np.ndarray], x: int, y: int,

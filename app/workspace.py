@@ -34,7 +34,7 @@ from app import history
 from app.db import Database, now
 from app.errors import AppError, WorkspaceError
 from app.ingest import DEFAULT_MAX_PIXELS, PreparedImage, prepare_array, prepare_file
-from app.masks import decode_mask, encode_with_preview, preview_size
+from app.masks import EncodedMask, decode_mask, encode_with_preview, preview_size
 from condinst.io import atomic_write_bytes
 
 DB_FILE_NAME = "workspace.sqlite"
@@ -556,6 +556,10 @@ class Workspace:
                      (image_id,))
 
     def _encode(self, mask: Any, height: int, width: int):
+        if isinstance(mask, EncodedMask):
+            if mask.size != (height, width):
+                raise WorkspaceError(f"Mask size {mask.size} does not match image size ({height}x{width})")
+            return mask
         if isinstance(mask, dict):  # an RLE dict of the full-size mask
             mask = mask_utils.decode({"size": mask["size"], "counts": mask["counts"]})
         mask = np.asarray(mask)
