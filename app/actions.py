@@ -191,8 +191,8 @@ class Annotator:
         ids = [inst.id for inst in hits]
         again = view.last_pick is not None and abs(view.last_pick[0] - x) <= 3 and abs(view.last_pick[1] - y) <= 3
         chosen = ids[(ids.index(view.selected) + 1) % len(ids)] if again and view.selected in ids else ids[0]
-        more = f" ({ids.index(chosen) + 1} of {len(ids)} here; click again for the next)" if len(ids) > 1 else ""
-        return replace(view, selected=chosen, last_point=None, last_pick=(x, y)), f"Selected instance #{chosen}{more}."
+        more = f" ({ids.index(chosen) + 1} of {len(ids)} here: click again for the next one)" if len(ids) > 1 else ""
+        return replace(view, selected=chosen, last_point=None, last_pick=(x, y)), f"Selected instance #{chosen}.{more}"
 
     def require_selected(self, view: View) -> Instance:
         self.require_image(view)

@@ -167,10 +167,6 @@ class Handlers:
     def on_reviewed(self, view: View, reviewed: bool):
         return self.annotate(*self.actions.set_reviewed(view, bool(reviewed)))
 
-    def on_toggle_reviewed(self, view: View):
-        record = self.service.ws.get_image_record(self.actions.require_image(view))
-        return self.annotate(*self.actions.set_reviewed(view, not record.reviewed))
-
     # ---- view settings --------------------------------------------------------------------------------
     def on_threshold(self, view: View, threshold: float):
         return self.annotate(self.actions.set_threshold(view, threshold))

@@ -25,7 +25,7 @@ HOTKEYS_JS = """
 document.addEventListener("keydown", (event) => {
   const tag = (event.target.tagName || "").toLowerCase();
   if (["input", "textarea", "select"].includes(tag) || event.ctrlKey || event.metaKey || event.altKey) return;
-  const buttons = {n: "next", p: "previous", u: "next-unreviewed", r: "toggle-reviewed", Delete: "delete",
+  const buttons = {n: "next", p: "previous", u: "next-unreviewed", r: "reviewed input", Delete: "delete",
                    z: "undo", y: "redo", h: "hide", o: "solo"};
   const tools = {s: "select", b: "brush", e: "erase", a: "point", w: "paint"};
   let target = null;
@@ -101,7 +101,6 @@ class AppUI:
             p["next_unreviewed"] = gr.Button("Next unreviewed", size="sm", elem_id="next-unreviewed", min_width=130,
                                              scale=0)
             p["reviewed"] = gr.Checkbox(label="Reviewed", elem_id="reviewed", scale=0, min_width=110, container=False)
-            p["toggle_reviewed"] = gr.Button(visible=False, elem_id="toggle-reviewed")
             p["rerun"] = gr.Button("Re-run model", size="sm", elem_id="rerun", min_width=110, scale=0)
         p["info"] = gr.Markdown(elem_id="info")
         with gr.Row(equal_height=False):
@@ -267,7 +266,6 @@ class AppUI:
         on(a["next_unreviewed"].click, h.on_next_unreviewed, [state], annotate, api_name="next_unreviewed")
         on(a["image"].input, h.on_go_to, [state, a["image"]], annotate, api_name="go_to_image")
         on(a["reviewed"].input, h.on_reviewed, [state, a["reviewed"]], annotate, api_name="set_reviewed")
-        on(a["toggle_reviewed"].click, h.on_toggle_reviewed, [state], annotate, api_name="toggle_reviewed")
         on(a["threshold"].release, h.on_threshold, [state, a["threshold"]], annotate, api_name="set_threshold")
         on(a["filter"].input, h.on_class_filter, [state, a["filter"]], annotate, api_name="set_class_filter")
         on(a["opacity"].release, h.on_display, [state, a["opacity"], a["labels"]], annotate, api_name="set_display")
