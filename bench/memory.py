@@ -95,7 +95,8 @@ def run_stages(image_path: Path, weights: Path) -> None:
         result = postprocess(out.detections, out.mask_logits, tuple(batch.shape[-2:]), sizes[0], image.shape[:2],
                              predictor.cfg.mask_head.mask_threshold)
         del out
-        report("postprocess", start, instances=len(result), masks_mb=result.masks.numel() / 2**20)
+        crops = result.instance_masks.crops  # per-instance masks: crops, never (K, H, W)
+        report("postprocess", start, instances=len(result), masks_mb=sum(c.numel() for c in crops) / 2**20)
     start = time.perf_counter()
     k = predictor.cfg.fcos.num_classes
     entries = result_to_coco(result, [predictor.category_id(i) for i in range(k)])
