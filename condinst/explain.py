@@ -45,7 +45,7 @@ class InstanceExplanation:
 
     @property
     def mask_probs(self) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.mask_logits))
+        return 1.0 / (1.0 + np.exp(-np.clip(self.mask_logits, -60.0, 60.0)))
 
 
 @dataclass

@@ -273,7 +273,7 @@ def test_readme_screenshots(server, page):
                                    "return e && e.getAttribute('src') !== old; }", arg=before)
             wait_status(page, f"Painted instance #{painted}.")
         page.locator("#reviewed input").check()
-        wait_status(page, "marked reviewed.")
+        wait_status(page, "reviewed; its score threshold is frozen")
         wait_text(page, "#info", f"selected #{painted}")
         assert page.locator("#selected-class input").input_value() == "fig (2)"
         page.locator("#info").click()
