@@ -1,6 +1,8 @@
 """Page helpers shared by the browser tests (Playwright driving Debian's Chromium)."""
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,3 +37,28 @@ def wait_status(page, text: str, timeout: float = 60_000) -> None:
 def pick_option(page, dropdown: str, option: str) -> None:
     page.locator(f"{dropdown} input").click()
     page.get_by_role("option", name=option).click()
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(page, name: str):
+    """Save a full-page screenshot to test-artifacts/ if the block fails."""
+    try:
+        yield
+    except BaseException:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{int(time.time())}.png"), full_page=True)
+        raise
+
+
+@contextlib.contextmanager
+def chromium(sync_api):
+    """Debian's Chromium driven by Playwright (headless, offline flags)."""
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

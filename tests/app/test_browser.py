@@ -14,17 +14,16 @@ Needs Debian's Chromium at /usr/bin/chromium and the playwright package (never `
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from browserkit import CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, wait_status, wait_text
+from browserkit import (CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure, wait_status,
+                        wait_text)
 from pycocotools.coco import COCO
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,17 +56,6 @@ def page(app):
         page.set_default_timeout(30_000)
         yield page
         browser.close()
-
-
-@contextlib.contextmanager
-def screenshot_on_failure(page, name: str):
-    """Save a full-page screenshot to test-artifacts/ if the block fails."""
-    try:
-        yield
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{name}-{int(time.time())}.png"), full_page=True)
-        raise
 
 
 def keep_screenshot(page, name: str) -> None:
@@ -250,7 +238,7 @@ def test_retrain_tab_runs_a_job_and_switches_the_model(app, page, image_paths):
 
     if not Service.retrain_available():
         pytest.skip("training library not installed")
-    report = app.service.images.add_files(image_paths[:2])  # (already there after the flow test)
+    app.service.images.add_files(image_paths[:2])  # (already there after the flow test)
     with screenshot_on_failure(page, "browser-retrain"):
         page.goto(app.url)
         page.wait_for_selector("#main-image img")

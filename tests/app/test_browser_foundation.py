@@ -7,17 +7,10 @@ reviewed and jump to the next unreviewed image; a brush click with nothing selec
 """
 from __future__ import annotations
 
-import contextlib
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from browserkit import CHROMIUM, CHROMIUM_ARGS, click_image, wait_status, wait_text
-
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
+from browserkit import CHROMIUM, chromium, click_image, screenshot_on_failure, wait_status, wait_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -36,10 +29,8 @@ def app(app_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium(sync_api) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -49,16 +40,6 @@ def page(browser):
     page.set_default_timeout(30_000)
     yield page
     context.close()
-
-
-@contextlib.contextmanager
-def screenshot_on_failure(page, name: str):
-    try:
-        yield
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{name}-{int(time.time())}.png"), full_page=True)
-        raise
 
 
 def open_app(page, url: str) -> None:
