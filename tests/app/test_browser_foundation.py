@@ -93,9 +93,12 @@ def test_layout_reload_and_hotkeys(app, page, image_paths):
         page.keyboard.press("r")
         wait_status(page, "reviewed; its score threshold is frozen")
         assert service.ws.get_image_record(first).reviewed
+        stored = "() => window.localStorage.getItem('condinst-studio-last-image')"
+        before = page.evaluate(stored)
         page.locator("#info").click()
         page.keyboard.press("u")
         wait_text(page, "#info", "image 2 of")
+        page.wait_for_function(f"old => ({stored})() !== old", arg=before)  # the browser remembered it
         # observed: a reload always opened image 1; now it reopens the image this browser showed last
         page.goto(app.url)  # (a reload of the ?image= deep link would open that image, as it should)
         page.wait_for_selector("#info")

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from app.screen import TABLE_HEADERS
 from app.errors import AppError
-from app.service import Service, ServiceError, View
+from app.service import Service, View
 from app.workspace import DB_FILE_NAME
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
