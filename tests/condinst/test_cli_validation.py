@@ -186,6 +186,9 @@ def _battery(f) -> list[list[str]]:
     cases += [evaluate + [flag, value] for flag, value in [
         ("--max-images", "0"), ("--output", str(root)), ("--output", str(ro / "r.json")), ("--device", "cuda:99"),
         ("--ann", str(root / "nope.json")), ("--images", str(root / "nope")), ("--weights", str(root / "none.pth"))]]
+    cases += [["export", "--weights", garbage, "--output", out] for out in
+              (str(root / "model.txt"), str(ro / "model.onnx"), str(root))]
+    cases += [["export", "--weights", str(root / "none.pth"), "--output", str(root / "m.onnx")]]
     return cases
 
 
