@@ -102,6 +102,9 @@ class Service:
         removed = remove_stale_staging(self.workspace.root / EXPORTS_DIR_NAME)
         if removed:
             self.notices.append(f"Removed {removed} unfinished export file(s) left by an interrupted export.")
+        swept = self.workspace.sweep()
+        if swept:
+            self.notices.append(f"Removed {swept} image file(s) left by an interrupted upload (nothing referred to them).")
 
     def close(self) -> None:
         """Stop a running retrain job and close the workspace."""

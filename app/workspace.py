@@ -104,6 +104,28 @@ class Workspace:
                              " (SELECT image_id FROM instances)")
                 conn.execute("UPDATE images SET review_threshold = 0.3 WHERE reviewed = 1")
 
+    def sweep(self, min_age: float = 300.0) -> int:
+        """Remove what killed writes left in images/ and previews/: temporary files, and image files no
+        row refers to (a crash between writing the file and its row). Only files older than `min_age`
+        seconds, so another process's upload in flight is left alone. Returns how many were removed."""
+        import time
+
+        with self._read() as conn:
+            stored = {Path(row[0]).name for row in conn.execute("SELECT file_path FROM images")}
+        stems = {Path(name).stem for name in stored}
+        removed, cutoff = 0, time.time() - min_age
+        for folder, keep in ((self.images_dir, lambda p: p.name in stored),
+                             (self.previews_dir, lambda p: p.stem in stems)):
+            for path in folder.iterdir():
+                if not path.is_file() or keep(path) or path.stat().st_mtime > cutoff:
+                    continue
+                try:
+                    path.unlink()
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
+
     # ---- categories ------------------------------------------------------------------------------
     def add_category(self, name: str, category_id: int | None = None, supercategory: str = "object") -> int:
         """Add a category; ``category_id`` defaults to max id + 1. Returns its id."""

@@ -102,6 +102,14 @@ def test_kill_during_an_upload_leaves_only_whole_images(tmp_path, tiny_weights, 
         assert 1 <= len(images) < 6
         for record in images:
             assert record.segmented_by is not None and ws.instances(record.id), record
+        # a file written just before the kill, and a temporary file of an atomic write, are swept at start
+        (ws.images_dir / "0123abcd.png").write_bytes(b"orphan")
+        (ws.images_dir / ".0123abcd.png.x1.tmp").write_bytes(b"half")
+        assert ws.sweep(min_age=300) == 0  # too recent: maybe another process's upload in flight
+        kept = sorted(p.name for p in ws.images_dir.iterdir())
+        assert ws.sweep(min_age=0) == 2
+        assert sorted(p.name for p in ws.images_dir.iterdir()) == [n for n in kept if "0123abcd" not in n]
+        assert len(ws.list_images()) == len(images)
 
 
 # ---- re-segmenting, review, undo ----------------------------------------------------------------------
