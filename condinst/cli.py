@@ -57,6 +57,8 @@ def _expand_inputs(items: list[str]) -> list[Path]:
 def run_predict(args: argparse.Namespace) -> int:
     inputs = _expand_inputs(args.input)  # every check before the imports of torch and the model
     existing_file(args.weights, "--weights")
+    if args.weights.endswith(".onnx") and args.config:
+        raise CLIError(f"--config {args.config}: an ONNX file carries its own config; drop --config")
     writable_file(args.output, "--output")
     if args.vis:
         writable_dir(args.vis, "--vis")
@@ -103,6 +105,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="checkpoint: official AdelaiDet/mmdetection .pth or ours")
     p.add_argument("--config", help="preset name or AdelaiDet YAML; default: taken from the checkpoint")
     p.add_argument("--output", required=True, help="ONNX file to write (predict --weights FILE.onnx runs it)")
+    p.add_argument("--dense-only", action="store_true",
+                   help="write only the dense part (heads and mask features, any batch) instead of the whole "
+                        "graph from the image to detections and masks; predict cannot run it")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -114,7 +119,7 @@ def run_export(args: argparse.Namespace) -> int:
     from .predictor import load_model
 
     model, cfg = load_model(args.weights, args.config)
-    path = export_onnx(model.optimize_for_inference(), cfg, args.output)
+    path = export_onnx(model.optimize_for_inference(), cfg, args.output, dense_only=args.dense_only)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
     return 0
 
@@ -130,7 +135,8 @@ class Command:
 
 COMMAND_GROUP = "condinst.commands"
 PREDICT = Command("segment images, write COCO results", add_predict_arguments, run_predict)
-EXPORT = Command("write the dense part of the model as ONNX", add_export_arguments, run_export)
+EXPORT = Command("write the model as one ONNX graph (image to detections and masks)", add_export_arguments,
+                 run_export)
 
 
 def commands() -> dict[str, Command]:
