@@ -36,6 +36,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", type=positive_int, help="test-time shortest edge (default: config, 800)")
     p.add_argument("--max-size", type=positive_int, help="test-time longest edge cap (default: config, 1333)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
+                   help="runtime of an exported .onnx --weights file (default: onnxruntime)")
 
 
 def _expand_inputs(items: list[str]) -> list[Path]:
@@ -54,11 +56,24 @@ def _expand_inputs(items: list[str]) -> list[Path]:
     return paths
 
 
+def check_backend(backend: str | None, weights: str) -> None:
+    """--backend needs an .onnx file and its runtime installed."""
+    import importlib.util
+
+    if backend is None:
+        return
+    if not weights.endswith(".onnx"):
+        raise CLIError(f"--backend {backend}: needs an exported .onnx --weights file (python -m condinst export)")
+    if importlib.util.find_spec(backend) is None:
+        raise CLIError(f"--backend {backend}: the {backend} package is not installed (pip install -r requirements.txt)")
+
+
 def run_predict(args: argparse.Namespace) -> int:
     inputs = _expand_inputs(args.input)  # every check before the imports of torch and the model
     existing_file(args.weights, "--weights")
     if args.weights.endswith(".onnx") and args.config:
         raise CLIError(f"--config {args.config}: an ONNX file carries its own config; drop --config")
+    check_backend(args.backend, args.weights)
     writable_file(args.output, "--output")
     if args.vis:
         writable_dir(args.vis, "--vis")
@@ -68,8 +83,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from .predictor import Predictor
     from .preprocess import ImageError, read_image
 
-    predictor = Predictor.from_weights(args.weights, args.config, device=args.device,
-                                       min_size=args.min_size, max_size=args.max_size)
+    predictor = Predictor.from_weights(args.weights, args.config, device=args.device, min_size=args.min_size,
+                                       max_size=args.max_size, backend=args.backend or "onnxruntime")
     k = predictor.cfg.fcos.num_classes
     names = [predictor.class_name(i) for i in range(k)]
     ids = [predictor.category_id(i) for i in range(k)]

@@ -120,17 +120,54 @@ class ExportError(UserError):
     """An ONNX file that this runner cannot use."""
 
 
+BACKENDS = ("onnxruntime", "openvino")
+
+
+class _OpenVino:
+    """An ONNX file compiled by OpenVINO for the CPU, run like an ONNX Runtime session."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None):
+        import tempfile
+
+        import onnx
+        import openvino as ov
+
+        from .onnx_graph import SETTINGS
+
+        # OpenVINO folds initializers into constants: drop the settings' defaults so that they stay inputs.
+        graph = onnx.load(str(path))
+        kept = [t for t in graph.graph.initializer if t.name not in SETTINGS]
+        del graph.graph.initializer[:]
+        graph.graph.initializer.extend(kept)
+        core = ov.Core()
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save(graph, f"{tmp}/model.onnx")
+            model = core.read_model(f"{tmp}/model.onnx")
+        config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.input_names = {name for port in self.compiled.inputs for name in port.get_names()}
+
+    def run(self, names: list[str], feeds: dict) -> list[np.ndarray]:
+        out = self.compiled.create_infer_request().infer(feeds)
+        return [np.asarray(out[self.compiled.output(name)]) for name in names]
+
+
 class OnnxModel:
-    """The whole exported graph run by ONNX Runtime, image by image:
+    """The whole exported graph run by ONNX Runtime or OpenVINO on the CPU, image by image:
     `inference(batch, input_sizes, cfg) -> list[InstanceResult]` like `CondInst.inference`."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, backend: str = "onnxruntime"):
+        if backend not in BACKENDS:
+            raise ExportError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.session, meta, self.cfg = _session(path, threads)
         if meta.get(GRAPH_KEY, "dense") != "whole":
             raise ExportError(f"{path}: holds only the dense part of the model; export the whole graph "
                               "(python -m condinst export without --dense-only) to predict with it")
         # Inputs with defaults are "overridable initializers" to ONNX Runtime, not inputs.
         self.input_names = {i.name for i in self.session.get_inputs() + self.session.get_overridable_initializers()}
+        if backend == "openvino":
+            self.session = _OpenVino(path, threads)
+            self.input_names = self.session.input_names
 
     def feeds(self, image: torch.Tensor, input_size: tuple[int, int], cfg: CondInstConfig) -> dict:
         """Graph inputs for one (1, 3, Hp, Wp) image: the test settings of `cfg` override the defaults."""

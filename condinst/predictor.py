@@ -91,17 +91,17 @@ class Predictor:
     @classmethod
     def from_weights(cls, weights, config=None, device: str = "cpu", score_threshold: float | None = None,
                      min_size: int | None = None, max_size: int | None = None, fast: bool = False,
-                     optimize: bool = True, threads: int | None = None) -> "Predictor":
+                     optimize: bool = True, threads: int | None = None, backend: str = "onnxruntime") -> "Predictor":
         """Load `weights` (see `load_model`); `optimize` folds FrozenBN into the convs and uses
         channels_last (same outputs to ~1e-6, much faster on CPU); the model is then inference-only.
-        An `.onnx` file is the whole exported graph, run by ONNX Runtime on the CPU with `threads`
-        threads (its config comes from the file)."""
+        An `.onnx` file is the whole exported graph, run on the CPU by `backend` (onnxruntime or
+        openvino) with `threads` threads (its config comes from the file)."""
         if str(weights).endswith(".onnx"):
             from .export import OnnxModel
 
             if config is not None:
                 raise ConfigError(f"{Path(weights).name}: an ONNX file carries its own config; drop --config")
-            model = OnnxModel(weights, threads)
+            model = OnnxModel(weights, threads, backend)
             return cls(model, with_test_settings(model.cfg, score_threshold, min_size, max_size), "cpu", fast=fast)
         model, cfg = load_model(weights, config, device)
         if optimize:

@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from condinst.export import CONFIG_KEY, GRAPH_KEY, SETTINGS_KEY, ExportError, OnnxHeads, OnnxModel  # noqa: E402
+from condinst.model import InstanceResult  # noqa: E402
 from condinst.predictor import Predictor  # noqa: E402
 from condinst.preprocess import read_image  # noqa: E402
 from testutils import REPO  # noqa: E402
@@ -63,9 +64,21 @@ def test_whole_graph_gives_the_reference_detections(exported):
     assert _mask_iou(result.masks.numpy(), ref["pred_masks"]).min() >= 0.99
 
 
-def _same_instances(a, b):
+def _order(x, y) -> list[int]:
+    """Rows of detections `y` matching those of `x` by the cell and class that fired (near-equal
+    scores may swap places between runtimes whose kernels round differently)."""
+    key = lambda d: [(int(l), int(g), int(c)) for l, g, c in zip(d.fpn_levels, d.grid_index, d.classes)]  # noqa
+    order = [key(y).index(k) for k in key(x)]
+    assert sorted(order) == list(range(len(y)))
+    return order
+
+
+def _same_instances(a, b, match: bool = False):
     """InstanceResults of PyTorch and of the graph: same classes, boxes 1e-2 px, scores 1e-4, logits."""
     assert len(a.detections) == len(b.detections)
+    if match:
+        order = _order(a.detections, b.detections)
+        b = InstanceResult(b.detections.select(torch.tensor(order)), b.mask_logits[order])
     assert torch.equal(a.detections.classes, b.detections.classes)
     assert torch.equal(a.detections.fpn_levels, b.detections.fpn_levels)
     if len(a.detections):
@@ -100,13 +113,9 @@ def test_a_batch_of_two_images_of_different_sizes(parity_dir, tmp_path):
     images = [image, np.ascontiguousarray(image[:300, :500])]
     a = Predictor.from_weights(folder / "state_dict.pth", **_sizes(folder))(images)
     b = Predictor.from_weights(path, **_sizes(folder))(images)
-    for x, y in zip(a, b):
-        # A batch runs other conv kernels than one image: near-equal scores may swap places, so the
-        # instances are matched by the cell and class that fired.
-        key = lambda r: [(int(l), int(g), int(c)) for l, g, c in  # noqa: E731
-                         zip(r.detections.fpn_levels, r.detections.grid_index, r.classes)]
-        order = [key(y).index(k) for k in key(x)]
-        assert len(x) == len(y) > 0 and sorted(order) == list(range(len(y)))
+    for x, y in zip(a, b):  # a batch runs other conv kernels than one image
+        assert len(x) == len(y) > 0
+        order = _order(x.detections, y.detections)
         assert (x.boxes - y.boxes[order]).abs().max() <= 1e-2 and (x.scores - y.scores[order]).abs().max() <= 1e-4
         assert _mask_iou(x.masks.numpy(), y.masks[order].numpy()).min() >= 0.99
 
@@ -155,3 +164,26 @@ def test_predict_writes_the_same_coco_results_as_pytorch(parity_dir, tmp_path):
                            "--input", str(folder / "input.png"), "--output", str(tmp_path / "x.json")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --config") and proc.stderr.count("\n") == 1
+
+
+def test_openvino_backend_gives_the_same_instances(exported):
+    pytest.importorskip("openvino")
+    folder, path = exported
+    ref, graph = Predictor.from_weights(folder / "state_dict.pth"), OnnxModel(path, backend="openvino")
+    image = read_image(folder / "input.png")
+    batch, sizes = ref.prepare([image])
+    _same_instances(ref.model.inference(batch, sizes, ref.cfg)[0], graph.inference(batch, sizes, ref.cfg)[0],
+                    match=True)
+    none = replace(ref.cfg, fcos=replace(ref.cfg.fcos, score_threshold=1.0))  # settings stay inputs in OpenVINO
+    assert len(graph.inference(batch, sizes, none)[0].detections) == 0
+
+
+@pytest.mark.parametrize("weights, backend, message", [
+    ("state_dict.pth", "openvino", "error: --backend openvino: needs an exported .onnx"),
+    ("state_dict.pth", "tensorrt", "error: condinst predict: argument --backend: invalid choice")])
+def test_backend_flag_errors_are_one_line_before_loading(parity_dir, tmp_path, weights, backend, message):
+    folder = parity_dir / "tiny"
+    proc = subprocess.run([sys.executable, "-m", "condinst", "predict", "--weights", str(folder / weights),
+                           "--backend", backend, "--input", str(folder / "input.png"), "--output",
+                           str(tmp_path / "r.json")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.startswith(message) and proc.stderr.count("\n") == 1
