@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError, run_reporting_errors
-from .validate import (OneLineParser, check_device, existing_file, positive_int, probability, writable_dir,
-                       writable_file)
+from .validate import (OneLineParser, check_device, existing_dir, existing_file, positive_int, probability,
+                       writable_dir, writable_file)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -36,6 +36,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", type=positive_int, help="test-time shortest edge (default: config, 800)")
     p.add_argument("--max-size", type=positive_int, help="test-time longest edge cap (default: config, 1333)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
+                   help="runtime of an exported .onnx --weights file (default: onnxruntime)")
 
 
 def _expand_inputs(items: list[str]) -> list[Path]:
@@ -54,9 +56,24 @@ def _expand_inputs(items: list[str]) -> list[Path]:
     return paths
 
 
+def check_backend(backend: str | None, weights: str) -> None:
+    """--backend needs an .onnx file and its runtime installed."""
+    import importlib.util
+
+    if backend is None:
+        return
+    if not weights.endswith(".onnx"):
+        raise CLIError(f"--backend {backend}: needs an exported .onnx --weights file (python -m condinst export)")
+    if importlib.util.find_spec(backend) is None:
+        raise CLIError(f"--backend {backend}: the {backend} package is not installed (pip install -r requirements.txt)")
+
+
 def run_predict(args: argparse.Namespace) -> int:
     inputs = _expand_inputs(args.input)  # every check before the imports of torch and the model
     existing_file(args.weights, "--weights")
+    if args.weights.endswith(".onnx") and args.config:
+        raise CLIError(f"--config {args.config}: an ONNX file carries its own config; drop --config")
+    check_backend(args.backend, args.weights)
     writable_file(args.output, "--output")
     if args.vis:
         writable_dir(args.vis, "--vis")
@@ -66,8 +83,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from .predictor import Predictor
     from .preprocess import ImageError, read_image
 
-    predictor = Predictor.from_weights(args.weights, args.config, device=args.device,
-                                       min_size=args.min_size, max_size=args.max_size)
+    predictor = Predictor.from_weights(args.weights, args.config, device=args.device, min_size=args.min_size,
+                                       max_size=args.max_size, backend=args.backend or "onnxruntime")
     k = predictor.cfg.fcos.num_classes
     names = [predictor.class_name(i) for i in range(k)]
     ids = [predictor.category_id(i) for i in range(k)]
@@ -103,6 +120,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="checkpoint: official AdelaiDet/mmdetection .pth or ours")
     p.add_argument("--config", help="preset name or AdelaiDet YAML; default: taken from the checkpoint")
     p.add_argument("--output", required=True, help="ONNX file to write (predict --weights FILE.onnx runs it)")
+    p.add_argument("--dense-only", action="store_true",
+                   help="write only the dense part (heads and mask features, any batch) instead of the whole "
+                        "graph from the image to detections and masks; predict cannot run it")
+    p.add_argument("--int8-calibration", metavar="DIR",
+                   help="folder of the user's images: quantise the convolutions to INT8 (ONNX Runtime static "
+                        "quantisation) calibrated on them")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -110,11 +133,28 @@ def run_export(args: argparse.Namespace) -> int:
     if not args.output.endswith(".onnx"):
         raise CLIError(f"--output {args.output}: the file name must end with .onnx")
     writable_file(args.output, "--output")
+    calibration = []
+    if args.int8_calibration:
+        if args.dense_only:
+            raise CLIError("--int8-calibration quantises the whole graph: drop --dense-only")
+        existing_dir(args.int8_calibration, "--int8-calibration")
+        calibration = _expand_inputs([args.int8_calibration])
     from .export import export_onnx
     from .predictor import load_model
 
     model, cfg = load_model(args.weights, args.config)
-    path = export_onnx(model.optimize_for_inference(), cfg, args.output)
+    if not calibration:
+        path = export_onnx(model.optimize_for_inference(), cfg, args.output, dense_only=args.dense_only)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+        return 0
+    import tempfile
+
+    from .preprocess import read_image
+    from .quantize import quantize_int8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model.optimize_for_inference(), cfg, Path(tmp) / "fp32.onnx")
+        path = quantize_int8(fp32, args.output, [read_image(p) for p in calibration])
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
     return 0
 
@@ -130,7 +170,8 @@ class Command:
 
 COMMAND_GROUP = "condinst.commands"
 PREDICT = Command("segment images, write COCO results", add_predict_arguments, run_predict)
-EXPORT = Command("write the dense part of the model as ONNX", add_export_arguments, run_export)
+EXPORT = Command("write the model as one ONNX graph (image to detections and masks)", add_export_arguments,
+                 run_export)
 
 
 def commands() -> dict[str, Command]:

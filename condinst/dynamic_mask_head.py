@@ -48,13 +48,13 @@ def split_params(params: torch.Tensor, in_channels: int, channels: int, num_laye
     """
     weight_nums, bias_nums = param_layout(in_channels, channels, num_layers)
     assert params.dim() == 2 and params.shape[1] == sum(weight_nums) + sum(bias_nums), params.shape
-    n = params.shape[0]
     chunks = list(torch.split(params, weight_nums + bias_nums, dim=1))
     weights, biases = chunks[:num_layers], chunks[num_layers:]
     shaped_w = []
     for layer, w in enumerate(weights):
         cout = bias_nums[layer]
-        shaped_w.append(w.reshape(n, cout, -1))
+        # -1 for N (not N itself): exported graphs run with N = 0 too, and ONNX reads a 0 as "keep".
+        shaped_w.append(w.reshape(-1, cout, weight_nums[layer] // cout))
     return DynamicParams(weights=shaped_w, biases=list(biases))
 
 
@@ -117,7 +117,7 @@ class DynamicMaskHead(nn.Module):
         x = self.first_layer(mask_feats.flatten(2), mask_feat_stride, h, w, locations, fpn_levels, im_inds,
                              p.weights[0], p.biases[0])
         x = self.run_layers(x, p, start=1)
-        logits = x.reshape(n, 1, h, w)
+        logits = x.reshape(-1, 1, h, w)
         if upsample:
             logits = aligned_bilinear(logits, mask_feat_stride // self.mask_out_stride)
         return logits
@@ -150,7 +150,8 @@ class DynamicMaskHead(nn.Module):
             weight = torch.cat([w_xy, weight[:, :, 2:]], dim=2)
             inputs = torch.cat([rows.unsqueeze(0).expand(b, -1, -1), feats], dim=1)
         if b == 1:  # one image: a single GEMM with the bias fused, no per-instance copy
-            return torch.addmm(bias.reshape(-1, 1), weight.reshape(n * c0, -1), inputs[0]).reshape(n, c0, -1)
+            out = torch.addmm(bias.reshape(-1, 1), weight.reshape(-1, weight.shape[2]), inputs[0])
+            return out.reshape(-1, c0, inputs.shape[2])
         return torch.baddbmm(bias.unsqueeze(2), weight, inputs[im_inds])
 
     def run_layers(self, x: torch.Tensor, p: DynamicParams, start: int = 0) -> torch.Tensor:

@@ -1,25 +1,31 @@
-"""ONNX export of the dense part of CondInst (backbone, FPN/BiFPN, FCOS head, controller, mask branch).
+"""ONNX export of CondInst and its ONNX Runtime runner.
 
-    python -m condinst export --weights model.pth [--config PRESET|YAML] --output model.onnx
+    python -m condinst export --weights model.pth [--config PRESET|YAML] --output model.onnx [--dense-only]
 
-The graph maps the normalised, padded batch (B, 3, H, W), H and W any multiples of 32, to the
-per-level class logits, box regression, centerness, controller outputs and the mask features. The
-config (architecture, classes, test settings) is stored as JSON in the file's metadata. Decoding,
-NMS, the dynamic mask head and mask pasting are not in the graph: they run in `Predictor.results`,
-the same code as for the PyTorch model (see `OnnxHeads`).
+The default graph is the whole model (`onnx_graph.WholeGraph`): one normalised image padded to a
+multiple of 32, (1, 3, H, W) of any size, to its final boxes, scores, classes and mask logits at
+stride 4, with the test settings (score threshold, NMS IoU, pre/post-NMS top-k) as inputs whose
+defaults are the config's. `OnnxModel` runs it; `Predictor` then pastes the masks at the original
+size with the same `postprocess` as the PyTorch path. `--dense-only` writes only the dense part
+(backbone, FPN/BiFPN, heads, controller, mask branch) for any batch (`OnnxHeads` runs it).
+The config (architecture, classes, test settings) is stored as JSON in the file's metadata.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+import numpy as np
+
 from .config import CondInstConfig
-from .detections import level_locations
-from .model import CondInst, HeadOutputs
+from .detections import Detections, level_locations
+from .errors import UserError
+from .model import CondInst, HeadOutputs, InstanceResult
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 OUTPUT_NAMES = [f"{kind}_{level}" for kind in ("cls_logits", "bbox_reg", "ctrness", "params") for level in LEVELS]
@@ -37,45 +43,165 @@ class _DenseGraph(nn.Module):
         return (*out.cls_logits, *out.bbox_reg, *out.ctrness, *out.params, out.mask_feats)
 
 
-def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, opset: int = 17) -> Path:
-    """Write the dense part of `model` (eval mode) to `path` with dynamic batch and image size."""
-    import onnx
+GRAPH_KEY = "condinst_graph"  # "whole" (image -> detections and masks) or "dense" (image -> head maps)
+SETTINGS_KEY = "condinst_test_settings"
 
-    from .io import atomic_write_bytes
 
-    model = model.eval()
-    h = w = 64 * 5
-    example = torch.zeros(1, 3, h, w).contiguous(memory_format=torch.channels_last)
-    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
-    for name in OUTPUT_NAMES:
-        dynamic[name] = {0: "batch", 2: f"{name}_h", 3: f"{name}_w"}
+def _with_metadata(graph, cfg: CondInstConfig, kind: str, defaults: dict | None = None):
+    for key, value in ((CONFIG_KEY, json.dumps(cfg.to_dict())), (GRAPH_KEY, kind),
+                       (SETTINGS_KEY, json.dumps({k: v.item() for k, v in (defaults or {}).items()}))):
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    return graph
+
+
+def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, opset: int = 17,
+                dense_only: bool = False) -> Path:
+    """Write `model` (eval mode) to `path`: the whole graph (`onnx_graph.WholeGraph`: one image of
+    any size -> detections and mask logits, test settings as inputs with the config's values as
+    defaults) or, with `dense_only`, the dense part (any batch and size -> head maps)."""
     import io
 
+    import onnx
+    from onnx import numpy_helper
+
+    from .io import atomic_write_bytes
+    from .onnx_graph import OUTPUTS, WholeGraph, default_settings
+
+    model = model.eval()
+    example = torch.zeros(1, 3, 320, 320).contiguous(memory_format=torch.channels_last)
     buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(_DenseGraph(model).eval(), (example,), buffer, input_names=["images"], output_names=OUTPUT_NAMES,
+    if dense_only:
+        module, args, inputs, outputs = _DenseGraph(model), (example,), ["images"], OUTPUT_NAMES
+        dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
+        dynamic.update({name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in OUTPUT_NAMES})
+        defaults = {}
+    else:
+        defaults = default_settings(cfg)
+        # A random image gives candidates and detections while tracing (every branch of the graph runs).
+        example = torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
+        module, inputs, outputs = WholeGraph(model, cfg), ["images", *defaults], list(OUTPUTS)
+        args = (example, *defaults.values())
+        if cfg.fcos.clip_boxes_at_decode:
+            inputs.append("input_size")
+            args = (*args, torch.tensor([320.0, 320.0]))
+        dynamic = {"images": {2: "height", 3: "width"}}
+        dynamic.update({name: {0: "detections"} for name in OUTPUTS})
+        dynamic["mask_logits"].update({2: "mask_h", 3: "mask_w"})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches, checked by the tests
+        torch.onnx.export(module.eval(), args, buffer, input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False)
     graph = onnx.load_from_string(buffer.getvalue())
-    entry = graph.metadata_props.add()
-    entry.key, entry.value = CONFIG_KEY, json.dumps(cfg.to_dict())
+    # The settings are inputs with defaults: an initializer of the same name (ONNX IR >= 4).
+    graph.graph.initializer.extend(numpy_helper.from_array(v.numpy(), name) for name, v in defaults.items())
+    _with_metadata(graph, cfg, "dense" if dense_only else "whole", defaults)
     onnx.checker.check_model(graph)
     path = Path(path)
     atomic_write_bytes(path, graph.SerializeToString())
     return path
 
 
+def _session(path: str | os.PathLike, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # not the warning about overridable (initializer) inputs
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    if CONFIG_KEY not in meta:
+        raise ExportError(f"{path}: not a CondInst ONNX file (no {CONFIG_KEY!r} metadata)")
+    return session, meta, CondInstConfig.from_dict(json.loads(meta[CONFIG_KEY])).validate()
+
+
+class ExportError(UserError):
+    """An ONNX file that this runner cannot use."""
+
+
+BACKENDS = ("onnxruntime", "openvino")
+
+
+class _OpenVino:
+    """An ONNX file compiled by OpenVINO for the CPU, run like an ONNX Runtime session."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None):
+        import tempfile
+
+        import onnx
+        import openvino as ov
+
+        from .onnx_graph import SETTINGS
+
+        # OpenVINO folds initializers into constants: drop the settings' defaults so that they stay inputs.
+        graph = onnx.load(str(path))
+        kept = [t for t in graph.graph.initializer if t.name not in SETTINGS]
+        del graph.graph.initializer[:]
+        graph.graph.initializer.extend(kept)
+        core = ov.Core()
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save(graph, f"{tmp}/model.onnx")
+            model = core.read_model(f"{tmp}/model.onnx")
+        config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.input_names = {name for port in self.compiled.inputs for name in port.get_names()}
+
+    def run(self, names: list[str], feeds: dict) -> list[np.ndarray]:
+        out = self.compiled.create_infer_request().infer(feeds)
+        return [np.asarray(out[self.compiled.output(name)]) for name in names]
+
+
+class OnnxModel:
+    """The whole exported graph run by ONNX Runtime or OpenVINO on the CPU, image by image:
+    `inference(batch, input_sizes, cfg) -> list[InstanceResult]` like `CondInst.inference`."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, backend: str = "onnxruntime"):
+        if backend not in BACKENDS:
+            raise ExportError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.session, meta, self.cfg = _session(path, threads)
+        if meta.get(GRAPH_KEY, "dense") != "whole":
+            raise ExportError(f"{path}: holds only the dense part of the model; export the whole graph "
+                              "(python -m condinst export without --dense-only) to predict with it")
+        # Inputs with defaults are "overridable initializers" to ONNX Runtime, not inputs.
+        self.input_names = {i.name for i in self.session.get_inputs() + self.session.get_overridable_initializers()}
+        if backend == "openvino":
+            self.session = _OpenVino(path, threads)
+            self.input_names = self.session.input_names
+
+    def feeds(self, image: torch.Tensor, input_size: tuple[int, int], cfg: CondInstConfig) -> dict:
+        """Graph inputs for one (1, 3, Hp, Wp) image: the test settings of `cfg` override the defaults."""
+        f = cfg.fcos
+        feeds = {"images": image.detach().cpu().contiguous().numpy(),
+                 "score_threshold": np.array(f.score_threshold, np.float32),
+                 "nms_threshold": np.array(f.nms_threshold, np.float32),
+                 "pre_nms_topk": np.array(f.pre_nms_topk, np.int64),
+                 "post_nms_topk": np.array(f.post_nms_topk, np.int64),
+                 "input_size": np.array(input_size, np.float32)}
+        return {k: v for k, v in feeds.items() if k in self.input_names}
+
+    def inference(self, images: torch.Tensor, input_sizes: list[tuple[int, int]],
+                  cfg: CondInstConfig | None = None) -> list[InstanceResult]:
+        """images (B, 3, Hp, Wp), each run alone at the batch's padded size (as in a PyTorch batch)."""
+        from .onnx_graph import OUTPUTS
+
+        cfg = cfg or self.cfg
+        results = []
+        for image, size in zip(images, input_sizes):
+            arrays = self.session.run(list(OUTPUTS), self.feeds(image[None], size, cfg))
+            t = dict(zip(OUTPUTS, (torch.from_numpy(a) for a in arrays)))
+            det = Detections(boxes=t["boxes"], scores=t["scores"], classes=t["classes"], locations=t["locations"],
+                             fpn_levels=t["fpn_levels"], params=t["params"], grid_index=t["grid_index"])
+            results.append(InstanceResult(det, t["mask_logits"]))
+        return results
+
+
 class OnnxHeads:
-    """The exported dense graph run by ONNX Runtime: `forward_heads(images) -> HeadOutputs`."""
+    """An exported dense graph (`export_onnx(dense_only=True)`) run by ONNX Runtime:
+    `forward_heads(images) -> HeadOutputs`, for runtimes that do their own post-processing."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.cfg = CondInstConfig.from_dict(json.loads(meta[CONFIG_KEY])).validate()
+        self.session, _, self.cfg = _session(path, threads)
 
     def forward_heads(self, images: torch.Tensor) -> HeadOutputs:
         arrays = self.session.run(OUTPUT_NAMES, {"images": images.detach().cpu().contiguous().numpy()})

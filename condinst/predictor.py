@@ -15,7 +15,7 @@ import torch
 from .checkpoint import (CheckpointError, config_from_checkpoint, load_state_dict_strict, read_checkpoint,
                          split_checkpoint)
 from .config import CondInstConfig, ConfigError, load_config
-from .model import CondInst, HeadOutputs, normalize_and_pad
+from .model import CondInst, HeadOutputs, InstanceResult, normalize_and_pad
 from .postprocess import ImageResult, postprocess
 from .preprocess import resize_image, resized_shape, to_rgb_uint8
 
@@ -70,34 +70,39 @@ class Predictor:
     segment, then boxes and masks back at each image's original size.
     """
 
-    def __init__(self, model: CondInst, cfg: CondInstConfig | None = None, device: str | torch.device | None = None,
-                 fast: bool = False, fast_dtype: torch.dtype = torch.bfloat16, dense=None):
-        """`fast`: channels_last, autocast to `fast_dtype` on CUDA, resizing on the device (close to,
+    def __init__(self, model, cfg: CondInstConfig | None = None, device: str | torch.device | None = None,
+                 fast: bool = False, fast_dtype: torch.dtype = torch.bfloat16):
+        """`model`: a `CondInst`, or an `export.OnnxModel` (the whole exported graph, CPU).
+        `fast`: channels_last, autocast to `fast_dtype` on CUDA, resizing on the device (close to,
         not bit-identical with, the official pipeline). The default fp32 mode is the reference."""
-        self.model = model.eval()
+        self.model = model.eval() if isinstance(model, torch.nn.Module) else model
         self.cfg = cfg or model.cfg  # test settings, passed to the model on every call
-        # What computes the dense outputs: the model itself, or an exported graph (export.OnnxHeads).
-        self.dense = dense if dense is not None else self.model
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model.to(self.device)
+        self.is_torch = isinstance(model, torch.nn.Module)
+        if self.is_torch:
+            self.device = torch.device(device) if device is not None else next(model.parameters()).device
+            self.model.to(self.device)
+        else:
+            self.device = torch.device("cpu")
         self.fast = fast
         self.fast_dtype = fast_dtype
-        if fast:
+        if fast and self.is_torch:
             self.model.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_weights(cls, weights, config=None, device: str = "cpu", score_threshold: float | None = None,
                      min_size: int | None = None, max_size: int | None = None, fast: bool = False,
-                     optimize: bool = True) -> "Predictor":
+                     optimize: bool = True, threads: int | None = None, backend: str = "onnxruntime") -> "Predictor":
         """Load `weights` (see `load_model`); `optimize` folds FrozenBN into the convs and uses
-        channels_last (same outputs to ~1e-6, much faster on CPU); the model is then inference-only."""
+        channels_last (same outputs to ~1e-6, much faster on CPU); the model is then inference-only.
+        An `.onnx` file is the whole exported graph, run on the CPU by `backend` (onnxruntime or
+        openvino) with `threads` threads (its config comes from the file)."""
         if str(weights).endswith(".onnx"):
-            from .export import OnnxHeads
+            from .export import OnnxModel
 
-            heads = OnnxHeads(weights)
-            cfg = load_config(config) if config is not None else heads.cfg
-            return cls(CondInst(cfg), with_test_settings(cfg, score_threshold, min_size, max_size), "cpu",
-                       dense=heads)
+            if config is not None:
+                raise ConfigError(f"{Path(weights).name}: an ONNX file carries its own config; drop --config")
+            model = OnnxModel(weights, threads, backend)
+            return cls(model, with_test_settings(model.cfg, score_threshold, min_size, max_size), "cpu", fast=fast)
         model, cfg = load_model(weights, config, device)
         if optimize:
             model.optimize_for_inference()
@@ -127,7 +132,7 @@ class Predictor:
             sizes.append(tuple(resized.shape[-2:]))
         batch = normalize_and_pad(tensors, self.cfg.input.pixel_mean, self.cfg.input.pixel_std,
                                   self.cfg.input.size_divisibility)
-        if self.fast or getattr(self.model, "inference_optimized", False):
+        if self.is_torch and (self.fast or getattr(self.model, "inference_optimized", False)):
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch, sizes
 
@@ -150,23 +155,34 @@ class Predictor:
             return []
         batch, sizes = self.prepare(images)
         with self._autocast():
-            outputs = self.dense.forward_heads(batch)
-        return self.results(outputs, tuple(batch.shape[-2:]), sizes, [image.shape[:2] for image in images])
+            instances = self.model.inference(batch, sizes, self.cfg)
+        return self.finish(instances, tuple(batch.shape[-2:]), sizes, [image.shape[:2] for image in images])
 
     @torch.no_grad()
     def results(self, outputs: HeadOutputs, padded_size: tuple[int, int], input_sizes: list[tuple[int, int]],
                 image_sizes: list[tuple[int, int]]) -> list[ImageResult]:
-        """Dense outputs of a batch -> each image's final result: the one path from head outputs to
-        boxes and masks (`__call__`, `Explainer.result` and evaluation all come through here).
+        """Dense outputs of a batch (PyTorch model) -> each image's final result (`Explainer.result`
+        and evaluation come through here, `__call__` through `finish` alone).
 
         padded_size (Hp, Wp) of the batch; input_sizes the resized (h, w) and image_sizes the
         original (H, W) of each image.
         """
         with self._autocast():
-            instances = self.model.instances(outputs, input_sizes, self.cfg)
+            instances = self._torch_model().instances(outputs, input_sizes, self.cfg)
+        return self.finish(instances, padded_size, input_sizes, image_sizes)
+
+    def finish(self, instances: list[InstanceResult], padded_size: tuple[int, int],
+               input_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]]) -> list[ImageResult]:
+        """Detections and mask logits of each image (from PyTorch or the exported graph) -> results at
+        the original size: the one path from the model's instances to boxes and pasted masks."""
         return [postprocess(r.detections, r.mask_logits, padded_size, size, tuple(image_size),
                             self.cfg.mask_head.mask_threshold)
                 for r, size, image_size in zip(instances, input_sizes, image_sizes)]
+
+    def _torch_model(self) -> CondInst:
+        if not self.is_torch:
+            raise ConfigError("this needs the PyTorch model (.pth): an exported ONNX graph gives final results only")
+        return self.model
 
     def _autocast(self):
         enabled = self.fast and self.device.type == "cuda"
@@ -175,5 +191,6 @@ class Predictor:
     @torch.no_grad()
     def heads(self, image: np.ndarray) -> tuple[HeadOutputs, torch.Tensor, tuple[int, int]]:
         """Dense outputs of one image (for explanations): (outputs, padded batch, resized size)."""
+        model = self._torch_model()
         batch, sizes = self.prepare([image])
-        return self.dense.forward_heads(batch), batch, sizes[0]
+        return model.forward_heads(batch), batch, sizes[0]

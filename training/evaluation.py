@@ -153,8 +153,9 @@ def evaluate(predictor: Any, dataset: Any, output_file: str | os.PathLike | None
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="evaluate", unit="img", dynamic_ncols=True, leave=False)
-    was_training = getattr(predictor.model, "training", False)
-    predictor.model.eval()
+    module = predictor.model if predictor.is_torch else torch.nn.Identity()  # an ONNX graph has no train mode
+    was_training = module.training
+    module.eval()
     try:
         for index in iterator:
             record = dataset[index]
@@ -164,7 +165,7 @@ def evaluate(predictor: Any, dataset: Any, output_file: str | os.PathLike | None
             image_ids.append(int(record["image_id"]))
             results.extend(result_to_coco(result, category_ids, image_id=record["image_id"]))
     finally:
-        predictor.model.train(was_training)
+        module.train(was_training)
     results_file = None
     if output_file is not None:
         results_file = Path(output_file)
