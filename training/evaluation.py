@@ -153,7 +153,7 @@ def evaluate(predictor: Any, dataset: Any, output_file: str | os.PathLike | None
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="evaluate", unit="img", dynamic_ncols=True, leave=False)
-    module = predictor.model if predictor.is_torch else torch.nn.Identity()  # an ONNX graph has no train mode
+    module = predictor.model if isinstance(predictor.model, torch.nn.Module) else torch.nn.Identity()  # ONNX: no mode
     was_training = module.training
     module.eval()
     try:
