@@ -163,3 +163,13 @@ def test_cli_rejects_bad_arguments_clearly(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     result = run_cli("--weights", str(bad), "--workspace", str(tmp_path / "ws"))
     assert result.returncode != 0 and "cannot load the model" in result.stderr
+    # checked before the model loads: one line each, no traceback
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, expected in ((["--port", "70000"], "TCP port"), (["--port", "x"], "integer"),
+                           (["--workspace", str(afile)], "not a folder"), (["--device", "cuda:7"], "--device"),
+                           (["--samples", str(tmp_path / "none")], "--samples")):
+        result = run_cli("--weights", str(bad), *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1 and expected in lines[0], (args, result.stderr)
+        assert "cannot load the model" not in result.stderr and "Traceback" not in result.stderr
