@@ -108,13 +108,13 @@ class AppUI:
             with gr.Column(scale=3):
                 with gr.Tabs(elem_id="views"):
                     with gr.Tab("Editor", id="editor-tab", elem_id="editor-tab"):
-                        p["editor"] = gr.HTML("", elem_id="editor", **editor_files())
+                        p["editor"] = gr.HTML("", elem_id="editor", apply_default_css=False, **editor_files())
                     with gr.Tab("Click view", id="picture-tab", elem_id="picture-tab"):
                         p["picture"] = gr.Image(label="Click: selects / paints, per the tool", type="numpy",
                                                 format="jpeg", interactive=False, elem_id="main-image", height=640,
                                                 buttons=["download", "fullscreen"])
             with gr.Column(scale=2, min_width=380):
-                p["tool"] = gr.Radio(TOOL_CHOICES, value="select", label="Click tool", elem_id="tool")
+                p["tool"] = gr.Radio(TOOL_CHOICES, value="select", label="Click tool (Click view tab)", elem_id="tool")
                 with gr.Row():
                     p["size"] = gr.Slider(1, 200, value=21, step=1, label="Brush / eraser size (px)",
                                           elem_id="brush-size", scale=2)
@@ -131,13 +131,13 @@ class AppUI:
                     p["solo"] = gr.Button("Solo / all", size="sm", elem_id="solo")
                     p["undo"] = gr.Button("Undo", size="sm", elem_id="undo", interactive=False)
                     p["redo"] = gr.Button("Redo", size="sm", elem_id="redo", interactive=False)
-                with gr.Row():
+                p["table"] = gr.Dataframe(table_frame([]), label="Instances (click a row to select)", interactive=False,
+                                          elem_id="instances", max_height=300)
+                with gr.Row(equal_height=True):
                     p["fill_holes"] = gr.Button("Fill holes", size="sm", elem_id="fill-holes")
                     p["speck_size"] = gr.Number(value=50, precision=0, minimum=1, label="Speck size (px)",
                                                 elem_id="speck-size", min_width=90)
                     p["remove_specks"] = gr.Button("Remove smaller specks", size="sm", elem_id="remove-specks")
-                p["table"] = gr.Dataframe(table_frame([]), label="Instances (click a row to select)", interactive=False,
-                                          elem_id="instances", max_height=300)
         with gr.Row():
             p["threshold"] = gr.Slider(0, 1, value=View().threshold, step=0.01, label="Score threshold",
                                        elem_id="threshold")

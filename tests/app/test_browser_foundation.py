@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browserkit import CHROMIUM, CHROMIUM_ARGS, click_image, wait_status, wait_text
+from browserkit import CHROMIUM, CHROMIUM_ARGS, click_image, wait_status, wait_text, show_click_view
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -87,6 +87,7 @@ def test_a_mistake_is_a_warning_and_the_page_keeps_working(app, page, image_path
         page.wait_for_selector(".toast-body", state="visible")
         # observed: a red error overlay on every output hid the image and swallowed clicks
         assert page.locator("#main-image .error, #instances .error, #info .error").count() == 0
+        show_click_view(page)
         assert page.locator("#main-image img").is_visible()
         view_image = app.service.ws.list_images()[0].id
         target = max(app.service.ws.instances(view_image), key=lambda inst: inst.area)
@@ -104,8 +105,9 @@ def test_layout_reload_and_hotkeys(app, page, image_paths):
     with screenshot_on_failure(page, "foundation-layout"):
         open_app(page, f"{app.url}?image={first}")
         wait_text(page, "#info", "image 1 of")
-        picture, table = page.locator("#main-image").bounding_box(), page.locator("#instances").bounding_box()
-        assert picture["y"] + picture["height"] <= 900 and picture["height"] >= 500  # large, above the fold
+        # the canvas editor (the default view) is large and above the fold
+        picture, table = page.locator("#editor canvas").bounding_box(), page.locator("#instances").bounding_box()
+        assert picture["y"] + picture["height"] <= 900 and picture["height"] >= 500
         assert table["x"] > picture["x"] + picture["width"] - 5 and table["y"] < 900  # the list beside it
         # `r` marks reviewed, `u` jumps to the next unreviewed image
         page.locator("#info").click()
