@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 EPS = 1e-4
 TOP_K = 8
 TEMPERATURE = 1.0
-W_PRIOR = 4.0
+W_PRIOR = 10.0
+CLICK_FLOOR = float(np.log(0.05))  # a click a candidate misses costs at most this much
 W_DET = 0.5
+MAX_PART = 0.5  # a click's candidate correction is at most this fraction of the proposal
+REACH = 0.08  # of the long side: how far a click's own correction may reach
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def click_terms(probs: torch.Tensor, rows, cols, positive: bool) -> torch.Tensor
     if len(rows) == 0:
         return torch.zeros(probs.shape[0])
     values = probs[:, torch.as_tensor(rows), torch.as_tensor(cols)]
-    return torch.log((values if positive else 1 - values) + EPS).sum(dim=1)
+    return torch.log((values if positive else 1 - values) + EPS).clamp(min=CLICK_FLOOR).sum(dim=1)
 
 
 def propose(cands, positive, negative, prior: np.ndarray | None = None) -> torch.Tensor:
@@ -89,18 +92,54 @@ def propose(cands, positive, negative, prior: np.ndarray | None = None) -> torch
     top = torch.topk(score, min(TOP_K, len(score))).indices
     weights = torch.softmax(score[top] / TEMPERATURE, dim=0)
     blend = (weights[:, None, None] * probs[top]).sum(dim=0)
-    for r, c in zip(pr, pc):  # positive clicks still missed: add an object covering the click, no negative
+    for r, c in zip(pr, pc):  # positive clicks still missed: add the part of an object there (no negative)
         if blend[r, c] < 0.5:
-            k = int(torch.argmax(torch.log(probs[:, r, c] + EPS) + neg))
-            blend = torch.maximum(blend, probs[k])
-    for r, c in zip(nr, nc):  # negative clicks still covered: cut an object covering the click, no positive
+            part = best_part(probs, r, c, nr, nc, MAX_PART * float((blend > 0.5).sum()))
+            if part is not None:
+                blend = torch.maximum(blend, part)
+    for r, c in zip(nr, nc):  # negative clicks still covered: cut the part of an object there (no positive)
         if blend[r, c] >= 0.5:
-            k = int(torch.argmax(torch.log(probs[:, r, c] + EPS) + click_terms(probs, pr, pc, False)))
-            blend = torch.minimum(blend, 1 - probs[k])
-    for r, c, value in [(r, c, 1.0) for r, c in zip(pr, pc)] + [(r, c, 0.0) for r, c in zip(nr, nc)]:
-        if (blend[r, c] >= 0.5) != bool(value):  # no candidate helps: the click's own cell decides
-            blend[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = value
+            part = best_part(probs, r, c, pr, pc, MAX_PART * float((blend > 0.5).sum()))
+            if part is not None:
+                blend = torch.minimum(blend, 1 - part)
     return blend
+
+
+def best_part(probs: torch.Tensor, r: int, c: int, avoid_rows, avoid_cols, max_area: float) -> torch.Tensor | None:
+    """Probabilities of the candidate part most sure of (r, c) that holds none of the `avoid` clicks
+    and is at most `max_area` cells (a correction, not a different object)."""
+    for k in torch.argsort(probs[:, r, c], descending=True)[:TOP_K].tolist():
+        if probs[k, r, c] < 0.5:
+            return None
+        part = part_at(probs[k] > 0.5, r, c)
+        if float(part.sum()) > max_area:
+            continue
+        if not len(avoid_rows) or not bool(part[torch.as_tensor(avoid_rows), torch.as_tensor(avoid_cols)].any()):
+            return probs[k] * part
+    return None
+
+
+def part_at(mask: torch.Tensor, r: int, c: int) -> torch.Tensor:
+    """The 8-connected part of a (h, w) bool mask that holds (r, c), as 0/1 floats."""
+    if not bool(mask[r, c]):
+        return torch.zeros(mask.shape)
+    _, labels = cv2.connectedComponents(mask.numpy().astype(np.uint8), connectivity=8)
+    return torch.from_numpy((labels == labels[r, c]).astype(np.float32))
+
+
+def click_disc(mask: np.ndarray, x: int, y: int, value: bool, reach: int) -> None:
+    """Make click (x, y) right in place: a disc reaching the nearest pixel that already has `value`.
+
+    A positive click in a missed band fills it locally, a negative one in an extra band cuts it
+    (the annotator clicks such bands in their middle); `reach` bounds the search window.
+    """
+    h, w = mask.shape
+    y0, y1, x0, x1 = max(y - reach, 0), min(y + reach + 1, h), max(x - reach, 0), min(x + reach + 1, w)
+    ys, xs = np.nonzero(mask[y0:y1, x0:x1] == value)
+    radius = reach // 4 if not len(ys) else int(np.ceil(np.sqrt(((ys + y0 - y) ** 2 + (xs + x0 - x) ** 2).min())))
+    disc = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.circle(disc, (x - x0, y - y0), max(radius, 1), 1, -1)
+    mask[y0:y1, x0:x1][disc.astype(bool)] = value
 
 
 class Refiner:
@@ -121,13 +160,20 @@ class Refiner:
         else:
             selected = actions.selected_instance(view)
             target, category = (selected.id if selected else None), category_id
-        prior = self.service.ws.get_instance(target).mask if target is not None else None
+        if pending is not None:  # the proposal so far keeps later clicks local
+            prior = pending.mask
+        else:
+            prior = self.service.ws.get_instance(target).mask if target is not None else None
         session = self.service.session
         explainer = session.explainer(images.image_key(image_id), lambda: self.service.ws.get_image(image_id))
         with session.lock:
             cands = explainer.candidates(pos + neg)
             blend = propose(cands, pos, neg, prior)
             full = explainer.candidate_to_image(blend) > session.predictor.cfg.mask_head.mask_threshold
+            reach = max(8, int(REACH * max(full.shape)))
+            for (x, y), value in [(p, True) for p in pos] + [(p, False) for p in neg]:
+                if full[y, x] != value:
+                    click_disc(full, x, y, value, reach)
             if target is None and category is None:
                 k = int(torch.argmax(click_terms(cands.probs, *_grid_points(pos, cands.scale, cands.stride,
                                                                               cands.probs.shape[1:]), True)))
