@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,8 +66,28 @@ def color_of(instance_id: int) -> tuple[int, int, int]:
 
 
 class CanvasScenes:
-    def __init__(self, service: "Service"):
+    def __init__(self, service: "Service", cache_size: int = 4096):
         self.service = service
+        self._pngs: OrderedDict = OrderedDict()  # (instance id, mask bytes) -> (box, data URL)
+        self.cache_size = cache_size
+
+    def instance_png(self, inst, scale: float):
+        """(box, PNG data URL) of an instance's display-size mask; unchanged masks are not encoded again."""
+        key = (inst.id, inst.preview_counts or inst.rle_counts)
+        if key in self._pngs:
+            self._pngs.move_to_end(key)
+            return self._pngs[key]
+        preview = inst.preview
+        bx, by, bw, bh = inst.bbox  # look only inside the box (in preview pixels, one pixel of margin)
+        y0, x0 = max(int(by * scale) - 1, 0), max(int(bx * scale) - 1, 0)
+        y1, x1 = int(np.ceil((by + bh) * scale)) + 1, int(np.ceil((bx + bw) * scale)) + 1
+        drawn = mask_png(preview[y0:y1, x0:x1], color_of(inst.id))
+        if drawn is not None:
+            drawn = ([drawn[0][0] + x0, drawn[0][1] + y0, drawn[0][2], drawn[0][3]], drawn[1])
+        self._pngs[key] = drawn
+        if len(self._pngs) > self.cache_size:
+            self._pngs.popitem(last=False)
+        return drawn
 
     def scene(self, view: View) -> tuple[View, str]:
         """(the view, noting that the canvas holds its image; the scene JSON)."""
@@ -82,13 +103,14 @@ class CanvasScenes:
             image["src"] = data_url("jpeg", jpeg.tobytes())
         names = {c.id: c.name for c in ws.categories()}
         instances = []
+        scale = pw / record.width
         for inst in service.actions.visible(view, include_hidden=False):
-            color = color_of(inst.id)
-            drawn = mask_png(inst.preview, color)
+            drawn = self.instance_png(inst, scale)
             if drawn is None:
                 continue
             label = f"#{inst.id} {names.get(inst.category_id, inst.category_id)}"
-            instances.append({"id": inst.id, "color": "#%02x%02x%02x" % color, "label": label, "box": drawn[0],
+            instances.append({"id": inst.id, "color": "#%02x%02x%02x" % color_of(inst.id), "label": label,
+                              "box": drawn[0],
                               "png": drawn[1]})
         refine = None
         if view.refine is not None:

@@ -76,7 +76,8 @@ class Handlers:
         """state, picture, table, image list, reviewed, selected, class, info, undo, redo, status, editor."""
         screen = self.service.screens.screen(view)
         view, scene = self.service.canvas.scene(view)
-        return (view, screen.image, table_frame(screen.rows), gr.update(choices=screen.image_choices,
+        picture = screen.image if view.picture or view.image_id is None else gr.skip()
+        return (view, picture, table_frame(screen.rows), gr.update(choices=screen.image_choices,
                                                                         value=screen.image_id),
                 screen.reviewed, screen.selected, screen.selected_category, screen.info,
                 gr.update(interactive=screen.can_undo), gr.update(interactive=screen.can_redo), message, scene)
@@ -219,6 +220,11 @@ class Handlers:
         else:
             raise AppError(f"Unknown editor action {str(action)[:40]!r}.")
         return self.annotate(view, message)
+
+    def on_view_tab(self, view: View, picture: bool):
+        """The page shows the canvas editor (no overlay picture is drawn) or the Click view (it is)."""
+        view = replace(view, picture=bool(picture))
+        return self.annotate(view) if picture else (view, *[gr.skip()] * (ANNOTATE_OUTPUTS - 1))
 
     def on_stroke(self, view: View, tool: str, points: str, width: float, overlap: str, new_class):
         return self.annotate(*self.service.edits.stroke(view, tool, points, width, overlap or "overlap",

@@ -107,9 +107,9 @@ class AppUI:
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 with gr.Tabs(elem_id="views"):
-                    with gr.Tab("Editor", id="editor-tab", elem_id="editor-tab"):
+                    with gr.Tab("Editor", id="editor-tab", elem_id="editor-tab") as p["editor_tab"]:
                         p["editor"] = gr.HTML("", elem_id="editor", apply_default_css=False, **editor_files())
-                    with gr.Tab("Click view", id="picture-tab", elem_id="picture-tab"):
+                    with gr.Tab("Click view", id="picture-tab", elem_id="picture-tab") as p["picture_tab"]:
                         p["picture"] = gr.Image(label="Click: selects / paints, per the tool", type="numpy",
                                                 format="jpeg", interactive=False, elem_id="main-image", height=640,
                                                 buttons=["download", "fullscreen"])
@@ -273,7 +273,12 @@ class AppUI:
         click_in = [state, a["tool"], a["size"], a["new_class"], a["join"]]
 
         loaded = on(demo.load, h.on_load, None, page, api_name="load")
-        on(loaded.then, h.on_restore, [state, top["last_image"]], annotate, api_visibility="private")
+        restored = on(loaded.then, h.on_restore, [state, top["last_image"]], annotate, api_visibility="private")
+        # the page opens on the canvas editor: the overlay picture is drawn only while the Click view is shown
+        on(restored.then, lambda view: h.on_view_tab(view, False), [state], annotate, api_visibility="private")
+        on(a["editor_tab"].select, lambda view: h.on_view_tab(view, False), [state], annotate, api_visibility="private")
+        on(a["picture_tab"].select, lambda view: h.on_view_tab(view, True), [state], annotate,
+           api_visibility="private")
         on(top["recover"].click, h.on_recover, [state], page, api_name="recover_workspace")
         a["image"].change(lambda value: value, a["image"], top["last_image"], api_visibility="private")
 
