@@ -115,6 +115,14 @@ def expected_stroke(shape, points, width) -> np.ndarray:
     return canvas.astype(bool)
 
 
+def shoot(page, name: str) -> None:
+    """A screenshot for docs/screenshots/ once Gradio's pending fade is gone."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_function("() => !document.querySelector('.pending')")
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(SCREENSHOTS / name))
+
+
 def tool(page, name: str) -> None:
     page.locator(f"#editor button[data-tool={name}]").click()
 
@@ -179,7 +187,7 @@ def test_drag_brush_eraser_polygon_and_zoom_on_two_images_then_reload(app, page)
     expected |= expected_stroke(shape, points, 5)
     assert np.array_equal(ws.get_instance(brushed).mask, expected)
     edits[brushed] = expected.copy()
-    page.screenshot(path=str(SCREENSHOTS / "editor-zoomed.png"))
+    shoot(page, "editor-zoomed.png")
     page.locator("#editor .ce-fit").click()
 
     # polygon: click vertices, close on the first one -> a new instance
@@ -196,8 +204,7 @@ def test_drag_brush_eraser_polygon_and_zoom_on_two_images_then_reload(app, page)
     cv2.fillPoly(poly, [np.array([image_point(state, *c) for c in corners], np.int32).reshape(-1, 1, 2)], 1)
     assert np.array_equal(ws.get_instance(polygon_id).mask, poly.astype(bool))
     edits[polygon_id] = poly.astype(bool)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "editor-polygon.png"))
+    shoot(page, "editor-polygon.png")
 
     # the next image in the same page: a new scene, and the brush still lands exactly
     page.locator("#next").click()
@@ -235,7 +242,7 @@ def test_refine_clicks_preview_enter_accepts_and_screenshots(app, page):
     ws = app.service.ws
     first = ws.list_images()[0].id
     open_editor(page, app.url, first)
-    page.screenshot(path=str(SCREENSHOTS / "editor.png"))
+    shoot(page, "editor.png")
     target = max(ws.instances(first), key=lambda inst: inst.area)
     ys, xs = np.nonzero(target.mask)
     count = len(ws.instances(first))
@@ -247,7 +254,7 @@ def test_refine_clicks_preview_enter_accepts_and_screenshots(app, page):
     page.mouse.click(x0 + cx, y0 + cy)
     wait_status(page, "Refine proposal")
     page.wait_for_function("() => window.condinstEditor.state.refineImg && window.condinstEditor.state.refineImg.complete")
-    page.screenshot(path=str(SCREENSHOTS / "editor-refine.png"))
+    shoot(page, "editor-refine.png")
     assert len(ws.instances(first)) == count
     page.keyboard.press("Enter")
     wait_status(page, "from the refine clicks")
