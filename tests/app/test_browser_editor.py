@@ -15,19 +15,14 @@ import cv2
 import numpy as np
 import pytest
 
-from browserkit import CHROMIUM, CHROMIUM_ARGS, wait_status
+from browserkit import wait_status
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "docs" / "screenshots"
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+# (the `browser` fixture of conftest.py skips without Playwright or Chromium)
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'")]
 
 
 @pytest.fixture(scope="module")
@@ -35,23 +30,6 @@ def app(app_factory, image_paths):
     running = app_factory()
     running.service.images.add_files(image_paths[:2])
     return running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
 
 
 # ---- helpers ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browserkit import CHROMIUM, CHROMIUM_ARGS, click_image, wait_status, wait_text, show_click_view
+from browserkit import CHROMIUM, click_image, wait_status, wait_text, show_click_view
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -32,23 +32,6 @@ if not CHROMIUM.exists():
 @pytest.fixture(scope="module")
 def app(app_factory):
     return app_factory()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
 
 
 @contextlib.contextmanager
@@ -88,7 +71,7 @@ def test_a_mistake_is_a_warning_and_the_page_keeps_working(app, page, image_path
         # observed: a red error overlay on every output hid the image and swallowed clicks
         assert page.locator("#main-image .error, #instances .error, #info .error").count() == 0
         show_click_view(page)
-        assert page.locator("#main-image img").is_visible()
+        page.locator("#main-image img").wait_for(state="visible")  # the picture is drawn once its tab shows
         view_image = app.service.ws.list_images()[0].id
         target = max(app.service.ws.instances(view_image), key=lambda inst: inst.area)
         page.get_by_label("Brush", exact=True).check()

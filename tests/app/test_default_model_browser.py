@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from browserkit import CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, wait_status, wait_text, show_click_view
+from browserkit import CHROMIUM, ROWS, click_image, pick_option, wait_status, wait_text, show_click_view
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "assets" / "default_model" / "model.pth"
@@ -119,14 +119,6 @@ def server(tmp_path_factory):
         yield Server(proc, url, log, workspace)
     finally:
         stop(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
