@@ -152,7 +152,7 @@ class Refiner:
         """Propose a mask for the clicks: of the selected instance, or of a new one if none is selected."""
         actions, images = self.service.actions, self.service.images
         image_id = actions.require_image(view)
-        pos = [actions.check_point(view, x, y) for x, y in parse_points(positive, "positive", minimum=1)]
+        pos = [actions.check_point(view, x, y) for x, y in parse_points(positive, "positive", minimum=0)]
         neg = [actions.check_point(view, x, y) for x, y in parse_points(negative, "negative", minimum=0)]
         pending = view.refine
         if pending is not None:
@@ -160,6 +160,11 @@ class Refiner:
         else:
             selected = actions.selected_instance(view)
             target, category = (selected.id if selected else None), category_id
+        if not pos and target is None:
+            raise ServiceError("Click inside the object first (a left click): with nothing selected, refine "
+                               "needs a positive click.")
+        if not pos and not neg:
+            raise ServiceError("Give at least one refine click.")
         if pending is not None:  # the proposal so far keeps later clicks local
             prior = pending.mask
         else:
@@ -174,7 +179,7 @@ class Refiner:
             for (x, y), value in [(p, True) for p in pos] + [(p, False) for p in neg]:
                 if full[y, x] != value:
                     click_disc(full, x, y, value, reach)
-            if target is None and category is None:
+            if target is None and category is None:  # (pos is not empty here)
                 k = int(torch.argmax(click_terms(cands.probs, *_grid_points(pos, cands.scale, cands.stride,
                                                                               cands.probs.shape[1:]), True)))
                 category = session.category_id(int(cands.detections.classes[k]))

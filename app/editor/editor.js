@@ -174,7 +174,7 @@ canvas.addEventListener("pointerdown", (ev) => {
     st.poly.push(p);
   } else if (st.tool === "refine") {
     if (ev.button === 2 || (ev.button === 0 && ev.shiftKey)) st.neg.push(p); else if (ev.button === 0) st.pos.push(p);
-    if (st.pos.length) sendRefine();
+    if (st.pos.length || (st.scene && st.scene.selected != null)) sendRefine();
   }
   draw();
 });
