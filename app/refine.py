@@ -84,8 +84,11 @@ def propose(cands, positive, negative, prior: np.ndarray | None = None) -> torch
     pos, neg = click_terms(probs, pr, pc, True), click_terms(probs, nr, nc, False)
     score = pos + neg + W_DET * torch.log(cands.detections.scores.float() + EPS)
     if prior is not None and prior.any():
-        small = cv2.resize(prior.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-        target = torch.from_numpy(small)[None]
+        oh = min(int(np.ceil(prior.shape[0] * cands.scale[0] / cands.stride)), shape[0])  # the image's part
+        ow = min(int(np.ceil(prior.shape[1] * cands.scale[1] / cands.stride)), shape[1])  # of the padded grid
+        target = torch.zeros((1,) + tuple(shape))
+        target[0, :oh, :ow] = torch.from_numpy(cv2.resize(prior.astype(np.float32), (ow, oh),
+                                                          interpolation=cv2.INTER_AREA))
         inter = (probs * target).sum(dim=(1, 2))
         union = (probs + target - probs * target).sum(dim=(1, 2)) + EPS
         score = score + W_PRIOR * inter / union

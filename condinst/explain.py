@@ -64,8 +64,9 @@ class CandidateMasks:
     """Masks of N candidate filter sets near some points.
 
     detections: N cell detections (level, location, params, best class and its score);
-    probs (N, h4, w4): mask probabilities at the mask-head output stride (`stride`, 4) on the resized
-    input, cropped to the image; `scale` (sy, sx) maps original pixels to resized-input pixels.
+    probs (N, Hp/4, Wp/4): mask probabilities at the mask-head output stride (`stride`, 4) on the
+    padded resized input (row 0, col 0 at its top left); `scale` (sy, sx) maps original pixels to
+    resized-input pixels.
     """
 
     detections: Detections
@@ -165,19 +166,15 @@ class Explainer:
                                          out.params[level][0], out.locations[level], stride, level, flat,
                                          scores.argmax(dim=1), self.cfg.fcos))
         det = Detections.cat(parts)
-        head = self.model.mask_head
-        oh, ow = -(-self.input_size[0] // head.mask_out_stride), -(-self.input_size[1] // head.mask_out_stride)
         with torch.no_grad():
-            probs = self.model.mask_logits(self.outputs.mask_feats, det)[:, 0, :oh, :ow].float().sigmoid()
-        return CandidateMasks(det, probs, head.mask_out_stride, (sy, sx))
+            probs = self.model.mask_logits(self.outputs.mask_feats, det)[:, 0].float().sigmoid()
+        return CandidateMasks(det, probs, self.model.mask_head.mask_out_stride, (sy, sx))
 
     def candidate_to_image(self, probs: torch.Tensor) -> np.ndarray:
-        """(h4, w4) probabilities of `candidates` -> (H, W) probabilities at the original size."""
-        ph, pw = (-(-s // self.model.mask_head.mask_out_stride) for s in self.padded_size)
-        padded = torch.zeros((1, 1, ph, pw), dtype=probs.dtype)
-        padded[0, 0, :probs.shape[0], :probs.shape[1]] = probs
+        """(Hp/4, Wp/4) probabilities of `candidates` -> (H, W) probabilities at the original size."""
         with torch.no_grad():
-            return mask_probs_to_image(padded, self.padded_size, self.input_size, self.image_size)[0].cpu().numpy()
+            return mask_probs_to_image(probs[None, None], self.padded_size, self.input_size,
+                                       self.image_size)[0].cpu().numpy()
 
     # ---- internals -------------------------------------------------------------------------------
     def _grid_extent(self, stride: int) -> tuple[int, int]:
