@@ -8,7 +8,7 @@ as on a small one; a repeated click on the same spot cycles through the instance
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -37,6 +37,9 @@ class View:
     opacity: float = 0.45
     labels: bool = True
     last_pick: tuple[int, int] | None = None  # (x, y) of the last selecting click, for cycling
+    refine: Any = None  # a pending click-to-refine proposal (app.refine.RefineState)
+    canvas_image: int | None = None  # the image the canvas editor already holds (its pixels are sent once)
+    picture: bool = True  # whether the overlay picture (Click view) is drawn; the page's editor tab turns it off
 
 
 @dataclass
@@ -65,14 +68,15 @@ class Annotator:
     def go_to(self, view: View, image_id: int | None) -> View:
         """Show another image (selection, solo and probe are reset); unsegmented images are segmented."""
         if image_id is None:
-            return replace(view, image_id=None, selected=None, solo=None, last_point=None, probe=None, last_pick=None)
+            return replace(view, image_id=None, selected=None, solo=None, last_point=None, probe=None, last_pick=None,
+                           refine=None)
         try:
             self.ws.get_image_record(image_id)
         except WorkspaceError as exc:
             raise ServiceError(str(exc)) from None
         self.service.images.ensure_segmented(int(image_id))
         return replace(view, image_id=int(image_id), selected=None, solo=None, last_point=None, probe=None,
-                       last_pick=None)
+                       last_pick=None, refine=None)
 
     def step(self, view: View, delta: int, unreviewed: bool = False) -> tuple[View, str]:
         """Previous (-1) / next (+1) image, wrapping around; `unreviewed` skips reviewed images."""

@@ -8,6 +8,7 @@ was (`gr.skip()`), so no output is replaced by an error overlay and the page kee
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
@@ -20,6 +21,7 @@ from app.service import Service
 
 MODEL_CHOICE = ("(model's choice)", 0)
 WARNING = "**Not done:** "
+ANNOTATE_OUTPUTS = 12
 
 
 def guarded(fn, n_outputs: int, message_index: int | None):
@@ -71,12 +73,14 @@ class Handlers:
 
     # ---- output bundles ----------------------------------------------------------------------------
     def annotate(self, view: View, message: str = "") -> tuple:
-        """state, picture, table, image list, reviewed, selected, class, info, undo, redo, status."""
+        """state, picture, table, image list, reviewed, selected, class, info, undo, redo, status, editor."""
         screen = self.service.screens.screen(view)
-        return (view, screen.image, table_frame(screen.rows), gr.update(choices=screen.image_choices,
+        view, scene = self.service.canvas.scene(view)
+        picture = screen.image if view.picture or view.image_id is None else gr.skip()
+        return (view, picture, table_frame(screen.rows), gr.update(choices=screen.image_choices,
                                                                         value=screen.image_id),
                 screen.reviewed, screen.selected, screen.selected_category, screen.info,
-                gr.update(interactive=screen.can_undo), gr.update(interactive=screen.can_redo), message)
+                gr.update(interactive=screen.can_undo), gr.update(interactive=screen.can_redo), message, scene)
 
     def classes(self) -> tuple:
         """new-class dropdown, selected-class dropdown, class filter, rename dropdown."""
@@ -111,9 +115,9 @@ class Handlers:
         """After loading without a deep link: reopen the image this browser showed last."""
         deep_link = request is not None and request.query_params.get("image")
         if deep_link or last_image in (None, "") or last_image == view.image_id or self.service.workspace is None:
-            return tuple([gr.skip()] * 11)
+            return tuple([gr.skip()] * ANNOTATE_OUTPUTS)
         if int(last_image) not in {img.id for img in self.service.ws.list_images()}:
-            return tuple([gr.skip()] * 11)
+            return tuple([gr.skip()] * ANNOTATE_OUTPUTS)
         return self.annotate(self.actions.go_to(view, int(last_image)))
 
     def on_recover(self, view: View):
@@ -191,6 +195,61 @@ class Handlers:
         result = self.actions.click(view, x, y, tool, int(size or 1), int(new_class) if new_class else None,
                                     bool(join))
         return (*self.annotate(result.view, result.message), result.tool)
+
+    # ---- canvas editor ------------------------------------------------------------------------------
+    def on_canvas(self, view: View, new_class, evt: gr.EventData):
+        """An edit from the canvas editor: its event data names the action, geometry in image pixels."""
+        data = getattr(evt, "_data", None) or {}
+        action, category = data.get("action"), int(new_class) if new_class else None
+        if action == "stroke":
+            view, message = self.service.edits.stroke(view, data.get("tool"), data.get("points"), data.get("width"),
+                                                      data.get("overlap", "overlap"), category)
+        elif action == "polygon":
+            view, message = self.service.edits.polygon(view, data.get("points"), data.get("mode", "new"), category,
+                                                       data.get("overlap", "overlap"))
+        elif action == "pick":
+            view, message = self.actions.select_at(view, data.get("x"), data.get("y"))
+        elif action == "refine":
+            view, message = self.service.refiner.refine(view, data.get("positive"), data.get("negative"), category)
+        elif action == "refine_accept":
+            view, message = self.service.refiner.accept(view)
+        elif action == "refine_discard":
+            view, message = self.service.refiner.discard(view)
+        elif action == "resend":
+            view, message = replace(view, canvas_image=None), ""
+        else:
+            raise AppError(f"Unknown editor action {str(action)[:40]!r}.")
+        return self.annotate(view, message)
+
+    def on_view_tab(self, view: View, picture: bool):
+        """The page shows the canvas editor (no overlay picture is drawn) or the Click view (it is)."""
+        view = replace(view, picture=bool(picture))
+        return self.annotate(view) if picture else (view, *[gr.skip()] * (ANNOTATE_OUTPUTS - 1))
+
+    def on_stroke(self, view: View, tool: str, points: str, width: float, overlap: str, new_class):
+        return self.annotate(*self.service.edits.stroke(view, tool, points, width, overlap or "overlap",
+                                                        int(new_class) if new_class else None))
+
+    def on_polygon(self, view: View, points: str, mode: str, class_index, overlap: str):
+        return self.annotate(*self.service.edits.polygon(view, points, mode or "new",
+                                                         int(class_index) if class_index else None,
+                                                         overlap or "overlap"))
+
+    def on_refine(self, view: View, positive: str, negative: str, new_class):
+        return self.annotate(*self.service.refiner.refine(view, positive, negative or "[]",
+                                                          int(new_class) if new_class else None))
+
+    def on_refine_accept(self, view: View):
+        return self.annotate(*self.service.refiner.accept(view))
+
+    def on_refine_discard(self, view: View):
+        return self.annotate(*self.service.refiner.discard(view))
+
+    def on_fill_holes(self, view: View):
+        return self.annotate(*self.service.edits.fill_holes(view))
+
+    def on_remove_specks(self, view: View, min_pixels):
+        return self.annotate(*self.service.edits.remove_specks(view, min_pixels))
 
     def on_row_select(self, view: View, evt: gr.SelectData):
         row = evt.row_value or []

@@ -12,7 +12,7 @@ import numpy as np
 
 from app import render
 from app.actions import View
-from app.masks import PREVIEW_MAX_SIDE
+from app.masks import PREVIEW_MAX_SIDE, preview_size, shrink_mask
 from app.session import level_name
 
 if TYPE_CHECKING:
@@ -77,6 +77,10 @@ class Screens:
             if inst.user_edited or inst.source != "model":
                 label += " *"
             items.append(render.DrawItem(inst.id, inst.preview, label))
+        if view.refine is not None:  # a pending click-to-refine proposal
+            record = ws.get_image_record(view.image_id)
+            items.append(render.DrawItem(-1, shrink_mask(view.refine.mask, preview_size(record.height, record.width)),
+                                         "refine proposal (Enter accepts)"))
         return render.draw_instances(ws.get_preview(view.image_id), items, view.selected, PREVIEW_MAX_SIDE,
                                      opacity=view.opacity, labels=view.labels)
 
@@ -104,6 +108,6 @@ class Screens:
             info += f" - solo #{view.solo}"
         if selected is not None:
             info += f" - selected #{selected.id}"
-        return Screen(self.overlay(view), rows, [(image_label(img), img.id) for img in images], record.id,
+        return Screen(self.overlay(view) if view.picture else None, rows, [(image_label(img), img.id) for img in images], record.id,
                       record.reviewed, selected.id if selected else None, selected.category_id if selected else None,
                       info, ws.can_undo(record.id), ws.can_redo(record.id))

@@ -5,6 +5,9 @@
     service.actions    annotation actions on a View              (app.actions.Annotator)
     service.screens    what the annotate view shows              (app.screen.Screens)
     service.explain    the Explain view                          (app.explain_page.ExplainPages)
+    service.edits      canvas strokes, polygons, holes, specks   (app.mask_edits.MaskEditor)
+    service.refiner    CondInst click-to-refine                  (app.refine.Refiner)
+    service.canvas     the canvas editor's scenes                (app.canvas.CanvasScenes)
     service.jobs       background fine-tuning                    (app.retrain.RetrainJobs)
     service.export_*   COCO datasets and results                 (app.export)
 
@@ -25,7 +28,10 @@ from app.actions import DEFAULT_THRESHOLD, Annotator, View
 from app.errors import AppError, ServiceError
 from app.explain_page import ExplainPages
 from app.export import ExportError, build_coco, export_coco, export_coco_zip, remove_stale_staging
+from app.canvas import CanvasScenes
 from app.images import ImageLibrary
+from app.mask_edits import MaskEditor
+from app.refine import Refiner
 from app.ingest import sanitize_file_name
 from app.screen import Screens
 from app.session import DEFAULT_WEIGHTS, REPO_ROOT, ModelSession
@@ -74,6 +80,9 @@ class Service:
         self.actions = Annotator(self)
         self.screens = Screens(self)
         self.explain = ExplainPages(self)
+        self.edits = MaskEditor(self)
+        self.canvas = CanvasScenes(self)
+        self.refiner = Refiner(self)
         self._jobs = None
         if workspace is not None:
             self._opened()

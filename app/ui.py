@@ -12,6 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.actions import View
+from app.canvas import editor_files
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, guarded, progress_html, table_frame
 from app.service import Service
 
@@ -105,11 +106,15 @@ class AppUI:
         p["info"] = gr.Markdown(elem_id="info")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                p["picture"] = gr.Image(label="Click: selects / paints, per the tool", type="numpy", format="jpeg",
-                                        interactive=False, elem_id="main-image", height=640,
-                                        buttons=["download", "fullscreen"])
+                with gr.Tabs(elem_id="views"):
+                    with gr.Tab("Editor", id="editor-tab", elem_id="editor-tab") as p["editor_tab"]:
+                        p["editor"] = gr.HTML("", elem_id="editor", apply_default_css=False, **editor_files())
+                    with gr.Tab("Click view", id="picture-tab", elem_id="picture-tab") as p["picture_tab"]:
+                        p["picture"] = gr.Image(label="Click: selects / paints, per the tool", type="numpy",
+                                                format="jpeg", interactive=False, elem_id="main-image", height=640,
+                                                buttons=["download", "fullscreen"])
             with gr.Column(scale=2, min_width=380):
-                p["tool"] = gr.Radio(TOOL_CHOICES, value="select", label="Click tool", elem_id="tool")
+                p["tool"] = gr.Radio(TOOL_CHOICES, value="select", label="Click tool (Click view tab)", elem_id="tool")
                 with gr.Row():
                     p["size"] = gr.Slider(1, 200, value=21, step=1, label="Brush / eraser size (px)",
                                           elem_id="brush-size", scale=2)
@@ -128,6 +133,11 @@ class AppUI:
                     p["redo"] = gr.Button("Redo", size="sm", elem_id="redo", interactive=False)
                 p["table"] = gr.Dataframe(table_frame([]), label="Instances (click a row to select)", interactive=False,
                                           elem_id="instances", max_height=300)
+                with gr.Row(equal_height=True):
+                    p["fill_holes"] = gr.Button("Fill holes", size="sm", elem_id="fill-holes")
+                    p["speck_size"] = gr.Number(value=50, precision=0, minimum=1, label="Speck size (px)",
+                                                elem_id="speck-size", min_width=90)
+                    p["remove_specks"] = gr.Button("Remove smaller specks", size="sm", elem_id="remove-specks")
         with gr.Row():
             p["threshold"] = gr.Slider(0, 1, value=View().threshold, step=0.01, label="Score threshold",
                                        elem_id="threshold")
@@ -160,6 +170,16 @@ class AppUI:
                                      min_width=220)
             p["results_file"] = gr.File(label="COCO results", elem_id="results-file", visible=False)
         p["api_x"], p["api_y"], p["api_click"] = gr.Number(visible=False), gr.Number(visible=False), gr.Button(visible=False)
+        p["api"] = {"tool": gr.Textbox("brush", label="tool", visible=False),
+                    "points": gr.Textbox("[]", label="points", visible=False),
+                    "width": gr.Number(21, label="width", visible=False),
+                    "overlap": gr.Textbox("overlap", label="overlap", visible=False),
+                    "mode": gr.Textbox("new", label="mode", visible=False),
+                    "class_index": gr.Number(0, label="class_index", precision=0, visible=False),
+                    "positive": gr.Textbox("[]", label="positive", visible=False),
+                    "negative": gr.Textbox("[]", label="negative", visible=False)}
+        p["api_buttons"] = {name: gr.Button(visible=False) for name in ("stroke", "polygon", "refine", "accept",
+                                                                         "discard")}
         return p
 
     def _explain_tab(self) -> dict:
@@ -245,7 +265,7 @@ class AppUI:
             return event(guarded(fn, len(outputs), index), inputs, outputs, **kwargs)
 
         annotate = [state, a["picture"], a["table"], a["image"], a["reviewed"], a["selected"], a["class"], a["info"],
-                    a["undo"], a["redo"], status]
+                    a["undo"], a["redo"], status, a["editor"]]
         classes = [a["new_class"], a["class"], a["filter"], a["rename_which"]]
         page = annotate + classes + [a["samples"], top["banner"], top["model_info"]]
         explain = [state, e["location"], e["coord_x"], e["coord_y"], e["features"], e["filters"], e["probability"],
@@ -253,7 +273,12 @@ class AppUI:
         click_in = [state, a["tool"], a["size"], a["new_class"], a["join"]]
 
         loaded = on(demo.load, h.on_load, None, page, api_name="load")
-        on(loaded.then, h.on_restore, [state, top["last_image"]], annotate, api_visibility="private")
+        restored = on(loaded.then, h.on_restore, [state, top["last_image"]], annotate, api_visibility="private")
+        # the page opens on the canvas editor: the overlay picture is drawn only while the Click view is shown
+        on(restored.then, lambda view: h.on_view_tab(view, False), [state], annotate, api_visibility="private")
+        on(a["editor_tab"].select, lambda view: h.on_view_tab(view, False), [state], annotate, api_visibility="private")
+        on(a["picture_tab"].select, lambda view: h.on_view_tab(view, True), [state], annotate,
+           api_visibility="private")
         on(top["recover"].click, h.on_recover, [state], page, api_name="recover_workspace")
         a["image"].change(lambda value: value, a["image"], top["last_image"], api_visibility="private")
 
@@ -274,6 +299,18 @@ class AppUI:
         on(a["picture"].select, h.on_image_select, click_in, annotate + [a["tool"]], api_visibility="private", **MODEL)
         on(a["api_click"].click, h.on_click, [state, a["api_x"], a["api_y"], a["tool"], a["size"], a["new_class"],
                                               a["join"]], annotate + [a["tool"]], api_name="click_image", **MODEL)
+        on(a["editor"].submit, h.on_canvas, [state, a["new_class"]], annotate, api_visibility="private", **MODEL)
+        api, buttons = a["api"], a["api_buttons"]
+        on(buttons["stroke"].click, h.on_stroke, [state, api["tool"], api["points"], api["width"], api["overlap"],
+                                                  a["new_class"]], annotate, api_name="stroke")
+        on(buttons["polygon"].click, h.on_polygon, [state, api["points"], api["mode"], api["class_index"],
+                                                    api["overlap"]], annotate, api_name="polygon")
+        on(buttons["refine"].click, h.on_refine, [state, api["positive"], api["negative"], a["new_class"]], annotate,
+           api_name="refine", **MODEL)
+        on(buttons["accept"].click, h.on_refine_accept, [state], annotate, api_name="refine_accept")
+        on(buttons["discard"].click, h.on_refine_discard, [state], annotate, api_name="refine_discard")
+        on(a["fill_holes"].click, h.on_fill_holes, [state], annotate, api_name="fill_holes")
+        on(a["remove_specks"].click, h.on_remove_specks, [state, a["speck_size"]], annotate, api_name="remove_specks")
         on(a["table"].select, h.on_row_select, [state], annotate, api_visibility="private")
         on(a["selected"].submit, h.on_select_instance, [state, a["selected"]], annotate, api_name="select_instance")
         on(a["class"].input, h.on_set_class, [state, a["class"]], annotate, api_name="set_class")

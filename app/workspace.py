@@ -374,6 +374,35 @@ class Workspace:
             return
         self._edit(instance_id, {**history.mask_fields(enc), "user_edited": 1}, "edit mask")
 
+    def edit_masks(self, image_id: int, masks: Mapping[int, Any], label: str,
+                   new: tuple[int, Any, str] | None = None) -> int | None:
+        """Several mask changes (and optionally one new instance: (category_id, mask, source)) of one
+        image as ONE transaction and ONE undo step, e.g. a stroke that also cuts other instances.
+        Returns the new instance's id (or None). Unchanged masks write nothing."""
+        record = self.get_image_record(image_id)
+        encoded = {int(i): self._encode(m, record.height, record.width) for i, m in masks.items()}
+        new_enc = None if new is None else self._encode(new[1], record.height, record.width)
+        with self._write() as conn:
+            changes, new_id = [], None
+            for instance_id, enc in encoded.items():
+                row = history.row(conn, check_id(instance_id, "Instance id"))
+                if row is None or row["image_id"] != record.id or row["deleted"]:
+                    raise WorkspaceError(f"Instance {instance_id} is not a live instance of image {record.id}")
+                stored = row["mask_rle"]
+                if (stored.encode("ascii") if isinstance(stored, str) else bytes(stored)) == enc.counts:
+                    continue
+                values = {**history.mask_fields(enc), "user_edited": 1}
+                if enc.area == 0:
+                    values["deleted"] = 1
+                changes.append(history.update(conn, instance_id, values))
+            if new_enc is not None and new_enc.area:
+                new_id, change = self._insert(conn, record.id, new[0], new_enc, new[2], None, None)
+                changes.append(change)
+            if changes:
+                self._touch_review(conn, record.id)
+                history.push(conn, record.id, label, changes, self.history_limit)
+            return new_id
+
     def set_hidden(self, instance_id: int, hidden: bool = True) -> None:
         """Hide/show an instance: a view flag (hidden instances are still exported)."""
         self._edit(instance_id, {"hidden": int(bool(hidden))}, "hide" if hidden else "show", review=False)

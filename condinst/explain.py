@@ -5,6 +5,8 @@ An `Explainer` runs the dense part of the network once for an image and then ans
     layer, the relative-coordinate maps it reads, and its mask logits at the mask-head resolution;
   * `at_point(x, y)`: "segment at a point" - the mask that the filters generated at that pixel
     produce, using the level that scores best there (CondInst's own interactive segmentation);
+  * `candidates(points)`: the filter sets generated at every cell near some points, on every level,
+    run through the dynamic mask head in one batch (click-to-refine chooses among them);
   * `mask_features()`: the mask-branch features every instance reads.
 """
 from __future__ import annotations
@@ -55,6 +57,22 @@ class PointSegmentation:
     mask: np.ndarray
     probs: np.ndarray
     explanation: InstanceExplanation
+
+
+@dataclass
+class CandidateMasks:
+    """Masks of N candidate filter sets near some points.
+
+    detections: N cell detections (level, location, params, best class and its score);
+    probs (N, Hp/4, Wp/4): mask probabilities at the mask-head output stride (`stride`, 4) on the
+    padded resized input (row 0, col 0 at its top left); `scale` (sy, sx) maps original pixels to
+    resized-input pixels.
+    """
+
+    detections: Detections
+    probs: torch.Tensor
+    stride: int
+    scale: tuple[float, float]
 
 
 class Explainer:
@@ -121,6 +139,42 @@ class Explainer:
         probs = probs[0].cpu().numpy()
         return PointSegmentation(mask=probs > self.cfg.mask_head.mask_threshold, probs=probs,
                                  explanation=explanation)
+
+    def candidates(self, points, radius: int = 2) -> CandidateMasks:
+        """Filter sets of every cell within `radius` cells of any point (x, y in original pixels), on
+        every FPN level, each scored for its best class, through the dynamic mask head in one batch."""
+        h0, w0 = self.image_size
+        sy, sx = self.input_size[0] / h0, self.input_size[1] / w0
+        parts = []
+        for level, stride in enumerate(self.cfg.fcos.strides):
+            cls = self.outputs.cls_logits[level][0]
+            hl, wl = cls.shape[-2:]
+            cells = set()
+            for x, y in points:
+                i, j = min(int(y * sy // stride), hl - 1), min(int(x * sx // stride), wl - 1)
+                cells.update((a, b) for a in range(max(i - radius, 0), min(i + radius + 1, hl))
+                             for b in range(max(j - radius, 0), min(j + radius + 1, wl)))
+            if not cells:
+                continue
+            device = cls.device
+            flat = torch.tensor(sorted(a * wl + b for a, b in cells), device=device)
+            _, scores = fcos_scores(cls.reshape(cls.shape[0], -1)[:, flat].T.float().sigmoid(),
+                                    self.outputs.ctrness[level][0, 0].reshape(-1)[flat].float().sigmoid(),
+                                    self.cfg.fcos)
+            out = self.outputs
+            parts.append(cell_detections(out.cls_logits[level][0], out.bbox_reg[level][0], out.ctrness[level][0],
+                                         out.params[level][0], out.locations[level], stride, level, flat,
+                                         scores.argmax(dim=1), self.cfg.fcos))
+        det = Detections.cat(parts)
+        with torch.no_grad():
+            probs = self.model.mask_logits(self.outputs.mask_feats, det)[:, 0].float().sigmoid()
+        return CandidateMasks(det, probs, self.model.mask_head.mask_out_stride, (sy, sx))
+
+    def candidate_to_image(self, probs: torch.Tensor) -> np.ndarray:
+        """(Hp/4, Wp/4) probabilities of `candidates` -> (H, W) probabilities at the original size."""
+        with torch.no_grad():
+            return mask_probs_to_image(probs[None, None], self.padded_size, self.input_size,
+                                       self.image_size)[0].cpu().numpy()
 
     # ---- internals -------------------------------------------------------------------------------
     def _grid_extent(self, stride: int) -> tuple[int, int]:

@@ -12,8 +12,17 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ROWS = "#instances div.virtual-row"
 
 
+def show_click_view(page) -> None:
+    """Open the annotate view's "Click view" tab (the picture with click tools; the canvas editor is the default)."""
+    tab = page.get_by_role("tab", name="Click view")
+    if tab.count() and tab.get_attribute("aria-selected") != "true":
+        tab.click()
+
+
 def click_image(page, selector: str, x: float, y: float) -> None:
     """Click image pixel (x, y) of an <img> shown with object-fit: scale-down."""
+    if selector.startswith("#main-image"):
+        show_click_view(page)
     img = page.locator(selector)
     img.wait_for(state="visible")
     box = img.bounding_box()

@@ -160,6 +160,21 @@ def test_explainer_matches_predictor_and_segments_at_a_point(predictor, photo):
     assert ex.mask_features().shape[0] == 8
 
 
+def test_candidates_near_points_run_the_cached_filters_in_one_batch(predictor, photo):
+    ex = Explainer(predictor, photo)
+    x, y = photo.shape[1] // 2, photo.shape[0] // 2
+    cands = ex.candidates([(x, y)], radius=1)
+    levels = cands.detections.fpn_levels.tolist()
+    assert len(cands.detections) == cands.probs.shape[0] and set(levels) == set(range(len(predictor.cfg.fcos.strides)))
+    assert all(levels.count(level) <= 9 for level in set(levels))  # 3x3 cells per level at most
+    point = ex.at_point(x, y)  # its cell is one of the candidates, with the same mask
+    e = point.explanation
+    wl = ex.outputs.cls_logits[e.fpn_level].shape[-1]
+    k = [n for n in range(len(cands.detections)) if levels[n] == e.fpn_level
+         and int(cands.detections.grid_index[n]) == e.grid_cell[0] * wl + e.grid_cell[1]][0]
+    assert np.allclose(ex.candidate_to_image(cands.probs[k]), point.probs, atol=1e-5)
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 def _cli(*args, cwd=None):

@@ -162,3 +162,25 @@ def app_factory(tiny_weights, samples_dir, tmp_path_factory):
     for demo, service in started:
         demo.close()
         service.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Playwright (browser tests; skipped without either)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from browserkit import CHROMIUM, chromium
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    with chromium(sync_api) as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser):
+    """A 1400x900 page in its own browser context."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()

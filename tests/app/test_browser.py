@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browserkit import (CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure, wait_status,
-                        wait_text)
+from browserkit import (CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure,
+                        show_click_view, wait_status, wait_text)
 from pycocotools.coco import COCO
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,6 +241,7 @@ def test_retrain_tab_runs_a_job_and_switches_the_model(app, page, image_paths):
     app.service.images.add_files(image_paths[:2])  # (already there after the flow test)
     with screenshot_on_failure(page, "browser-retrain"):
         page.goto(app.url)
+        show_click_view(page)
         page.wait_for_selector("#main-image img")
         page.get_by_role("tab", name="Retrain").click()
         page.locator("#retrain-iterations input").fill("2")

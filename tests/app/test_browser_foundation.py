@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from browserkit import CHROMIUM, chromium, click_image, screenshot_on_failure, wait_status, wait_text
+from browserkit import CHROMIUM, click_image, screenshot_on_failure, show_click_view, wait_status, wait_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -27,19 +27,6 @@ def app(app_factory):
     return app_factory()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with chromium(sync_api) as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
 
 
 def open_app(page, url: str) -> None:
@@ -68,7 +55,8 @@ def test_a_mistake_is_a_warning_and_the_page_keeps_working(app, page, image_path
         page.wait_for_selector(".toast-body", state="visible")
         # observed: a red error overlay on every output hid the image and swallowed clicks
         assert page.locator("#main-image .error, #instances .error, #info .error").count() == 0
-        assert page.locator("#main-image img").is_visible()
+        show_click_view(page)
+        page.locator("#main-image img").wait_for(state="visible")  # the picture is drawn once its tab shows
         view_image = app.service.ws.list_images()[0].id
         target = max(app.service.ws.instances(view_image), key=lambda inst: inst.area)
         page.get_by_label("Brush", exact=True).check()
@@ -85,8 +73,9 @@ def test_layout_reload_and_hotkeys(app, page, image_paths):
     with screenshot_on_failure(page, "foundation-layout"):
         open_app(page, f"{app.url}?image={first}")
         wait_text(page, "#info", "image 1 of")
-        picture, table = page.locator("#main-image").bounding_box(), page.locator("#instances").bounding_box()
-        assert picture["y"] + picture["height"] <= 900 and picture["height"] >= 500  # large, above the fold
+        # the canvas editor (the default view) is large and above the fold
+        picture, table = page.locator("#editor canvas").bounding_box(), page.locator("#instances").bounding_box()
+        assert picture["y"] + picture["height"] <= 900 and picture["height"] >= 500
         assert table["x"] > picture["x"] + picture["width"] - 5 and table["y"] < 900  # the list beside it
         # `r` marks reviewed, `u` jumps to the next unreviewed image
         page.locator("#info").click()

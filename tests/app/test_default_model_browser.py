@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from browserkit import CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, wait_status, wait_text
+from browserkit import CHROMIUM, ROWS, click_image, pick_option, wait_status, wait_text, show_click_view
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "assets" / "default_model" / "model.pth"
@@ -121,14 +121,6 @@ def server(tmp_path_factory):
         stop(proc)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
@@ -184,6 +176,8 @@ def table_rows(page) -> list[dict]:
 
 
 def overlay_visible(page, selector: str = "#main-image img") -> bool:
+    if selector.startswith("#main-image"):
+        show_click_view(page)
     img = page.locator(selector)
     img.wait_for(state="visible")
     width, height, complete = img.evaluate("el => [el.naturalWidth, el.naturalHeight, el.complete]")

@@ -1,0 +1,122 @@
+"""The canvas editor's side of the server: what the browser canvas is sent, and its files.
+
+The editor (`app/editor/editor.html|.css|.js`, hosted by a `gr.HTML`) draws the picture and the
+masks itself, at any zoom. The server is the single source of truth: after every event it sends
+a *scene* (the component's value, JSON text):
+
+    {"seq", "image": {"id", "width", "height", "pw", "ph", "src"?}, "selected", "opacity",
+     "instances": [{"id", "color", "label", "box": [x, y, w, h], "png"}], "refine": {...} | null}
+
+Masks travel as display-size crops (preview pixels, `box`) in colour PNG data URLs (a few hundred
+bytes each); the picture's JPEG data URL only when the canvas does not hold that image yet
+(`View.canvas_image`). Edits come back as event data: geometry in original-image pixels.
+"""
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import supervision as sv
+
+from app.actions import View
+from app.masks import preview_size, shrink_mask
+
+if TYPE_CHECKING:
+    from app.service import Service
+
+EDITOR_DIR = Path(__file__).resolve().parent / "editor"
+PALETTE = sv.ColorPalette.DEFAULT
+REFINE_COLOR = (255, 255, 255)
+_SEQ = itertools.count(1)
+
+
+def editor_files() -> dict[str, str]:
+    """html_template, css_template and js_on_load of the editor component."""
+    return {"html_template": (EDITOR_DIR / "editor.html").read_text(),
+            "css_template": (EDITOR_DIR / "editor.css").read_text(),
+            "js_on_load": (EDITOR_DIR / "editor.js").read_text()}
+
+
+def data_url(kind: str, data: bytes) -> str:
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
+
+
+def mask_png(preview: np.ndarray, rgb: tuple[int, int, int]) -> tuple[list[int], str] | None:
+    """A display-size bool mask -> ([x, y, w, h] of its box, PNG data URL of the coloured box crop)."""
+    ys, xs = np.nonzero(preview)
+    if not len(ys):
+        return None
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    crop = preview[y0:y1, x0:x1]
+    bgra = np.zeros(crop.shape + (4,), np.uint8)
+    bgra[crop] = (rgb[2], rgb[1], rgb[0], 255)
+    ok, png = cv2.imencode(".png", bgra, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    return [x0, y0, x1 - x0, y1 - y0], data_url("png", png.tobytes())
+
+
+def color_of(instance_id: int) -> tuple[int, int, int]:
+    return PALETTE.by_idx(int(instance_id)).as_rgb()
+
+
+class CanvasScenes:
+    def __init__(self, service: "Service", cache_size: int = 4096):
+        self.service = service
+        self._pngs: OrderedDict = OrderedDict()  # (instance id, mask bytes) -> (box, data URL)
+        self.cache_size = cache_size
+
+    def instance_png(self, inst, scale: float):
+        """(box, PNG data URL) of an instance's display-size mask; unchanged masks are not encoded again."""
+        key = (inst.id, inst.preview_counts or inst.rle_counts)
+        if key in self._pngs:
+            self._pngs.move_to_end(key)
+            return self._pngs[key]
+        preview = inst.preview
+        bx, by, bw, bh = inst.bbox  # look only inside the box (in preview pixels, one pixel of margin)
+        y0, x0 = max(int(by * scale) - 1, 0), max(int(bx * scale) - 1, 0)
+        y1, x1 = int(np.ceil((by + bh) * scale)) + 1, int(np.ceil((bx + bw) * scale)) + 1
+        drawn = mask_png(preview[y0:y1, x0:x1], color_of(inst.id))
+        if drawn is not None:
+            drawn = ([drawn[0][0] + x0, drawn[0][1] + y0, drawn[0][2], drawn[0][3]], drawn[1])
+        self._pngs[key] = drawn
+        if len(self._pngs) > self.cache_size:
+            self._pngs.popitem(last=False)
+        return drawn
+
+    def scene(self, view: View) -> tuple[View, str]:
+        """(the view, noting that the canvas holds its image; the scene JSON)."""
+        service = self.service
+        if service.workspace is None or view.image_id is None:
+            return replace(view, canvas_image=None), json.dumps({"seq": next(_SEQ), "image": None, "instances": []})
+        ws = service.ws
+        record = ws.get_image_record(view.image_id)
+        ph, pw = preview_size(record.height, record.width)
+        image = {"id": record.id, "width": record.width, "height": record.height, "pw": pw, "ph": ph}
+        if view.canvas_image != record.id:
+            ok, jpeg = cv2.imencode(".jpg", ws.get_preview(record.id)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            image["src"] = data_url("jpeg", jpeg.tobytes())
+        names = {c.id: c.name for c in ws.categories()}
+        instances = []
+        scale = pw / record.width
+        for inst in service.actions.visible(view, include_hidden=False):
+            drawn = self.instance_png(inst, scale)
+            if drawn is None:
+                continue
+            label = f"#{inst.id} {names.get(inst.category_id, inst.category_id)}"
+            instances.append({"id": inst.id, "color": "#%02x%02x%02x" % color_of(inst.id), "label": label,
+                              "box": drawn[0],
+                              "png": drawn[1]})
+        refine = None
+        if view.refine is not None:
+            drawn = mask_png(shrink_mask(view.refine.mask, (ph, pw)), REFINE_COLOR)
+            refine = {"positive": view.refine.positive, "negative": view.refine.negative, "target": view.refine.target,
+                      "box": drawn[0] if drawn else None, "png": drawn[1] if drawn else None}
+        scene = {"seq": next(_SEQ), "image": image, "instances": instances, "selected": view.selected,
+                 "opacity": view.opacity, "labels": view.labels, "refine": refine}
+        return replace(view, canvas_image=record.id), json.dumps(scene)

@@ -1,0 +1,239 @@
+// CondInst Studio canvas editor (runs as js_on_load of a gr.HTML; `element`, `trigger`, `props`, `watch`).
+// The server sends a scene (props.value, JSON: see app/canvas.py); edits go back as event data with
+// geometry in ORIGINAL-image pixels: trigger("submit", {action: "stroke" | "polygon" | "pick" | ...}).
+const root = element.querySelector(".ce-root");
+const canvas = element.querySelector(".ce-canvas");
+const ctx = canvas.getContext("2d");
+const $ = (sel) => element.querySelector(sel);
+const st = {
+  scene: null, img: null, imgId: null, masks: new Map(), refineImg: null,
+  tool: "brush", size: 21, opacity: 0.45, s: 1, ox: 0, oy: 0,
+  stroke: null, pending: [], poly: [], pos: [], neg: [], mouse: null, space: false, pan: null,
+};
+
+function k() { return st.scene && st.scene.image ? st.scene.image.pw / st.scene.image.width : 1; }
+function toImage(cx, cy) {  // canvas CSS pixels -> original-image pixel indices
+  return [Math.floor((cx - st.ox) / st.s / k()), Math.floor((cy - st.oy) / st.s / k())];
+}
+function toScreen(x, y) { return [st.ox + x * k() * st.s, st.oy + y * k() * st.s]; }
+function local(ev) { const r = canvas.getBoundingClientRect(); return [ev.clientX - r.left, ev.clientY - r.top]; }
+function send(data) { trigger("submit", data); }
+
+function loadImage(src, onload) { const im = new Image(); im.onload = () => { onload && onload(); draw(); }; im.src = src; return im; }
+
+function resize() {
+  const dpr = window.devicePixelRatio || 1, w = canvas.clientWidth, h = canvas.clientHeight;
+  if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+    canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
+  }
+}
+function fit() {
+  const im = st.scene && st.scene.image; if (!im) return;
+  resize();
+  const cw = canvas.clientWidth, ch = canvas.clientHeight;
+  st.s = Math.min(cw / im.pw, ch / im.ph);
+  st.ox = (cw - im.pw * st.s) / 2; st.oy = (ch - im.ph * st.s) / 2;
+  draw();
+}
+function zoomAt(cx, cy, factor) {
+  const s = Math.min(Math.max(st.s * factor, 0.05), 64);
+  st.ox = cx - (cx - st.ox) * (s / st.s); st.oy = cy - (cy - st.oy) * (s / st.s); st.s = s; draw();
+}
+function oneToOne() {
+  const cw = canvas.clientWidth / 2, ch = canvas.clientHeight / 2;
+  zoomAt(cw, ch, 1 / k() / st.s);
+}
+
+function setScene(text) {
+  let scene; try { scene = JSON.parse(text); } catch (e) { return; }
+  if (!scene || typeof scene !== "object") return;
+  const im = scene.image;
+  st.scene = scene; st.pending = [];
+  if (!im) { st.img = null; st.imgId = null; draw(); return; }
+  if (im.src) { st.img = loadImage(im.src); const fresh = st.imgId !== im.id; st.imgId = im.id; if (fresh) { st.poly = []; fit(); } }
+  else if (st.imgId !== im.id || !st.img) { send({action: "resend"}); return; }
+  const seen = new Set();
+  for (const inst of scene.instances) {
+    seen.add(inst.id);
+    const old = st.masks.get(inst.id);
+    if (!old || old.png !== inst.png) st.masks.set(inst.id, {png: inst.png, img: loadImage(inst.png)});
+  }
+  for (const id of Array.from(st.masks.keys())) if (!seen.has(id)) st.masks.delete(id);
+  const r = scene.refine;
+  st.refineImg = r && r.png ? loadImage(r.png) : null;
+  st.pos = r ? r.positive.map((p) => p.slice()) : []; st.neg = r ? r.negative.map((p) => p.slice()) : [];
+  if (typeof scene.opacity === "number" && !st.opacityTouched) { st.opacity = scene.opacity; $(".ce-opacity").value = scene.opacity; }
+  canvas.dataset.seq = String(scene.seq);
+  draw();
+}
+
+function strokePath(points, width, color, alpha) {
+  const f = k() * st.s;
+  ctx.save(); ctx.globalAlpha = alpha; ctx.strokeStyle = color; ctx.fillStyle = color;
+  ctx.lineWidth = Math.max(width * f, 1); ctx.lineCap = "round"; ctx.lineJoin = "round";
+  ctx.beginPath();
+  points.forEach(([x, y], i) => { const [sx, sy] = toScreen(x + 0.5, y + 0.5); i ? ctx.lineTo(sx, sy) : ctx.moveTo(sx, sy); });
+  if (points.length === 1) { const [sx, sy] = toScreen(points[0][0] + 0.5, points[0][1] + 0.5); ctx.arc(sx, sy, width * f / 2, 0, 7); ctx.fill(); }
+  else ctx.stroke();
+  ctx.restore();
+}
+function dot(x, y, color, r) {
+  const [sx, sy] = toScreen(x + 0.5, y + 0.5);
+  ctx.beginPath(); ctx.arc(sx, sy, r, 0, 7); ctx.fillStyle = color; ctx.fill();
+  ctx.lineWidth = 1.5; ctx.strokeStyle = "#000"; ctx.stroke();
+}
+
+function draw() {
+  resize();
+  const dpr = window.devicePixelRatio || 1;
+  ctx.setTransform(1, 0, 0, 1, 0, 0); ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const scene = st.scene;
+  $(".ce-zoom").textContent = Math.round(st.s * k() * 100) + "%";
+  if (!scene || !scene.image || !st.img) return;
+  ctx.setTransform(st.s * dpr, 0, 0, st.s * dpr, st.ox * dpr, st.oy * dpr);
+  ctx.imageSmoothingEnabled = st.s < 1;
+  if (st.img.complete) ctx.drawImage(st.img, 0, 0, scene.image.pw, scene.image.ph);
+  for (const inst of scene.instances) {
+    const m = st.masks.get(inst.id); if (!m || !m.img.complete) continue;
+    ctx.globalAlpha = inst.id === scene.selected ? Math.min(1, st.opacity + 0.25) : st.opacity;
+    ctx.drawImage(m.img, inst.box[0], inst.box[1], inst.box[2], inst.box[3]);
+  }
+  ctx.globalAlpha = 1;
+  for (const inst of scene.instances) {
+    if (inst.id !== scene.selected) continue;
+    ctx.lineWidth = 2 / st.s; ctx.strokeStyle = "#fff"; ctx.setLineDash([6 / st.s, 4 / st.s]);
+    ctx.strokeRect(inst.box[0], inst.box[1], inst.box[2], inst.box[3]); ctx.setLineDash([]);
+  }
+  if (st.refineImg && st.refineImg.complete && scene.refine.box) {
+    const b = scene.refine.box; ctx.globalAlpha = 0.55; ctx.drawImage(st.refineImg, b[0], b[1], b[2], b[3]); ctx.globalAlpha = 1;
+  }
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  if (scene.labels) {
+    ctx.font = "12px sans-serif";
+    for (const inst of scene.instances) {
+      const [sx, sy] = [st.ox + inst.box[0] * st.s, st.oy + inst.box[1] * st.s];
+      ctx.fillStyle = "rgba(0,0,0,0.6)"; ctx.fillRect(sx, sy - 15, ctx.measureText(inst.label).width + 6, 15);
+      ctx.fillStyle = inst.color; ctx.fillText(inst.label, sx + 3, sy - 3);
+    }
+  }
+  for (const p of st.pending) strokePath(p.points, p.width, p.tool === "erase" ? "#000" : "#fff", 0.5);
+  if (st.stroke) strokePath(st.stroke.points, st.stroke.width, st.stroke.tool === "erase" ? "#000" : "#fff", 0.5);
+  if (st.poly.length) {
+    ctx.strokeStyle = "#ff0"; ctx.lineWidth = 2; ctx.beginPath();
+    st.poly.forEach(([x, y], i) => { const [sx, sy] = toScreen(x + 0.5, y + 0.5); i ? ctx.lineTo(sx, sy) : ctx.moveTo(sx, sy); });
+    if (st.mouse) ctx.lineTo(st.mouse[0], st.mouse[1]);
+    ctx.stroke();
+    st.poly.forEach(([x, y], i) => dot(x, y, "#ff0", i ? 3 : 6));
+  }
+  st.pos.forEach(([x, y]) => dot(x, y, "#22c55e", 5));
+  st.neg.forEach(([x, y]) => dot(x, y, "#ef4444", 5));
+  if (st.mouse && (st.tool === "brush" || st.tool === "erase") && !st.pan) {
+    ctx.beginPath(); ctx.arc(st.mouse[0], st.mouse[1], Math.max(st.size * k() * st.s / 2, 1), 0, 7);
+    ctx.lineWidth = 1.5; ctx.strokeStyle = "#fff"; ctx.stroke();
+    ctx.lineWidth = 1; ctx.strokeStyle = "#000"; ctx.stroke();
+  }
+}
+
+function setTool(tool) {
+  st.tool = tool; st.poly = [];
+  element.querySelectorAll(".ce-tools button").forEach((b) => b.classList.toggle("active", b.dataset.tool === tool));
+  canvas.dataset.tool = tool; draw();
+}
+function setSize(size) {
+  st.size = Math.min(Math.max(Math.round(size), 1), 300);
+  $(".ce-size").value = st.size; $(".ce-size-value").textContent = st.size; draw();
+}
+function closePolygon() {
+  const pts = st.poly.filter((p, i, a) => i === 0 || p[0] !== a[i - 1][0] || p[1] !== a[i - 1][1]);
+  st.poly = [];
+  if (pts.length >= 3) send({action: "polygon", points: pts, mode: $(".ce-mode").value, overlap: $(".ce-overlap").value});
+  draw();
+}
+function sendRefine() { send({action: "refine", positive: st.pos, negative: st.neg}); draw(); }
+
+canvas.addEventListener("contextmenu", (ev) => ev.preventDefault());
+canvas.addEventListener("pointerdown", (ev) => {
+  root.focus({preventScroll: true});
+  const [cx, cy] = local(ev);
+  if (ev.button === 1 || (ev.button === 0 && st.space)) {
+    st.pan = [cx, cy, st.ox, st.oy]; root.classList.add("panning"); canvas.setPointerCapture(ev.pointerId);
+    ev.preventDefault(); return;
+  }
+  if (!st.scene || !st.scene.image) return;
+  const p = toImage(cx, cy);
+  if (st.tool === "brush" || st.tool === "erase") {
+    if (ev.button !== 0) return;
+    st.stroke = {tool: st.tool, width: st.size, points: [p]}; canvas.setPointerCapture(ev.pointerId);
+  } else if (st.tool === "select" && ev.button === 0) {
+    send({action: "pick", x: p[0], y: p[1]});
+  } else if (st.tool === "polygon" && ev.button === 0) {
+    if (st.poly.length >= 3) {
+      const [fx, fy] = toScreen(st.poly[0][0] + 0.5, st.poly[0][1] + 0.5);
+      if (Math.hypot(fx - cx, fy - cy) <= 8) { closePolygon(); return; }
+    }
+    st.poly.push(p);
+  } else if (st.tool === "refine") {
+    if (ev.button === 2 || (ev.button === 0 && ev.shiftKey)) st.neg.push(p); else if (ev.button === 0) st.pos.push(p);
+    if (st.pos.length || (st.scene && st.scene.selected != null)) sendRefine();
+  }
+  draw();
+});
+canvas.addEventListener("pointermove", (ev) => {
+  const [cx, cy] = local(ev);
+  st.mouse = [cx, cy];
+  if (st.pan) { st.ox = st.pan[2] + cx - st.pan[0]; st.oy = st.pan[3] + cy - st.pan[1]; }
+  else if (st.stroke) {
+    const p = toImage(cx, cy), last = st.stroke.points[st.stroke.points.length - 1];
+    if (p[0] !== last[0] || p[1] !== last[1]) st.stroke.points.push(p);
+  }
+  draw();
+});
+function endPointer(ev) {
+  if (st.pan) { st.pan = null; root.classList.remove("panning"); draw(); return; }
+  if (!st.stroke) return;
+  const stroke = st.stroke; st.stroke = null; st.pending.push(stroke);
+  send({action: "stroke", tool: stroke.tool, points: stroke.points, width: stroke.width, overlap: $(".ce-overlap").value});
+  draw();
+}
+canvas.addEventListener("pointerup", endPointer);
+canvas.addEventListener("pointercancel", endPointer);
+canvas.addEventListener("pointerleave", () => { st.mouse = null; draw(); });
+canvas.addEventListener("dblclick", (ev) => { if (st.tool === "polygon") { ev.preventDefault(); closePolygon(); } });
+canvas.addEventListener("wheel", (ev) => {
+  ev.preventDefault();
+  const [cx, cy] = local(ev);
+  zoomAt(cx, cy, Math.pow(1.0015, -ev.deltaY));
+}, {passive: false});
+
+const TOOL_KEYS = {s: "select", b: "brush", e: "erase", g: "polygon", c: "refine"};
+root.addEventListener("keydown", (ev) => {
+  const tag = (ev.target.tagName || "").toLowerCase();
+  if (["input", "textarea", "select"].includes(tag) || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  let handled = true;
+  if (ev.key === " ") { st.space = true; root.classList.add("panning"); }
+  else if (ev.key === "[") setSize(st.size / 1.25 - 0.5);
+  else if (ev.key === "]") setSize(st.size * 1.25 + 0.5);
+  else if (TOOL_KEYS[ev.key]) setTool(TOOL_KEYS[ev.key]);
+  else if (ev.key === "Enter") {
+    if (st.tool === "polygon" && st.poly.length) closePolygon();
+    else if (st.scene && st.scene.refine) send({action: "refine_accept"});
+    else handled = false;
+  } else if (ev.key === "Escape") {
+    if (st.poly.length) { st.poly = []; draw(); }
+    else if (st.scene && st.scene.refine) send({action: "refine_discard"});
+    else { st.pos = []; st.neg = []; draw(); }
+  } else handled = false;
+  if (handled) { ev.preventDefault(); ev.stopPropagation(); }
+});
+root.addEventListener("keyup", (ev) => { if (ev.key === " ") { st.space = false; root.classList.remove("panning"); } });
+element.querySelectorAll(".ce-tools button").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
+$(".ce-size").addEventListener("input", (ev) => setSize(Number(ev.target.value)));
+$(".ce-opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value); st.opacityTouched = true; draw(); });
+$(".ce-fit").addEventListener("click", fit);
+$(".ce-one").addEventListener("click", oneToOne);
+new ResizeObserver(() => draw()).observe(canvas);
+
+window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize};
+setTool("brush");
+watch("value", () => setScene(props.value));
+if (props.value) setScene(props.value);

@@ -1,0 +1,160 @@
+"""Issue 10 at the service level: stroke / polygon geometry, overlap rules, holes, specks, refine, undo."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from app import editing
+from app.errors import ServiceError
+from app.service import Service
+
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
+
+
+@pytest.fixture
+def service(tmp_path, tiny_weights, samples_dir):
+    svc = Service.create(tmp_path / "ws", tiny_weights, samples_dir=samples_dir)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def opened(service, image_paths):
+    report = service.images.add_files(image_paths[:2])
+    return service, service.actions.go_to(service.initial_view(), report.new_ids[0])
+
+
+def expected_stroke(shape, points, width) -> np.ndarray:
+    """The brush geometry drawn independently on the full canvas."""
+    canvas = np.zeros(shape, np.uint8)
+    pts = [tuple(int(v) for v in p) for p in points]
+    if len(pts) == 1:
+        cv2.circle(canvas, pts[0], width // 2, 1, -1)
+    for a, b in zip(pts, pts[1:]):
+        cv2.line(canvas, a, b, 1, width)
+    return canvas.astype(bool)
+
+
+def test_parse_points_and_width_refuse_bad_input():
+    assert editing.parse_points("[[1, 2], [3.5, 4]]").tolist() == [[1, 2], [3.5, 4]]
+    for bad in ("[1, 2]", "nope", "[[1, 2, 3]]", "[[1, NaN]]", "[]"):
+        with pytest.raises(ServiceError):
+            editing.parse_points(bad)
+    for bad in (0, "x", float("inf"), 5000):
+        with pytest.raises(ServiceError):
+            editing.check_width(bad)
+
+
+def test_stroke_window_equals_the_full_canvas_drawing_and_clips_at_the_border():
+    shape = (120, 160)
+    points = np.array([[5, 5], [60, 40], [155, 118], [159, 119]], float)
+    window = editing.stroke_window(points, 15, shape)
+    assert np.array_equal(window.full(shape), expected_stroke(shape, points, 15))
+    assert editing.stroke_window(np.array([[500.0, 500.0]]), 5, shape) is None
+    dot = editing.stroke_window(np.array([[50.0, 50.0]]), 9, shape)
+    assert np.array_equal(dot.full(shape), expected_stroke(shape, [[50, 50]], 9))
+
+
+def test_fill_holes_and_remove_specks():
+    mask = np.zeros((60, 60), bool)
+    mask[10:40, 10:40] = True
+    mask[20:25, 20:25] = False  # a hole
+    mask[50:52, 50:52] = True  # a 4-px speck
+    filled = editing.fill_holes(mask)
+    assert filled[20:25, 20:25].all() and filled.sum() == mask.sum() + 25
+    cleaned = editing.remove_specks(mask, 10)
+    assert not cleaned[50:52, 50:52].any() and cleaned.sum() == mask.sum() - 4
+    assert editing.remove_specks(mask, 10_000).sum() == mask.sum() - 4  # the largest part always stays
+
+
+def test_brush_stroke_new_instance_then_erase_each_one_undo_step(opened):
+    service, view = opened
+    ws = service.ws
+    record = ws.get_image_record(view.image_id)
+    shape = (record.height, record.width)
+    points = [[30, 40], [80, 45], [120, 90]]
+    view = service.actions.select(view, None)
+    view, message = service.edits.stroke(view, "brush", json.dumps(points), 11)
+    new = ws.get_instance(view.selected)
+    assert "Added instance" in message and new.source == "user"
+    assert np.array_equal(new.mask, expected_stroke(shape, points, 11))
+    view, _ = service.edits.stroke(view, "erase", "[[80, 45]]", 7)
+    expected = expected_stroke(shape, points, 11) & ~expected_stroke(shape, [[80, 45]], 7)
+    assert np.array_equal(ws.get_instance(new.id).mask, expected)
+    service.actions.undo(view)
+    assert np.array_equal(ws.get_instance(new.id).mask, expected_stroke(shape, points, 11))
+    service.actions.undo(view)
+    assert ws.get_instance(new.id).deleted
+    with pytest.raises(ServiceError, match="erase from"):
+        service.edits.stroke(service.actions.select(view, None), "erase", "[[1, 1]]", 5)
+
+
+def test_overlap_rules_change_other_instances_in_the_same_undo_step(opened):
+    service, view = opened
+    ws = service.ws
+    record = ws.get_image_record(view.image_id)
+    shape = (record.height, record.width)
+    base = np.zeros(shape, bool)
+    base[50:100, 50:100] = True
+    other = ws.add_instance(view.image_id, ws.categories()[0].id, base)
+    square = [[40, 40], [90, 40], [90, 90], [40, 90]]
+    view = service.actions.select(view, None)
+    view, _ = service.edits.polygon(view, json.dumps(square), "new", None, "under")
+    under = ws.get_instance(view.selected).mask
+    assert not (under & base).any() and under[45, 45]
+    service.actions.undo(view)
+    view, message = service.edits.polygon(service.actions.select(view, None), json.dumps(square), "new", None, "over")
+    over = ws.get_instance(view.selected).mask
+    assert over[60, 60] and not ws.get_instance(other).mask[60, 60] and "cut from 1" in message
+    service.actions.undo(view)  # one step brings back both
+    assert ws.get_instance(other).mask[60, 60] and ws.get_instance(view.selected).deleted
+
+
+def test_polygon_add_and_cut_on_the_selected_instance(opened):
+    service, view = opened
+    ws = service.ws
+    record = ws.get_image_record(view.image_id)
+    shape = (record.height, record.width)
+    tri = [[10, 10], [70, 10], [10, 70]]
+    view, _ = service.edits.polygon(service.actions.select(view, None), json.dumps(tri), "new")
+    target = view.selected
+    expected = np.zeros(shape, np.uint8)
+    cv2.fillPoly(expected, [np.array(tri, np.int32).reshape(-1, 1, 2)], 1)
+    assert np.array_equal(ws.get_instance(target).mask, expected.astype(bool))
+    view, _ = service.edits.polygon(view, "[[20, 20], [30, 20], [30, 30], [20, 30]]", "cut")
+    assert not ws.get_instance(target).mask[20:31, 20:31].any()
+    view, message = service.edits.fill_holes(view)
+    assert ws.get_instance(target).mask[20:31, 20:31].all() and "Filled 121 px" in message
+    with pytest.raises(ServiceError):
+        service.edits.polygon(view, "[[1, 1], [2, 2]]", "new")
+
+
+def test_refine_proposes_accepts_discards_and_undoes(opened):
+    service, view = opened
+    ws = service.ws
+    target = max(ws.instances(view.image_id), key=lambda inst: inst.area)
+    ys, xs = np.nonzero(target.mask)
+    click = [int(xs[len(xs) // 2]), int(ys[len(ys) // 2])]
+    view = service.actions.select(view, None)
+    count = len(ws.instances(view.image_id))
+    view, message = service.refiner.refine(view, json.dumps([click]), "[]")
+    assert view.refine is not None and view.refine.mask[click[1], click[0]] and "new instance" in message
+    assert len(ws.instances(view.image_id)) == count  # only a proposal
+    discarded, _ = service.refiner.discard(view)
+    assert discarded.refine is None
+    view, message = service.refiner.accept(view)
+    new = ws.get_instance(view.selected)
+    assert new.mask[click[1], click[0]] and len(ws.instances(view.image_id)) == count + 1
+    service.actions.undo(view)
+    assert len(ws.instances(view.image_id)) == count
+    with pytest.raises(ServiceError, match="Nothing to accept"):
+        service.refiner.accept(view)
+    # refining a selected instance with a negative click inside it removes that click's pixels
+    view = service.actions.select(view, target.id)
+    view, _ = service.refiner.refine(view, json.dumps([click]), json.dumps([[int(xs[0]), int(ys[0])]]))
+    assert view.refine.target == target.id and not view.refine.mask[ys[0], xs[0]]
+    view, _ = service.refiner.accept(view)
+    assert not ws.get_instance(target.id).mask[ys[0], xs[0]]
