@@ -241,8 +241,7 @@ def test_retrain_tab_runs_a_job_and_switches_the_model(app, page, image_paths):
     app.service.images.add_files(image_paths[:2])  # (already there after the flow test)
     with screenshot_on_failure(page, "browser-retrain"):
         page.goto(app.url)
-        show_click_view(page)
-        page.wait_for_selector("#main-image img")
+        wait_text(page, "#info", "image 1 of")
         page.get_by_role("tab", name="Retrain").click()
         page.locator("#retrain-iterations input").fill("2")
         page.locator("#retrain-batch input").fill("1")
