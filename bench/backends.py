@@ -1,11 +1,15 @@
 """Speed and mask AP of the bundled model: fp32 / INT8 x PyTorch / ONNX Runtime / OpenVINO, one run.
 
-    python bench/backends.py [--iters 5] [--threads 2]
+    python bench/backends.py [--iters 5] [--threads 2] [--no-r50]
 
 Exports the bundled model (assets/default_model/model.pth) as the whole graph, fp32 and INT8
 (calibrated on the training split's images), evaluates mask and box AP on its held-out images (ids
 15 16 17 of shared/datasets/fruits_nuts, as `make default-model`) and times the full prediction
-(preprocessing, graph, mask pasting) per image. Prints a table, writes bench/results/backends.json.
+(preprocessing, graph, mask pasting) per image. Then the same for the R-50 layout (preset MS_R_50_1x,
+random weights forced to 100 detections an image: speed only, no AP) on the held-out photos at
+800 px, INT8 calibrated on four training photos, with the parity of its ONNX Runtime graph against
+PyTorch on the first photo (classes, largest box and score differences, smallest mask IoU). Prints a
+table, writes bench/results/backends.json.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ VAL_IDS = {15, 16, 17}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, "backends", iters=5, warmup=1)
+    parser.add_argument("--no-r50", action="store_true", help="leave out the R-50 rows (minutes on 2 cores)")
     args = parser.parse_args()
     device = setup(args)
     import importlib.util
@@ -64,16 +69,66 @@ def main() -> None:
         out = evaluate(predictor, dataset, log_summary=False)
         timing = time_fn(lambda: [predictor(im) for im in images], device, args.iters, args.warmup,
                          batch_size=len(images))
-        rows.append({"runtime": runtime, "precision": precision, "ms_per_image": timing["ms_per_image"],
-                     "mask_ap": 100 * out.metrics["segm"]["AP"], "box_ap": 100 * out.metrics["bbox"]["AP"],
-                     "detections": out.num_detections, "timing": timing})
+        rows.append({"model": "bundled", "runtime": runtime, "precision": precision,
+                     "ms_per_image": timing["ms_per_image"], "mask_ap": 100 * out.metrics["segm"]["AP"],
+                     "box_ap": 100 * out.metrics["bbox"]["AP"], "detections": out.num_detections, "timing": timing})
         print(f"{runtime} {precision}: {timing['ms_per_image']:.0f} ms/image, mask AP {rows[-1]['mask_ap']:.2f}",
               file=sys.stderr)
-    print(format_table(rows, [("runtime", "runtime", "{}"), ("precision", "precision", "{}"),
+    parity = None
+    if not args.no_r50:
+        r50_rows, parity = _r50(tmp, images, train_images[:4], backends, args, device)
+        rows += r50_rows
+    print(format_table(rows, [("model", "model", "{}"), ("runtime", "runtime", "{}"), ("precision", "precision", "{}"),
                               ("ms/image", "ms_per_image", "{:.0f}"), ("mask AP", "mask_ap", "{:.2f}"),
                               ("box AP", "box_ap", "{:.2f}"), ("detections", "detections", "{}")]))
+    if parity:
+        print(f"R-50 parity, ONNX Runtime vs PyTorch: {parity}")
     write_json(args.out, {"benchmark": "backends", "model": str(WEIGHTS.relative_to(ROOT)), "rows": rows,
-                          "environment": environment(device), "images": len(images)})
+                          "r50_parity": parity, "environment": environment(device), "images": len(images)})
+
+
+def _r50(tmp: Path, images: list, calibration: list, backends: list[str], args, device):
+    """Rows of the R-50 layout (random weights: ms/image only) and its ORT-vs-PyTorch parity on images[0]."""
+    import numpy as np
+
+    from condinst.export import export_onnx
+    from condinst.predictor import Predictor
+    from condinst.quantize import quantize_int8
+
+    from bench.models import build_condinst, condinst_config, force_detections
+    from condinst.checkpoint import save_checkpoint
+
+    cfg = force_detections(condinst_config("MS_R_50_1x"))  # random weights: 100 detections an image
+    model = build_condinst(cfg, device)
+    weights = save_checkpoint(tmp / "r50.pth", model, cfg)
+    fp32 = export_onnx(model.optimize_for_inference(), cfg, tmp / "r50_fp32.onnx")
+    int8 = quantize_int8(fp32, tmp / "r50_int8.onnx", calibration)
+    cases = [("PyTorch", "fp32", lambda: Predictor.from_weights(weights))]
+    cases += [(b, "fp32", lambda b=b: Predictor.from_weights(fp32, threads=args.threads, backend=b)) for b in backends]
+    cases += [("onnxruntime", "INT8", lambda: Predictor.from_weights(int8, threads=args.threads))]
+    rows, results = [], {}
+    for runtime, precision, make in cases:
+        predictor = make()
+        results[runtime, precision] = predictor(images[0])[0]
+        timing = time_fn(lambda: [predictor(im) for im in images], device, args.iters, args.warmup,
+                         batch_size=len(images))
+        rows.append({"model": "R-50 (MS_R_50_1x)", "runtime": runtime, "precision": precision,
+                     "ms_per_image": timing["ms_per_image"], "detections": len(results[runtime, precision]),
+                     "timing": timing})
+        print(f"R-50 {runtime} {precision}: {timing['ms_per_image']:.0f} ms/image", file=sys.stderr)
+    a, b = results["PyTorch", "fp32"], results["onnxruntime", "fp32"]
+    parity = {"detections": [len(a), len(b)]}
+    if len(a) == len(b) > 0:
+        key = lambda r: [(int(l), int(g), int(c)) for l, g, c in zip(r.detections.fpn_levels,  # noqa: E731
+                                                                      r.detections.grid_index, r.classes)]
+        order = [key(b).index(k) for k in key(a)]
+        ma, mb = a.masks.numpy(), b.masks[order].numpy()
+        union = (ma | mb).sum(axis=(1, 2))
+        iou = np.where(union > 0, (ma & mb).sum(axis=(1, 2)) / np.maximum(union, 1), 1.0)
+        parity.update(classes_equal=bool((a.classes == b.classes[order]).all()),
+                      max_box_diff_px=float((a.boxes - b.boxes[order]).abs().max()),
+                      max_score_diff=float((a.scores - b.scores[order]).abs().max()), min_mask_iou=float(iou.min()))
+    return rows, parity
 
 
 def _dataset(ann: Path):

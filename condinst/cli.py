@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError, run_reporting_errors
-from .validate import (OneLineParser, check_device, existing_dir, existing_file, positive_int, probability,
-                       writable_dir, writable_file)
+from .validate import (OneLineParser, check_device, existing_dir, existing_file, non_negative_int, positive_int,
+                       probability, writable_dir, writable_file)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -38,6 +38,16 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
                    help="runtime of an exported .onnx --weights file (default: onnxruntime)")
+    p.add_argument("--fast", action="store_true",
+                   help="fast mode: channels_last, resizing with torch, bf16 autocast on CUDA (close to, not "
+                        "bit-identical with, the reference pipeline)")
+    p.add_argument("--batch-size", type=positive_int, default=1,
+                   help="images per model call; a batch holds images of one padded size (default 1)")
+    p.add_argument("--workers", type=non_negative_int, default=2,
+                   help="threads decoding the next images while the model runs (0: decode in turn; default 2)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the killed run whose finished batches are in OUTPUT.parts (done automatically "
+                        "when that folder exists; this flag only insists that it does)")
 
 
 def _expand_inputs(items: list[str]) -> list[Path]:
@@ -68,8 +78,22 @@ def check_backend(backend: str | None, weights: str) -> None:
         raise CLIError(f"--backend {backend}: the {backend} package is not installed (pip install -r requirements.txt)")
 
 
+def _unique(paths: list[Path]) -> list[Path]:
+    """Each file once (the first time it is named), in the order given."""
+    seen: set[Path] = set()
+    return [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _run_settings(args: argparse.Namespace) -> dict:
+    """What makes two runs' results the same: a parts folder is only resumed by a run with these."""
+    weights = Path(args.weights).resolve()
+    return {"weights": str(weights), "weights_bytes": weights.stat().st_size, "config": args.config,
+            "score_threshold": args.score_threshold, "min_size": args.min_size, "max_size": args.max_size,
+            "backend": args.backend, "fast": args.fast}
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    inputs = _expand_inputs(args.input)  # every check before the imports of torch and the model
+    inputs = _unique(_expand_inputs(args.input))  # every check before the imports of torch and the model
     existing_file(args.weights, "--weights")
     if args.weights.endswith(".onnx") and args.config:
         raise CLIError(f"--config {args.config}: an ONNX file carries its own config; drop --config")
@@ -77,43 +101,100 @@ def run_predict(args: argparse.Namespace) -> int:
     writable_file(args.output, "--output")
     if args.vis:
         writable_dir(args.vis, "--vis")
-    check_device(args.device)
-    from .coco import result_to_coco
-    from .io import atomic_write_json
-    from .predictor import Predictor
-    from .preprocess import ImageError, read_image
+    from .scale import PartStore
 
-    predictor = Predictor.from_weights(args.weights, args.config, device=args.device, min_size=args.min_size,
-                                       max_size=args.max_size, backend=args.backend or "onnxruntime")
+    store, settings = PartStore(Path(args.output)), _run_settings(args)
+    if args.resume and not store.exists():
+        raise CLIError(f"--resume: nothing to resume ({store.folder} does not exist)")
+    store.check(settings)
+    check_device(args.device)
+    from .distributed import (all_gather_object, barrier, broadcast_object, cleanup_distributed, die_with_launcher,
+                              init_gloo, torchrun_rank)
+
+    rank, world, local_rank = torchrun_rank()
+    die_with_launcher()
+    init_gloo()
+    try:
+        keys = [str(p.resolve()) for p in inputs]
+        if rank == 0:
+            store.start(settings)
+        done = broadcast_object(set(store.done()) & set(keys) if rank == 0 else None)
+        if done and rank == 0:
+            print(f"resuming: {len(done)} of {len(keys)} image(s) already done ({store.folder})")
+        todo = [(p, k) for p, k in zip(inputs, keys) if k not in done]
+        failures = _predict_share(args, store, todo[rank::world], rank, world, local_rank)
+        failures = sum(all_gather_object(failures))  # also waits for every rank's last part
+        if rank == 0:
+            _merge(store, keys, failures, Path(args.output))
+        barrier()  # the group ends together (gloo aborts a process leaving while a peer still talks)
+        return 1 if failures else 0
+    finally:
+        cleanup_distributed()
+
+
+def _merge(store, keys: list[str], failures: int, output: Path) -> None:
+    """Rank 0: every image's entries from the parts, in input order, into one file; then the parts go."""
+    from .io import atomic_write_json
+
+    results, missing = store.merge(keys)
+    if len(missing) > failures:
+        raise CLIError(f"{len(missing)} image(s) have no results in {store.folder}; run again to finish them")
+    atomic_write_json(output, results)
+    store.remove()
+    print(f"wrote {len(results)} detections for {len(keys) - len(missing)} image(s) to {output}")
+
+
+def _predict_share(args: argparse.Namespace, store, items: list[tuple[Path, str]], rank: int, world: int,
+                   local_rank: int) -> int:
+    """Predict this rank's `items` (path, key) in batches, one part file a batch; returns the failures."""
+    import torch
+
+    from .coco import result_to_coco
+    from .predictor import Predictor
+    from .preprocess import ImageError
+    from .scale import SizeBatcher, decoded
+
+    device = f"cuda:{local_rank}" if world > 1 and args.device == "cuda" else args.device
+    predictor = Predictor.from_weights(args.weights, args.config, device=device, min_size=args.min_size,
+                                       max_size=args.max_size, fast=args.fast, backend=args.backend or "onnxruntime",
+                                       threads=torch.get_num_threads() if world > 1 else None)
     k = predictor.cfg.fcos.num_classes
     names = [predictor.class_name(i) for i in range(k)]
     ids = [predictor.category_id(i) for i in range(k)]
     min_score = args.score_threshold or 0.0
-    vis_dir = Path(args.vis) if args.vis else None
-    results, failures = [], 0
-    for path in inputs:
-        try:
-            image = read_image(path)
-        except ImageError as e:
-            print(f"error: {e}", file=sys.stderr)
+    prefix = f"[rank {rank}] " if world > 1 else ""
+    inp = predictor.cfg.input
+    batcher = SizeBatcher(args.batch_size, inp.min_size_test, inp.max_size_test, inp.size_divisibility)
+    key_of = dict(items)
+
+    def run(batch: list[tuple[Path, "object"]]) -> None:
+        start = time.perf_counter()
+        results = predictor([image for _, image in batch])
+        entries = [result_to_coco(r, ids, file_name=path.name, class_names=names, min_score=min_score, decimals=3)
+                   for (path, _), r in zip(batch, results)]
+        store.write(rank, [(key_of[path], e) for (path, _), e in zip(batch, entries)])
+        seconds = (time.perf_counter() - start) / len(batch)
+        for (path, image), result, e in zip(batch, results, entries):
+            print(f"{prefix}{path}: {len(e)} instances in {seconds:.2f} s", flush=True)
+            if args.vis:
+                from PIL import Image
+
+                from .visualize import draw_result
+
+                Path(args.vis).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(draw_result(image, result, names, min_score)).save(Path(args.vis) / (path.stem + ".png"))
+
+    failures = 0
+    for path, image in decoded([p for p, _ in items], args.workers, depth=max(args.workers, 2 * args.batch_size)):
+        if isinstance(image, ImageError):
+            print(f"error: {image}", file=sys.stderr)
             failures += 1
             continue
-        start = time.perf_counter()
-        result = predictor(image)[0]
-        entries = result_to_coco(result, ids, file_name=path.name, class_names=names, min_score=min_score,
-                                 decimals=3)
-        results.extend(entries)
-        print(f"{path}: {len(entries)} instances in {time.perf_counter() - start:.2f} s")
-        if vis_dir is not None:
-            from PIL import Image
-
-            from .visualize import draw_result
-
-            vis_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(draw_result(image, result, names, min_score)).save(vis_dir / (path.stem + ".png"))
-    atomic_write_json(Path(args.output), results)
-    print(f"wrote {len(results)} detections for {len(inputs) - failures} image(s) to {args.output}")
-    return 1 if failures else 0
+        for batch in batcher.add((path, image), *image.shape[:2]):
+            run(batch)
+    for batch in batcher.flush():
+        run(batch)
+    return failures
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from condinst.distributed import (all_gather_object, barrier, broadcast_object, cleanup_distributed,  # noqa: F401
+                                 get_rank, get_world_size, is_dist_initialized, launched_by_torchrun, torchrun_rank)
+
 
 @dataclass
 class DistInfo:
@@ -37,11 +40,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def launched_by_torchrun() -> bool:
-    """True when torchrun (or any env:// launcher) started this process."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
@@ -65,9 +63,7 @@ def init_distributed(device: str | torch.device | None = None, timeout_minutes: 
     """
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
         return DistInfo(device=resolve_device(device))
-    rank = int(os.environ["RANK"])
-    world_size = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    rank, world_size, local_rank = torchrun_rank()
     dev = resolve_device(device, local_rank)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
@@ -77,26 +73,6 @@ def init_distributed(device: str | torch.device | None = None, timeout_minutes: 
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                                 timeout=timedelta(minutes=timeout_minutes), **kwargs)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend, device=dev)
-
-
-def cleanup_distributed() -> None:
-    """Destroy the process group (if any)."""
-    if is_dist_initialized():
-        dist.destroy_process_group()
-
-
-# ---- queries ----------------------------------------------------------------------------------------
-
-def is_dist_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    return dist.get_rank() if is_dist_initialized() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist_initialized() else 1
 
 
 def get_local_rank() -> int:
@@ -109,14 +85,6 @@ def is_main() -> bool:
 
 
 # ---- collectives (no-ops for one process) -----------------------------------------------------------
-
-def barrier() -> None:
-    if get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
-
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (returns a new tensor; the input is not modified)."""
@@ -155,22 +123,3 @@ def _reduce_on_backend_device(t: torch.Tensor) -> torch.Tensor:
     if dist.get_backend() == "nccl":
         return all_reduce_sum(t.cuda()).cpu()
     return all_reduce_sum(t)
-
-
-def all_gather_object(obj: Any) -> list[Any]:
-    """[obj of rank 0, obj of rank 1, ...] (picklable objects)."""
-    world = get_world_size()
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s obj on every rank."""
-    if get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

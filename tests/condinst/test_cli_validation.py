@@ -146,6 +146,9 @@ def files(tmp_path_factory):
     (root / "images").mkdir()
     (root / "garbage.pth").write_bytes(b"not a checkpoint")
     (root / "afile").write_text("x")
+    (root / "other.json.parts").mkdir()  # parts of a run with other settings
+    (root / "other.json.parts" / "run.json").write_text('{"weights": "elsewhere.pth"}')
+    (root / "stray.json.parts").mkdir()  # a folder of that name that is not ours
     ro = root / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -176,6 +179,9 @@ def _battery(f) -> list[list[str]]:
               predict + ["--vis", str(ro / "vis")], predict + ["--vis", str(root / "afile")],
               ["predict", "--weights", str(WEIGHTS)], ["predict", "--weights", str(WEIGHTS), "--bogus-flag"],
               ["nonsense-command"]]
+    cases += [predict + ["--batch-size", "0"], predict + ["--batch-size", "1.5"], predict + ["--workers", "-1"],
+              predict + ["--fast", "yes"], predict + ["--resume"],  # --resume without parts to resume
+              predict[:-1] + [str(root / "other.json")], predict[:-1] + [str(root / "stray.json"), "--resume"]]
     cases += [train + [flag, value] for flag, value in [
         ("--max-iter", "0"), ("--max-iter", "abc"), ("--batch-size", "-1"), ("--num-workers", "-1"),
         ("--eval-period", "-2"), ("--checkpoint-period", "0"), ("--log-period", "0"), ("--seed", "-1"),
@@ -216,3 +222,6 @@ def test_every_command_refuses_bad_values_in_one_line_before_any_work(files):
     assert sum("--score-threshold" in m for m in messages) == 5
     assert any("--output" in m and "is a folder" in m for m in messages)
     assert any("--vis" in m and "cannot write" in m for m in messages)
+    assert sum("predict: argument --batch-size" in m for m in messages) == 2 and any("--workers" in m for m in messages)
+    assert any("--resume: nothing to resume" in m for m in messages)
+    assert any("other settings (" in m and "weights" in m for m in messages) and any("not a parts folder" in m for m in messages)

@@ -215,3 +215,27 @@ def test_int8_export_calibrated_on_a_folder(parity_dir, tmp_path):
                            "--output", str(tmp_path / "x.onnx"), "--int8-calibration", str(tmp_path / "none")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --int8-calibration") and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_the_r50_layout_through_onnx_runtime_gives_the_pytorch_detections(parity_dir, tmp_path):
+    """The real MS_R_50_1x layout (weights rebuilt from the parity recipe) on a photo at 800 px: the whole
+    graph in ONNX Runtime against the PyTorch path, at the fixtures' tolerances."""
+    from condinst.export import export_onnx
+    from condinst.predictor import load_model
+    from testutils import official_recipe_state_dict
+
+    weights = tmp_path / "r50.pth"
+    torch.save({"model": official_recipe_state_dict(json.loads((parity_dir / "r50_full_keys.json").read_text()))},
+               weights)
+    model, cfg = load_model(weights)
+    assert (cfg.backbone.depth, cfg.neck.out_channels, cfg.input.min_size_test) == (50, 256, 800)
+    path = export_onnx(model.optimize_for_inference(), cfg, tmp_path / "r50.onnx")
+    image = read_image(parity_dir / "tiny" / "input.png")
+    a = Predictor.from_weights(weights)(image)[0]
+    b = Predictor.from_weights(path)(image)[0]
+    assert len(a) == len(b) > 0
+    order = _order(a.detections, b.detections)
+    assert torch.equal(a.classes, b.classes[order])
+    assert (a.boxes - b.boxes[order]).abs().max() <= 1e-2 and (a.scores - b.scores[order]).abs().max() <= 1e-4
+    assert _mask_iou(a.masks.numpy(), b.masks[order].numpy()).min() >= 0.99
