@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", default=str(default_workspace_dir()),
                         help="workspace folder (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the predictor's fast mode (channels_last, bf16 autocast and resizing on CUDA)")
+    parser.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
+                        help="runtime of an exported .onnx --weights file (default onnxruntime)")
     parser.add_argument("--recover", action="store_true",
                         help="if the workspace database is damaged, move it aside and start a new one")
     parser.add_argument("--samples", help="folder of sample images to offer (default: assets/samples)")
@@ -80,8 +84,11 @@ def check_arguments(args: argparse.Namespace) -> Path:
     from condinst.errors import UserError
     from condinst.validate import check_device, existing_dir, writable_dir
 
+    from condinst.cli import check_backend
+
     weights = resolve_weights(args.weights)
     try:
+        check_backend(args.backend, str(weights))
         check_device(args.device)
         writable_dir(args.workspace, "--workspace")
         if args.samples:
@@ -100,7 +107,8 @@ def create_service(args: argparse.Namespace):
 
     try:
         service = Service.create(args.workspace, weights, config=args.config, device=args.device,
-                                 recover=args.recover, samples_dir=args.samples)
+                                 recover=args.recover, samples_dir=args.samples, fast=args.fast,
+                                 backend=args.backend or "onnxruntime")
     except (CheckpointError, ConfigError) as exc:
         raise SystemExit(f"error: cannot load the model: {exc}") from None
     if service.workspace_error:

@@ -89,12 +89,13 @@ class Service:
 
     @classmethod
     def create(cls, workspace_dir: str | os.PathLike, weights: str | os.PathLike | None, config: str | None = None,
-               device: str = "cpu", recover: bool = False, samples_dir: str | os.PathLike | None = None) -> "Service":
+               device: str = "cpu", recover: bool = False, samples_dir: str | os.PathLike | None = None,
+               fast: bool = False, backend: str = "onnxruntime") -> "Service":
         """Load the model and open the workspace; a damaged workspace is reported, not fatal.
 
         Model errors (missing or unloadable weights) propagate: without a model there is no app.
         """
-        session = ModelSession.load(weights, config, device)
+        session = ModelSession.load(weights, config, device, fast=fast, backend=backend)
         workspace, error = None, None
         try:
             workspace = Workspace.open(workspace_dir, recover=recover)

@@ -70,8 +70,9 @@ class ModelSession:
     """One loaded model and what the app asks of it."""
 
     def __init__(self, predictor, weights: Path | None = None, config: str | None = None, device: str = "cpu",
-                 explainer_cache: int = 3):
+                 explainer_cache: int = 3, fast: bool = False, backend: str = "onnxruntime"):
         self.predictor = predictor
+        self.fast, self.backend = fast, backend
         self.weights = Path(weights) if weights else None
         self.config = config
         self.device = device
@@ -80,10 +81,19 @@ class ModelSession:
         self.lock = threading.RLock()
 
     @classmethod
-    def load(cls, weights: str | Path | None, config: str | None = None, device: str = "cpu") -> "ModelSession":
+    def load(cls, weights: str | Path | None, config: str | None = None, device: str = "cpu", fast: bool = False,
+             backend: str = "onnxruntime") -> "ModelSession":
+        """A checkpoint (PyTorch), or the whole graph exported to ONNX (`python -m condinst export`), run
+        by `backend` (onnxruntime or openvino); `fast` is the Predictor's fast mode."""
         from condinst.predictor import Predictor
 
-        return cls(Predictor.from_weights(weights, config, device=device), weights, config, device)
+        return cls(Predictor.from_weights(weights, config, device=device, fast=fast, backend=backend), weights, config,
+                   device, fast=fast, backend=backend)
+
+    @property
+    def explains(self) -> bool:
+        """Whether this model can explain itself (PyTorch): an ONNX graph only gives its detections."""
+        return bool(getattr(self.predictor, "is_torch", True))
 
     # ---- classes --------------------------------------------------------------------------------------
     @property
@@ -127,6 +137,9 @@ class ModelSession:
         """The (cached) Explainer of an image for the current model; `load_image` gives its RGB pixels."""
         from condinst.explain import Explainer
 
+        if not self.explains:
+            raise ServiceError(f"{self.name} is an ONNX graph: it segments images, but the Explain view, 'Add at "
+                               "point' and click-to-refine need the PyTorch checkpoint (start the app with the .pth).")
         key = (image_key, self.key)
         explainer = self.explainers.get(key)
         if explainer is None:
@@ -138,9 +151,13 @@ class ModelSession:
 
     def predictions(self, image_key: str, load_image: Callable[[], np.ndarray]) -> list[Prediction]:
         """The model's detections of an image as workspace predictions (per-instance RLE; nothing full-size)."""
-        explainer = self.explainer(image_key, load_image)
-        with self.lock:
-            result = explainer.result()
+        if self.explains:  # the explainer keeps the dense outputs for Explain / refine; same result
+            explainer = self.explainer(image_key, load_image)
+            with self.lock:
+                result = explainer.result()
+        else:
+            with self.lock:
+                result = self.predictor(load_image())[0]
         det = result.detections
         (h, w), (ih, iw) = result.image_size, result.input_size
         out = []
@@ -177,7 +194,7 @@ class ModelSession:
 
         weights = Path(weights)
         try:
-            predictor = Predictor.from_weights(weights, config, device=self.device)
+            predictor = Predictor.from_weights(weights, config, device=self.device, fast=self.fast, backend=self.backend)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported to the user
             raise ServiceError(f"Cannot load {weights.name}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
         with self.lock:
