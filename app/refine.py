@@ -145,6 +145,31 @@ def click_disc(mask: np.ndarray, x: int, y: int, value: bool, reach: int) -> Non
     mask[y0:y1, x0:x1][disc.astype(bool)] = value
 
 
+LOCAL = True
+OPEN = 1
+
+
+def local_update(prior: np.ndarray, proposal: np.ndarray, fresh, clicks) -> np.ndarray:
+    """The prior (H, W) bool mask changed only where a fresh click asks: by the connected part of
+    (proposal != prior) that holds the click, unless that part holds a click of the other value."""
+    mask = prior.copy()
+    for (x, y), value in fresh:
+        if mask[y, x] == value or proposal[y, x] != value:
+            continue
+        diff = (proposal != mask).astype(np.uint8)
+        if OPEN:
+            k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * OPEN + 1, 2 * OPEN + 1))
+            opened = cv2.morphologyEx(diff, cv2.MORPH_OPEN, k)
+            if opened[y, x]:
+                diff = opened
+        _, labels = cv2.connectedComponents(diff, connectivity=4)
+        change = labels == labels[y, x]
+        if any(change[cy, cx] and v != value for (cx, cy), v in clicks):
+            continue
+        mask[change] = value
+    return mask
+
+
 class Refiner:
     """Refine / accept / discard on a View (see the module docstring)."""
 
@@ -177,9 +202,16 @@ class Refiner:
         with session.lock:
             cands = explainer.candidates(pos + neg)
             blend = propose(cands, pos, neg, prior)
-            full = explainer.candidate_to_image(blend) > session.predictor.cfg.mask_head.mask_threshold
+            threshold = session.predictor.cfg.mask_head.mask_threshold
+            full = explainer.candidate_to_image(blend) > threshold
+            clicks = [(p, True) for p in pos] + [(p, False) for p in neg]
+            if prior is not None and prior.any() and LOCAL:
+                done = set() if pending is None else ({(tuple(p), True) for p in pending.positive}
+                                                      | {(tuple(p), False) for p in pending.negative})
+                fresh = [c for c in clicks if (tuple(c[0]), c[1]) not in done]
+                full = local_update(prior, full, fresh, clicks)
             reach = max(8, int(REACH * max(full.shape)))
-            for (x, y), value in [(p, True) for p in pos] + [(p, False) for p in neg]:
+            for (x, y), value in clicks:
                 if full[y, x] != value:
                     click_disc(full, x, y, value, reach)
             if target is None and category is None:  # (pos is not empty here)
