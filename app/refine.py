@@ -9,8 +9,14 @@ in one batch (`Explainer.candidates`) and the masks are scored by the clicks:
 
 The proposal is the score-weighted blend of the best candidates; a positive click it still misses
 adds the best candidate covering that click and no negative one, a negative click it still covers
-cuts the best candidate covering that click and no positive one (an object next to it). The
-proposal waits in the View (as RLE) until accepted (Enter, `/refine_accept`) or discarded (Esc).
+cuts the best candidate covering that click and no positive one (an object next to it).
+
+Later clicks correct locally (`local_update`): with a proposal pending (or a selected instance's
+mask) as prior, a new click changes only the connected part of (new proposal != prior) that holds
+it, so a click never undoes what earlier clicks fixed elsewhere (without this, held-out NoC@85 was
+2.82 and the IoU oscillated click to click); a click the proposal still gets wrong is made right by
+a disc reaching its nearest right pixel (`click_disc`). The proposal waits in the View (as RLE)
+until accepted (Enter, `/refine_accept`) or discarded (Esc).
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ CLICK_FLOOR = float(np.log(0.05))  # a click a candidate misses costs at most th
 W_DET = 0.5
 MAX_PART = 0.5  # a click's candidate correction is at most this fraction of the proposal
 REACH = 0.08  # of the long side: how far a click's own correction may reach
+OPEN = 0.004  # of the long side: a later click's change is opened by a disc this wide (cuts thin bridges)
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,33 @@ def click_disc(mask: np.ndarray, x: int, y: int, value: bool, reach: int) -> Non
     mask[y0:y1, x0:x1][disc.astype(bool)] = value
 
 
+def local_update(prior: np.ndarray, proposal: np.ndarray, fresh, clicks) -> np.ndarray:
+    """(H, W) bool: the prior mask changed only where a fresh click asks for it.
+
+    For each fresh ((x, y), value) click the prior gets wrong and the proposal gets right, the change
+    is the connected part of (proposal != mask) that holds the click, after an opening by a disc of
+    OPEN x the long side (so boundary slivers elsewhere do not join it), unless that part holds a
+    click of the other value. Everything the click does not ask for keeps its value.
+    clicks: all ((x, y), value) clicks so far, fresh ones included.
+    """
+    mask = prior.copy()
+    for (x, y), value in fresh:
+        if mask[y, x] == value or proposal[y, x] != value:
+            continue
+        diff = (proposal != mask).astype(np.uint8)
+        radius = max(1, round(OPEN * max(mask.shape)))
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        opened = cv2.morphologyEx(diff, cv2.MORPH_OPEN, disc)
+        if opened[y, x]:  # a change thinner than the disc is kept whole
+            diff = opened
+        _, labels = cv2.connectedComponents(diff, connectivity=4)
+        change = labels == labels[y, x]
+        if any(change[cy, cx] and v != value for (cx, cy), v in clicks):
+            continue
+        mask[change] = value
+    return mask
+
+
 class Refiner:
     """Refine / accept / discard on a View (see the module docstring)."""
 
@@ -177,9 +211,16 @@ class Refiner:
         with session.lock:
             cands = explainer.candidates(pos + neg)
             blend = propose(cands, pos, neg, prior)
-            full = explainer.candidate_to_image(blend) > session.predictor.cfg.mask_head.mask_threshold
+            threshold = session.predictor.cfg.mask_head.mask_threshold
+            full = explainer.candidate_to_image(blend) > threshold
+            clicks = [(p, True) for p in pos] + [(p, False) for p in neg]
+            if prior is not None and prior.any():
+                done = set() if pending is None else ({(tuple(p), True) for p in pending.positive}
+                                                      | {(tuple(p), False) for p in pending.negative})
+                fresh = [c for c in clicks if (tuple(c[0]), c[1]) not in done]
+                full = local_update(prior, full, fresh, clicks)
             reach = max(8, int(REACH * max(full.shape)))
-            for (x, y), value in [(p, True) for p in pos] + [(p, False) for p in neg]:
+            for (x, y), value in clicks:
                 if full[y, x] != value:
                     click_disc(full, x, y, value, reach)
             if target is None and category is None:  # (pos is not empty here)

@@ -158,3 +158,24 @@ def test_refine_proposes_accepts_discards_and_undoes(opened):
     assert view.refine.target == target.id and not view.refine.mask[ys[0], xs[0]]
     view, _ = service.refiner.accept(view)
     assert not ws.get_instance(target.id).mask[ys[0], xs[0]]
+
+
+def test_refine_later_click_changes_only_its_own_part():
+    from app.refine import local_update
+
+    prior = np.zeros((200, 200), bool)
+    prior[50:150, 50:150] = True  # the proposal so far
+    proposal = np.zeros_like(prior)
+    proposal[50:150, 60:170] = True  # a new proposal: right band added, left band lost
+    # a positive click in the right band takes that band only (its corners rounded by the opening);
+    # the left band keeps the prior's value
+    grown = local_update(prior, proposal, [((160, 100), True)], [((100, 100), True), ((160, 100), True)])
+    assert grown[51:149, 150:169].all() and grown[50:150, 50:150].all() and 100 * 119 < grown.sum() <= 100 * 120
+    assert not grown[:50].any() and not grown[150:].any() and not grown[:, 170:].any()
+    # a negative click in the left band (the proposal cuts it): only that band goes
+    cut = local_update(prior, proposal, [((55, 100), False)], [((100, 100), True), ((55, 100), False)])
+    assert not cut[51:149, :59].any() and cut[50:150, 60:150].all() and not cut[:, 150:].any()
+    # a change holding a click of the other value is refused; a proposal that misses the click changes nothing
+    refused = local_update(prior, proposal, [((160, 100), True)], [((160, 100), True), ((165, 60), False)])
+    assert (refused == prior).all()
+    assert (local_update(prior, prior, [((160, 100), True)], [((160, 100), True)]) == prior).all()
