@@ -1,9 +1,13 @@
 """Export a workspace as a COCO instance-segmentation dataset (folder or zip).
 
-Output layout (folder and zip alike)::
+Output layout (folder and zip alike), the one datumaro (CVAT), detectron2, mmdetection, FiftyOne and
+Roboflow find::
 
-    annotations/instances.json
+    annotations/instances_default.json        or instances_train.json + instances_val.json (``split``)
     images/<file>            copies of the workspace images, unique file names
+
+``split`` (0 < split < 1) puts that fraction of the images (at least one, chosen by a fixed seed over
+the image ids, so the same workspace splits the same way) into ``val`` and the rest into ``train``.
 
 COCO ids are the workspace's own stable ids: ``images[].id`` is the image id,
 ``annotations[].id`` the instance id and ``category_id`` the category id, so the same object
@@ -12,9 +16,11 @@ keeps the same id across exports, also after other instances are deleted.
 What is exported: every image (or only reviewed ones), all categories, and every instance that
 is not deleted. Hidden instances *are* exported (hidden is only a view flag). Instances whose
 mask is empty are skipped, and in polygon mode also those whose mask yields no polygon with at
-least 3 points. Polygon mode keeps only outer contours (holes are filled) and is close to,
-but not guaranteed identical with, the stored mask; use RLE mode for exact masks.
-``area`` and ``bbox`` always come from the exact RLE mask.
+least 3 points. Polygon mode keeps only outer contours (holes are filled; the file's ``info``
+says so) and is close to, but not guaranteed identical with, the stored mask; its ``area`` and
+``bbox`` are those of the polygons as pycocotools rasterises them. In RLE mode they come from the
+exact mask. Crowd regions (instance ``meta["iscrowd"]``, e.g. imported COCO crowd RLE) are always
+written as RLE with ``iscrowd: 1``.
 
 Exporting zero images (an empty workspace, or ``reviewed_only`` with nothing reviewed) raises
 ``ExportError`` instead of writing an empty dataset. All writes are atomic: the folder export
@@ -26,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import tempfile
 import zipfile
@@ -44,8 +51,17 @@ from app.workspace import Instance, Workspace, WorkspaceSnapshot
 from condinst.io import atomic_open, fsync_dir
 
 MaskFormat = Literal["rle", "polygon"]
-ANNOTATIONS_PATH = "annotations/instances.json"
+ANNOTATIONS_DIR = "annotations"
+DEFAULT_SUBSET = "default"
 IMAGES_DIR = "images"
+SPLIT_SEED = 0
+POLYGON_NOTE = ("Polygon masks trace outer contours only: holes are filled. area and bbox are those of the "
+                "polygons as pycocotools rasterises them.")
+
+
+def annotations_path(subset: str = DEFAULT_SUBSET) -> str:
+    """``annotations/instances_<subset>.json``, the name datumaro's coco_instances import looks for."""
+    return f"{ANNOTATIONS_DIR}/instances_{subset}.json"
 
 
 class ExportError(AppError):
@@ -54,10 +70,12 @@ class ExportError(AppError):
 
 @dataclass(frozen=True)
 class CocoExport:
-    """A COCO dataset dict plus the image files to copy (source path -> name in images/)."""
+    """A COCO dataset dict, its subsets (name -> dataset written as instances_<name>.json) and the
+    image files to copy (source path -> name in images/)."""
 
     dataset: dict[str, Any]
     files: list[tuple[Path, str]]
+    subsets: dict[str, dict[str, Any]]
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
@@ -94,24 +112,45 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
 def _annotation(instance: Instance, mask_format: MaskFormat) -> dict[str, Any] | None:
     """The COCO annotation of one instance, or None if it has nothing to export."""
     rle = instance.rle
-    area = float(mask_utils.area(rle))
-    if area == 0:
+    if mask_utils.area(rle) == 0:
         return None
-    if mask_format == "rle":
+    crowd = is_crowd(instance)
+    if mask_format == "rle" or crowd:
         segmentation: Any = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
     else:
         segmentation = mask_to_polygons(instance.mask)
         if not segmentation:
             return None
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, instance.height, instance.width))
     return {
         "id": instance.id,
         "image_id": instance.image_id,
         "category_id": instance.category_id,
         "segmentation": segmentation,
-        "area": area,
+        "area": float(mask_utils.area(rle)),
         "bbox": [float(value) for value in mask_utils.toBbox(rle)],
-        "iscrowd": 0,
+        "iscrowd": int(crowd),
     }
+
+
+def is_crowd(instance: Instance) -> bool:
+    """Whether an instance is a COCO crowd region (kept as imported, not editable by accident)."""
+    return bool((instance.meta or {}).get("iscrowd"))
+
+
+def split_images(image_ids: list[int], split: float) -> dict[int, str]:
+    """Image id -> ``default``, or ``train``/``val`` with a ``split`` fraction (>= 1 image) in val."""
+    if not split:
+        return {image_id: DEFAULT_SUBSET for image_id in image_ids}
+    if not 0 < split < 1:
+        raise ExportError(f"split must be a fraction between 0 and 1, got {split!r}")
+    if len(image_ids) < 2:
+        raise ExportError(f"A train/val split needs at least 2 images, the export has {len(image_ids)}")
+    order = sorted(image_ids)
+    random.Random(SPLIT_SEED).shuffle(order)
+    n_val = min(len(order) - 1, max(1, round(len(order) * split)))
+    val = set(order[:n_val])
+    return {image_id: "val" if image_id in val else "train" for image_id in image_ids}
 
 
 def _export_file_names(snapshot: WorkspaceSnapshot) -> dict[int, str]:
@@ -136,8 +175,8 @@ def _export_file_names(snapshot: WorkspaceSnapshot) -> dict[int, str]:
 
 
 def build_coco(workspace: Workspace, reviewed_only: bool = False,
-               mask_format: MaskFormat = "rle") -> CocoExport:
-    """Build the COCO dict and the list of image files from one consistent workspace read."""
+               mask_format: MaskFormat = "rle", split: float = 0.0) -> CocoExport:
+    """Build the COCO dict, its subsets and the list of image files from one consistent workspace read."""
     if mask_format not in ("rle", "polygon"):
         raise ExportError(f"mask_format must be 'rle' or 'polygon', got {mask_format!r}")
     snapshot = workspace.snapshot(reviewed_only=reviewed_only)
@@ -159,11 +198,18 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
                 annotations.append(annotation)
     categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory}
                   for c in snapshot.categories]
-    info = {"description": "CondInst Studio export",
+    info = {"description": "CondInst Studio export", "mask_format": mask_format,
             "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if mask_format == "polygon":
+        info["note"] = POLYGON_NOTE
     dataset = {"info": info, "licenses": [], "images": images, "annotations": annotations,
                "categories": categories}
-    return CocoExport(dataset, files)
+    subset_of = split_images([image["id"] for image in images], split)
+    subsets = {}
+    for name in [n for n in ("train", "val", DEFAULT_SUBSET) if n in subset_of.values()]:
+        subsets[name] = dict(dataset, images=[i for i in images if subset_of[i["id"]] == name],
+                             annotations=[a for a in annotations if subset_of[a["image_id"]] == name])
+    return CocoExport(dataset, files, subsets)
 
 
 def _fsync_file(path: Path) -> None:
@@ -173,34 +219,36 @@ def _fsync_file(path: Path) -> None:
 
 
 def _write_tree(root: Path, export: CocoExport) -> None:
-    """Write ``images/`` and ``annotations/instances.json`` under ``root`` (fsynced)."""
+    """Write ``images/`` and ``annotations/instances_<subset>.json`` under ``root`` (fsynced)."""
     (root / IMAGES_DIR).mkdir()
-    (root / "annotations").mkdir()
+    (root / ANNOTATIONS_DIR).mkdir()
     for source, name in export.files:
         target = root / IMAGES_DIR / name
         shutil.copyfile(source, target)
         _fsync_file(target)
-    json_path = root / ANNOTATIONS_PATH
-    json_path.write_text(json.dumps(export.dataset), encoding="utf-8")
-    _fsync_file(json_path)
+    for subset, dataset in export.subsets.items():
+        json_path = root / annotations_path(subset)
+        json_path.write_text(json.dumps(dataset), encoding="utf-8")
+        _fsync_file(json_path)
 
 
 def export_coco(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only: bool = False,
-                mask_format: MaskFormat = "rle", overwrite: bool = False) -> Path:
-    """Export to ``out_dir/annotations/instances.json`` + ``out_dir/images/``.
+                mask_format: MaskFormat = "rle", overwrite: bool = False, split: float = 0.0) -> Path:
+    """Export to ``out_dir/annotations/instances_<subset>.json`` + ``out_dir/images/``.
 
     Only these two sub-folders of ``out_dir`` are written; other content is left alone.
     If they exist already, ``overwrite=True`` is required and they are replaced as a whole.
-    Returns the path of the annotations JSON.
+    Returns the path of the first annotations JSON (``instances_default.json``, or
+    ``instances_train.json`` with a split).
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    export = build_coco(workspace, reviewed_only, mask_format)
+    export = build_coco(workspace, reviewed_only, mask_format, split)
     with _disk_errors(out_dir):
         return _export_tree(export, out_dir, overwrite)
 
 
 def _export_tree(export: CocoExport, out_dir: Path, overwrite: bool) -> Path:
-    targets = [out_dir / IMAGES_DIR, out_dir / "annotations"]  # annotations moved in last
+    targets = [out_dir / IMAGES_DIR, out_dir / ANNOTATIONS_DIR]  # annotations moved in last
     existing = [str(target) for target in targets if target.exists()]
     if existing and not overwrite:
         raise ExportError(f"{', '.join(existing)} already exist; pass overwrite=True to replace")
@@ -217,14 +265,14 @@ def _export_tree(export: CocoExport, out_dir: Path, overwrite: bool) -> Path:
         fsync_dir(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir / ANNOTATIONS_PATH
+    return out_dir / annotations_path(next(iter(export.subsets)))
 
 
-def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike,
-                    reviewed_only: bool = False, mask_format: MaskFormat = "rle") -> Path:
+def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike, reviewed_only: bool = False,
+                    mask_format: MaskFormat = "rle", split: float = 0.0) -> Path:
     """Export the same layout into a zip file (replacing ``zip_path`` atomically)."""
     zip_path = Path(zip_path).expanduser().resolve()
-    export = build_coco(workspace, reviewed_only, mask_format)
+    export = build_coco(workspace, reviewed_only, mask_format, split)
     with _disk_errors(zip_path.parent):
         return _write_zip(export, zip_path)
 
@@ -233,8 +281,9 @@ def _write_zip(export: CocoExport, zip_path: Path) -> Path:
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(zip_path, "wb") as handle:
         with zipfile.ZipFile(handle, "w") as archive:
-            archive.writestr(ANNOTATIONS_PATH, json.dumps(export.dataset),
-                             compress_type=zipfile.ZIP_DEFLATED)
+            for subset, dataset in export.subsets.items():
+                archive.writestr(annotations_path(subset), json.dumps(dataset),
+                                 compress_type=zipfile.ZIP_DEFLATED)
             for source, name in export.files:
                 archive.write(source, f"{IMAGES_DIR}/{name}",
                               compress_type=zipfile.ZIP_STORED)

@@ -208,7 +208,7 @@ class AppUI:
 
     def _export_tab(self) -> dict:
         p = {}
-        gr.Markdown("Export the workspace as a COCO instance-segmentation dataset (`annotations/instances.json` + "
+        gr.Markdown("Export the workspace as a COCO instance-segmentation dataset (`annotations/instances_default.json` + "
                     "`images/`). Reviewed images are exported at their frozen score threshold, the others at the "
                     "current slider; deleted instances are never exported.")
         with gr.Row():

@@ -178,12 +178,12 @@ def test_exports(app, client, image_ids, tmp_path):
     zip_path = Path(zip_out["value"] if isinstance(zip_out, dict) else zip_out)
     with zipfile.ZipFile(zip_path) as archive:
         archive.extractall(tmp_path / "coco")
-    coco = COCO(str(tmp_path / "coco" / "annotations" / "instances.json"))
+    coco = COCO(str(tmp_path / "coco" / "annotations" / "instances_default.json"))
     live = sum(len(app.service.ws.instances(i)) for i in image_ids)
     assert len(coco.getImgIds()) == 2 and len(coco.getAnnIds()) == live
     message = client.predict("../outside", False, "polygon", api_name="/export_folder")
     exports = app.service.ws.root / "exports"
-    assert str(exports / "outside") in message and (exports / "outside" / "annotations" / "instances.json").is_file()
+    assert str(exports / "outside") in message and (exports / "outside" / "annotations" / "instances_default.json").is_file()
 
 
 def test_sessions_keep_their_own_view(app, image_ids):

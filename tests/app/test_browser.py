@@ -223,7 +223,7 @@ def test_annotation_flow_across_images_without_reload(app, page, image_paths, tm
         download_info.value.save_as(zip_path)
     with zipfile.ZipFile(zip_path) as archive:
         archive.extractall(tmp_path / "coco")
-    coco = COCO(str(tmp_path / "coco" / "annotations" / "instances.json"))
+    coco = COCO(str(tmp_path / "coco" / "annotations" / "instances_default.json"))
     ann_ids = set(coco.getAnnIds())
     assert expected not in ann_ids and {added, painted, row_id, hidden.id} <= ann_ids  # hidden: a view flag
     assert coco.loadAnns([painted])[0]["category_id"] == 2

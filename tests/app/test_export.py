@@ -67,7 +67,7 @@ def stored_masks(ws: Workspace) -> dict[int, np.ndarray]:
 def test_rle_export_matches_workspace_exactly(populated, tmp_path: Path):
     ws, ids = populated
     json_path = export_coco(ws, tmp_path / "out")
-    assert json_path == (tmp_path / "out" / "annotations" / "instances.json").resolve()
+    assert json_path == (tmp_path / "out" / "annotations" / "instances_default.json").resolve()
     coco = COCO(str(json_path))
 
     masks = stored_masks(ws)
@@ -117,7 +117,11 @@ def test_polygon_export_is_close_to_masks(populated, tmp_path: Path):
             truth = disk(30, 40, 20)  # polygon mode fills holes
         iou = (exported & truth).sum() / (exported | truth).sum()
         assert iou > 0.9, (ann["id"], iou)
-        assert ann["area"] == masks[ann["id"]].sum()  # area/bbox always from the exact RLE
+        assert ann["area"] == exported.sum()  # area of what the polygons rasterise to
+        ys, xs = np.nonzero(exported)
+        assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    assert coco.loadAnns(ids["user"])[0]["area"] > masks[ids["user"]].sum()  # the hole is filled
+    assert "holes are filled" in coco.dataset["info"]["note"]
 
 
 def test_mask_to_polygons_drops_holes():
@@ -195,11 +199,11 @@ def test_zip_export(populated, tmp_path: Path):
 
     with zipfile.ZipFile(zip_path) as archive:
         names = set(archive.namelist())
-        data = json.loads(archive.read("annotations/instances.json"))
+        data = json.loads(archive.read("annotations/instances_default.json"))
         archive.extractall(tmp_path / "unzipped")
-    assert names == {"annotations/instances.json"} | {
+    assert names == {"annotations/instances_default.json"} | {
         f"images/{img['file_name']}" for img in data["images"]}
-    coco = COCO(str(tmp_path / "unzipped" / "annotations" / "instances.json"))
+    coco = COCO(str(tmp_path / "unzipped" / "annotations" / "instances_default.json"))
     masks = stored_masks(ws)
     for ann in coco.loadAnns(coco.getAnnIds()):
         np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), masks[ann["id"]])

@@ -318,13 +318,13 @@ def test_export_zip_and_folder_load_with_pycocotools(segmented, tmp_path):
     assert zip_path.parent == service.ws.root / "exports"
     with zipfile.ZipFile(zip_path) as archive:
         archive.extractall(tmp_path / "unzipped")
-    coco = COCO(str(tmp_path / "unzipped" / "annotations" / "instances.json"))
+    coco = COCO(str(tmp_path / "unzipped" / "annotations" / "instances_default.json"))
     assert len(coco.getImgIds()) == 3
     total = sum(len(service.ws.instances(img.id)) for img in service.ws.list_images())
     assert len(coco.getAnnIds()) == total
     folder = service.export_folder("../../escape attempt", min_score=0.0)
     assert folder.parent == service.ws.root / "exports"
-    assert (folder / "annotations" / "instances.json").is_file()
+    assert (folder / "annotations" / "instances_default.json").is_file()
 
 
 def test_review_freezes_what_an_image_exports(segmented):
