@@ -2,6 +2,7 @@
 
     python -m app                                 # bundled model, http://127.0.0.1:7860
     python -m app --weights my.pth --port 7861 --auth anna:secret --workspace ~/fruit-ws
+    python -m app export|import ...               # dataset commands, see app.commands
 """
 from __future__ import annotations
 
@@ -135,6 +136,13 @@ def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from app.commands import COMMANDS
+
+    if argv and argv[0] in COMMANDS:  # python -m app export|import ... (app.commands)
+        from app.commands import main as command_main
+
+        return command_main(argv)
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -153,7 +153,7 @@ def split_images(image_ids: list[int], split: float) -> dict[int, str]:
     return {image_id: "val" if image_id in val else "train" for image_id in image_ids}
 
 
-def _export_file_names(snapshot: WorkspaceSnapshot) -> dict[int, str]:
+def export_file_names(snapshot: WorkspaceSnapshot) -> dict[int, str]:
     """A unique (case-insensitively) file name per image: original stem + stored extension.
 
     Images are visited in id order; a clashing name gets ``-<image id>`` appended.
@@ -183,7 +183,7 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
     if not snapshot.images:
         which = "reviewed images" if reviewed_only else "images"
         raise ExportError(f"Nothing to export: the workspace has no {which}")
-    names = _export_file_names(snapshot)
+    names = export_file_names(snapshot)
     images, annotations, files = [], [], []
     for image in snapshot.images:
         source = snapshot.image_paths[image.id]
@@ -212,7 +212,7 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
     return CocoExport(dataset, files, subsets)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     """Flush one file's contents to disk."""
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
@@ -225,11 +225,11 @@ def _write_tree(root: Path, export: CocoExport) -> None:
     for source, name in export.files:
         target = root / IMAGES_DIR / name
         shutil.copyfile(source, target)
-        _fsync_file(target)
+        fsync_file(target)
     for subset, dataset in export.subsets.items():
         json_path = root / annotations_path(subset)
         json_path.write_text(json.dumps(dataset), encoding="utf-8")
-        _fsync_file(json_path)
+        fsync_file(json_path)
 
 
 def export_coco(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only: bool = False,
@@ -243,12 +243,20 @@ def export_coco(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
     """
     out_dir = Path(out_dir).expanduser().resolve()
     export = build_coco(workspace, reviewed_only, mask_format, split)
-    with _disk_errors(out_dir):
+    with disk_errors(out_dir):
         return _export_tree(export, out_dir, overwrite)
 
 
 def _export_tree(export: CocoExport, out_dir: Path, overwrite: bool) -> Path:
-    targets = [out_dir / IMAGES_DIR, out_dir / ANNOTATIONS_DIR]  # annotations moved in last
+    publish(out_dir, [IMAGES_DIR, ANNOTATIONS_DIR], lambda root: _write_tree(root, export), overwrite)
+    return out_dir / annotations_path(next(iter(export.subsets)))
+
+
+def publish(out_dir: Path, names: list[str], write, overwrite: bool) -> None:
+    """Write the entries ``names`` of ``out_dir`` as a whole: ``write(root)`` builds them in a staging
+    folder, then each replaces its old version with ``os.replace`` (the last one moved in last).
+    Other content of ``out_dir`` is left alone; existing entries need ``overwrite=True``."""
+    targets = [out_dir / name for name in names]
     existing = [str(target) for target in targets if target.exists()]
     if existing and not overwrite:
         raise ExportError(f"{', '.join(existing)} already exist; pass overwrite=True to replace")
@@ -257,7 +265,7 @@ def _export_tree(export: CocoExport, out_dir: Path, overwrite: bool) -> Path:
     try:
         (staging / "new").mkdir()
         (staging / "old").mkdir()
-        _write_tree(staging / "new", export)
+        write(staging / "new")
         for target in targets:
             if target.exists():
                 os.replace(target, staging / "old" / target.name)
@@ -265,7 +273,6 @@ def _export_tree(export: CocoExport, out_dir: Path, overwrite: bool) -> Path:
         fsync_dir(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir / annotations_path(next(iter(export.subsets)))
 
 
 def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike, reviewed_only: bool = False,
@@ -273,7 +280,7 @@ def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike, reviewed_
     """Export the same layout into a zip file (replacing ``zip_path`` atomically)."""
     zip_path = Path(zip_path).expanduser().resolve()
     export = build_coco(workspace, reviewed_only, mask_format, split)
-    with _disk_errors(zip_path.parent):
+    with disk_errors(zip_path.parent):
         return _write_zip(export, zip_path)
 
 
@@ -293,7 +300,7 @@ def _write_zip(export: CocoExport, zip_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _disk_errors(folder: Path):
+def disk_errors(folder: Path):
     """OSError while writing an export -> one ExportError sentence naming the folder."""
     try:
         yield

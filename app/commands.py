@@ -1,0 +1,97 @@
+"""Dataset commands for pipelines, no browser and no model:
+
+    python -m app export --workspace WS --format coco|yolo|png --out DIR [--reviewed-only] [--split 0.2]
+                         [--mask-format rle|polygon] [--min-score 0.3] [--overwrite]
+
+Every argument is checked before any work; an expected failure is one ``error:`` line (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from condinst.errors import UserError
+from condinst.validate import ArgumentError, OneLineParser, existing_dir, probability, writable_dir
+
+COMMANDS = ("export",)
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (the val share of a split)."""
+    value = probability(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.actions import DEFAULT_THRESHOLD
+    from app.formats import FORMATS
+
+    parser = OneLineParser(prog="python -m app", description="CondInst Studio dataset commands")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    export = sub.add_parser("export", help="write the workspace as a dataset other tools read")
+    export.add_argument("--workspace", required=True, help="workspace folder")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, help="output folder (its images/ etc. are replaced with --overwrite)")
+    export.add_argument("--reviewed-only", action="store_true", help="only images marked reviewed")
+    export.add_argument("--split", type=fraction, default=0.0, help="share of images for val (coco, yolo)")
+    export.add_argument("--mask-format", choices=("rle", "polygon"), default="rle", help="COCO masks (default rle)")
+    export.add_argument("--min-score", type=probability, default=DEFAULT_THRESHOLD,
+                        help="score threshold of unreviewed model instances (default %(default)s)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    return parser
+
+
+def existing_workspace(path: str) -> Path:
+    from app.workspace import DB_FILE_NAME
+
+    folder = existing_dir(path, "--workspace")
+    if not (folder / DB_FILE_NAME).is_file():
+        raise ArgumentError(f"--workspace {path}: not a workspace (no {DB_FILE_NAME})")
+    return folder
+
+
+def check_export(args: argparse.Namespace) -> None:
+    """Everything about an export that can be checked before opening the workspace."""
+    existing_workspace(args.workspace)
+    out = writable_dir(args.out, "--out")
+    if args.split and args.format == "png":
+        raise ArgumentError("--split applies to --format coco or yolo, not png")
+    if args.mask_format != "rle" and args.format != "coco":
+        raise ArgumentError("--mask-format applies to --format coco only")
+    entries = {"coco": ["images", "annotations"], "yolo": ["images", "labels", "data.yaml"],
+               "png": ["images", "masks"]}[args.format]
+    present = [name for name in entries if (out / name).exists()]
+    if present and not args.overwrite:
+        raise ArgumentError(f"--out {out}: {', '.join(present)} already exist; pass --overwrite to replace them")
+
+
+def run_export(args: argparse.Namespace) -> str:
+    from app.export import export_coco
+    from app.formats import export_png, export_yolo
+    from app.service import ThresholdedWorkspace
+    from app.workspace import Workspace
+
+    with Workspace.open(args.workspace) as workspace:
+        view = ThresholdedWorkspace(workspace, args.min_score)
+        if args.format == "coco":
+            path = export_coco(view, args.out, args.reviewed_only, args.mask_format, args.overwrite, args.split)
+        elif args.format == "yolo":
+            path = export_yolo(view, args.out, args.reviewed_only, args.split, args.overwrite)
+        else:
+            path = export_png(view, args.out, args.reviewed_only, args.overwrite)
+    return f"exported {args.format} to {path}"
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    check, run = {"export": (check_export, run_export)}[args.command]
+    try:
+        check(args)
+        print(run(args))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,138 @@
+"""YOLO segmentation and instance-PNG exports, read back by supervision / OpenCV; `python -m app export`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import supervision as sv
+import yaml
+
+from app.commands import main as command_main
+from app.export import mask_to_polygons
+from app.formats import export_png, export_yolo
+from app.workspace import Workspace
+
+H, W = 60, 80
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def disk(cy: int, cx: int, radius: int, hole: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[:H, :W]
+    dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    return (dist2 < radius ** 2) & (dist2 >= hole ** 2)
+
+
+@pytest.fixture
+def ws(tmp_path: Path):
+    """Four images; categories 3 and 7 (a gap); a mask with a hole; a crowd region; a two-part mask."""
+    workspace = Workspace.open(tmp_path / "ws")
+    workspace.add_category("date", 3)
+    workspace.add_category("fig", 7)
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        image_id = workspace.add_image(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), f"img{k}.png")
+        workspace.add_instance(image_id, 3, disk(30, 40, 15, hole=5))
+        workspace.add_instance(image_id, 7, disk(10, 10, 6 + k) | disk(50, 70, 5))
+    workspace.add_instance(1, 3, disk(50, 15, 6), meta={"iscrowd": 1})
+    yield workspace
+    workspace.close()
+
+
+def filled(mask: np.ndarray) -> np.ndarray:
+    """The mask with holes filled (what polygon exports keep)."""
+    out = np.zeros(mask.shape, np.uint8)
+    polys = [np.round(np.asarray(p).reshape(-1, 2) - 0.25).astype(np.int32) for p in mask_to_polygons(mask)]
+    cv2.fillPoly(out, polys, 1)
+    return out.astype(bool) | mask
+
+
+def test_yolo_export_reads_back_with_supervision(ws, tmp_path: Path):
+    data_yaml = export_yolo(ws, tmp_path / "yolo", split=0.5)
+    data = yaml.safe_load(data_yaml.read_text())
+    assert data["names"] == {0: "date", 1: "fig"} and data["category_ids"] == {0: 3, 1: 7}
+    total = 0
+    for subset in ("train", "val"):
+        dataset = sv.DetectionDataset.from_yolo(str(tmp_path / "yolo" / "images" / subset),
+                                                str(tmp_path / "yolo" / "labels" / subset), str(data_yaml),
+                                                force_masks=True)
+        assert dataset.classes == ["date", "fig"] and len(dataset) == 2
+        for path, _image, detections in dataset:
+            image_id = int(Path(path).stem.removeprefix("img")) + 1
+            truth = [inst for inst in ws.instances(image_id) if not (inst.meta or {}).get("iscrowd")]
+            parts = [(inst, part) for inst in truth for part in mask_to_polygons(inst.mask)]
+            assert len(detections) == len(parts) == 3  # a ring (one outer contour) + a two-part mask
+            union = {0: np.zeros((H, W), bool), 1: np.zeros((H, W), bool)}
+            for mask, class_id in zip(detections.mask, detections.class_id):
+                union[int(class_id)] |= mask
+            for inst in truth:
+                got, want = union[0 if inst.category_id == 3 else 1], filled(inst.mask)
+                iou = (got & want).sum() / (got | want).sum()
+                assert iou > 0.85, iou  # polygons normalised to 0..1 and rasterised again by supervision
+            total += len(detections)
+    assert total == 12
+
+
+def test_png_export_one_instance_id_map_per_image(ws, tmp_path: Path):
+    index_path = export_png(ws, tmp_path / "png")
+    index = json.loads(index_path.read_text())
+    assert len(index) == 4
+    for entry in index:
+        png = cv2.imread(str(tmp_path / "png" / "masks" / entry["mask"]), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint16 and png.shape == (H, W)
+        assert (tmp_path / "png" / "images" / entry["file_name"]).is_file()
+        for item in entry["instances"]:
+            np.testing.assert_array_equal(png == item["value"], ws.get_instance(item["id"]).mask)
+            assert item["category"] == {3: "date", 7: "fig"}[item["category_id"]]
+    assert sum(item["iscrowd"] for entry in index for item in entry["instances"]) == 1
+
+
+def run_cli(argv: list[str]) -> int:
+    """app.commands.main's exit code (argparse's own errors exit through SystemExit)."""
+    try:
+        return command_main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--format", "coco", "--split", "1.0"], "between 0 and 1"),
+    (["--format", "png", "--split", "0.2"], "--split applies to"),
+    (["--format", "yolo", "--mask-format", "polygon"], "--mask-format applies"),
+    (["--format", "tiff"], "invalid choice"),
+])
+def test_export_command_checks_arguments_first(ws, tmp_path: Path, capsys, extra, message):
+    assert run_cli(["export", "--workspace", str(ws.root), "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_command_refuses_a_non_workspace_and_an_existing_export(ws, tmp_path: Path, capsys):
+    assert run_cli(["export", "--workspace", str(tmp_path), "--format", "coco", "--out", str(tmp_path / "o")]) == 2
+    assert "not a workspace" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    out = tmp_path / "y"
+    assert run_cli(["export", "--workspace", str(ws.root), "--format", "yolo", "--out", str(out)]) == 0
+    assert run_cli(["export", "--workspace", str(ws.root), "--format", "yolo", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_python_m_app_export_end_to_end(ws, tmp_path: Path):
+    for fmt, produced in (("coco", "annotations/instances_train.json"), ("yolo", "data.yaml"),
+                          ("png", "masks/index.json")):
+        split = ["--split", "0.25"] if fmt != "png" else []
+        done = subprocess.run([sys.executable, "-m", "app", "export", "--workspace", str(ws.root), "--format", fmt,
+                               "--out", str(tmp_path / fmt), "--reviewed-only", *split],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert done.returncode == 2 and "no reviewed images" in done.stderr  # nothing reviewed yet
+        done = subprocess.run([sys.executable, "-m", "app", "export", "--workspace", str(ws.root), "--format", fmt,
+                               "--out", str(tmp_path / fmt), *split], capture_output=True, text=True, cwd=REPO,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / fmt / produced).is_file()
