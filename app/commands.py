@@ -2,6 +2,7 @@
 
     python -m app export --workspace WS --format coco|yolo|png --out DIR [--reviewed-only] [--split 0.2]
                          [--mask-format rle|polygon] [--min-score 0.3] [--overwrite]
+    python -m app import --workspace WS --ann A.json --images DIR [--skip-bad]
 
 Every argument is checked before any work; an expected failure is one ``error:`` line (exit 2).
 """
@@ -12,9 +13,9 @@ import sys
 from pathlib import Path
 
 from condinst.errors import UserError
-from condinst.validate import ArgumentError, OneLineParser, existing_dir, probability, writable_dir
+from condinst.validate import ArgumentError, OneLineParser, existing_dir, existing_file, probability, writable_dir
 
-COMMANDS = ("export",)
+COMMANDS = ("export", "import")
 
 
 def fraction(text: str) -> float:
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--min-score", type=probability, default=DEFAULT_THRESHOLD,
                         help="score threshold of unreviewed model instances (default %(default)s)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    imp = sub.add_parser("import", help="bring a COCO instances dataset into the workspace as user labels")
+    imp.add_argument("--workspace", required=True, help="workspace folder (created if missing)")
+    imp.add_argument("--ann", required=True, help="COCO instances JSON")
+    imp.add_argument("--images", required=True, help="folder the JSON's file_names are relative to")
+    imp.add_argument("--skip-bad", action="store_true", help="skip bad annotations and images instead of stopping")
     return parser
 
 
@@ -85,9 +91,23 @@ def run_export(args: argparse.Namespace) -> str:
     return f"exported {args.format} to {path}"
 
 
+def check_import(args: argparse.Namespace) -> None:
+    existing_file(args.ann, "--ann")
+    existing_dir(args.images, "--images")
+    writable_dir(args.workspace, "--workspace")
+
+
+def run_import(args: argparse.Namespace) -> str:
+    from app.imports import import_coco
+    from app.workspace import Workspace
+
+    with Workspace.open(args.workspace) as workspace:
+        return import_coco(workspace, args.ann, args.images, skip_bad=args.skip_bad).summary()
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    check, run = {"export": (check_export, run_export)}[args.command]
+    check, run = {"export": (check_export, run_export), "import": (check_import, run_import)}[args.command]
     try:
         check(args)
         print(run(args))

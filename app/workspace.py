@@ -18,6 +18,7 @@ Rules that keep people's work:
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -45,6 +46,13 @@ OVERLAP_IOU = 0.5
 ImageSource = Union[str, os.PathLike, np.ndarray, PreparedImage]
 __all__ = ["Workspace", "WorkspaceError", "Category", "ImageRecord", "Instance", "Prediction", "PredictionReport",
            "WorkspaceSnapshot", "default_workspace_dir", "resolve_inside", "check_id", "DB_FILE_NAME"]
+
+
+def _refuse_crowd(row: Mapping[str, Any]) -> None:
+    """Crowd regions (COCO iscrowd, kept as imported) are not edited by accident: only hide/delete."""
+    if row.get("meta") and json.loads(row["meta"]).get("iscrowd"):
+        raise WorkspaceError(f"Instance {row['id']} is a crowd region (COCO iscrowd) kept as imported; "
+                             "its mask and class cannot be edited (hide or delete it instead)")
 
 
 class Workspace:
@@ -184,31 +192,36 @@ class Workspace:
         written atomically before the row, so a crash leaves at most an unreferenced file.
         """
         prepared = self.prepare(source, file_name)
-        digest = prepared.sha256
-        relative = f"{IMAGES_DIR_NAME}/{digest}{prepared.extension}"
         items = [Prediction(*p) for p in predictions or []]
         encoded = [self._encode(p.mask, *prepared.size) for p in items]
         with self._write() as conn:
-            existing = conn.execute("SELECT id FROM images WHERE sha256 = ?", (digest,)).fetchone()
+            existing = conn.execute("SELECT id FROM images WHERE sha256 = ?", (prepared.sha256,)).fetchone()
             if existing:
                 return int(existing[0])
-            target = resolve_inside(self.root, relative)
-            try:
-                if not target.exists():
-                    atomic_write_bytes(target, prepared.data)
-                if prepared.preview_jpeg is not None:
-                    atomic_write_bytes(self.previews_dir / f"{digest}.jpg", prepared.preview_jpeg)
-            except OSError as exc:
-                raise WorkspaceError(f"Cannot write into {self.images_dir}: {exc.strerror}") from None
-            stamp = now()
-            image_id = int(conn.execute(
-                "INSERT INTO images (file_path, sha256, original_name, width, height, reviewed, created_at,"
-                " updated_at, segmented_by) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                (relative, digest, prepared.name, prepared.size[1], prepared.size[0], stamp, stamp,
-                 segmented_by if predictions is not None else None)).lastrowid)
+            image_id = self._insert_image(conn, prepared, segmented_by if predictions is not None else None)
             for item, enc in zip(items, encoded):
                 self._insert(conn, image_id, item.category_id, enc, "model", item.score, item.meta)
             return image_id
+
+    def _insert_image(self, conn, prepared: PreparedImage, segmented_by: str | None,
+                      image_id: int | None = None) -> int:
+        """Write the image's files (atomically, named by content) and insert its row; returns its id."""
+        digest = prepared.sha256
+        relative = f"{IMAGES_DIR_NAME}/{digest}{prepared.extension}"
+        target = resolve_inside(self.root, relative)
+        try:
+            if not target.exists():
+                atomic_write_bytes(target, prepared.data)
+            if prepared.preview_jpeg is not None:
+                atomic_write_bytes(self.previews_dir / f"{digest}.jpg", prepared.preview_jpeg)
+        except OSError as exc:
+            raise WorkspaceError(f"Cannot write into {self.images_dir}: {exc.strerror}") from None
+        stamp = now()
+        return int(conn.execute(
+            "INSERT INTO images (id, file_path, sha256, original_name, width, height, reviewed, created_at,"
+            " updated_at, segmented_by) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+            (image_id, relative, digest, prepared.name, prepared.size[1], prepared.size[0], stamp, stamp,
+             segmented_by)).lastrowid)
 
     def list_images(self, reviewed_only: bool = False) -> list[ImageRecord]:
         with self._read() as conn:
@@ -388,6 +401,7 @@ class Workspace:
                 row = history.row(conn, check_id(instance_id, "Instance id"))
                 if row is None or row["image_id"] != record.id or row["deleted"]:
                     raise WorkspaceError(f"Instance {instance_id} is not a live instance of image {record.id}")
+                _refuse_crowd(row)
                 stored = row["mask_rle"]
                 if (stored.encode("ascii") if isinstance(stored, str) else bytes(stored)) == enc.counts:
                     continue
@@ -416,6 +430,8 @@ class Workspace:
                 raise WorkspaceError(f"Instance {instance_id} does not exist")
             if row["deleted"] and not allow_deleted:
                 raise WorkspaceError(f"Instance {instance_id} is deleted; undo the deletion first")
+            if set(values) - {"deleted", "hidden", "user_edited"}:
+                _refuse_crowd(row)
             if all(row[key] == value for key, value in values.items() if key != "user_edited"):
                 return
             change = history.update(conn, row["id"], values)
@@ -442,7 +458,7 @@ class Workspace:
         return encode_with_preview(mask)
 
     def _insert(self, conn, image_id: int, category_id: int, enc, source: str, score: float | None,
-                meta: Mapping[str, Any] | None) -> tuple[int, tuple]:
+                meta: Mapping[str, Any] | None, instance_id: int | None = None) -> tuple[int, tuple]:
         if source not in INSTANCE_SOURCES:
             raise WorkspaceError(f"Instance source must be one of {INSTANCE_SOURCES}, got {source!r}")
         category_id = check_id(category_id, "Category id")
@@ -450,9 +466,10 @@ class Workspace:
             raise WorkspaceError(f"Category {category_id} does not exist; add it first")
         stamp = now()
         instance_id = int(conn.execute(
-            "INSERT INTO instances (image_id, category_id, score, mask_rle, preview_rle, area, bbox, source, hidden,"
-            " deleted, user_edited, meta, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?)",
-            (image_id, category_id, None if score is None else float(score), enc.counts, enc.preview, enc.area,
+            "INSERT INTO instances (id, image_id, category_id, score, mask_rle, preview_rle, area, bbox, source,"
+            " hidden, deleted, user_edited, meta, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?)",
+            (instance_id, image_id, category_id, None if score is None else float(score), enc.counts, enc.preview, enc.area,
              ",".join(map(repr, enc.bbox)), source, _dump_meta(meta), stamp, stamp)).lastrowid)
         conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (stamp, image_id))
         return instance_id, history.created(conn, instance_id)
