@@ -14,9 +14,9 @@ from pycocotools.coco import COCO
 
 from app.export import ExportError, export_coco, export_coco_zip
 from app.workspace import Workspace
+from interopkit import H, W, build_workspace, disk
 from training.data import CocoInstances
 
-H, W = 60, 80
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -34,24 +34,11 @@ def datumaro_dataset():
         return importlib.import_module("datumaro").Dataset
 
 
-def disk(cy: int, cx: int, radius: int, hole: int = 0) -> np.ndarray:
-    yy, xx = np.mgrid[:H, :W]
-    dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
-    return (dist2 < radius ** 2) & (dist2 >= hole ** 2)
-
-
 @pytest.fixture
 def ws(tmp_path: Path):
     """Five images, categories with a gap (3, 7), a mask with a hole and a crowd region."""
-    workspace = Workspace.open(tmp_path / "ws")
-    workspace.add_category("date", 3)
-    workspace.add_category("fig", 7)
-    rng = np.random.default_rng(0)
-    for k in range(5):
-        image_id = workspace.add_image(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), f"img{k}.png")
-        workspace.add_instance(image_id, 3, disk(30, 40, 20, hole=6))
-        workspace.add_instance(image_id, 7, disk(10, 10, 7 + k))
-    workspace.add_instance(1, 7, disk(50, 70, 8, hole=3), meta={"iscrowd": 1})
+    workspace = build_workspace(tmp_path / "ws", 5, lambda k: [(3, disk(30, 40, 20, hole=6)), (7, disk(10, 10, 7 + k))],
+                                (7, disk(50, 70, 8, hole=3)))
     yield workspace
     workspace.close()
 

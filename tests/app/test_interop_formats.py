@@ -15,31 +15,18 @@ import yaml
 from app.commands import main as command_main
 from app.export import mask_to_polygons
 from app.formats import export_png, export_yolo
-from app.workspace import Workspace
+from interopkit import H, W, build_workspace, disk
 
-H, W = 60, 80
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def disk(cy: int, cx: int, radius: int, hole: int = 0) -> np.ndarray:
-    yy, xx = np.mgrid[:H, :W]
-    dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
-    return (dist2 < radius ** 2) & (dist2 >= hole ** 2)
 
 
 @pytest.fixture
 def ws(tmp_path: Path):
     """Four images; categories 3 and 7 (a gap); a mask with a hole; a crowd region; a two-part mask."""
-    workspace = Workspace.open(tmp_path / "ws")
-    workspace.add_category("date", 3)
-    workspace.add_category("fig", 7)
-    rng = np.random.default_rng(0)
-    for k in range(4):
-        image_id = workspace.add_image(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), f"img{k}.png")
-        workspace.add_instance(image_id, 3, disk(30, 40, 15, hole=5))
-        workspace.add_instance(image_id, 7, disk(10, 10, 6 + k) | disk(50, 70, 5))
-    workspace.add_instance(1, 3, disk(50, 15, 6), meta={"iscrowd": 1})
+    workspace = build_workspace(tmp_path / "ws", 4,
+                                lambda k: [(3, disk(30, 40, 15, hole=5)), (7, disk(10, 10, 6 + k) | disk(50, 70, 5))],
+                                (3, disk(50, 15, 6)))
     yield workspace
     workspace.close()
 
