@@ -131,7 +131,11 @@ class PartStore:
                              "run with the same settings to resume, or delete the folder to start over")
 
     def start(self, settings: dict) -> None:
+        """Create (or resume) the folder; temporary files of writes a kill interrupted are removed
+        (rank 0 calls this before any rank of this run writes)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".part-*.tmp"):
+            stale.unlink(missing_ok=True)
         atomic_write_json(self.folder / RUN_FILE, settings)
 
     def write(self, rank: int, images: list[tuple[str, list[dict]]]) -> Path:
