@@ -2,7 +2,8 @@
 
     python -m app export --workspace WS --format coco|yolo|png --out DIR [--reviewed-only] [--split 0.2]
                          [--mask-format rle|polygon] [--min-score 0.3] [--overwrite]
-    python -m app import --workspace WS --ann A.json --images DIR [--skip-bad]
+    python -m app import --workspace WS (--ann A.json --images DIR | --ann A.zip | --yolo DIR|ZIP)
+                         [--results R.json] [--skip-bad]
 
 Every argument is checked before any work; an expected failure is one ``error:`` line (exit 2).
 """
@@ -42,10 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--min-score", type=probability, default=DEFAULT_THRESHOLD,
                         help="score threshold of unreviewed model instances (default %(default)s)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
-    imp = sub.add_parser("import", help="bring a COCO instances dataset into the workspace as user labels")
+    imp = sub.add_parser("import", help="bring a dataset into the workspace as user labels (results: predictions)")
     imp.add_argument("--workspace", required=True, help="workspace folder (created if missing)")
-    imp.add_argument("--ann", required=True, help="COCO instances JSON")
-    imp.add_argument("--images", required=True, help="folder the JSON's file_names are relative to")
+    imp.add_argument("--ann", help="COCO instances JSON, or a zip holding annotations/*.json and the images")
+    imp.add_argument("--images", help="folder the JSON's file_names are relative to (not with a zip)")
+    imp.add_argument("--yolo", help="YOLO segmentation dataset folder or zip (data.yaml, images/, labels/)")
+    imp.add_argument("--results", help="COCO results JSON with masks: stored as model predictions")
     imp.add_argument("--skip-bad", action="store_true", help="skip bad annotations and images instead of stopping")
     return parser
 
@@ -92,17 +95,37 @@ def run_export(args: argparse.Namespace) -> str:
 
 
 def check_import(args: argparse.Namespace) -> None:
-    existing_file(args.ann, "--ann")
-    existing_dir(args.images, "--images")
+    if not (args.ann or args.yolo or args.results):
+        raise ArgumentError("nothing to import: give --ann (with --images, or a zip), --yolo or --results")
+    if args.ann and args.yolo:
+        raise ArgumentError("--ann and --yolo are two datasets; import them one at a time")
+    if args.ann:
+        zipped = existing_file(args.ann, "--ann").suffix.lower() == ".zip"
+        if zipped and args.images:
+            raise ArgumentError("--images does not apply to a zip (its images are inside)")
+        if not zipped and not args.images:
+            raise ArgumentError("--ann A.json needs --images DIR (the folder its file_names are relative to)")
+    if args.images:
+        if not args.ann:
+            raise ArgumentError("--images goes with --ann A.json")
+        existing_dir(args.images, "--images")
+    if args.yolo:
+        path = Path(args.yolo)
+        (existing_file if path.suffix.lower() == ".zip" else existing_dir)(args.yolo, "--yolo")
+    if args.results:
+        existing_file(args.results, "--results")
+    if args.results and not (args.ann or args.yolo):
+        existing_workspace(args.workspace)  # results go onto images already stored
     writable_dir(args.workspace, "--workspace")
 
 
 def run_import(args: argparse.Namespace) -> str:
-    from app.imports import import_coco
+    from app.imports import import_dataset
     from app.workspace import Workspace
 
     with Workspace.open(args.workspace) as workspace:
-        return import_coco(workspace, args.ann, args.images, skip_bad=args.skip_bad).summary()
+        return import_dataset(workspace, ann=args.ann, images=args.images, yolo=args.yolo, results=args.results,
+                              skip_bad=args.skip_bad).summary()
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,11 @@
-"""Bring a COCO instances dataset into a workspace as user labels, all of it or nothing.
+"""Bring datasets into a workspace as user labels (and results as model instances), all of it or nothing.
 
     report = import_coco(workspace, "annotations.json", "images/", skip_bad=False)
+    report = import_dataset(workspace, ann="export.zip")              # or yolo="dir|zip", results="r.json"
+
+`import_dataset` is the one entry point for every input: a YOLO dataset or a zip is first turned into a
+COCO file (`app.import_sources`), results are checked by `app.import_results`, then `plan_coco` checks
+everything and `write_coco` (+ the workspace's prediction rule for results) writes it in one transaction.
 
 * The file is checked by the training loader (`training.data.CocoInstances`), so a bad dataset gets
   the same per-annotation messages as training would; the first one stops the import
@@ -42,10 +47,18 @@ class ImportReport:
     categories: int = 0
     skipped: list[str] = field(default_factory=list)
     renumbered: dict[str, dict[int, int]] = field(default_factory=lambda: {"images": {}, "annotations": {}})
+    predictions: int = 0  # results: model instances added
+    predictions_covered: int = 0  # results on top of a person's instance, not added
+    reviewed_untouched: int = 0  # results for reviewed images, not added
+    replaced: int = 0  # earlier untouched model instances replaced by the results
 
     def summary(self) -> str:
         text = (f"imported {self.images} images, {self.instances} instances ({self.crowd} crowd), "
                 f"{self.categories} new classes")
+        if self.predictions or self.predictions_covered or self.reviewed_untouched:
+            text += (f"; {self.predictions} model predictions added ({self.predictions_covered} left out on top "
+                     f"of a person's instance, {self.reviewed_untouched} reviewed images untouched, "
+                     f"{self.replaced} earlier model instances replaced)")
         for kind, mapping in self.renumbered.items():
             if mapping:
                 text += f"; {kind} renumbered (ids must be positive): " + ", ".join(
@@ -111,9 +124,21 @@ def _prepare(workspace: Workspace, dataset: CocoInstances, info) -> PreparedImag
     return prepared
 
 
-def import_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: str | os.PathLike,
-                skip_bad: bool = False) -> ImportReport:
-    """Import a COCO instances dataset (see the module docstring); returns the report."""
+@dataclass
+class CocoPlan:
+    """A checked COCO dataset ready to be written: its images decoded and checked, ids chosen."""
+
+    dataset: CocoInstances
+    source_name: str
+    new_categories: dict[int, str]
+    image_ids: dict[int, int]
+    prepared: dict[int, PreparedImage]
+    report: ImportReport
+
+
+def plan_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: str | os.PathLike,
+              skip_bad: bool = False, source_name: str | None = None) -> CocoPlan:
+    """Check a COCO instances dataset against the workspace; nothing is written."""
     dataset = CocoInstances(ann_file, image_dir, on_error="skip" if skip_bad else "raise")
     report = ImportReport(skipped=list(dataset.skipped))
     new_categories = _check_conflicts(workspace, dataset)
@@ -128,18 +153,77 @@ def import_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: st
     for info in dataset.images:
         image = _prepare(workspace, dataset, info)  # only the bytes are kept until the commit, not the pixels
         prepared[info.id] = replace(image, rgb=np.empty((*image.size, 0), np.uint8))
+    return CocoPlan(dataset, source_name or Path(ann_file).name, new_categories, image_ids, prepared, report)
+
+
+def write_coco(workspace: Workspace, conn, plan: CocoPlan) -> ImportReport:
+    """Write a planned dataset inside the caller's write transaction; returns its report."""
+    report, dataset = plan.report, plan.dataset
+    conn.executemany("INSERT INTO categories (id, name) VALUES (?, ?)", list(plan.new_categories.items()))
+    for info in dataset.images:
+        image_id = workspace._insert_image(conn, plan.prepared.pop(info.id), None, image_id=plan.image_ids[info.id])
+        for ann in info.annotations:
+            crowd = bool(ann["iscrowd"])
+            enc = encode_with_preview(annotation_mask(ann["segmentation"], info.height, info.width))
+            meta = {"imported": plan.source_name, **({"iscrowd": 1} if crowd else {})}
+            instance_id = report.renumbered["annotations"].get(ann["id"], ann["id"])
+            workspace._insert(conn, image_id, ann["category_id"], enc, "user", None, meta, instance_id=instance_id)
+            report.instances += 1
+            report.crowd += crowd
+        report.images += 1
+    report.categories = len(plan.new_categories)
+    return report
+
+
+def import_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: str | os.PathLike,
+                skip_bad: bool = False, source_name: str | None = None) -> ImportReport:
+    """Import a COCO instances dataset (see the module docstring) in one transaction; returns the report."""
+    plan = plan_coco(workspace, ann_file, image_dir, skip_bad, source_name)
     with workspace.db.write() as conn:
-        conn.executemany("INSERT INTO categories (id, name) VALUES (?, ?)", list(new_categories.items()))
-        for info in dataset.images:
-            image_id = workspace._insert_image(conn, prepared.pop(info.id), None, image_id=image_ids[info.id])
-            for ann in info.annotations:
-                crowd = bool(ann["iscrowd"])
-                enc = encode_with_preview(annotation_mask(ann["segmentation"], info.height, info.width))
-                meta = {"imported": Path(ann_file).name, **({"iscrowd": 1} if crowd else {})}
-                instance_id = report.renumbered["annotations"].get(ann["id"], ann["id"])
-                workspace._insert(conn, image_id, ann["category_id"], enc, "user", None, meta, instance_id=instance_id)
-                report.instances += 1
-                report.crowd += crowd
-            report.images += 1
-    report.categories = len(new_categories)
+        return write_coco(workspace, conn, plan)
+
+
+def import_dataset(workspace: Workspace, ann: str | os.PathLike | None = None,
+                   images: str | os.PathLike | None = None, yolo: str | os.PathLike | None = None,
+                   results: str | os.PathLike | None = None, skip_bad: bool = False) -> ImportReport:
+    """Import any mix of a COCO dataset (``ann`` JSON + ``images``, or ``ann`` a zip), a YOLO dataset
+    (``yolo`` folder or zip) and a COCO results file onto them or onto stored images: every input is
+    checked first, then everything is written in ONE transaction (all of it or nothing)."""
+    from app.import_results import plan_results
+    from app.import_sources import coco_from_zip, extract_zip, is_yolo, scratch_dir, yolo_to_coco
+
+    if ann is not None and yolo is not None:
+        raise WorkspaceError("Import either a COCO dataset (--ann) or a YOLO dataset (--yolo), not both at once")
+    with scratch_dir(workspace) as scratch:
+        coco, name, skipped = None, None, []
+        if yolo is not None:
+            root = Path(yolo)
+            if root.suffix.lower() == ".zip":
+                root = extract_zip(root, scratch / "zip")
+            ann_file, skipped = yolo_to_coco(root, workspace, scratch / "yolo.json", skip_bad)
+            coco, name = (ann_file, root), Path(yolo).name
+        elif ann is not None and Path(ann).suffix.lower() == ".zip":
+            root = extract_zip(Path(ann), scratch / "zip")
+            if not any(root.rglob("*.json")) and is_yolo(root):
+                ann_file, skipped = yolo_to_coco(root, workspace, scratch / "yolo.json", skip_bad)
+            else:
+                ann_file = coco_from_zip(root, scratch / "merged.json")
+            coco, name = (ann_file, root), Path(ann).name
+        elif ann is not None:
+            coco = (ann, images)
+        plan = plan_coco(workspace, *coco, skip_bad=skip_bad, source_name=name) if coco else None
+        predicted = plan_results(workspace, results, plan, skip_bad) if results is not None else None
+        with workspace.db.write() as conn:
+            report = write_coco(workspace, conn, plan) if plan else ImportReport()
+            report.skipped[:0] = skipped
+            if predicted is not None:
+                report.skipped += predicted.skipped
+                for image_id, predictions in predicted.per_image.items():
+                    record = workspace._image_record(conn, image_id)
+                    items, encoded = workspace.encode_predictions(predictions, record.height, record.width)
+                    stored = workspace._store_predictions(conn, image_id, items, encoded, predicted.model)
+                    report.predictions += len(stored.added)
+                    report.predictions_covered += stored.kept_overlap
+                    report.reviewed_untouched += stored.skipped_reviewed
+                    report.replaced += stored.replaced
     return report

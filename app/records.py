@@ -213,3 +213,10 @@ def _label(text: str) -> str:
     if len(text) > 100:
         raise WorkspaceError("Class names must be at most 100 characters")
     return text
+
+
+def _refuse_crowd(row: Mapping[str, Any]) -> None:
+    """Crowd regions (COCO iscrowd, kept as imported) are not edited by accident: only hide/delete."""
+    if row.get("meta") and json.loads(row["meta"]).get("iscrowd"):
+        raise WorkspaceError(f"Instance {row['id']} is a crowd region (COCO iscrowd) kept as imported; "
+                             "its mask and class cannot be edited (hide or delete it instead)")

@@ -33,7 +33,7 @@ from app.errors import AppError, WorkspaceError
 from app.ingest import DEFAULT_MAX_PIXELS, PreparedImage, prepare_array, prepare_file
 from app.masks import EncodedMask, decode_mask, encode_with_preview, preview_size
 from app.records import (_IMAGE_COLUMNS, _INSTANCE_COLUMNS, Category, ImageRecord, Instance, Prediction,
-                         PredictionReport, WorkspaceSnapshot, _dump_meta, _image, _instance, _label, _same_prediction,
+                         PredictionReport, WorkspaceSnapshot, _dump_meta, _refuse_crowd, _image, _instance, _label, _same_prediction,
                          check_id, default_workspace_dir, resolve_inside)
 from condinst.io import atomic_write_bytes
 
@@ -46,13 +46,6 @@ OVERLAP_IOU = 0.5
 ImageSource = Union[str, os.PathLike, np.ndarray, PreparedImage]
 __all__ = ["Workspace", "WorkspaceError", "Category", "ImageRecord", "Instance", "Prediction", "PredictionReport",
            "WorkspaceSnapshot", "default_workspace_dir", "resolve_inside", "check_id", "DB_FILE_NAME"]
-
-
-def _refuse_crowd(row: Mapping[str, Any]) -> None:
-    """Crowd regions (COCO iscrowd, kept as imported) are not edited by accident: only hide/delete."""
-    if row.get("meta") and json.loads(row["meta"]).get("iscrowd"):
-        raise WorkspaceError(f"Instance {row['id']} is a crowd region (COCO iscrowd) kept as imported; "
-                             "its mask and class cannot be edited (hide or delete it instead)")
 
 
 class Workspace:
@@ -319,42 +312,49 @@ class Workspace:
     # ---- instances: writes -----------------------------------------------------------------------
     def set_predictions(self, image_id: int, predictions: Sequence[Prediction], model: str = "model") -> PredictionReport:
         """Store a model's predictions for an image (see the module docstring for what is kept)."""
+        record = self.get_image_record(image_id)
+        items, encoded = self.encode_predictions(predictions, record.height, record.width)
+        with self._write() as conn:
+            return self._store_predictions(conn, record.id, items, encoded, model)
+
+    def encode_predictions(self, predictions: Sequence[Prediction], height: int, width: int) -> tuple[list, list]:
         try:
             items = [Prediction(*p) for p in predictions]
         except TypeError:
             raise WorkspaceError("Each prediction must be (category_id, score, mask, meta or None)") from None
-        record = self.get_image_record(image_id)
-        encoded = [self._encode(p.mask, record.height, record.width) for p in items]
+        return items, [self._encode(p.mask, height, width) for p in items]
+
+    def _store_predictions(self, conn, image_id: int, items: list, encoded: list, model: str) -> PredictionReport:
+        """`set_predictions` inside a write transaction (an import stores several images' in one)."""
         report = PredictionReport()
-        with self._write() as conn:
-            record = self._image_record(conn, image_id)
-            if record.reviewed:
-                report.skipped_reviewed = True
-                return report
-            current = self._instances(conn, record.id, include_deleted=True)
-            first = record.segmented_by is None and not current
-            kept = [i for i in current if i.touched]
-            untouched = [i for i in current if not i.touched and not i.deleted]
-            kept_rles = [i.rle for i in kept]
-            changes, same = [], set()
-            for item, enc in zip(items, encoded):
-                rle = {"size": [record.height, record.width], "counts": enc.counts}
-                if kept_rles and float(np.max(mask_utils.iou([rle], kept_rles, [0] * len(kept_rles)))) >= OVERLAP_IOU:
-                    report.kept_overlap += 1
-                    continue
-                twin = _same_prediction(rle, item.category_id, untouched, same)
-                if twin is not None:  # the model predicts what is already there: keep the stored one
-                    same.add(twin)
-                    continue
-                new_id, change = self._insert(conn, record.id, item.category_id, enc, "model", item.score, item.meta)
-                report.added.append(new_id)
-                changes.append(change)
-            replaced = [history.update(conn, i.id, {"deleted": 1}) for i in untouched if i.id not in same]
-            report.replaced = len(replaced)
-            changes = replaced + changes
-            conn.execute("UPDATE images SET segmented_by = ?, updated_at = ? WHERE id = ?", (model, now(), record.id))
-            if not first:
-                history.push(conn, record.id, "re-run model", changes, self.history_limit)
+        record = self._image_record(conn, image_id)
+        if record.reviewed:
+            report.skipped_reviewed = True
+            return report
+        current = self._instances(conn, record.id, include_deleted=True)
+        first = record.segmented_by is None and not current
+        kept = [i for i in current if i.touched]
+        untouched = [i for i in current if not i.touched and not i.deleted]
+        kept_rles = [i.rle for i in kept]
+        changes, same = [], set()
+        for item, enc in zip(items, encoded):
+            rle = {"size": [record.height, record.width], "counts": enc.counts}
+            if kept_rles and float(np.max(mask_utils.iou([rle], kept_rles, [0] * len(kept_rles)))) >= OVERLAP_IOU:
+                report.kept_overlap += 1
+                continue
+            twin = _same_prediction(rle, item.category_id, untouched, same)
+            if twin is not None:  # the model predicts what is already there: keep the stored one
+                same.add(twin)
+                continue
+            new_id, change = self._insert(conn, record.id, item.category_id, enc, "model", item.score, item.meta)
+            report.added.append(new_id)
+            changes.append(change)
+        replaced = [history.update(conn, i.id, {"deleted": 1}) for i in untouched if i.id not in same]
+        report.replaced = len(replaced)
+        changes = replaced + changes
+        conn.execute("UPDATE images SET segmented_by = ?, updated_at = ? WHERE id = ?", (model, now(), record.id))
+        if not first:
+            history.push(conn, record.id, "re-run model", changes, self.history_limit)
         return report
 
     def add_instance(self, image_id: int, category_id: int, mask: np.ndarray, source: str = "user",

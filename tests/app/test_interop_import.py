@@ -16,7 +16,7 @@ from app.imports import import_coco
 from app.workspace import Workspace
 from training.data import DatasetError
 
-DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+from testutils import DATASETS
 SOURCES = {"fruits_nuts": (DATASETS / "fruits_nuts/data/trainval.json", DATASETS / "fruits_nuts/data/images"),
            "coco2017_sample": (DATASETS / "coco2017_sample_icevision/samples/annotations.json",
                                DATASETS / "coco2017_sample_icevision/samples/images")}
