@@ -4,8 +4,10 @@
                          [--mask-format rle|polygon] [--min-score 0.3] [--overwrite]
     python -m app import --workspace WS (--ann A.json --images DIR | --ann A.zip | --yolo DIR|ZIP)
                          [--results R.json] [--skip-bad]
+    python -m app qa --workspace WS --out report.json [--weights W] [--score 0.5] [--device cpu]
 
-Every argument is checked before any work; an expected failure is one ``error:`` line (exit 2).
+Every argument is checked before any work (before qa loads the model); an expected failure is one
+``error:`` line (exit 2).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from condinst.errors import UserError
 from condinst.validate import ArgumentError, OneLineParser, existing_dir, existing_file, probability, writable_dir
 
-COMMANDS = ("export", "import")
+COMMANDS = ("export", "import", "qa")
 
 
 def fraction(text: str) -> float:
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--yolo", help="YOLO segmentation dataset folder or zip (data.yaml, images/, labels/)")
     imp.add_argument("--results", help="COCO results JSON with masks: stored as model predictions")
     imp.add_argument("--skip-bad", action="store_true", help="skip bad annotations and images instead of stopping")
+    qa = sub.add_parser("qa", help="run the model over labelled images and list label/model disagreements")
+    qa.add_argument("--workspace", required=True, help="workspace folder")
+    qa.add_argument("--out", required=True, help="report JSON to write")
+    qa.add_argument("--weights", help="checkpoint (default: the bundled model)")
+    qa.add_argument("--score", type=probability, default=0.5, help="score of a confident prediction (default 0.5)")
+    qa.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     return parser
 
 
@@ -128,9 +136,39 @@ def run_import(args: argparse.Namespace) -> str:
                               skip_bad=args.skip_bad).summary()
 
 
+def check_qa(args: argparse.Namespace) -> None:
+    from app.session import DEFAULT_WEIGHTS
+    from condinst.validate import check_device, writable_file
+
+    existing_workspace(args.workspace)
+    writable_file(args.out, "--out")
+    if args.weights:
+        existing_file(args.weights, "--weights")
+    elif not DEFAULT_WEIGHTS.is_file():
+        raise ArgumentError(f"the bundled default model {DEFAULT_WEIGHTS} is missing; pass --weights")
+    check_device(args.device)
+
+
+def run_qa_command(args: argparse.Namespace) -> str:
+    from app.qa import run_qa
+    from app.session import DEFAULT_WEIGHTS, ModelSession
+    from app.workspace import Workspace
+    from condinst.io import atomic_write_json
+
+    session = ModelSession.load(args.weights or DEFAULT_WEIGHTS, device=args.device)
+    with Workspace.open(args.workspace) as workspace:
+        report = run_qa(workspace, session, args.score)
+    atomic_write_json(args.out, report.to_dict(), indent=1)
+    lines = [report.summary()] + [f"  {e.severity:.2f} {e.kind} image {e.image_id} ({e.file_name})"
+                                  f"{f' instance {e.instance_id}' if e.instance_id else ''}: {e.reason}"
+                                  for e in report.entries[:10]]
+    return "\n".join(lines + [f"report: {args.out}"])
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    check, run = {"export": (check_export, run_export), "import": (check_import, run_import)}[args.command]
+    check, run = {"export": (check_export, run_export), "import": (check_import, run_import),
+                  "qa": (check_qa, run_qa_command)}[args.command]
     try:
         check(args)
         print(run(args))

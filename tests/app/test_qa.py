@@ -1,0 +1,127 @@
+"""Label QA with the bundled model (trained on fruits_nuts): planted label errors come out on top."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from testutils import DATASETS
+
+from app.imports import import_coco
+from app.qa import compare, _Mask
+from app.workspace import Workspace
+
+FRUITS = DATASETS / "fruits_nuts/data"
+# a copy of six photos; the targets are objects the bundled model finds with score >= 0.8 and IoU >= 0.93
+KEEP = ("1.jpg", "9.jpg", "10.jpg", "12.jpg", "13.jpg", "14.jpg")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def box_mask(x0, y0, x1, y1, h=40, w=60) -> np.ndarray:
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def as_mask(mask: np.ndarray, category: str, score: float | None = None) -> _Mask:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return _Mask(rle, int(mask.sum()), [float(v) for v in mask_utils.toBbox(rle)], category, score,
+                 instance=type("I", (), {"id": 1})())
+
+
+def test_compare_kinds_on_small_masks():
+    fig, date = box_mask(5, 5, 20, 20), box_mask(35, 5, 50, 20)
+    crowd = box_mask(0, 25, 60, 40)
+    preds = [as_mask(fig, "fig", 0.9), as_mask(date, "fig", 0.8), as_mask(box_mask(10, 28, 20, 36), "date", 0.95),
+             as_mask(box_mask(24, 22, 32, 24), "date", 0.3)]
+    labels = [as_mask(box_mask(0, 0, 26, 25), "fig"), as_mask(date, "date")]
+    entries = {e.kind: e for e in compare("x.png", 1, labels, preds, [crowd_rle(crowd)], 0.5)}
+    assert set(entries) == {"loose_label", "class_mismatch"}  # the crowd-region and low-score ones are not listed
+    assert entries["loose_label"].iou == pytest.approx(225 / 650, abs=1e-3)
+    entries = compare("x.png", 1, labels[:1], preds[1:2], [], 0.5)
+    assert [e.kind for e in entries] == ["unmatched_label", "missing_label"]
+
+
+def crowd_rle(mask: np.ndarray) -> dict:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def plant(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of fruits_nuts (six photos) with a deleted label, a swapped class and a dilated mask."""
+    if not (FRUITS / "trainval.json").is_file():
+        pytest.skip(f"shared dataset {FRUITS} is not beside the repository")
+    data = json.loads((FRUITS / "trainval.json").read_text())
+    data["images"] = [img for img in data["images"] if img["file_name"] in KEEP]
+    by_name = {img["file_name"]: img for img in data["images"]}
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in {i["id"] for i in data["images"]}]
+
+    def first(name: str, category: int) -> dict:
+        return next(a for a in data["annotations"] if a["image_id"] == by_name[name]["id"] and a["category_id"] == category)
+
+    deleted, swapped, dilated = first("13.jpg", 1), first("1.jpg", 3), first("14.jpg", 3)  # date, hazelnut, hazelnut
+    data["annotations"].remove(deleted)
+    swapped["category_id"] = 1  # hazelnut -> date
+    image = by_name["14.jpg"]
+    mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(dilated["segmentation"], image["height"],
+                                                                     image["width"])))
+    grown = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (41, 41)))
+    rle = mask_utils.encode(np.asfortranarray(grown))
+    dilated["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    dilated["area"], dilated["bbox"] = float(grown.sum()), [float(v) for v in mask_utils.toBbox(rle)]
+    path = tmp_path / "planted.json"
+    path.write_text(json.dumps(data))
+    return path, {"deleted": deleted, "swapped": swapped, "dilated": dilated,
+                  "deleted_image": "13.jpg", "ratio": grown.sum() / mask.sum()}
+
+
+@pytest.fixture(scope="module")
+def session():
+    from app.session import DEFAULT_WEIGHTS, ModelSession
+
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip("the bundled default model is missing")
+    return ModelSession.load(DEFAULT_WEIGHTS)
+
+
+def test_planted_label_errors_are_the_top_entries(tmp_path: Path, session):
+    from app.qa import run_qa
+
+    ann, planted = plant(tmp_path)
+    with Workspace.open(tmp_path / "ws") as ws:
+        import_coco(ws, ann, FRUITS / "images")  # the real importer
+        report = run_qa(ws, session, 0.5)
+    assert report.images == 6 and planted["ratio"] > 2
+    top = report.entries[:4]  # the three planted errors and at most one the dataset already has
+    missing = [e for e in top if e.kind == "missing_label"]
+    assert len(missing) == 1 and missing[0].file_name == planted["deleted_image"] and missing[0].predicted_class == "date"
+    x, y, w, h = planted["deleted"]["bbox"]
+    px, py, pw, ph = missing[0].box
+    assert abs(px + pw / 2 - (x + w / 2)) < 10 and abs(py + ph / 2 - (y + h / 2)) < 10  # where the label was
+    swapped = [e for e in top if e.kind == "class_mismatch" and e.instance_id == planted["swapped"]["id"]]
+    assert swapped and swapped[0].label_class == "date" and swapped[0].predicted_class == "hazelnut"
+    loose = [e for e in top if e.kind == "loose_label"]
+    assert [e.instance_id for e in loose] == [planted["dilated"]["id"]] and loose[0].iou < 0.6
+    assert all(e.severity >= report.entries[4].severity for e in top) if len(report.entries) > 4 else True
+
+
+def test_qa_command_checks_arguments_before_the_model_loads(tmp_path: Path, capsys, monkeypatch):
+    from app.commands import main
+    import app.session
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(app.session.ModelSession, "load", classmethod(no_load))
+    assert main(["qa", "--workspace", str(tmp_path / "none"), "--out", str(tmp_path / "r.json")]) == 2
+    assert capsys.readouterr().err.startswith("error: --workspace")
+    Workspace.open(tmp_path / "ws").close()
+    (tmp_path / "dir").mkdir()
+    assert main(["qa", "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "dir")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1
+    assert main(["qa", "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "r.json"),
+                 "--weights", str(tmp_path / "none.pth")]) == 2
+    assert capsys.readouterr().err.startswith("error: --weights")
