@@ -27,6 +27,7 @@ import supervision as sv
 
 from app.actions import View
 from app.masks import preview_size, shrink_mask
+from app.records import is_crowd
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 EDITOR_DIR = Path(__file__).resolve().parent / "editor"
 PALETTE = sv.ColorPalette.DEFAULT
 REFINE_COLOR = (255, 255, 255)
+CROWD_COLOR = (160, 160, 160)  # crowd regions: grey, hatched
 _SEQ = itertools.count(1)
 
 
@@ -48,8 +50,9 @@ def data_url(kind: str, data: bytes) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
 
 
-def mask_png(preview: np.ndarray, rgb: tuple[int, int, int]) -> tuple[list[int], str] | None:
-    """A display-size bool mask -> ([x, y, w, h] of its box, PNG data URL of the coloured box crop)."""
+def mask_png(preview: np.ndarray, rgb: tuple[int, int, int], hatched: bool = False) -> tuple[list[int], str] | None:
+    """A display-size bool mask -> ([x, y, w, h] of its box, PNG data URL of the coloured box crop);
+    ``hatched``: diagonal stripes with a faint fill between them (crowd regions)."""
     ys, xs = np.nonzero(preview)
     if not len(ys):
         return None
@@ -57,6 +60,9 @@ def mask_png(preview: np.ndarray, rgb: tuple[int, int, int]) -> tuple[list[int],
     crop = preview[y0:y1, x0:x1]
     bgra = np.zeros(crop.shape + (4,), np.uint8)
     bgra[crop] = (rgb[2], rgb[1], rgb[0], 255)
+    if hatched:
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        bgra[..., 3] = np.where(crop, np.where((xx + yy) % 8 < 3, 255, 70), 0).astype(np.uint8)
     ok, png = cv2.imencode(".png", bgra, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     return [x0, y0, x1 - x0, y1 - y0], data_url("png", png.tobytes())
 
@@ -81,7 +87,7 @@ class CanvasScenes:
         bx, by, bw, bh = inst.bbox  # look only inside the box (in preview pixels, one pixel of margin)
         y0, x0 = max(int(by * scale) - 1, 0), max(int(bx * scale) - 1, 0)
         y1, x1 = int(np.ceil((by + bh) * scale)) + 1, int(np.ceil((bx + bw) * scale)) + 1
-        drawn = mask_png(preview[y0:y1, x0:x1], color_of(inst.id))
+        drawn = mask_png(preview[y0:y1, x0:x1], *((CROWD_COLOR, True) if is_crowd(inst) else (color_of(inst.id),)))
         if drawn is not None:
             drawn = ([drawn[0][0] + x0, drawn[0][1] + y0, drawn[0][2], drawn[0][3]], drawn[1])
         self._pngs[key] = drawn
@@ -108,8 +114,9 @@ class CanvasScenes:
             drawn = self.instance_png(inst, scale)
             if drawn is None:
                 continue
-            label = f"#{inst.id} {names.get(inst.category_id, inst.category_id)}"
-            instances.append({"id": inst.id, "color": "#%02x%02x%02x" % color_of(inst.id), "label": label,
+            label = f"#{inst.id} {names.get(inst.category_id, inst.category_id)}" + (" crowd" if is_crowd(inst) else "")
+            color = CROWD_COLOR if is_crowd(inst) else color_of(inst.id)
+            instances.append({"id": inst.id, "color": "#%02x%02x%02x" % color, "label": label,
                               "box": drawn[0],
                               "png": drawn[1]})
         refine = None

@@ -47,6 +47,7 @@ from pycocotools import mask as mask_utils
 
 from app.errors import AppError
 from app.ingest import sanitize_file_name
+from app.records import is_crowd
 from app.workspace import Instance, Workspace, WorkspaceSnapshot
 from condinst.io import atomic_open, fsync_dir
 
@@ -131,11 +132,6 @@ def _annotation(instance: Instance, mask_format: MaskFormat) -> dict[str, Any] |
         "bbox": [float(value) for value in mask_utils.toBbox(rle)],
         "iscrowd": int(crowd),
     }
-
-
-def is_crowd(instance: Instance) -> bool:
-    """Whether an instance is a COCO crowd region (kept as imported, not editable by accident)."""
-    return bool((instance.meta or {}).get("iscrowd"))
 
 
 def split_images(image_ids: list[int], split: float) -> dict[int, str]:

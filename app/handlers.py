@@ -198,8 +198,17 @@ class Handlers:
 
     # ---- canvas editor ------------------------------------------------------------------------------
     def on_canvas(self, view: View, new_class, evt: gr.EventData):
-        """An edit from the canvas editor: its event data names the action, geometry in image pixels."""
-        data = getattr(evt, "_data", None) or {}
+        """An edit from the canvas editor: its event data names the action, geometry in image pixels. A refused
+        edit (e.g. on a crowd region) is a toast + status line AND a fresh scene, so the canvas drops the
+        stroke it drew while waiting instead of showing it as if it had been applied."""
+        try:
+            return self._canvas_action(view, new_class, getattr(evt, "_data", None) or {})
+        except UserError as exc:
+            message = user_message(exc)
+            gr.Warning(message)
+            return self.annotate(view, WARNING + message)
+
+    def _canvas_action(self, view: View, new_class, data: dict):
         action, category = data.get("action"), int(new_class) if new_class else None
         if action == "stroke":
             view, message = self.service.edits.stroke(view, data.get("tool"), data.get("points"), data.get("width"),

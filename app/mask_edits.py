@@ -16,6 +16,7 @@ import numpy as np
 from app import editing
 from app.editing import Window
 from app.errors import ServiceError
+from app.records import crowd_message, is_crowd
 
 if TYPE_CHECKING:
     from app.actions import View
@@ -37,13 +38,14 @@ class MaskEditor:
         return record.height, record.width
 
     def _others(self, view: "View", window: Window, exclude: int | None) -> list:
-        """Shown instances other than `exclude` whose box meets the window."""
+        """Shown instances other than `exclude` whose box meets the window (crowd regions are left as imported:
+        neither cut nor cut around)."""
         y0, x0 = window.y0, window.x0
         h, w = window.patch.shape
         out = []
         for inst in self.service.actions.visible(view):
             bx, by, bw, bh = inst.bbox
-            if inst.id != exclude and bx < x0 + w and by < y0 + h and bx + bw > x0 and by + bh > y0:
+            if inst.id != exclude and not is_crowd(inst) and bx < x0 + w and by < y0 + h and bx + bw > x0 and by + bh > y0:
                 out.append(inst)
         return out
 
@@ -72,6 +74,8 @@ class MaskEditor:
             new_id = self.ws.edit_masks(image_id, changes, label, new=(category, window.full(shape), "user"))
             cut = f"; cut from {len(changes)} other instance(s)" if changes else ""
             return replace(view, selected=new_id, last_point=None, refine=None), f"Added instance #{new_id}{cut}."
+        if is_crowd(self.ws.get_instance(target)):  # say so even when the stroke would change nothing
+            raise ServiceError(crowd_message(target))
         mask = self.ws.get_instance(target).mask
         before = mask[window.slices].copy()
         editing.paint(mask, window, erase)

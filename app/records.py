@@ -108,6 +108,11 @@ class Instance:
         return self.source != "model" or self.user_edited or self.hidden
 
 
+def is_crowd(instance: Instance) -> bool:
+    """Whether an instance is a COCO crowd region (kept as imported, not editable by accident)."""
+    return bool((instance.meta or {}).get("iscrowd"))
+
+
 class Prediction(NamedTuple):
     """One model prediction: category id, score, full-size bool mask (or an RLE dict), metadata."""
 
@@ -218,5 +223,9 @@ def _label(text: str) -> str:
 def _refuse_crowd(row: Mapping[str, Any]) -> None:
     """Crowd regions (COCO iscrowd, kept as imported) are not edited by accident: only hide/delete."""
     if row.get("meta") and json.loads(row["meta"]).get("iscrowd"):
-        raise WorkspaceError(f"Instance {row['id']} is a crowd region (COCO iscrowd) kept as imported; "
-                             "its mask and class cannot be edited (hide or delete it instead)")
+        raise WorkspaceError(crowd_message(row["id"]))
+
+
+def crowd_message(instance_id: int) -> str:
+    return (f"Instance {instance_id} is a crowd region (COCO iscrowd) kept as imported; its mask and class cannot "
+            "be edited (hide or delete it instead)")

@@ -13,6 +13,7 @@ import numpy as np
 from app import render
 from app.actions import View
 from app.masks import PREVIEW_MAX_SIDE, preview_size, shrink_mask
+from app.records import is_crowd
 from app.session import level_name
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ class Screens:
         rows = []
         for inst in self.service.actions.visible(view):
             meta = inst.meta or {}
-            state = ", ".join(flag for flag, on in (("hidden", inst.hidden), ("edited", inst.user_edited)) if on)
+            state = ", ".join(flag for flag, on in (("crowd", is_crowd(inst)), ("hidden", inst.hidden),
+                                                    ("edited", inst.user_edited)) if on)
             rows.append([inst.id, names.get(inst.category_id, str(inst.category_id)),
                          "" if inst.score is None else round(float(inst.score), 3), inst.area,
                          level_name(meta["fpn_level"]) if "fpn_level" in meta else "", inst.source, state])
@@ -76,6 +78,8 @@ class Screens:
                 label += f" {inst.score:.2f}"
             if inst.user_edited or inst.source != "model":
                 label += " *"
+            if is_crowd(inst):
+                label += " crowd"
             items.append(render.DrawItem(inst.id, inst.preview, label))
         if view.refine is not None:  # a pending click-to-refine proposal
             record = ws.get_image_record(view.image_id)
@@ -108,6 +112,9 @@ class Screens:
             info += f" - solo #{view.solo}"
         if selected is not None:
             info += f" - selected #{selected.id}"
+            if is_crowd(selected):
+                info += (" - **a crowd region** (COCO iscrowd): kept and exported as imported; its mask and class "
+                         "cannot be edited (hide or delete it instead)")
         return Screen(self.overlay(view) if view.picture else None, rows, [(image_label(img), img.id) for img in images], record.id,
                       record.reviewed, selected.id if selected else None, selected.category_id if selected else None,
                       info, ws.can_undo(record.id), ws.can_redo(record.id))

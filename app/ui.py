@@ -12,6 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.actions import View
+from app import interop_ui
 from app.canvas import editor_files
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, guarded, progress_html, table_frame
 from app.service import Service
@@ -78,7 +79,7 @@ class AppUI:
                    "recover": gr.Button("Recover workspace", variant="stop", size="sm",
                                         visible=self.service.workspace is None, elem_id="recover"),
                    "status": gr.Markdown(elem_id="status")}
-            with gr.Tabs():
+            with gr.Tabs() as self.tabs:
                 with gr.Tab("Segment & correct", id="annotate"):
                     a = self._annotate_tab()
                 with gr.Tab("Explain", id="explain") as explain_tab:
@@ -87,6 +88,8 @@ class AppUI:
                     x = self._export_tab()
                 with gr.Tab("Retrain", id="retrain") as retrain_tab:
                     r = self._retrain_tab()
+                with gr.Tab("Import & QA", id="interop"):
+                    self.interop = interop_ui.build_tab()
             self._wire(demo, top, a, explain_tab, e, x, retrain_tab, r)
         return demo
 
@@ -336,6 +339,7 @@ class AppUI:
            api_name="export_zip")
         on(x["folder_btn"].click, h.on_export_folder, [state, x["folder"], x["reviewed_only"], x["format"]], [status],
            api_name="export_folder")
+        interop_ui.wire(on, interop_ui.InteropHandlers(h), self.interop, state, annotate, classes, self.tabs, MODEL)
 
         if r:
             outputs = [r["progress"], r["message"], r["losses"], r["ap"], r["log"], r["use"], r["timer"], r["finished"]]

@@ -18,7 +18,6 @@ Rules that keep people's work:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union

@@ -31,6 +31,8 @@ function fit() {
   const im = st.scene && st.scene.image; if (!im) return;
   resize();
   const cw = canvas.clientWidth, ch = canvas.clientHeight;
+  st.unfitted = !cw || !ch;  // hidden (another tab): fit again once it is shown (ResizeObserver)
+  if (st.unfitted) return;
   st.s = Math.min(cw / im.pw, ch / im.ph);
   st.ox = (cw - im.pw * st.s) / 2; st.oy = (ch - im.ph * st.s) / 2;
   draw();
@@ -231,7 +233,7 @@ $(".ce-size").addEventListener("input", (ev) => setSize(Number(ev.target.value))
 $(".ce-opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value); st.opacityTouched = true; draw(); });
 $(".ce-fit").addEventListener("click", fit);
 $(".ce-one").addEventListener("click", oneToOne);
-new ResizeObserver(() => draw()).observe(canvas);
+new ResizeObserver(() => (st.unfitted && canvas.clientWidth ? fit() : draw())).observe(canvas);
 
 window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize};
 setTool("brush");
