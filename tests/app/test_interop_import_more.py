@@ -192,3 +192,23 @@ def test_results_with_a_dataset_in_one_command_and_bad_results_import_nothing(tm
         dropped = [e for e in entries if e["image_id"] == first]
         assert len(added) == len(dropped) > 0 and {i.image_id for i in added} == {first}
         assert f"{len(added)} model predictions added ({len(entries) - len(added)} left out" in out
+
+
+def test_roboflow_coco_zip_and_a_yolo_zip(tmp_path: Path):
+    with synthetic(tmp_path) as src:
+        export_coco(src, tmp_path / "coco")
+        export_yolo(src, tmp_path / "yolo")
+        want = {name: [i.category_id for i in v if not (i.meta or {}).get("iscrowd")] for name, v in live(src).items()}
+    # Roboflow's COCO layout: train/_annotations.coco.json beside the images
+    with zipfile.ZipFile(tmp_path / "roboflow.zip", "w") as archive:
+        archive.write(tmp_path / "coco/annotations/instances_default.json", "train/_annotations.coco.json")
+        for image in (tmp_path / "coco/images").iterdir():
+            archive.write(image, f"train/{image.name}")
+    with zipfile.ZipFile(tmp_path / "yolo.zip", "w") as archive:
+        for path in (tmp_path / "yolo").rglob("*"):
+            archive.write(path, path.relative_to(tmp_path / "yolo"))
+    with Workspace.open(tmp_path / "a") as ws:
+        assert import_dataset(ws, ann=tmp_path / "roboflow.zip").crowd == 1
+    with Workspace.open(tmp_path / "b") as ws:
+        report = import_dataset(ws, yolo=tmp_path / "yolo.zip")
+        assert report.images == 2 and {n: [i.category_id for i in v] for n, v in live(ws).items()} == want
