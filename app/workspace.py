@@ -317,6 +317,7 @@ class Workspace:
             return self._store_predictions(conn, record.id, items, encoded, model)
 
     def encode_predictions(self, predictions: Sequence[Prediction], height: int, width: int) -> tuple[list, list]:
+        """(Predictions, their encoded masks) checked against an image size, before a write transaction."""
         try:
             items = [Prediction(*p) for p in predictions]
         except TypeError:
