@@ -65,9 +65,6 @@ class Track:
     def class_index(self) -> int:
         return max(self.class_scores, key=self.class_scores.get)
 
-    def shift(self, frames: int) -> torch.Tensor:
-        return self.velocity * frames
-
 
 class CondInstTracker:
     """Links a video's detections online: `update(frame)` -> [(track id, detection row)] for the
@@ -119,10 +116,9 @@ class CondInstTracker:
         """(T, M) and (K, M) 0/1 float masks on the frame's mask-feature grid (stride 8, padding cropped):
         the tracks' filters at their predicted locations, and the detections' own. Stride 8 rather
         than the head's output stride 4: a quarter of the work, and enough to tell instances apart."""
-        dt = [frame.index - t.last_frame for t in self.tracks]
         device = frame.mask_feats.device
-        locations = torch.cat([torch.stack([t.location + t.shift(d) for t, d in zip(self.tracks, dt)])
-                               if self.tracks else det.locations[:0], det.locations]).float()
+        predicted = self._predicted(frame.index)[0] if self.tracks else det.locations[:0]
+        locations = torch.cat([predicted, det.locations]).float()
         levels = torch.tensor([t.fpn_level for t in self.tracks], dtype=torch.long, device=device)
         params = torch.cat([torch.stack([t.params for t in self.tracks]) if self.tracks else det.params[:0],
                             det.params]).float()
@@ -139,10 +135,17 @@ class CondInstTracker:
         cfg = self.config
         if not self.tracks or len(det) == 0:
             return mask_iou.new_zeros(mask_iou.shape)
-        boxes = torch.stack([t.box + t.shift(index - t.last_frame).repeat(2) for t in self.tracks])
+        boxes = self._predicted(index)[1]
         same = torch.tensor([t.class_index for t in self.tracks], device=det.classes.device)[:, None] == det.classes
         return (mask_iou.clamp(min=1e-6).log() + cfg.score_weight * det.scores.float().clamp(min=1e-6).log()
                 + cfg.box_weight * box_iou(boxes.float(), det.boxes.float()) + cfg.class_weight * same.float())
+
+    def _predicted(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, 2) locations and (T, 4) boxes of the live tracks moved on by their velocity to frame `index`."""
+        shift = torch.stack([t.velocity for t in self.tracks]) * torch.tensor(
+            [[index - t.last_frame] for t in self.tracks], dtype=torch.float32, device=self.tracks[0].box.device)
+        return (torch.stack([t.location for t in self.tracks]) + shift,
+                torch.stack([t.box for t in self.tracks]) + shift.repeat(1, 2))
 
     def _follow(self, track: Track, det, k: int, index: int) -> None:
         """Track `track` continues with detection k: its filters, location, box and velocity."""
@@ -166,14 +169,10 @@ def pairwise_mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def greedy_assignment(score: torch.Tensor, allowed: torch.Tensor) -> list[tuple[int, int]]:
     """(row, col) pairs, best `score` first, each row and column used once, only where `allowed`."""
+    rows_cols = allowed.nonzero().tolist()
+    values = score[allowed].tolist()
     pairs, rows, cols = [], set(), set()
-    if score.numel() == 0:
-        return pairs
-    flat = torch.where(allowed, score, torch.full_like(score, -math.inf)).flatten()
-    for i in flat.argsort(descending=True).tolist():
-        if flat[i] == -math.inf:
-            break
-        r, c = divmod(i, score.shape[1])
+    for _, (r, c) in sorted(zip(values, rows_cols), key=lambda item: -item[0]):
         if r not in rows and c not in cols:
             pairs.append((r, c))
             rows.add(r)
