@@ -82,15 +82,19 @@ def write_mp4(frames: list[np.ndarray], path: Path, fps: int = 10) -> None:
 
 
 def crossing_video(out_dir: Path, frames: int = 16, video_id: int = 1, size: tuple[int, int] = (360, 480),
-                   mp4: bool = False, name: str = "crossing") -> tuple[dict, list[dict]]:
+                   mp4: bool = False, name: str = "crossing", same_class: bool = False) -> tuple[dict, list[dict]]:
     """Three cut-outs of 7.jpg at 0.6 scale: a date and a fig cross horizontally (the fig in front),
-    a hazelnut moves down on the right."""
+    a hazelnut moves down on the right. `same_class`: two dates cross on one line instead (the second
+    one in front, hiding the first completely for a few frames), the hazelnut as before."""
     photo, anns = _photo("7.jpg")
     rng = np.random.default_rng(0)
     h, w = size
     background = np.median(photo[:40, :40].reshape(-1, 3), axis=0)
     base = np.clip(background + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
     chosen = [next(a for a in anns if a["category_id"] == c) for c in (1, 2, 3)]
+    if same_class:
+        dates = sorted((a for a in anns if a["category_id"] == 1), key=lambda a: a["area"])
+        chosen = [dates[0], dates[-1], chosen[2]]  # the smaller date passes behind the larger one
     cutouts = []
     for a in chosen:
         x, y, bw, bh = (int(round(v)) for v in a["bbox"])
@@ -100,6 +104,8 @@ def crossing_video(out_dir: Path, frames: int = 16, video_id: int = 1, size: tup
         cutouts.append((np.asarray(crop.resize(size_s, Image.BILINEAR)), np.asarray(m.resize(size_s, Image.NEAREST)) > 127))
     # (start x, start y) -> (end x, end y) of each cut-out's top-left corner; drawing order = list order.
     paths = [((20, 110), (300, 130)), ((300, 130), (20, 110)), ((370, 10), (370, 230))]
+    if same_class:
+        paths = [((20, 120), (300, 120)), ((280, 110), (0, 110)), ((370, 10), (370, 230))]
     out_frames, out_masks = [], []
     for t in range(frames):
         f = t / max(frames - 1, 1)
@@ -152,3 +158,12 @@ def gt_results(path: Path) -> list[dict]:
     data = json.loads(Path(path).read_text())
     return [{"video_id": a["video_id"], "category_id": a["category_id"], "score": 1.0,
              "segmentations": a["segmentations"]} for a in data["annotations"]]
+
+
+if __name__ == "__main__":  # python tests/videokit.py OUT_DIR: both videos (frames + mp4) and OUT_DIR/ytvis.json
+    import sys
+
+    out = Path(sys.argv[1])
+    videos = [crossing_video(out, frames=16, mp4=True), camera_video(out, frames=12, mp4=True),
+              crossing_video(out, frames=16, video_id=3, mp4=True, name="dates", same_class=True)]
+    print(f"wrote {write_ytvis(out / 'ytvis.json', videos)}")

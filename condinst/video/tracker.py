@@ -12,10 +12,13 @@ linking). For every live track and every new detection, on the frame's mask feat
 
 which is SipMask-VIS's matching score (log-softmax of embedding similarity + log score + 2 box IoU +
 10 same class) with the mask IoU of the track's own filters in place of the embedding similarity.
-Pairs below `min_mask_iou` never match; the rest are assigned greedily, best score first. A track
+Pairs below `min_mask_iou` (`cross_class_iou` between classes: a flickering class is tolerated
+on the same object, not a jump to another one) never match; the rest are assigned greedily, best
+score first. A track
 without a detection is kept `max_lost` frames (its location and box move on with its velocity);
-an unmatched detection starts a track when it scores at least `new_track_score` and is not a
-duplicate (mask IoU > `duplicate_iou`) of a detection already kept in the frame.
+an unmatched detection starts a track when it scores at least `new_track_score` and at most
+`covered_fraction` of its mask lies on the instances already tracked in the frame (else it is a
+duplicate, or a detection of several objects merged, as when two objects cross).
 
 All masks come from one batched dynamic-head call per frame on the stride-8 mask-feature grid:
 the tracking cost is a few small matrix products (see bench/video.py for the overhead).
@@ -37,7 +40,8 @@ class TrackerConfig:
     min_score: float = 0.1  # detections scoring less are ignored (neither matched nor output)
     new_track_score: float = 0.3  # an unmatched detection starts a track from this score
     min_mask_iou: float = 0.1  # a track and a detection can match only from this mask IoU
-    duplicate_iou: float = 0.6  # an unmatched detection overlapping a kept one this much is dropped
+    cross_class_iou: float = 0.7  # ... and from this one when their classes differ
+    covered_fraction: float = 0.5  # an unmatched detection this much covered by tracked ones starts nothing
     max_lost: int = 10  # frames a track is kept without a detection
     score_weight: float = 1.0  # SipMask-VIS weights
     box_weight: float = 2.0
@@ -89,26 +93,26 @@ class CondInstTracker:
         self.tracks = [t for t in self.tracks if frame.index - t.last_frame <= cfg.max_lost]
         track_masks, det_masks = self.masks(frame, det)
         mask_iou = pairwise_mask_iou(track_masks, det_masks)
-        score = self.match_scores(frame.index, det, mask_iou)
-        pairs = greedy_assignment(score, mask_iou >= cfg.min_mask_iou)
+        score, same_class = self.match_scores(frame.index, det, mask_iou)
+        allowed = (mask_iou >= cfg.min_mask_iou) & (same_class | (mask_iou >= cfg.cross_class_iou))
+        pairs = greedy_assignment(score, allowed)
         out = []
         for t, k in pairs:
             self._follow(self.tracks[t], det, k, frame.index)
             out.append((self.tracks[t].id, int(rows[k])))
-        kept = [k for _, k in pairs]
         taken = {k for _, k in pairs}
-        det_iou = pairwise_mask_iou(det_masks, det_masks)
+        covered = det_masks[[k for _, k in pairs]].amax(0) if pairs else det_masks.new_zeros(det_masks.shape[1])
         for k in det.scores.argsort(descending=True).tolist():  # new tracks, best detections first
             if k in taken or float(det.scores[k]) < cfg.new_track_score:
                 continue
-            if kept and float(det_iou[k, kept].max()) > cfg.duplicate_iou:
-                continue
+            if float((det_masks[k] * covered).sum()) > cfg.covered_fraction * float(det_masks[k].sum()):
+                continue  # mostly on instances already tracked here: a duplicate, or several objects merged
+            covered = torch.maximum(covered, det_masks[k])
             track = Track(self.next_id, det.params[k], int(det.fpn_levels[k]), det.locations[k], det.boxes[k],
                           frame.index, torch.zeros(2, device=det.boxes.device))
             track.class_scores[int(det.classes[k])] = float(det.scores[k])
             self.next_id += 1
             self.tracks.append(track)
-            kept.append(k)
             out.append((track.id, int(rows[k])))
         return out
 
@@ -130,15 +134,15 @@ class CondInstTracker:
         masks = (logits[:, 0, :h, :w] > self.logit_threshold).flatten(1).float()
         return masks[: len(self.tracks)], masks[len(self.tracks):]
 
-    def match_scores(self, index: int, det, mask_iou: torch.Tensor) -> torch.Tensor:
-        """(T, K) SipMask-VIS-style matching scores of live tracks and detections."""
+    def match_scores(self, index: int, det, mask_iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, K) SipMask-VIS-style matching scores of live tracks and detections, and (T, K) same class."""
         cfg = self.config
         if not self.tracks or len(det) == 0:
-            return mask_iou.new_zeros(mask_iou.shape)
+            return mask_iou.new_zeros(mask_iou.shape), torch.zeros(mask_iou.shape, dtype=torch.bool)
         boxes = self._predicted(index)[1]
         same = torch.tensor([t.class_index for t in self.tracks], device=det.classes.device)[:, None] == det.classes
         return (mask_iou.clamp(min=1e-6).log() + cfg.score_weight * det.scores.float().clamp(min=1e-6).log()
-                + cfg.box_weight * box_iou(boxes.float(), det.boxes.float()) + cfg.class_weight * same.float())
+                + cfg.box_weight * box_iou(boxes.float(), det.boxes.float()) + cfg.class_weight * same.float()), same
 
     def _predicted(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, 2) locations and (T, 4) boxes of the live tracks moved on by their velocity to frame `index`."""

@@ -38,6 +38,16 @@ def crossing(tmp_path_factory, predictor):
     return load_dataset(ann), frames
 
 
+@pytest.fixture(scope="module")
+def dates(tmp_path_factory, predictor):
+    """Two dates crossing on one line, the front one hiding the other almost completely (frames 5-7)."""
+    root = tmp_path_factory.mktemp("dates")
+    ann = videokit.write_ytvis(root / "ytvis.json",
+                               [videokit.crossing_video(root, frames=12, name="dates", same_class=True)])
+    frames = list(segment_frames(predictor, open_video(root / "dates").frames(), batch_size=4))
+    return load_dataset(ann), frames
+
+
 def run_tracker(kind, predictor, frames, video_id=1, config=None):
     tracker = make_tracker(kind, predictor, config or TrackerConfig(new_track_score=0.5))
     tracks = VideoTracks()
@@ -89,6 +99,19 @@ def test_condinst_tracks_follow_objects_through_the_crossing(crossing, predictor
     # the date and the hazelnut (well detected) are each one track over all 12 frames
     full = [r for r in ours if sum(s is not None for s in r["segmentations"]) == 12]
     assert {r["category_id"] for r in full} >= {1, 3}
+
+
+def test_same_class_objects_keep_their_ids_through_an_occlusion(dates, predictor):
+    dataset, frames = dates
+    ours = as_loaded(run_tracker("condinst", predictor, frames), dataset)
+    base = as_loaded(run_tracker("bytetrack", predictor, frames), dataset)
+    m_ours, m_base = tracking_metrics(dataset, ours), tracking_metrics(dataset, base)
+    print(f"\ncondinst: IDSW {m_ours['IDSW']} HOTA {m_ours['HOTA']:.3f}; bytetrack: IDSW {m_base['IDSW']} "
+          f"HOTA {m_base['HOTA']:.3f}")
+    assert m_ours["IDSW"] == 0 and m_ours["HOTA"] > 0.7
+    assert m_ours["HOTA"] >= m_base["HOTA"]
+    dates_tracks = [r for r in ours if r["category_id"] == 1 and r["score"] >= 0.5]
+    assert len(dates_tracks) == 2  # one track per date, none for the merged detections while they overlap
 
 
 def drop(frame: Frame, keep) -> Frame:
