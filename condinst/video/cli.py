@@ -84,15 +84,18 @@ def _check_model_args(args) -> None:
         raise VideoCLIError("--tracker condinst re-applies the dynamic filters and needs the PyTorch model (.pth); "
                             "use --tracker bytetrack with an .onnx file")
     if args.tracker == "bytetrack":
-        import importlib.util
-
-        if importlib.util.find_spec("trackers") is None:
-            raise VideoCLIError("--tracker bytetrack: the `trackers` package is not installed "
-                                "(pip install --no-deps -r requirements-tracking.txt)")
+        require_trackers("--tracker bytetrack")
     check_device(args.device)
 
 
-def _jobs_from_inputs(inputs: list[str], ann: str | None, fps: float) -> list[Job]:
+def require_trackers(what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("trackers") is None:
+        raise VideoCLIError(f"{what}: needs the `trackers` package (pip install --no-deps -r requirements-tracking.txt)")
+
+
+def _jobs_from_inputs(inputs: list[str], ann: str | None, fps: float) -> tuple[list[Job], object]:
     dataset = None
     if ann:
         from .ytvis import load_dataset
@@ -119,7 +122,7 @@ def _jobs_from_inputs(inputs: list[str], ann: str | None, fps: float) -> list[Jo
         source = (open_frames(path, [path / Path(f).name for f in video["file_names"]], fps) if path.is_dir()
                   else open_video(path))
         jobs.append(Job(source, video["id"], video["length"]))
-    return jobs
+    return jobs, dataset
 
 
 def _vis_paths(vis: str | None, jobs: list[Job]) -> list[Path | None]:
@@ -146,12 +149,17 @@ def _predictor(args):
                                   max_size=args.max_size, fast=args.fast)
 
 
-def run_jobs(args, jobs: list[Job], vis_paths: list[Path | None]) -> tuple[list[dict], int, dict]:
-    """Segment and track every job; returns (results, failures, timings)."""
+def run_jobs(args, jobs: list[Job], vis_paths: list[Path | None], dataset=None) -> tuple[list[dict], int, dict]:
+    """Segment and track every job; returns (results, failures, timings). With `dataset`, the model's
+    categories must be the dataset's (checked as soon as the model is loaded)."""
     from .pipeline import track_video
     from .tracker import TrackerConfig
 
     predictor = _predictor(args)
+    model_ids = [predictor.category_id(i) for i in range(predictor.cfg.fcos.num_classes)]
+    if dataset is not None and not set(model_ids) <= set(dataset.category_ids):
+        raise VideoCLIError(f"the model's category ids {model_ids} are not all in {dataset.path.name}'s "
+                            f"{dataset.category_ids}: train on (or convert to) the dataset's categories")
     config = TrackerConfig(min_score=args.score_threshold, new_track_score=args.new_track_score,
                            max_lost=args.max_lost)
     results, failures = [], 0
@@ -169,8 +177,7 @@ def run_jobs(args, jobs: list[Job], vis_paths: list[Path | None]) -> tuple[list[
                   f"{job.video_id} has {job.length}; left out", file=sys.stderr)
             failures += 1
             continue
-        entries = out.tracks.results(job.video_id, [predictor.category_id(i) for i in
-                                                    range(predictor.cfg.fcos.num_classes)], out.num_frames)
+        entries = out.tracks.results(job.video_id, model_ids, out.num_frames)
         results.extend(entries)
         for key in totals:
             totals[key] += getattr(out, key)
@@ -185,9 +192,9 @@ def run_video(args: argparse.Namespace) -> int:
     if not args.fps > 0:
         raise VideoCLIError(f"--fps {args.fps}: must be a positive number")
     writable_file(args.output, "--output")
-    jobs = _jobs_from_inputs(args.input, args.ann, args.fps)
+    jobs, dataset = _jobs_from_inputs(args.input, args.ann, args.fps)
     vis_paths = _vis_paths(args.vis, jobs)
-    results, failures, _ = run_jobs(args, jobs, vis_paths)
+    results, failures, _ = run_jobs(args, jobs, vis_paths, dataset)
     from ..io import atomic_write_json
 
     atomic_write_json(args.output, results)
@@ -201,6 +208,7 @@ def run_evaluate_video(args: argparse.Namespace) -> int:
     if (args.weights is None) == (args.results is None):
         raise VideoCLIError("give either --weights (run the model on --videos) or --results (score a results file)")
     existing_file(args.ann, "--ann")
+    require_trackers("evaluate-video (HOTA, ID switches)")
     if args.metrics:
         writable_file(args.metrics, "--metrics")
     if args.results:
@@ -218,7 +226,7 @@ def run_evaluate_video(args: argparse.Namespace) -> int:
         root = Path(args.videos)
         jobs = [Job(open_frames(root / Path(v["file_names"][0]).parent, [root / f for f in v["file_names"]]),
                     v["id"], v["length"]) for v in dataset.videos]
-        raw, failures, totals = run_jobs(args, jobs, [None] * len(jobs))
+        raw, failures, totals = run_jobs(args, jobs, [None] * len(jobs), dataset)
         if failures:
             raise VideoCLIError(f"{failures} video(s) could not be processed (see above); nothing scored")
         if args.output:

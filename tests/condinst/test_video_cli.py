@@ -130,3 +130,17 @@ def test_evaluate_video_runs_the_model_on_a_dataset(tmp_path, capsys, videos):
     assert "% of the model time" in capsys.readouterr().out
     for m in scores.values():
         assert m["ap"]["AP"] > 0.3 and m["tracking"]["HOTA"] > 0.5, scores
+
+
+def test_a_model_of_other_categories_is_refused_before_any_frame(tmp_path, capsys, videos):
+    root, ann = videos
+    data = json.loads(ann.read_text())
+    for c in data["categories"]:
+        c["id"] += 10
+    for a in data["annotations"]:
+        a["category_id"] += 10
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    message = one_error(capsys, ["evaluate-video", "--weights", WEIGHTS, "--ann", str(other), "--videos", str(root),
+                                 "--no-progress"])
+    assert "category ids [1, 2, 3] are not all in other.json's [11, 12, 13]" in message
