@@ -34,7 +34,9 @@ class TrackedVideo:
 def make_tracker(kind: str, predictor: Predictor, config: TrackerConfig):
     """'condinst' (needs the PyTorch model) or 'bytetrack'."""
     if kind == "condinst":
-        return CondInstTracker(predictor._torch_model(), config)
+        if not predictor.is_torch:
+            raise ValueError("the condinst tracker needs the PyTorch model (.pth): an ONNX graph has no mask features")
+        return CondInstTracker(predictor.model, config)
     if kind == "bytetrack":
         from .bytetrack import ByteTrackBaseline
 

@@ -5,8 +5,8 @@
         frame.mask_feats    # (1, C_mask, Hp/8, Wp/8) mask-branch features (the tracker re-applies filters to them)
 
 At most one batch of frames (and their features) is held at a time. With a PyTorch model the dense
-outputs are kept (`Predictor.results`, the path `Explainer` uses) so the tracker can run the
-dynamic mask head on them; an exported ONNX graph gives results only (`keep_features=False`).
+mask features are kept (`Predictor.with_features`) so the tracker can run the dynamic mask head
+on them; an exported ONNX graph gives results only (`keep_features=False`).
 """
 from __future__ import annotations
 
@@ -25,14 +25,13 @@ from ..predictor import Predictor
 class Frame:
     """One segmented frame. `seconds`: its share of the batch's model time (preprocessing included).
 
-    mask_feats (1, C, Hp/8, Wp/8) or None; padded_size (Hp, Wp) and input_size (h, w) of the
-    resized network input (the coordinates of `result.detections`)."""
+    mask_feats (1, C, Hp/8, Wp/8) of the padded batch or None; input_size (h, w) of the resized
+    network input (the coordinates of `result.detections`)."""
 
     index: int
     image: np.ndarray
     result: ImageResult
     mask_feats: torch.Tensor | None
-    padded_size: tuple[int, int]
     input_size: tuple[int, int]
     seconds: float
 
@@ -55,20 +54,11 @@ def segment_frames(predictor: Predictor, frames: Iterable[np.ndarray], batch_siz
 @torch.no_grad()
 def _run(predictor: Predictor, images: list[np.ndarray], start: int, keep_features: bool) -> list[Frame]:
     t0 = time.perf_counter()
-    image_sizes = [tuple(im.shape[:2]) for im in images]
-    if not keep_features:
-        results = predictor(images)
-        batch, sizes, feats = None, [r.input_size for r in results], None
-        padded = tuple(-(-s // predictor.cfg.input.size_divisibility) * predictor.cfg.input.size_divisibility
-                       for s in sizes[0])
+    if keep_features:
+        results, feats, sizes = predictor.with_features(images)
     else:
-        model = predictor._torch_model()
-        batch, sizes = predictor.prepare(images)
-        with predictor._autocast():
-            outputs = model.forward_heads(batch)
-        padded = tuple(batch.shape[-2:])
-        results = predictor.results(outputs, padded, sizes, image_sizes)
-        feats = outputs.mask_feats
+        results, feats = predictor(images), None
+        sizes = [r.input_size for r in results]
     seconds = (time.perf_counter() - t0) / len(images)
-    return [Frame(start + i, image, result, None if feats is None else feats[i : i + 1], padded, tuple(size), seconds)
+    return [Frame(start + i, image, result, None if feats is None else feats[i : i + 1], tuple(size), seconds)
             for i, (image, result, size) in enumerate(zip(images, results, sizes))]

@@ -120,7 +120,7 @@ def drop(frame: Frame, keep) -> Frame:
     idx = torch.as_tensor(keep).nonzero().squeeze(1)
     result = ImageResult(r.boxes[idx], r.scores[idx], r.classes[idx], r.instance_masks.select(idx),
                          r.detections.select(idx), r.image_size, r.input_size)
-    return Frame(frame.index, frame.image, result, frame.mask_feats, frame.padded_size, frame.input_size, frame.seconds)
+    return Frame(frame.index, frame.image, result, frame.mask_feats, frame.input_size, frame.seconds)
 
 
 def test_a_track_missed_for_a_few_frames_keeps_its_id(crossing, predictor):
