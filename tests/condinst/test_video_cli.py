@@ -144,3 +144,22 @@ def test_a_model_of_other_categories_is_refused_before_any_frame(tmp_path, capsy
     message = one_error(capsys, ["evaluate-video", "--weights", WEIGHTS, "--ann", str(other), "--videos", str(root),
                                  "--no-progress"])
     assert "category ids [1, 2, 3] are not all in other.json's [11, 12, 13]" in message
+
+
+def test_ann_gives_the_dataset_video_id_and_frame_list(tmp_path, capsys, videos):
+    root, ann = videos
+    data = json.loads(ann.read_text())
+    data["videos"][0]["id"] = 42
+    for a in data["annotations"]:
+        a["video_id"] = 42
+    data["videos"][0]["file_names"] = data["videos"][0]["file_names"][:5]  # only 5 of the folder's 8 frames listed
+    for a in data["annotations"]:
+        a["segmentations"] = a["segmentations"][:5]
+    renumbered = tmp_path / "ann42.json"
+    renumbered.write_text(json.dumps(data))
+    results = tmp_path / "r.json"
+    assert main(["video", "--weights", WEIGHTS, "--input", str(root / "crossing"), "--ann", str(renumbered),
+                 "--output", str(results), "--no-progress"]) == 0
+    entries = json.loads(results.read_text())
+    assert entries and all(e["video_id"] == 42 and len(e["segmentations"]) == 5 for e in entries)
+    assert main(["evaluate-video", "--ann", str(renumbered), "--results", str(results)]) == 0
