@@ -12,6 +12,7 @@ decoded (truncated file) is reported and left out, the others are still written 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -189,7 +190,7 @@ def run_jobs(args, jobs: list[Job], vis_paths: list[Path | None], dataset=None) 
 
 def run_video(args: argparse.Namespace) -> int:
     _check_model_args(args)
-    if not args.fps > 0:
+    if not (math.isfinite(args.fps) and args.fps > 0):
         raise VideoCLIError(f"--fps {args.fps}: must be a positive number")
     writable_file(args.output, "--output")
     jobs, dataset = _jobs_from_inputs(args.input, args.ann, args.fps)

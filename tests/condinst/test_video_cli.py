@@ -43,6 +43,7 @@ def test_arguments_and_inputs_are_checked_before_the_model_loads(tmp_path, capsy
              (base + ["--input", str(tmp_path / "junk.mp4")], "junk.mp4: not a readable video"),
              (base + ["--input", clip, str(root / "crossing"), "--vis", str(tmp_path / "v.mp4")], "give a folder"),
              (base + ["--input", clip, clip], "given twice"),
+             (base + ["--input", clip, "--fps", "inf"], "--fps inf: must be a positive number"),
              (base + ["--input", str(tmp_path)], "folder holds no frame images"),
              (base + ["--input", str(root / "crossing"), "--ann", str(tmp_path / "nope.json")], "--ann"),
              (["video", "--weights", str(tmp_path / "gone.pth"), "--output", out, "--input", clip], "gone.pth: no such file"),
