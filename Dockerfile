@@ -20,8 +20,8 @@ RUN apt-get update \
 WORKDIR /opt/condinst-studio
 
 # Dependencies first, so code changes do not reinstall them.
-COPY requirements.txt pyproject.toml README.md ./
-RUN pip install -r requirements.txt
+COPY requirements.txt requirements-tracking.txt pyproject.toml README.md ./
+RUN pip install -r requirements.txt && pip install --no-deps -r requirements-tracking.txt
 
 COPY condinst ./condinst
 COPY training ./training

@@ -14,11 +14,12 @@ RUN_DIR ?= runs/default_model
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-datumaro.txt pyproject.toml
+$(STAMP): requirements.txt requirements-datumaro.txt requirements-tracking.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install --no-deps -r requirements-datumaro.txt
+	$(PY) -m pip install --no-deps -r requirements-tracking.txt
 	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 

@@ -1,6 +1,7 @@
-"""Command line: `python -m condinst predict | train | evaluate` (also installed as `condinst`).
+"""Command line: `python -m condinst predict | export | video | evaluate-video | train | evaluate` (also
+installed as `condinst`).
 
-The library's own commands (`predict`) live here. Other packages add theirs through the entry-point
+The library's own commands (`predict`, `export`) live here; `video` and `evaluate-video` in condinst/video/cli.py. Other packages add theirs through the entry-point
 group `condinst.commands` (pyproject.toml: `train` and `evaluate` come from `training.cli`), so the
 command line reaches the trainer without the library importing it.
 """
@@ -255,9 +256,18 @@ EXPORT = Command("write the model as one ONNX graph (image to detections and mas
                  run_export)
 
 
+def _video_commands() -> dict[str, Command]:
+    from .video import cli as video
+
+    return {"video": Command("segment and track instances through videos, write YouTube-VIS results",
+                             video.add_video_arguments, video.run_video),
+            "evaluate-video": Command("YouTube-VIS AP/AR, ID switches and HOTA of a model or a results file",
+                                      video.add_evaluate_arguments, video.run_evaluate_video)}
+
+
 def commands() -> dict[str, Command]:
     """The library's commands, then those installed packages declare in the `condinst.commands` group."""
-    found = {"predict": PREDICT, "export": EXPORT}
+    found = {"predict": PREDICT, "export": EXPORT, **_video_commands()}
     for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
         if ep.name not in found:
             found[ep.name] = ep.load()

@@ -171,6 +171,17 @@ class Predictor:
             instances = self._torch_model().instances(outputs, input_sizes, self.cfg)
         return self.finish(instances, padded_size, input_sizes, image_sizes)
 
+    @torch.no_grad()
+    def with_features(self, images: list[np.ndarray]) -> tuple[list[ImageResult], torch.Tensor, list[tuple[int, int]]]:
+        """`self(images)` plus what the video tracker re-applies filters to (PyTorch model only):
+        (results, mask features (B, C_mask, Hp/8, Wp/8) of the padded batch, resized (h, w) of each image)."""
+        model = self._torch_model()
+        batch, sizes = self.prepare(images)
+        with self._autocast():
+            outputs = model.forward_heads(batch)
+        results = self.results(outputs, tuple(batch.shape[-2:]), sizes, [image.shape[:2] for image in images])
+        return results, outputs.mask_feats, sizes
+
     def finish(self, instances: list[InstanceResult], padded_size: tuple[int, int],
                input_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]]) -> list[ImageResult]:
         """Detections and mask logits of each image (from PyTorch or the exported graph) -> results at

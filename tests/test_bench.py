@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import common, cpu_latency, inference, mask_head, train_step  # noqa: E402
+from bench import common, cpu_latency, inference, mask_head, train_step, video  # noqa: E402
 
 TIMING_KEYS = {"iters", "batch_size", "median_ms", "p10_ms", "p90_ms", "iqr_ms", "mean_ms", "min_ms",
                "ms_per_image", "images_per_s", "times_ms"}
@@ -186,6 +186,22 @@ def test_cpu_latency_skips_a_missing_default_model(tmp_path):
     assert args.threads == 2 and args.device == "cpu"  # the documented defaults
     row = cpu_latency.default_model_row(np.zeros((60, 80, 3), np.uint8), args, torch.device("cpu"))
     assert row["skipped"] and "not found" in row["note"]
+
+
+def test_video_reports_fps_and_tracking_overhead(tmp_path):
+    out = tmp_path / "video.json"
+    payload = video.main(["--threads", "1", "--tiny", "--frames", "4", "--frame-size", "96x128", "--batch-size", "2",
+                          "--detections", "5", "--r50-min-size", "128", "--r50-max-size", "192", "--out", str(out)])
+    check_common(read(out), "video")
+    rows = {r["model"]: r for r in payload["results"]}
+    assert set(rows) == ({"default", "r50"} if video.DEFAULT_WEIGHTS.is_file() else {"r50"})
+    assert rows["r50"]["detections_per_frame"] == 5 and rows["r50"]["input_size"] == [128, 171]
+    for row in rows.values():
+        assert row["frames"] == 4 and row["model_ms_per_frame"] > 0
+        for kind in ("condinst", "bytetrack"):
+            assert row[f"{kind}_ms_per_frame"] > 0 and row[f"{kind}_fps"] > 0
+            assert row[f"{kind}_overhead_pct"] == pytest.approx(100 * row[f"{kind}_ms_per_frame"] / row["model_ms_per_frame"])
+    assert rows["r50"]["condinst_tracks"] >= 1
 
 
 def test_scripts_run_as_files():

@@ -75,7 +75,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Flags of `condinst train`."""
     parser.add_argument("--config", default="MS_R_50_1x",
                         help=f"preset ({', '.join(PRESETS)}), AdelaiDet YAML, or JSON config dump (default MS_R_50_1x)")
-    parser.add_argument("--train-ann", required=True, help="COCO instances JSON of the training set")
+    parser.add_argument("--train-ann", required=True,
+                        help="COCO instances JSON of the training set (or a YouTube-VIS JSON: each listed frame an image)")
     parser.add_argument("--train-images", required=True, help="folder the training file_names are relative to")
     parser.add_argument("--val-ann", help="COCO JSON of a validation set (box and mask AP during/after training)")
     parser.add_argument("--val-images", help="image folder of the validation set")

@@ -1,7 +1,8 @@
 """COCO instance-segmentation datasets.
 
 `CocoInstances` reads a COCO "instances" JSON (the layout of instances_train2017.json) and an image
-folder. Every entry is checked once, when the dataset is opened, so that bad data fails early with a
+folder; a YouTube-VIS JSON (`videos` instead of `images`) is read as one image per listed frame
+(training/ytvis.py). Every entry is checked once, when the dataset is opened, so that bad data fails early with a
 message naming the file and the annotation or image id:
 
     missing or unreadable image file, non-image file, image size different from the JSON,
@@ -317,6 +318,10 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not a text JSON file ({e.reason})") from None
+    from .ytvis import is_ytvis, ytvis_to_coco
+
+    if is_ytvis(data):  # a YouTube-VIS file: every listed frame is an image
+        data = ytvis_to_coco(data, path)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a COCO JSON object with 'images', 'annotations' and "
                            f"'categories', got a {type(data).__name__}")

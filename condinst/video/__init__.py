@@ -1,0 +1,14 @@
+"""Video instance segmentation with CondInst: read videos, segment frames in batches, link the
+instances into tracks online (with the tracks' own dynamic filters), write and score YouTube-VIS results.
+
+    reader.py      videos (PyAV) and frame folders, streamed frame by frame
+    segmenter.py   frames -> per-frame results (+ mask features for the tracker), in batches
+    tracker.py     CondInst's own online tracker (filters re-applied at the predicted location)
+    bytetrack.py   the box-tracker baseline (ByteTrack from Roboflow's `trackers`) on the same detections
+    pipeline.py    one video end to end (segmenter -> tracker -> results, drawn video), timed
+    vis_results.py tracks -> YouTube-VIS results (one RLE or null per frame)
+    render.py      tracks drawn with supervision, written as a video (PyAV, atomically)
+    ytvis.py       YouTube-VIS dataset JSON: loading and checking
+    evaluation.py  YouTube-VIS AP/AR (spatio-temporal mask IoU), ID switches and HOTA
+    cli.py         `python -m condinst video` and `python -m condinst evaluate-video`
+"""
