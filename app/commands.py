@@ -3,6 +3,7 @@
     python -m app export --workspace WS --format coco|yolo|png --out DIR [--reviewed-only] [--split 0.2]
                          [--mask-format rle|polygon] [--min-score 0.3] [--overwrite]
     python -m app import --workspace WS --ann A.json --images DIR [--skip-bad]
+    python -m app users add NAME --role annotator|reviewer|admin --users FILE [--replace]   (password on stdin)
 
 Every argument is checked before any work; an expected failure is one ``error:`` line (exit 2).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from condinst.errors import UserError
 from condinst.validate import ArgumentError, OneLineParser, existing_dir, existing_file, probability, writable_dir
 
-COMMANDS = ("export", "import")
+COMMANDS = ("export", "import", "users")
 
 
 def fraction(text: str) -> float:
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--ann", required=True, help="COCO instances JSON")
     imp.add_argument("--images", required=True, help="folder the JSON's file_names are relative to")
     imp.add_argument("--skip-bad", action="store_true", help="skip bad annotations and images instead of stopping")
+    users = sub.add_parser("users", help="accounts of a team (the app's --users file)")
+    users_sub = users.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    add = users_sub.add_parser("add", help="add an account; its password is read from standard input")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=("annotator", "reviewer", "admin"))
+    add.add_argument("--users", required=True, help="users file (created if missing)")
+    add.add_argument("--replace", action="store_true", help="change the password / role of an existing account")
     return parser
 
 
@@ -105,9 +113,29 @@ def run_import(args: argparse.Namespace) -> str:
         return import_coco(workspace, args.ann, args.images, skip_bad=args.skip_bad).summary()
 
 
+def check_users(args: argparse.Namespace) -> None:
+    from app.accounts import check_name
+
+    check_name(args.name)
+
+
+def run_users(args: argparse.Namespace) -> str:
+    """The password comes from standard input (asked for, without echo, on a terminal)."""
+    from app.accounts import add_user
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"password for {args.name}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    return add_user(args.users, args.name, args.role, password, replace=args.replace)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    check, run = {"export": (check_export, run_export), "import": (check_import, run_import)}[args.command]
+    check, run = {"export": (check_export, run_export), "import": (check_import, run_import),
+                  "users": (check_users, run_users)}[args.command]
     try:
         check(args)
         print(run(args))

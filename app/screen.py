@@ -108,6 +108,8 @@ class Screens:
             info += f" - solo #{view.solo}"
         if selected is not None:
             info += f" - selected #{selected.id}"
-        return Screen(self.overlay(view) if view.picture else None, rows, [(image_label(img), img.id) for img in images], record.id,
+        listed = [img for img in images if view.state_filter in (None, img.review_state)]  # a reviewer's filter
+        return Screen(self.overlay(view) if view.picture else None, rows, [(image_label(img), img.id) for img in listed],
+                      record.id,
                       record.reviewed, selected.id if selected else None, selected.category_id if selected else None,
                       info, ws.can_undo(record.id), ws.can_redo(record.id))

@@ -15,6 +15,7 @@ from app.actions import View
 from app.canvas import editor_files
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, guarded, progress_html, table_frame
 from app.service import Service
+from app.team_page import TeamPage
 
 MODEL = {"concurrency_id": "model", "concurrency_limit": 1}
 TOOL_CHOICES = [("Select", "select"), ("Brush", "brush"), ("Eraser", "erase"), ("Add at point", "point"),
@@ -104,6 +105,7 @@ class AppUI:
             p["reviewed"] = gr.Checkbox(label="Reviewed", elem_id="reviewed", scale=0, min_width=110, container=False)
             p["rerun"] = gr.Button("Re-run model", size="sm", elem_id="rerun", min_width=110, scale=0)
         p["info"] = gr.Markdown(elem_id="info")
+        p["team"] = TeamPage.build()
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 with gr.Tabs(elem_id="views"):
@@ -261,8 +263,12 @@ class AppUI:
         h, state, status = self.h, top["state"], top["status"]
 
         def on(event, fn, inputs, outputs, message=status, **kwargs):
+            """Every event acts as the logged-in person (app.actor); a stale edit answers with a fresh view."""
             index = outputs.index(message) if message in outputs else None
-            return event(guarded(fn, len(outputs), index), inputs, outputs, **kwargs)
+            same = len(outputs) >= len(annotate) and all(x is y for x, y in zip(outputs, annotate))
+            conflict = h.team.conflict if same else None
+            return event(guarded(fn, len(outputs), index, context=h.team.context, conflict=conflict), inputs, outputs,
+                         **kwargs)
 
         annotate = [state, a["picture"], a["table"], a["image"], a["reviewed"], a["selected"], a["class"], a["info"],
                     a["undo"], a["redo"], status, a["editor"]]
@@ -272,6 +278,7 @@ class AppUI:
                    e["text"], status]
         click_in = [state, a["tool"], a["size"], a["new_class"], a["join"]]
 
+        h.team.wire(on, state, a["team"], annotate)
         loaded = on(demo.load, h.on_load, None, page, api_name="load")
         restored = on(loaded.then, h.on_restore, [state, top["last_image"]], annotate, api_visibility="private")
         # the page opens on the canvas editor: the overlay picture is drawn only while the Click view is shown

@@ -1,0 +1,162 @@
+"""The team's side of the annotate view: who is here, review, take over, and the light poll.
+
+    every annotate output   the session's View learns which instance revisions it shows (`observe`),
+                            the info line says who edits / views the image, the review state and who
+                            made the selected instance (`info`)
+    poll (every 3 s, and    refreshes the view only when the image, its review or who is on it
+    when the tab regains    changed (`on_poll`); selection, class filter and the canvas zoom stay
+    focus)
+    submit / accept /       review transitions (`app.review`, checked per role on the server)
+    reject / reopen
+    take over               become the image's editor (`app.presence`)
+
+Layout and wiring of these controls (`build`, `wire`) live here too, so `app.ui` only calls them.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from app.actions import View
+from app.actor import acting, current_user
+from app.errors import ServiceError
+from app.review import LABELS, STATES
+
+if TYPE_CHECKING:
+    from app.handlers import Handlers
+
+POLL_SECONDS = 3.0
+STATE_CHOICES = [("All images", "")] + [(LABELS[s].capitalize(), s) for s in STATES]
+FOCUS_JS = """
+<script>
+// CondInst Studio: show others' changes at once when this tab regains focus (plus a 3 s poll).
+window.addEventListener("focus", () => { const b = document.querySelector("#team-refresh"); if (b) b.click(); });
+</script>
+"""
+
+
+class TeamPage:
+    """Team events and the extras of every annotate output (see the module docstring)."""
+
+    def __init__(self, handlers: "Handlers"):
+        self.h = handlers
+        self.service = handlers.service
+
+    # ---- the event context (app.handlers.guarded) ---------------------------------------------------
+    def context(self, args, request):
+        """Act as the logged-in person; edits are checked against what this session last saw."""
+        user = getattr(request, "username", None) if request is not None else None
+        view = args[0] if args and isinstance(args[0], View) else None
+        presence = self.service.presence
+        return acting(user, seen=view.seen if view else None, claim=lambda image_id: presence.claim(user, image_id))
+
+    def conflict(self, view: View, message: str) -> tuple:
+        """Someone else changed what this edit was about: a warning and the image as it is now."""
+        gr.Warning(message)
+        return self.h.annotate(self.service.actions.refresh(replace(view, refine=None)), self.h.warning(message))
+
+    # ---- every annotate output ------------------------------------------------------------------------
+    def stamp(self, view: View) -> tuple | None:
+        """What, if it changes, makes the poll refresh the page: the image's last write, its review, who is on it."""
+        if self.service.workspace is None or view.image_id is None:
+            return None
+        record = self.service.ws.get_image_record(view.image_id)
+        editor = self.service.presence.editor(record.id)
+        return (record.id, record.updated_at, record.review_state, editor[0] if editor else None,
+                tuple(self.service.presence.viewers(record.id)))
+
+    def observe(self, view: View) -> View:
+        """The person is on this image now; remember the revisions and the stamp the page will show."""
+        self.service.presence.seen(current_user(), view.image_id)
+        if self.service.workspace is None or view.image_id is None:
+            return replace(view, seen=None, stamp=None)
+        seen = {inst.id: inst.revision for inst in self.service.ws.instances(view.image_id)}
+        return replace(view, seen=seen, stamp=self.stamp(view))
+
+    def info(self, view: View) -> str:
+        """Who edits / views the image, its review state, who made the selected instance."""
+        service, user = self.service, current_user()
+        if service.workspace is None or view.image_id is None:
+            return ""
+        parts = []
+        editor = service.presence.editor(view.image_id)
+        if editor is not None and editor[0] != user:
+            since = datetime.fromtimestamp(editor[1]).strftime("%H:%M")
+            parts.append(f"**{editor[0]} is editing this image** (since {since}): you view it read-only; press "
+                         "**Take over** to edit it")
+        others = [u for u in service.presence.viewers(view.image_id) if u != user and (not editor or u != editor[0])]
+        if others:
+            parts.append("also viewing: " + ", ".join(others))
+        parts.append(service.reviews.summary(view.image_id))
+        selected = service.actions.selected_instance(view)
+        if selected is not None and (selected.created_by or selected.updated_by):
+            parts.append(f"#{selected.id} created by {selected.created_by or 'the model'}, last changed by "
+                         f"{selected.updated_by or 'nobody'} {selected.updated_at[11:19]} UTC")
+        if user is not None:
+            parts.append(f"you: {user} ({service.role(user)})")
+        return "\n\n" + " - ".join(parts)
+
+    # ---- events ---------------------------------------------------------------------------------------
+    def on_poll(self, view: View):
+        """Refresh only when something others did shows on this image (selection and zoom are kept)."""
+        self.service.presence.seen(current_user(), view.image_id)
+        if view.stamp is not None and self.stamp(view) == view.stamp:
+            return tuple([gr.skip()] * self.h.n_annotate)
+        return self.h.annotate(self.service.actions.refresh(view))
+
+    def on_transition(self, view: View, target: str, comment: str = ""):
+        image_id = self.service.actions.require_image(view)
+        return self.h.annotate(view, self.service.reviews.transition(image_id, target, comment,
+                                                                     threshold=view.threshold))
+
+    def on_state_filter(self, view: View, state: str):
+        state = state or None
+        if state is not None and state not in STATES:
+            raise ServiceError(f"Unknown review state {str(state)[:40]!r}; use one of {', '.join(STATES)}.")
+        view = replace(view, state_filter=state)
+        record = None if view.image_id is None else self.service.ws.get_image_record(view.image_id)
+        if state is not None and (record is None or record.review_state != state):
+            view, message = self.service.actions.step(view, +1)
+            return self.h.annotate(view, message or f"Showing images {LABELS[state]}.")
+        return self.h.annotate(view, f"Showing images {LABELS[state]}." if state else "Showing all images.")
+
+    def on_take_over(self, view: View):
+        image_id = self.service.actions.require_image(view)
+        before = self.service.presence.take_over(current_user(), image_id)
+        message = f"You edit this image now; {before} views it read-only." if before else "You edit this image now."
+        return self.h.annotate(view, message)
+
+    # ---- layout and wiring ------------------------------------------------------------------------------
+    @staticmethod
+    def build() -> dict:
+        """The review / presence row of the annotate tab."""
+        p = {}
+        with gr.Row(elem_id="team-row", equal_height=True):
+            p["state_filter"] = gr.Dropdown(STATE_CHOICES, value="", label="Review state", elem_id="state-filter",
+                                            scale=1, min_width=160)
+            p["submit"] = gr.Button("Submit for review", size="sm", elem_id="submit-review", scale=0, min_width=140)
+            p["accept"] = gr.Button("Accept", size="sm", variant="primary", elem_id="accept", scale=0, min_width=80)
+            p["comment"] = gr.Textbox(label="Rejection comment", elem_id="review-comment", scale=2, max_lines=1)
+            p["reject"] = gr.Button("Reject", size="sm", variant="stop", elem_id="reject", scale=0, min_width=80)
+            p["take_over"] = gr.Button("Take over", size="sm", elem_id="take-over", scale=0, min_width=100)
+        p["refresh"] = gr.Button(visible=False, elem_id="team-refresh")
+        p["timer"] = gr.Timer(POLL_SECONDS)
+        return p
+
+    def wire(self, on, state, t: dict, annotate: list) -> None:
+        on(t["timer"].tick, self.on_poll, [state], annotate, api_name="poll", show_progress="hidden",
+           concurrency_limit=None)
+        on(t["refresh"].click, self.on_poll, [state], annotate, api_visibility="private", show_progress="hidden",
+           concurrency_limit=None)
+        on(t["submit"].click, lambda view: self.on_transition(view, "in_review"), [state], annotate,
+           api_name="submit_review")
+        on(t["accept"].click, lambda view: self.on_transition(view, "accepted"), [state], annotate,
+           api_name="accept_image")
+        on(t["reject"].click, lambda view, comment: self.on_transition(view, "rejected", comment),
+           [state, t["comment"]], annotate, api_name="reject_image")
+        on(t["state_filter"].input, self.on_state_filter, [state, t["state_filter"]], annotate,
+           api_name="set_state_filter")
+        on(t["take_over"].click, self.on_take_over, [state], annotate, api_name="take_over")
