@@ -206,15 +206,20 @@ class Annotator:
         more = f" ({ids.index(chosen) + 1} of {len(ids)} here: click again for the next one)" if len(ids) > 1 else ""
         return replace(view, selected=chosen, last_point=None, last_pick=(x, y)), f"Selected instance #{chosen}.{more}"
 
+    def check_selection(self, view: View) -> None:
+        """StaleEdit if someone else deleted the selected instance after this page showed it."""
+        if view.selected is None or (view.seen or {}).get(view.selected) is None:
+            return
+        gone = self.ws.get_instance(view.selected)
+        if gone.deleted and gone.updated_by not in (None, current_user()):
+            raise StaleEdit(f"Instance #{gone.id} was deleted by {gone.updated_by} after you last saw it; "
+                            "nothing was changed and your view now shows the image as it is.")
+
     def require_selected(self, view: View) -> Instance:
         self.require_image(view)
         inst = self.selected_instance(view)
-        if inst is None and view.selected is not None and (view.seen or {}).get(view.selected) is not None:
-            gone = self.ws.get_instance(view.selected)
-            if gone.deleted and gone.updated_by not in (None, current_user()):  # someone else deleted it
-                raise StaleEdit(f"Instance #{gone.id} was deleted by {gone.updated_by} after you last saw it; "
-                                "nothing was changed and your view now shows the image as it is.")
         if inst is None:
+            self.check_selection(view)
             raise ServiceError("Select an instance first (click it on the image or in the table).")
         return inst
 

@@ -164,6 +164,7 @@ def step(conn: sqlite3.Connection, image_id: int, undo: bool) -> HistoryEntry | 
             conn.execute("UPDATE history SET undone = ? WHERE id = ?", (DROPPED, history_id))
             return HistoryEntry(history_id, image_id, label, ids, blocked=f"instance #{instance_id} was "
                                 f"{changed_by(current)} after it")
+    actor.claim(image_id)
     for instance_id, before, after in changes:
         _write(conn, instance_id, json.loads(before if undo else after))
     conn.execute("UPDATE history SET undone = ? WHERE id = ?", (int(undo), history_id))
