@@ -90,9 +90,12 @@ def changed_by(values: Mapping[str, Any]) -> str:
 
 
 def check_fresh(values: Mapping[str, Any]) -> None:
-    """StaleEdit if the instance is not at the revision the acting person saw."""
+    """StaleEdit if someone else changed the instance since the revision the acting person saw.
+
+    (The person's own later change, e.g. from a page state a poll overwrote, is not a conflict.)
+    """
     seen = actor.seen_revision(values["id"])
-    if seen is not None and seen != values["revision"]:
+    if seen is not None and seen != values["revision"] and values["updated_by"] != actor.current_user():
         raise StaleEdit(f"Instance #{values['id']} was {changed_by(values)} after you last saw it; nothing was "
                         "changed and your view now shows its current state: repeat the edit if it is still needed.")
 

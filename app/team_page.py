@@ -60,12 +60,15 @@ class TeamPage:
 
     # ---- every annotate output ------------------------------------------------------------------------
     def stamp(self, view: View) -> tuple | None:
-        """What, if it changes, makes the poll refresh the page: the image's last write, its review, who is on it."""
+        """What, if it changes, makes the poll refresh the page: the image's last write (unless this person is
+        its editor: then only they write it, and a poll racing their own edit must not replace its view), its
+        review, who is on it."""
         if self.service.workspace is None or view.image_id is None:
             return None
         record = self.service.ws.get_image_record(view.image_id)
         editor = self.service.presence.editor(record.id)
-        return (record.id, record.updated_at, record.review_state, editor[0] if editor else None,
+        mine = editor is not None and editor[0] == current_user()  # nobody else writes its instances then
+        return (record.id, None if mine else record.updated_at, record.review_state, editor[0] if editor else None,
                 tuple(self.service.presence.viewers(record.id)))
 
     def observe(self, view: View) -> View:

@@ -214,7 +214,7 @@ class AppUI:
                     "`images/`). Reviewed images are exported at their frozen score threshold, the others at the "
                     "current slider; deleted instances are never exported.")
         with gr.Row():
-            p["reviewed_only"] = gr.Checkbox(label="Reviewed images only", elem_id="reviewed-only")
+            p["reviewed_only"] = gr.Checkbox(label="Accepted (reviewed) images only", elem_id="reviewed-only")
             p["format"] = gr.Radio([("RLE (exact masks)", "rle"), ("Polygons", "polygon")], value="rle",
                                    label="Mask format", elem_id="mask-format")
         with gr.Row():
@@ -240,7 +240,7 @@ class AppUI:
                                         elem_id="retrain-iterations")
             p["batch"] = gr.Number(value=batch, precision=0, minimum=1, maximum=64, label="Images per iteration",
                                    elem_id="retrain-batch")
-            p["reviewed_only"] = gr.Checkbox(label="Reviewed images only", elem_id="retrain-reviewed-only")
+            p["reviewed_only"] = gr.Checkbox(label="Accepted (reviewed) images only", elem_id="retrain-reviewed-only")
         with gr.Row():
             p["start"] = gr.Button("Start retraining", variant="primary", elem_id="retrain-start")
             p["cancel"] = gr.Button("Cancel", variant="stop", elem_id="retrain-cancel")

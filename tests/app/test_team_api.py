@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +31,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:Deprec
 SELECTED, INFO, STATUS = 4, 6, 7
 ANNOTATORS = [f"ann{k}" for k in range(8)]
 PASSWORD = "team-password"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +202,51 @@ def test_review_by_a_second_person_filter_and_attribution_in_the_export(team_app
     assert made_by_anna and all(by_id[i]["created_by"] == "anna" for i in made_by_anna if i in by_id)
     assert {a["reviewed_by"] for a in by_id.values()} == {"rita"}
     assert {a["review_state"] for a in by_id.values()} == {"accepted"}
+
+
+def test_cli_import_and_export_work_alongside_the_running_app(team_app, tmp_path):
+    """A second app process is refused (tests/app/test_team.py); the dataset commands share the workspace
+    safely: short SQLite transactions next to the app's, while someone keeps editing."""
+    from PIL import Image
+
+    root = team_app.service.workspace_dir
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 50, 3), 123, np.uint8)).save(folder / "incoming.png")
+    dataset = {"images": [{"id": 500, "file_name": "incoming.png", "width": 50, "height": 40}],
+               "annotations": [{"id": 900, "image_id": 500, "category_id": 1, "iscrowd": 0, "area": 100.0,
+                                "bbox": [5, 5, 10, 10], "segmentation": [[5, 5, 15, 5, 15, 15, 5, 15]]}],
+               "categories": [{"id": 1, "name": "date"}]}
+    (tmp_path / "incoming.json").write_text(json.dumps(dataset))
+    anna = login(team_app, "anna", tmp_path)
+    image_id = team_app.service.ws.list_images()[1].id
+    anna.predict(image_id, api_name="/go_to_image")
+    anna.predict(api_name="/take_over")
+    stop, statuses = threading.Event(), []
+
+    def keep_editing():
+        k = 0
+        while not stop.is_set():
+            statuses.append(stroke_at(anna, 10 + (k * 13) % 200, 10 + (k * 7) % 150)[STATUS])
+            k += 1
+
+    editor = threading.Thread(target=keep_editing)
+    editor.start()
+    try:
+        commands = [["import", "--workspace", str(root), "--ann", str(tmp_path / "incoming.json"),
+                     "--images", str(folder)],
+                    ["export", "--workspace", str(root), "--format", "coco", "--out", str(tmp_path / "out")]]
+        runs = [subprocess.Popen([sys.executable, "-m", "app", *c], cwd=REPO, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for c in commands]
+        results = [(run.wait(timeout=300), run.stdout.read(), run.stderr.read()) for run in runs]
+    finally:
+        stop.set()
+        editor.join(timeout=120)
+    assert [code for code, _, _ in results] == [0, 0], results
+    assert statuses and not [s for s in statuses if str(s).startswith(WARNING)]
+    out = anna.predict(500, api_name="/go_to_image")  # the app sees the imported image at once
+    assert "incoming.png" in out[INFO] and [i.id for i in team_app.service.ws.instances(500)] == [900]
+    coco = json.loads((tmp_path / "out" / "annotations" / "instances_default.json").read_text())
+    assert {img["id"] for img in coco["images"]} >= {image_id}
+    with sqlite3.connect(root / "workspace.sqlite") as conn:
+        assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
