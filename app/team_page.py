@@ -137,7 +137,7 @@ class TeamPage:
     def build() -> dict:
         """The review / presence row of the annotate tab."""
         p = {}
-        with gr.Row(elem_id="team-row", equal_height=True):
+        with gr.Row(elem_id="team-row", equal_height=False):
             p["state_filter"] = gr.Dropdown(STATE_CHOICES, value="", label="Review state", elem_id="state-filter",
                                             scale=1, min_width=160)
             p["submit"] = gr.Button("Submit for review", size="sm", elem_id="submit-review", scale=0, min_width=140)

@@ -172,6 +172,7 @@ class AppUI:
                                      min_width=220)
             p["results_file"] = gr.File(label="COCO results", elem_id="results-file", visible=False)
         p["api_x"], p["api_y"], p["api_click"] = gr.Number(visible=False), gr.Number(visible=False), gr.Button(visible=False)
+        p["api_picture"], p["api_picture_set"] = gr.Checkbox(True, visible=False), gr.Button(visible=False)
         p["api"] = {"tool": gr.Textbox("brush", label="tool", visible=False),
                     "points": gr.Textbox("[]", label="points", visible=False),
                     "width": gr.Number(21, label="width", visible=False),
@@ -288,6 +289,7 @@ class AppUI:
            api_visibility="private")
         on(top["recover"].click, h.on_recover, [state], page, api_name="recover_workspace")
         a["image"].change(lambda value: value, a["image"], top["last_image"], api_visibility="private")
+        on(a["api_picture_set"].click, h.on_view_tab, [state, a["api_picture"]], annotate, api_name="set_picture")
 
         on(a["upload"].upload, h.on_upload, [state, a["upload"]], annotate + [a["upload"]], api_name="upload", **MODEL)
         on(a["add_samples"].click, h.on_add_samples, [state, a["samples"]], annotate, api_name="add_samples", **MODEL)

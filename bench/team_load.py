@@ -13,7 +13,8 @@ their own image and on two shared ones:
 A refusal the team features make on purpose (someone else edits the image: /take_over, then go on;
 an instance changed since the page showed it: the fresh view comes back; nothing to undo; an undo
 step dropped because someone changed its instance) is counted as "refused", not as an error. An
-error is an exception or any other warning. Afterwards the workspace is checked: every acknowledged
+error is an exception or any other warning. The sessions ask for no server-drawn overlay picture
+(``/set_picture(false)``), as the page's canvas editor does; they get the editor's scene. Afterwards the workspace is checked: every acknowledged
 stroke that its author did not undo must still be painted in its instance (a missing pixel is a lost
 acknowledged edit). None of these actions runs the network, so the p95 is that of non-model actions.
 
@@ -181,6 +182,7 @@ class Annotator:
             entry["dropped"] = True
 
     def run(self, seconds: float) -> None:
+        self.client.predict(False, api_name="/set_picture")  # as the page's canvas editor: no overlay picture
         self.call("next", self.image(), api_name="/go_to_image")
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -257,17 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     acknowledged = sum(1 for p in people for e in p.edits)
     print(format_table(rows, [("action", "action", "{}"), ("count", "count", "{}"), ("p50 ms", "p50_ms", "{:.0f}"),
                               ("p95 ms", "p95_ms", "{:.0f}"), ("max ms", "max_ms", "{:.0f}")]))
+    load = os.getloadavg()[0]
     print(f"\n{args.clients} clients x {args.seconds:.0f} s: {len(everything)} actions, {acknowledged} acknowledged "
           f"edits, {sum(p.refused for p in people)} refused on purpose (presence / stale / nothing to undo), "
           f"{len(errors)} errors, {lost} lost acknowledged edits; p95 of all actions "
-          f"{percentile(everything, 95) or 0:.0f} ms (goal <= 500 ms), on {os.cpu_count()} cores")
+          f"{percentile(everything, 95) or 0:.0f} ms (goal <= 500 ms), on {os.cpu_count()} cores, load average {load:.1f} at the end")
     for error in errors[:10]:
         print("  error:", error)
     write_json(args.out, {"benchmark": "team_load", "environment": environment(__import__("torch").device("cpu")),
                           "settings": {"clients": args.clients, "seconds": args.seconds, "mix": dict(MIX)},
                           "rows": rows, "errors": errors, "error_count": len(errors), "lost_acknowledged_edits": lost,
                           "acknowledged_edits": acknowledged, "refused": sum(p.refused for p in people),
-                          "p95_ms": percentile(everything, 95)})
+                          "p95_ms": percentile(everything, 95), "load_average_1min_at_end": load})
     print(f"wrote {args.out}")
     return 0
 

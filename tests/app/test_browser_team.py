@@ -69,6 +69,7 @@ def test_two_people_see_who_edits_take_over_and_changes_appear(app, browser):
             wait_status(bob, "anna is editing this image")
             assert not ws.get_instance(second.id).deleted
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            bob.evaluate("window.scrollTo(0, 0)")
             bob.screenshot(path=str(SCREENSHOTS / "team-presence.png"))
             # anna deletes an instance: bob's page shows it within a few seconds, his selection kept
             select_row(anna, first.id)
@@ -85,6 +86,7 @@ def test_two_people_see_who_edits_take_over_and_changes_appear(app, browser):
             wait_status(bob, f"Instance #{second.id} hidden")
             assert ws.get_instance(second.id).hidden and ws.get_instance(second.id).updated_by == "bob"
             wait_text(anna, "#info", "bob is editing this image", timeout=15_000)
+            anna.evaluate("window.scrollTo(0, 0)")
             anna.screenshot(path=str(SCREENSHOTS / "team-taken-over.png"))
     finally:
         anna_context.close()

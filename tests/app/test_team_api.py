@@ -245,7 +245,7 @@ def test_cli_import_and_export_work_alongside_the_running_app(team_app, tmp_path
     assert [code for code, _, _ in results] == [0, 0], results
     assert statuses and not [s for s in statuses if str(s).startswith(WARNING)]
     out = anna.predict(500, api_name="/go_to_image")  # the app sees the imported image at once
-    assert "incoming.png" in out[INFO] and [i.id for i in team_app.service.ws.instances(500)] == [900]
+    assert "incoming.png" in out[INFO] and team_app.service.ws.get_instance(900).image_id == 500
     coco = json.loads((tmp_path / "out" / "annotations" / "instances_default.json").read_text())
     assert {img["id"] for img in coco["images"]} >= {image_id}
     with sqlite3.connect(root / "workspace.sqlite") as conn:
