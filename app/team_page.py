@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from app.handlers import Handlers
 
 POLL_SECONDS = 3.0
-STATE_CHOICES = [("All images", "")] + [(LABELS[s].capitalize(), s) for s in STATES]
+STATE_CHOICES = [("All review states", "")] + [(f"Only {LABELS[s]}", s) for s in STATES]
 FOCUS_JS = """
 <script>
 // CondInst Studio: show others' changes at once when this tab regains focus (plus a 3 s poll).
@@ -84,23 +84,25 @@ class TeamPage:
         service, user = self.service, current_user()
         if service.workspace is None or view.image_id is None:
             return ""
-        parts = []
+        parts, warning = [], ""
         editor = service.presence.editor(view.image_id)
         if editor is not None and editor[0] != user:
             since = datetime.fromtimestamp(editor[1]).strftime("%H:%M")
-            parts.append(f"**{editor[0]} is editing this image** (since {since}): you view it read-only; press "
-                         "**Take over** to edit it")
+            warning = (f"\n\n**{editor[0]} is editing this image** (since {since}): you view it read-only; press "
+                       "**Take over** to edit it")
         others = [u for u in service.presence.viewers(view.image_id) if u != user and (not editor or u != editor[0])]
         if others:
             parts.append("also viewing: " + ", ".join(others))
-        parts.append(service.reviews.summary(view.image_id))
+        record = service.ws.get_image_record(view.image_id)
+        if record.review_state != "annotated" or record.reviewed_by:
+            parts.append(service.reviews.summary(view.image_id))
         selected = service.actions.selected_instance(view)
         if selected is not None and (selected.created_by or selected.updated_by):
             parts.append(f"#{selected.id} created by {selected.created_by or 'the model'}, last changed by "
                          f"{selected.updated_by or 'nobody'} {selected.updated_at[11:19]} UTC")
         if user is not None:
             parts.append(f"you: {user} ({service.role(user)})")
-        return "\n\n" + " - ".join(parts)
+        return "".join(f" - {part}" for part in parts) + warning
 
     # ---- events ---------------------------------------------------------------------------------------
     def on_poll(self, view: View):
@@ -135,16 +137,18 @@ class TeamPage:
     # ---- layout and wiring ------------------------------------------------------------------------------
     @staticmethod
     def build() -> dict:
-        """The review / presence row of the annotate tab."""
+        """The review / presence controls (under the instance list)."""
         p = {}
-        with gr.Row(elem_id="team-row", equal_height=False):
-            p["state_filter"] = gr.Dropdown(STATE_CHOICES, value="", label="Review state", elem_id="state-filter",
-                                            scale=1, min_width=160)
-            p["submit"] = gr.Button("Submit for review", size="sm", elem_id="submit-review", scale=0, min_width=140)
-            p["accept"] = gr.Button("Accept", size="sm", variant="primary", elem_id="accept", scale=0, min_width=80)
-            p["comment"] = gr.Textbox(label="Rejection comment", elem_id="review-comment", scale=2, max_lines=1)
-            p["reject"] = gr.Button("Reject", size="sm", variant="stop", elem_id="reject", scale=0, min_width=80)
-            p["take_over"] = gr.Button("Take over", size="sm", elem_id="take-over", scale=0, min_width=100)
+        with gr.Row(elem_id="team-row", equal_height=True):
+            p["state_filter"] = gr.Dropdown(STATE_CHOICES, value="", elem_id="state-filter", show_label=False,
+                                            container=False, scale=2, min_width=120)
+            p["take_over"] = gr.Button("Take over", size="sm", elem_id="take-over", scale=1, min_width=80)
+            p["submit"] = gr.Button("Submit for review", size="sm", elem_id="submit-review", scale=1, min_width=120)
+            p["accept"] = gr.Button("Accept", size="sm", variant="primary", elem_id="accept", scale=1, min_width=60)
+        with gr.Row(elem_id="reject-row", equal_height=True):
+            p["comment"] = gr.Textbox(placeholder="Rejection comment", elem_id="review-comment", show_label=False,
+                                      container=False, scale=3, max_lines=1)
+            p["reject"] = gr.Button("Reject", size="sm", variant="stop", elem_id="reject", scale=1, min_width=60)
         p["refresh"] = gr.Button(visible=False, elem_id="team-refresh")
         p["timer"] = gr.Timer(POLL_SECONDS)
         return p

@@ -20,6 +20,11 @@ acknowledged edit). None of these actions runs the network, so the p95 is that o
 
     python -m bench.team_load                     # table + bench/results/team_load.json
     python -m bench.team_load --seconds 20 --clients 4
+    python -m bench.team_load --pause 0.05 0.3    # a stress test: ~3 actions/s per person
+
+The clients (gradio_client, in this process) share the machine with the app: on 2 cores they use
+about twice the CPU the app does, so the figures are an upper bound of what browsers elsewhere see.
+The JSON records the CPU seconds of the app and of the clients during the run.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ MIX = (("select", 0.30), ("stroke", 0.30), ("class", 0.15), ("next", 0.15), ("un
 REFUSED = ("is editing this image", "after you last saw it", "Nothing to undo", "Cannot undo",
            "Select an instance first")
 STATUS, SELECTED = 7, 4
+POLL_SECONDS = 3.0  # app.team_page.POLL_SECONDS: every open page asks for others' changes this often
 
 
 def free_port() -> int:
@@ -93,7 +99,8 @@ def start_app(workspace: Path, weights: Path, users: Path, port: int) -> subproc
 class Annotator:
     """One person: own image + shared images, the mix above, a log of acknowledged strokes and undos."""
 
-    def __init__(self, k: int, url: str, ws, own: int, shared: list[int], seed: int):
+    def __init__(self, k: int, url: str, ws, own: int, shared: list[int], seed: int,
+                 pause: tuple[float, float] = (0.5, 1.5)):
         from gradio_client import Client
 
         self.name = f"ann{k}"
@@ -101,11 +108,12 @@ class Annotator:
                              download_files=False)
         self.rng = random.Random(seed)
         self.ws, self.images, self.position = ws, [own] + shared, 0
-        self.latency: dict[str, list[float]] = {name: [] for name, _ in MIX + (("take_over", 0),)}
+        self.latency: dict[str, list[float]] = {name: [] for name, _ in MIX + (("take_over", 0), ("poll", 0))}
         self.errors: list[str] = []
         self.refused = 0
         self.edits: list[dict] = []  # acknowledged edits in order: {"kind", "image", "instance", "points"}
         self.selected: int | None = None
+        self.pause = pause
 
     def call(self, kind: str, *args, api_name: str):
         start = time.perf_counter()
@@ -185,13 +193,17 @@ class Annotator:
         self.client.predict(False, api_name="/set_picture")  # as the page's canvas editor: no overlay picture
         self.call("next", self.image(), api_name="/go_to_image")
         end = time.monotonic() + seconds
+        polled = time.monotonic()
         while time.monotonic() < end:
             try:
+                if time.monotonic() - polled >= POLL_SECONDS:  # the page's timer
+                    polled = time.monotonic()
+                    self.call("poll", api_name="/poll")
                 self.step()
             except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
                 self.errors.append(f"{self.name}: {type(exc).__name__}: {str(exc)[:200]}")
                 self.selected = None
-            time.sleep(self.rng.uniform(0.05, 0.3))  # a person's pause between actions
+            time.sleep(self.rng.uniform(*self.pause))  # a person's pause between actions
 
 
 def lost_strokes(ws, people: list[Annotator]) -> int:
@@ -208,6 +220,12 @@ def lost_strokes(ws, people: list[Annotator]) -> int:
     return lost
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), to tell server work from client work."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -218,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--images", type=Path, default=FRUITS, help="folder of photos (fruits_nuts by default)")
+    parser.add_argument("--pause", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"),
+                        help="seconds a person pauses between actions (default 0.5 1.5; 0.05 0.3 is a stress test)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "team_load.json")
     args = parser.parse_args(argv)
     photos = sorted(args.images.glob("*.jpg"))[: args.clients + 2]
@@ -234,12 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         ws = Workspace.open(workspace)  # the bench's own read connection (WAL: reads alongside the app)
         ids = [img.id for img in ws.list_images()]
         shared = ids[args.clients:args.clients + 2]
-        people = [Annotator(k, f"http://127.0.0.1:{port}/", ws, ids[k], shared, seed=k) for k in range(args.clients)]
+        people = [Annotator(k, f"http://127.0.0.1:{port}/", ws, ids[k], shared, seed=k, pause=tuple(args.pause))
+                  for k in range(args.clients)]
         threads = [threading.Thread(target=p.run, args=(args.seconds,)) for p in people]
+        server_cpu, client_cpu = cpu_seconds(app.pid), time.process_time()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        server_cpu, client_cpu = cpu_seconds(app.pid) - server_cpu, time.process_time() - client_cpu
         lost = lost_strokes(ws, people)
         ws.close()
     finally:
@@ -248,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             app.wait(timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
     rows = []
-    for kind in [name for name, _ in MIX] + ["take_over"]:
+    for kind in [name for name, _ in MIX] + ["take_over", "poll"]:
         times = [t for p in people for t in p.latency[kind]]
         rows.append({"action": kind, "count": len(times), "p50_ms": percentile(times, 50),
                      "p95_ms": percentile(times, 95), "max_ms": max(times) if times else None})
@@ -264,13 +287,18 @@ def main(argv: list[str] | None = None) -> int:
           f"edits, {sum(p.refused for p in people)} refused on purpose (presence / stale / nothing to undo), "
           f"{len(errors)} errors, {lost} lost acknowledged edits; p95 of all actions "
           f"{percentile(everything, 95) or 0:.0f} ms (goal <= 500 ms), on {os.cpu_count()} cores, load average {load:.1f} at the end")
+    print(f"CPU during the run: app process {server_cpu:.1f} s ({1000 * server_cpu / max(len(everything), 1):.0f} ms "
+          f"per action), the {args.clients} clients {client_cpu:.1f} s, of {args.seconds * os.cpu_count():.0f} "
+          "core-seconds")
     for error in errors[:10]:
         print("  error:", error)
     write_json(args.out, {"benchmark": "team_load", "environment": environment(__import__("torch").device("cpu")),
-                          "settings": {"clients": args.clients, "seconds": args.seconds, "mix": dict(MIX)},
+                          "settings": {"clients": args.clients, "seconds": args.seconds, "mix": dict(MIX),
+                                       "pause_s": list(args.pause)},
                           "rows": rows, "errors": errors, "error_count": len(errors), "lost_acknowledged_edits": lost,
                           "acknowledged_edits": acknowledged, "refused": sum(p.refused for p in people),
-                          "p95_ms": percentile(everything, 95), "load_average_1min_at_end": load})
+                          "p95_ms": percentile(everything, 95), "load_average_1min_at_end": load,
+                          "server_cpu_s": server_cpu, "client_cpu_s": client_cpu})
     print(f"wrote {args.out}")
     return 0
 
