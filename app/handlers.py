@@ -26,22 +26,29 @@ WARNING = "**Not done:** "
 ANNOTATE_OUTPUTS = 12
 
 
-def guarded(fn, n_outputs: int, message_index: int | None, context=None, conflict=None):
+def guarded(fn, n_outputs: int, message_index: int | None, context=None, conflict=None, sent=None):
     """Wrap a handler: an AppError becomes a toast + status message, other outputs are skipped.
 
     `context(args, request)` (optional) is entered around the call with Gradio's ``gr.Request``
     (who is acting, see `app.actor`); the wrapper asks Gradio for the request itself. `conflict(view,
     message)` (optional) answers a `StaleEdit` with a fresh view of the annotate outputs instead.
+    `sent(result)` (optional) sees what the handler returns (inside the context).
     """
 
     def call(args, kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if sent is not None:
+                sent(result)
+            return result
         except StaleEdit as exc:
             if conflict is None:
                 raise
             values = list(conflict(args[0], str(exc)))
-            return tuple(values + [gr.skip()] * (n_outputs - len(values)))
+            result = tuple(values + [gr.skip()] * (n_outputs - len(values)))
+            if sent is not None:
+                sent(result)
+            return result
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

@@ -72,7 +72,8 @@ def _write(conn: sqlite3.Connection, instance_id: int, snapshot: Mapping[str, An
     stamp = now()
     assignments = ", ".join(f"{key} = ?" for key in SNAPSHOT_FIELDS)
     conn.execute(f"UPDATE instances SET {assignments}, updated_at = ?, updated_by = ?, revision = revision + 1"
-                 " WHERE id = ?", [values.get(key) for key in SNAPSHOT_FIELDS] + [stamp, actor.current_user(), instance_id])
+                 " WHERE id = ?", [values.get(key) for key in SNAPSHOT_FIELDS]
+                 + [stamp, actor.current_user(), instance_id])
     actor.saw(instance_id, _revision(conn, instance_id))
     conn.execute("UPDATE images SET updated_at = ? WHERE id = (SELECT image_id FROM instances WHERE id = ?)",
                  (stamp, instance_id))

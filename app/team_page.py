@@ -14,6 +14,10 @@ Layout and wiring of these controls (`build`, `wire`) live here too, so `app.ui`
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import threading
+from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -29,6 +33,9 @@ if TYPE_CHECKING:
     from app.handlers import Handlers
 
 POLL_SECONDS = 3.0
+STATUS_INDEX = 10  # the status line in app.handlers.Handlers.annotate's outputs (a poll leaves it alone)
+MAX_SESSIONS = 4096
+_SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_hash", default=None)
 STATE_CHOICES = [("All review states", "")] + [(f"Only {LABELS[s]}", s) for s in STATES]
 FOCUS_JS = """
 <script>
@@ -44,6 +51,8 @@ class TeamPage:
     def __init__(self, handlers: "Handlers"):
         self.h = handlers
         self.service = handlers.service
+        self._latest: OrderedDict[str, tuple[int, View]] = OrderedDict()  # session -> (version, last view sent)
+        self._lock = threading.Lock()
 
     # ---- the event context (app.handlers.guarded) ---------------------------------------------------
     def context(self, args, request):
@@ -51,7 +60,39 @@ class TeamPage:
         user = getattr(request, "username", None) if request is not None else None
         view = args[0] if args and isinstance(args[0], View) else None
         presence = self.service.presence
-        return acting(user, seen=view.seen if view else None, claim=lambda image_id: presence.claim(user, image_id))
+        stack = contextlib.ExitStack()
+        token = _SESSION.set(getattr(request, "session_hash", None))
+        stack.callback(_SESSION.reset, token)
+        stack.enter_context(acting(user, seen=view.seen if view else None,
+                                   claim=lambda image_id: presence.claim(user, image_id)))
+        return stack
+
+    def remember(self, view: View, unless_after: int | None = None) -> bool:
+        """Note the view an event of this session sends (a poll that raced it must not send an older one).
+
+        With `unless_after`, only if no other view was noted since that version; returns whether it was noted.
+        """
+        session = _SESSION.get()
+        if session is None:
+            return True
+        with self._lock:
+            version = self._latest.get(session, (0, None))[0]
+            if unless_after is not None and version != unless_after:
+                return False
+            self._latest.pop(session, None)
+            self._latest[session] = (version + 1, view)
+            while len(self._latest) > MAX_SESSIONS:
+                self._latest.popitem(last=False)
+        return True
+
+    def sent(self, result) -> None:
+        """After any event: remember the view it sends (the first output), if it sends one."""
+        if isinstance(result, tuple) and result and isinstance(result[0], View):
+            self.remember(result[0])
+
+    def _sent(self) -> tuple[int, View | None]:
+        with self._lock:
+            return self._latest.get(_SESSION.get() or "", (0, None))
 
     def conflict(self, view: View, message: str) -> tuple:
         """Someone else changed what this edit was about: a warning and the image as it is now."""
@@ -106,11 +147,22 @@ class TeamPage:
 
     # ---- events ---------------------------------------------------------------------------------------
     def on_poll(self, view: View):
-        """Refresh only when something others did shows on this image (selection and zoom are kept)."""
+        """Refresh only when something others did shows on this image (selection, zoom and status are kept).
+
+        It starts from the last view an event of this session sent (its gr.State input may predate an edit
+        running at the same time), and sends nothing if another event of the session answered meanwhile.
+        """
+        version, sent = self._sent()
+        view = sent or view
         self.service.presence.seen(current_user(), view.image_id)
+        skip = tuple([gr.skip()] * self.h.n_annotate)
         if view.stamp is not None and self.stamp(view) == view.stamp:
-            return tuple([gr.skip()] * self.h.n_annotate)
-        return self.h.annotate(self.service.actions.refresh(view))
+            return skip
+        outputs = list(self.h.annotate(self.service.actions.refresh(view)))
+        if not self.remember(outputs[0], unless_after=version if sent is not None else None):
+            return skip  # another event of this session answered meanwhile: its view is newer
+        outputs[STATUS_INDEX] = gr.skip()
+        return tuple(outputs)  # (remembered once more by `sent`: the same view)
 
     def on_transition(self, view: View, target: str, comment: str = ""):
         image_id = self.service.actions.require_image(view)

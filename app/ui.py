@@ -268,8 +268,8 @@ class AppUI:
             index = outputs.index(message) if message in outputs else None
             same = len(outputs) >= len(annotate) and all(x is y for x, y in zip(outputs, annotate))
             conflict = h.team.conflict if same else None
-            return event(guarded(fn, len(outputs), index, context=h.team.context, conflict=conflict), inputs, outputs,
-                         **kwargs)
+            wrapped = guarded(fn, len(outputs), index, context=h.team.context, conflict=conflict, sent=h.team.sent)
+            return event(wrapped, inputs, outputs, **kwargs)
 
         annotate = [state, a["picture"], a["table"], a["image"], a["reviewed"], a["selected"], a["class"], a["info"],
                     a["undo"], a["redo"], status, a["editor"]]

@@ -9,14 +9,16 @@ their own image and on two shared ones:
     class  15%   /set_class of the selected instance
     next   15%   /go_to_image: the next image of the person's own + shared images
     undo   10%   /undo (the person's own last edit of the image)
+    poll         /poll every 3 s, as each open page does
 
 A refusal the team features make on purpose (someone else edits the image: /take_over, then go on;
 an instance changed since the page showed it: the fresh view comes back; nothing to undo; an undo
 step dropped because someone changed its instance) is counted as "refused", not as an error. An
 error is an exception or any other warning. The sessions ask for no server-drawn overlay picture
-(``/set_picture(false)``), as the page's canvas editor does; they get the editor's scene. Afterwards the workspace is checked: every acknowledged
-stroke that its author did not undo must still be painted in its instance (a missing pixel is a lost
-acknowledged edit). None of these actions runs the network, so the p95 is that of non-model actions.
+(``/set_picture(false)``), as the page's canvas editor does; they get the editor's scene.
+Afterwards the workspace is checked: every acknowledged stroke that its author did not undo must
+still be painted in its instance (a missing pixel is a lost acknowledged edit). None of these
+actions runs the network, so the p95 is that of non-model actions.
 
     python -m bench.team_load                     # table + bench/results/team_load.json
     python -m bench.team_load --seconds 20 --clients 4
@@ -49,7 +51,8 @@ import numpy as np
 from bench.common import REPO, RESULTS_DIR, environment, format_table, write_json
 
 DEFAULT_WEIGHTS = REPO / "assets" / "default_model" / "model.pth"
-FRUITS = Path(os.environ.get("CONDINST_SHARED", REPO.parent / "shared")) / "datasets" / "fruits_nuts" / "data" / "images"
+SHARED = Path(os.environ.get("CONDINST_SHARED", REPO.parent / "shared"))
+FRUITS = SHARED / "datasets" / "fruits_nuts" / "data" / "images"
 PASSWORD = "load-test-password"
 MIX = (("select", 0.30), ("stroke", 0.30), ("class", 0.15), ("next", 0.15), ("undo", 0.10))
 REFUSED = ("is editing this image", "after you last saw it", "Nothing to undo", "Cannot undo",
@@ -286,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.clients} clients x {args.seconds:.0f} s: {len(everything)} actions, {acknowledged} acknowledged "
           f"edits, {sum(p.refused for p in people)} refused on purpose (presence / stale / nothing to undo), "
           f"{len(errors)} errors, {lost} lost acknowledged edits; p95 of all actions "
-          f"{percentile(everything, 95) or 0:.0f} ms (goal <= 500 ms), on {os.cpu_count()} cores, load average {load:.1f} at the end")
+          f"{percentile(everything, 95) or 0:.0f} ms (goal <= 500 ms), on {os.cpu_count()} cores, "
+          f"load average {load:.1f} at the end")
     print(f"CPU during the run: app process {server_cpu:.1f} s ({1000 * server_cpu / max(len(everything), 1):.0f} ms "
           f"per action), the {args.clients} clients {client_cpu:.1f} s, of {args.seconds * os.cpu_count():.0f} "
           "core-seconds")

@@ -299,3 +299,26 @@ def test_a_second_app_on_the_workspace_is_refused_and_a_stale_lock_is_taken_over
     lock = WorkspaceLock(root)
     assert "stale workspace lock of PID" in lock.acquire()
     lock.release()
+
+
+def test_a_poll_starts_from_the_sessions_latest_view_and_keeps_the_status(service, image):
+    """A poll's gr.State input may predate an edit of the same session that ran meanwhile: the poll then
+    refreshes the view that edit sent (its selection), never the older one, and leaves the status line alone."""
+    from types import SimpleNamespace
+
+    from app.handlers import Handlers
+
+    image_id, instance_id = image
+    h = Handlers(service)
+    anna = SimpleNamespace(username="anna", session_hash="anna-tab")
+    old = View(image_id=image_id)
+    with h.team.context((old,), anna):
+        out = h.on_select_instance(old, instance_id)
+        h.team.sent(out)  # (app.handlers.guarded does this after every event)
+        assert h.team.on_poll(old)[0].__class__ is not View  # nothing changed: all outputs skipped
+    with acting("bob"):
+        service.ws.set_category(instance_id, 2)  # someone else's change: the poll refreshes
+    with h.team.context((old,), anna):
+        polled = h.team.on_poll(old)
+    assert polled[0].selected == instance_id and polled[0].seen[instance_id] == 1  # the latest view, refreshed
+    assert polled[10].__class__ is not str  # the status line is not replaced
