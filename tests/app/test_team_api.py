@@ -111,6 +111,7 @@ def test_a_stale_edit_gets_a_message_and_a_fresh_view(team_app, tmp_path):
     assert out[SELECTED] is None and target.id not in [row[0] for row in out[1]["data"]]  # the fresh view
 
 
+@pytest.mark.slow
 def test_eight_people_edit_one_instance_at_once_and_no_acknowledged_edit_is_lost(team_app, tmp_path):
     ws = team_app.service.ws
     image_id = ws.list_images()[2].id
@@ -204,6 +205,7 @@ def test_review_by_a_second_person_filter_and_attribution_in_the_export(team_app
     assert {a["review_state"] for a in by_id.values()} == {"accepted"}
 
 
+@pytest.mark.slow
 def test_cli_import_and_export_work_alongside_the_running_app(team_app, tmp_path):
     """A second app process is refused (tests/app/test_team.py); the dataset commands share the workspace
     safely: short SQLite transactions next to the app's, while someone keeps editing."""
