@@ -2,7 +2,10 @@
 
     python -m app                                 # bundled model, http://127.0.0.1:7860
     python -m app --weights my.pth --port 7861 --auth anna:secret --workspace ~/fruit-ws
-    python -m app export|import ...               # dataset commands, see app.commands
+    python -m app --users team.users              # a team: name:role:hash lines (python -m app users add)
+    python -m app export|import|users ...         # dataset and account commands, see app.commands
+
+One app process serves a workspace (`app.process_lock`); CLI export / import work alongside it.
 """
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="preset name or YAML (default: taken from the checkpoint)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument("--auth", help="require a login, as user:password")
+    parser.add_argument("--auth", help="require a login, as user:password (one person)")
+    parser.add_argument("--users", help="require a login: a users file of name:role:hash lines "
+                        "(make it with 'python -m app users add')")
     parser.add_argument("--workspace", default=str(default_workspace_dir()),
                         help="workspace folder (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -88,7 +93,13 @@ def check_arguments(args: argparse.Namespace) -> Path:
     from condinst.cli import check_backend
 
     weights = resolve_weights(args.weights)
+    if args.users and args.auth:
+        raise SystemExit("error: use --users FILE or --auth user:password, not both")
     try:
+        if args.users:
+            from app.accounts import read_users
+
+            read_users(args.users)
         check_backend(args.backend, str(weights))
         check_device(args.device)
         writable_dir(args.workspace, "--workspace")
@@ -102,6 +113,15 @@ def check_arguments(args: argparse.Namespace) -> Path:
 def create_service(args: argparse.Namespace):
     """Model + workspace from the parsed arguments (SystemExit with a message on failure)."""
     weights = check_arguments(args)
+    from app.process_lock import LockError, WorkspaceLock
+
+    try:  # before the model loads: a second app on the same workspace stops here
+        args.lock = WorkspaceLock(args.workspace)
+        stale = args.lock.acquire()
+    except LockError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if stale:
+        print(f"note: {stale}", file=sys.stderr)
     from app.service import Service
     from condinst.checkpoint import CheckpointError
     from condinst.config import ConfigError
@@ -123,15 +143,25 @@ def create_service(args: argparse.Namespace):
 
 def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=None,
            max_file_size: str = DEFAULT_MAX_FILE_SIZE, block: bool = True):
-    """Build and start the Gradio app; returns the Blocks (call ``.close()`` to stop it)."""
+    """Build and start the Gradio app; returns the Blocks (call ``.close()`` to stop it).
+
+    `auth`: None (no login), ``(user, password)`` (one person, an admin) or `app.accounts.Accounts`.
+    """
+    from app.access import app_kwargs, login_function
+    from app.accounts import Accounts
+    from app.team_page import FOCUS_JS
     from app.ui import CSS, HOTKEYS_JS, build_ui
 
+    if auth is not None and not isinstance(auth, Accounts):
+        auth = Accounts.single(*auth)
+    service.accounts = auth
     demo = build_ui(service)
     demo.queue(default_concurrency_limit=4, max_size=64)
     allowed = [str(service.workspace_dir / "exports")]
-    demo.launch(server_name=host, server_port=port, auth=auth, max_file_size=max_file_size,
-                allowed_paths=allowed, prevent_thread_lock=not block, ssr_mode=False, show_error=True,
-                css=CSS, head=HOTKEYS_JS, quiet=not block)
+    demo.launch(server_name=host, server_port=port, auth=None if auth is None else login_function(auth),
+                auth_message="Log in with your CondInst Studio account." if auth else None,
+                max_file_size=max_file_size, allowed_paths=allowed, prevent_thread_lock=not block, ssr_mode=False,
+                show_error=True, css=CSS, head=HOTKEYS_JS + FOCUS_JS, quiet=not block, app_kwargs=app_kwargs())
     return demo
 
 
@@ -147,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     auth = parse_auth(args.auth)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     service = create_service(args)
+    if args.users:
+        from app.accounts import Accounts
+
+        auth = Accounts.from_file(args.users)
     print(f"CondInst Studio on http://{args.host}:{args.port} - workspace {service.workspace_dir}")
     try:
         launch(service, args.host, args.port, auth, args.max_file_size, block=True)
     finally:
         service.close()
+        args.lock.release()
     return 0
 
 

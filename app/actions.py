@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from app.actor import StaleEdit, current_user
 from app.errors import ServiceError
 from app.masks import disc, preview_scale
 from app.workspace import Instance, WorkspaceError
@@ -40,6 +41,9 @@ class View:
     refine: Any = None  # a pending click-to-refine proposal (app.refine.RefineState)
     canvas_image: int | None = None  # the image the canvas editor already holds (its pixels are sent once)
     picture: bool = True  # whether the overlay picture (Click view) is drawn; the page's editor tab turns it off
+    seen: dict | None = None  # instance id -> revision this session was last shown (app.actor: no lost update)
+    stamp: tuple | None = None  # what the page shows of the image (app.team_page.poll refreshes when it changes)
+    state_filter: str | None = None  # show and step through only images in this review state (app.review)
 
 
 @dataclass
@@ -80,9 +84,11 @@ class Annotator:
 
     def step(self, view: View, delta: int, unreviewed: bool = False) -> tuple[View, str]:
         """Previous (-1) / next (+1) image, wrapping around; `unreviewed` skips reviewed images."""
-        images = self.ws.list_images()
+        images = [img for img in self.ws.list_images()
+                  if view.state_filter is None or img.review_state == view.state_filter]
         if not images:
-            raise ServiceError("The workspace has no images yet.")
+            raise ServiceError("The workspace has no images yet." if view.state_filter is None else
+                               f"No image is {view.state_filter.replace('_', ' ')}.")
         ids = [img.id for img in images]
         start = ids.index(view.image_id) if view.image_id in ids else -1 if delta > 0 else 0
         for offset in range(1, len(ids) + 1):
@@ -92,8 +98,10 @@ class Annotator:
         return view, "Every image is reviewed."
 
     def set_reviewed(self, view: View, reviewed: bool) -> tuple[View, str]:
+        """"Reviewed" on = accepted (a reviewer's transition, freezing the threshold); off = annotated again."""
         image_id = self.require_image(view)
-        self.ws.set_reviewed(image_id, bool(reviewed), threshold=view.threshold if reviewed else None)
+        self.service.reviews.transition(image_id, "accepted" if reviewed else "annotated",
+                                        threshold=view.threshold if reviewed else None)
         if reviewed:
             record = self.ws.get_image_record(image_id)
             return view, f"Image {image_id} reviewed; its score threshold is frozen at {record.review_threshold:.2f}."
@@ -198,10 +206,20 @@ class Annotator:
         more = f" ({ids.index(chosen) + 1} of {len(ids)} here: click again for the next one)" if len(ids) > 1 else ""
         return replace(view, selected=chosen, last_point=None, last_pick=(x, y)), f"Selected instance #{chosen}.{more}"
 
+    def check_selection(self, view: View) -> None:
+        """StaleEdit if someone else deleted the selected instance after this page showed it."""
+        if view.selected is None or (view.seen or {}).get(view.selected) is None:
+            return
+        gone = self.ws.get_instance(view.selected)
+        if gone.deleted and gone.updated_by not in (None, current_user()):
+            raise StaleEdit(f"Instance #{gone.id} was deleted by {gone.updated_by} after you last saw it; "
+                            "nothing was changed and your view now shows the image as it is.")
+
     def require_selected(self, view: View) -> Instance:
         self.require_image(view)
         inst = self.selected_instance(view)
         if inst is None:
+            self.check_selection(view)
             raise ServiceError("Select an instance first (click it on the image or in the table).")
         return inst
 
@@ -287,12 +305,19 @@ class Annotator:
         return replace(view, solo=inst.id), f"Showing only instance #{inst.id}."
 
     def undo(self, view: View) -> tuple[View, str]:
-        entry = self.ws.undo(self.require_image(view))
-        return (view, "Nothing to undo.") if entry is None else (self.refresh(view), f"Undid: {entry.label}.")
+        """Undo this person's latest edit of the image (never someone else's; see app.history)."""
+        return self._stepped(view, self.ws.undo(self.require_image(view)), "undo", "Undid")
 
     def redo(self, view: View) -> tuple[View, str]:
-        entry = self.ws.redo(self.require_image(view))
-        return (view, "Nothing to redo.") if entry is None else (self.refresh(view), f"Redid: {entry.label}.")
+        return self._stepped(view, self.ws.redo(self.require_image(view)), "redo", "Redid")
+
+    def _stepped(self, view: View, entry, verb: str, done: str) -> tuple[View, str]:
+        if entry is None:
+            return view, f"Nothing to {verb}."
+        if entry.blocked:
+            raise StaleEdit(f"Cannot {verb} '{entry.label}': {entry.blocked}. Nothing was changed; that step "
+                            f"is dropped from your {verb} history.")
+        return self.refresh(view), f"{done}: {entry.label}."
 
     # ---- classes ----------------------------------------------------------------------------------------
     def add_class(self, name: str) -> str:

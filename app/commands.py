@@ -1,10 +1,11 @@
-"""Dataset commands for pipelines, no browser and no model:
+"""Dataset and account commands for pipelines (no browser):
 
     python -m app export --workspace WS --format coco|yolo|png --out DIR [--reviewed-only] [--split 0.2]
                          [--mask-format rle|polygon] [--min-score 0.3] [--overwrite]
     python -m app import --workspace WS (--ann A.json --images DIR | --ann A.zip | --yolo DIR|ZIP)
                          [--results R.json] [--skip-bad]
     python -m app qa --workspace WS --out report.json [--weights W] [--score 0.5] [--device cpu]
+    python -m app users add NAME --role annotator|reviewer|admin --users FILE [--replace]   (password on stdin)
 
 Every argument is checked before any work (before qa loads the model); an expected failure is one
 ``error:`` line (exit 2).
@@ -18,7 +19,7 @@ from pathlib import Path
 from condinst.errors import UserError
 from condinst.validate import ArgumentError, OneLineParser, existing_dir, existing_file, probability, writable_dir
 
-COMMANDS = ("export", "import", "qa")
+COMMANDS = ("export", "import", "qa", "users")
 
 
 def fraction(text: str) -> float:
@@ -58,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--weights", help="checkpoint (default: the bundled model)")
     qa.add_argument("--score", type=probability, default=0.5, help="score of a confident prediction (default 0.5)")
     qa.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    users = sub.add_parser("users", help="accounts of a team (the app's --users file)")
+    users_sub = users.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    add = users_sub.add_parser("add", help="add an account; its password is read from standard input")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=("annotator", "reviewer", "admin"))
+    add.add_argument("--users", required=True, help="users file (created if missing)")
+    add.add_argument("--replace", action="store_true", help="change the password / role of an existing account")
     return parser
 
 
@@ -165,10 +173,29 @@ def run_qa_command(args: argparse.Namespace) -> str:
     return "\n".join(lines + [f"report: {args.out}"])
 
 
+def check_users(args: argparse.Namespace) -> None:
+    from app.accounts import check_name
+
+    check_name(args.name)
+
+
+def run_users(args: argparse.Namespace) -> str:
+    """The password comes from standard input (asked for, without echo, on a terminal)."""
+    from app.accounts import add_user
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"password for {args.name}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    return add_user(args.users, args.name, args.role, password, replace=args.replace)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check, run = {"export": (check_export, run_export), "import": (check_import, run_import),
-                  "qa": (check_qa, run_qa_command)}[args.command]
+                  "qa": (check_qa, run_qa_command), "users": (check_users, run_users)}[args.command]
     try:
         check(args)
         print(run(args))

@@ -24,7 +24,18 @@ from typing import Iterator
 from app.errors import WorkspaceError
 from condinst.io import fsync_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+REVIEWS_SCHEMA = """
+CREATE TABLE reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    state TEXT NOT NULL,
+    user TEXT,
+    comment TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX reviews_by_image ON reviews(image_id, id);"""
 
 SCHEMA = """
 CREATE TABLE schema_version (
@@ -47,7 +58,10 @@ CREATE TABLE images (
     updated_at TEXT NOT NULL,
     segmented_by TEXT,
     review_threshold REAL,
-    changed_after_review INTEGER NOT NULL DEFAULT 0
+    changed_after_review INTEGER NOT NULL DEFAULT 0,
+    review_state TEXT NOT NULL DEFAULT 'annotated',
+    reviewed_by TEXT,
+    review_comment TEXT
 );
 CREATE TABLE instances (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,7 +78,10 @@ CREATE TABLE instances (
     updated_at TEXT NOT NULL,
     preview_rle BLOB,
     area INTEGER NOT NULL DEFAULT 0,
-    bbox TEXT
+    bbox TEXT,
+    created_by TEXT,
+    updated_by TEXT,
+    revision INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX instances_by_image ON instances(image_id);
 CREATE TABLE history (
@@ -72,7 +89,8 @@ CREATE TABLE history (
     image_id INTEGER NOT NULL REFERENCES images(id),
     label TEXT NOT NULL,
     undone INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    user TEXT
 );
 CREATE INDEX history_by_image ON history(image_id, id);
 CREATE TABLE history_changes (
@@ -82,22 +100,30 @@ CREATE TABLE history_changes (
     after TEXT NOT NULL,
     PRIMARY KEY (history_id, instance_id)
 );
-"""
+""" + REVIEWS_SCHEMA
+
 
 # Columns per table, in the order salvage copies them (parents before children).
 COLUMNS = {
     "categories": ("id", "name", "supercategory"),
     "images": ("id", "file_path", "sha256", "original_name", "width", "height", "reviewed", "created_at",
-               "updated_at", "segmented_by", "review_threshold", "changed_after_review"),
+               "updated_at", "segmented_by", "review_threshold", "changed_after_review", "review_state",
+               "reviewed_by", "review_comment"),
     "instances": ("id", "image_id", "category_id", "score", "mask_rle", "source", "hidden", "deleted",
-                  "user_edited", "meta", "created_at", "updated_at", "preview_rle", "area", "bbox"),
-    "history": ("id", "image_id", "label", "undone", "created_at"),
+                  "user_edited", "meta", "created_at", "updated_at", "preview_rle", "area", "bbox", "created_by",
+                  "updated_by", "revision"),
+    "history": ("id", "image_id", "label", "undone", "created_at", "user"),
     "history_changes": ("history_id", "instance_id", "before", "after"),
+    "reviews": ("id", "image_id", "state", "user", "comment", "created_at"),
 }
 # Version 1 lacked these; the v1 -> v2 migration adds them (app.workspace fills the derived values).
 V2_COLUMNS = {"images": ("segmented_by TEXT", "review_threshold REAL",
                          "changed_after_review INTEGER NOT NULL DEFAULT 0"),
               "instances": ("preview_rle BLOB", "area INTEGER NOT NULL DEFAULT 0", "bbox TEXT")}
+# Version 2 lacked who did what (attribution, per-person undo, instance revisions, review states).
+V3_COLUMNS = {"images": ("review_state TEXT NOT NULL DEFAULT 'annotated'", "reviewed_by TEXT", "review_comment TEXT"),
+              "instances": ("created_by TEXT", "updated_by TEXT", "revision INTEGER NOT NULL DEFAULT 0"),
+              "history": ("user TEXT",)}
 HINT = "start the app with --recover (or press 'Recover workspace') to move it aside and salvage what it holds"
 
 
@@ -176,12 +202,12 @@ class Database:
                                 f"(no schema_version table); {HINT}")
         rows = conn.execute("SELECT version FROM schema_version").fetchall()
         version = rows[0][0] if len(rows) == 1 else None
-        if version == 1:
-            self._migrate_v1(conn)
-            version = self.migrated_from = 1
+        if version in (1, 2):
+            self._migrate(conn, version)
+            self.migrated_from = version
         elif version != SCHEMA_VERSION:
             raise DatabaseError(f"The workspace database {self.path} has schema version "
-                                f"{[r[0] for r in rows]}; this program reads versions 1 and {SCHEMA_VERSION}; {HINT}")
+                                f"{[r[0] for r in rows]}; this program reads versions 1 to {SCHEMA_VERSION}; {HINT}")
         for table, columns in COLUMNS.items():
             present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             missing = set(columns) - present
@@ -190,11 +216,16 @@ class Database:
                                     f"lacks {sorted(missing)}; {HINT}")
 
     @staticmethod
-    def _migrate_v1(conn: sqlite3.Connection) -> None:
-        """Add the version-2 columns in one transaction (derived values are filled by the caller)."""
+    def _migrate(conn: sqlite3.Connection, version: int) -> None:
+        """Version 1 or 2 -> 3 in one transaction (v1's derived values are filled by the caller).
+
+        v2 -> v3: who did what (unknown, NULL, for what came before), revision 0, reviewed images accepted.
+        """
+        added = ([V2_COLUMNS] if version == 1 else []) + [V3_COLUMNS]
         statements = [f"ALTER TABLE {table} ADD COLUMN {column}"
-                      for table, columns in V2_COLUMNS.items() for column in columns]
-        statements.append(f"UPDATE schema_version SET version = {SCHEMA_VERSION}")
+                      for columns_of in added for table, columns in columns_of.items() for column in columns]
+        statements += [REVIEWS_SCHEMA, "UPDATE images SET review_state = 'accepted' WHERE reviewed = 1",
+                       f"UPDATE schema_version SET version = {SCHEMA_VERSION}"]
         _run_script(conn, ";".join(statements))
 
     def _move_aside(self) -> Path:
@@ -357,6 +388,6 @@ def salvage(damaged: Path, target: Database) -> Recovery:
 
 def _parents_kept(table: str, values: dict, kept: dict[str, set]) -> bool:
     parents = {"instances": (("image_id", "images"), ("category_id", "categories")),
-               "history": (("image_id", "images"),),
+               "history": (("image_id", "images"),), "reviews": (("image_id", "images"),),
                "history_changes": (("history_id", "history"), ("instance_id", "instances"))}
     return all(values.get(column) in kept.get(parent, set()) for column, parent in parents.get(table, ()))

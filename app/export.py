@@ -22,6 +22,10 @@ says so) and is close to, but not guaranteed identical with, the stored mask; it
 exact mask. Crowd regions (instance ``meta["iscrowd"]``, e.g. imported COCO crowd RLE) are always
 written as RLE with ``iscrowd: 1``.
 
+Who did what travels as each annotation's ``attributes`` (as CVAT writes them): ``created_by``,
+``updated_by``, ``updated_at``, the image's ``review_state`` and ``reviewed_by`` (``""`` when unknown,
+e.g. model predictions or work from before accounts existed).
+
 Exporting zero images (an empty workspace, or ``reviewed_only`` with nothing reviewed) raises
 ``ExportError`` instead of writing an empty dataset. All writes are atomic: the folder export
 is built in a temporary folder and moved into place with ``os.replace``; the zip is written
@@ -134,6 +138,13 @@ def _annotation(instance: Instance, mask_format: MaskFormat) -> dict[str, Any] |
     }
 
 
+def attribution(instance: Instance, image) -> dict[str, str]:
+    """CVAT-style annotation attributes saying who created, last changed and reviewed it."""
+    return {"created_by": instance.created_by or "", "updated_by": instance.updated_by or "",
+            "updated_at": instance.updated_at, "review_state": image.review_state,
+            "reviewed_by": image.reviewed_by or ""}
+
+
 def split_images(image_ids: list[int], split: float) -> dict[int, str]:
     """Image id -> ``default``, or ``train``/``val`` with a ``split`` fraction (>= 1 image) in val."""
     if not split:
@@ -191,6 +202,7 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
         for instance in snapshot.instances[image.id]:
             annotation = _annotation(instance, mask_format)
             if annotation is not None:
+                annotation["attributes"] = attribution(instance, image)
                 annotations.append(annotation)
     categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory}
                   for c in snapshot.categories]

@@ -8,12 +8,14 @@ was (`gr.skip()`), so no output is replaced by an error overlay and the page kee
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
 
 from app.actions import TOOLS, View, display_to_image
+from app.actor import StaleEdit
 from app.errors import AppError
 from condinst.errors import UserError, user_message
 from app.screen import TABLE_HEADERS
@@ -24,13 +26,40 @@ WARNING = "**Not done:** "
 ANNOTATE_OUTPUTS = 12
 
 
-def guarded(fn, n_outputs: int, message_index: int | None):
-    """Wrap a handler: an AppError becomes a toast + status message, other outputs are skipped."""
+def guarded(fn, n_outputs: int, message_index: int | None, context=None, conflict=None, sent=None):
+    """Wrap a handler: an AppError becomes a toast + status message, other outputs are skipped.
+
+    `context(args, request)` (optional) is entered around the call with Gradio's ``gr.Request``
+    (who is acting, see `app.actor`); the wrapper asks Gradio for the request itself. `conflict(view,
+    message)` (optional) answers a `StaleEdit` with a fresh view of the annotate outputs instead.
+    `sent(result)` (optional) sees what the handler returns (inside the context).
+    """
+
+    def call(args, kwargs):
+        try:
+            result = fn(*args, **kwargs)
+            if sent is not None:
+                sent(result)
+            return result
+        except StaleEdit as exc:
+            if conflict is None:
+                raise
+            values = list(conflict(args[0], str(exc)))
+            result = tuple(values + [gr.skip()] * (n_outputs - len(values)))
+            if sent is not None:
+                sent(result)
+            return result
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        request = next((a for a in args if isinstance(a, gr.Request)), None)
+        if context is not None and not takes_request:
+            args = tuple(a for a in args if not isinstance(a, gr.Request))
         try:
-            return fn(*args, **kwargs)
+            if context is None:
+                return call(args, kwargs)
+            with context(args, request):
+                return call(args, kwargs)
         except (UserError, OSError) as exc:  # a library's expected error (bad image, checkpoint) too
             message = user_message(exc)
             if message is None:
@@ -41,6 +70,16 @@ def guarded(fn, n_outputs: int, message_index: int | None):
                 values[message_index] = WARNING + message
             return tuple(values) if n_outputs > 1 else values[0]
 
+    signature = inspect.signature(fn)
+    takes_request = any(p.annotation in (gr.Request, "gr.Request") for p in signature.parameters.values())
+    if context is not None and not takes_request:  # ask Gradio for the request (the last positional argument)
+        params = list(signature.parameters.values())
+        cut = next((i for i, p in enumerate(params) if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)),
+                   len(params))
+        extra = inspect.Parameter("_request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                  annotation=gr.Request)
+        wrapper.__signature__ = signature.replace(parameters=params[:cut] + [extra] + params[cut:])
+        wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "_request": gr.Request}
     return wrapper
 
 
@@ -67,19 +106,29 @@ def ap_frame(before: dict | None, after: dict | None) -> pd.DataFrame:
 class Handlers:
     """One method per event; `annotate` is the common output bundle of the annotate view."""
 
+    n_annotate = ANNOTATE_OUTPUTS
+
     def __init__(self, service: Service):
+        from app.team_page import TeamPage
+
         self.service = service
         self.actions = service.actions
+        self.team = TeamPage(self)
+
+    @staticmethod
+    def warning(message: str) -> str:
+        return WARNING + message
 
     # ---- output bundles ----------------------------------------------------------------------------
     def annotate(self, view: View, message: str = "") -> tuple:
         """state, picture, table, image list, reviewed, selected, class, info, undo, redo, status, editor."""
+        view = self.team.observe(view)
         screen = self.service.screens.screen(view)
         view, scene = self.service.canvas.scene(view)
         picture = screen.image if view.picture or view.image_id is None else gr.skip()
         return (view, picture, table_frame(screen.rows), gr.update(choices=screen.image_choices,
                                                                         value=screen.image_id),
-                screen.reviewed, screen.selected, screen.selected_category, screen.info,
+                screen.reviewed, screen.selected, screen.selected_category, screen.info + self.team.info(view),
                 gr.update(interactive=screen.can_undo), gr.update(interactive=screen.can_redo), message, scene)
 
     def classes(self) -> tuple:

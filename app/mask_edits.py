@@ -99,6 +99,8 @@ class MaskEditor:
         pts, size = editing.parse_points(points, "stroke"), editing.check_width(width)
         overlap = editing.check_overlap(overlap)
         selected = self.service.actions.selected_instance(view)
+        if selected is None:
+            self.service.actions.check_selection(view)  # deleted meanwhile by someone else: no new instance
         if selected is None and tool == "erase":
             raise ServiceError("Select the instance to erase from first.")
         window = editing.stroke_window(pts, size, self._shape(image_id))

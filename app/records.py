@@ -16,6 +16,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from app import actor
 from app.errors import WorkspaceError
 from app.masks import decode_mask, preview_size
 
@@ -45,6 +46,9 @@ class ImageRecord:
     segmented_by: str | None = None
     review_threshold: float | None = None
     changed_after_review: bool = False
+    review_state: str = "annotated"  # annotated -> in_review -> accepted | rejected (app.review)
+    reviewed_by: str | None = None
+    review_comment: str | None = None
 
     def threshold(self, view_threshold: float) -> float:
         """The score threshold that decides what this image shows and exports."""
@@ -54,6 +58,8 @@ class ImageRecord:
     def state(self) -> str:
         if self.reviewed:
             return "reviewed"
+        if self.review_state in ("in_review", "rejected"):
+            return self.review_state.replace("_", " ")
         return "changed after review" if self.changed_after_review else ""
 
 
@@ -78,6 +84,9 @@ class Instance:
     meta: dict[str, Any] | None
     created_at: str
     updated_at: str
+    revision: int = 0
+    created_by: str | None = None
+    updated_by: str | None = None
 
     @cached_property
     def mask(self) -> np.ndarray:
@@ -174,22 +183,24 @@ def check_id(value: Any, what: str = "id") -> int:
 
 
 _IMAGE_COLUMNS = ("id, file_path, original_name, width, height, reviewed, created_at, updated_at, segmented_by,"
-                  " review_threshold, changed_after_review")
+                  " review_threshold, changed_after_review, review_state, reviewed_by, review_comment")
 _INSTANCE_COLUMNS = ("i.id, i.image_id, i.category_id, i.score, i.mask_rle, i.preview_rle, m.height, m.width,"
                      " i.area, i.bbox, i.source, i.hidden, i.deleted, i.user_edited, i.meta, i.created_at,"
-                     " i.updated_at")
+                     " i.updated_at, i.revision, i.created_by, i.updated_by")
 
 
 def _image(row) -> ImageRecord:
     return ImageRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9],
-                       bool(row[10]))
+                       bool(row[10]), row[11], row[12], row[13])
 
 
 def _instance(row) -> Instance:
+    """An instance row; read inside an event, it pins the revision the event saw (app.actor.note_read)."""
+    actor.note_read(row[0], row[17])
     bbox = tuple(float(v) for v in row[9].split(",")) if row[9] else (0.0, 0.0, 0.0, 0.0)
     return Instance(row[0], row[1], row[2], row[3], bytes(row[4]), None if row[5] is None else bytes(row[5]),
                     row[6], row[7], int(row[8]), bbox, row[10], bool(row[11]), bool(row[12]), bool(row[13]),
-                    json.loads(row[14]) if row[14] else None, row[15], row[16])
+                    json.loads(row[14]) if row[14] else None, row[15], row[16], row[17], row[18], row[19])
 
 
 def _dump_meta(meta: Mapping[str, Any] | None) -> str | None:

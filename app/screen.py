@@ -115,6 +115,8 @@ class Screens:
             if is_crowd(selected):
                 info += (" - **a crowd region** (COCO iscrowd): kept and exported as imported; its mask and class "
                          "cannot be edited (hide or delete it instead)")
-        return Screen(self.overlay(view) if view.picture else None, rows, [(image_label(img), img.id) for img in images], record.id,
+        listed = [img for img in images if view.state_filter in (None, img.review_state)]  # a reviewer's filter
+        return Screen(self.overlay(view) if view.picture else None, rows, [(image_label(img), img.id) for img in listed],
+                      record.id,
                       record.reviewed, selected.id if selected else None, selected.category_id if selected else None,
                       info, ws.can_undo(record.id), ws.can_redo(record.id))

@@ -9,6 +9,9 @@
     service.refiner    CondInst click-to-refine                  (app.refine.Refiner)
     service.canvas     the canvas editor's scenes                (app.canvas.CanvasScenes)
     service.jobs       background fine-tuning                    (app.retrain.RetrainJobs)
+    service.reviews    annotated -> in review -> accepted/rejected (app.review.Reviews)
+    service.presence   who views / edits which image             (app.presence.Presence)
+    service.accounts   who may log in, with which role           (app.accounts.Accounts; None: no login)
     service.export_*   COCO datasets and results                 (app.export)
 
 Nothing here knows about Gradio; `app.ui` wires events to these parts. A damaged workspace is
@@ -31,6 +34,8 @@ from app.export import ExportError, build_coco, export_coco, export_coco_zip, re
 from app.canvas import CanvasScenes
 from app.images import ImageLibrary
 from app.mask_edits import MaskEditor
+from app.presence import Presence
+from app.review import Reviews
 from app.refine import Refiner
 from app.ingest import sanitize_file_name
 from app.screen import Screens
@@ -83,6 +88,9 @@ class Service:
         self.edits = MaskEditor(self)
         self.canvas = CanvasScenes(self)
         self.refiner = Refiner(self)
+        self.reviews = Reviews(self)
+        self.presence = Presence()
+        self.accounts = None  # set by app.__main__.launch when logins are required
         self._jobs = None
         if workspace is not None:
             self._opened()
@@ -158,6 +166,12 @@ class Service:
             except AppError as exc:
                 self.notices.append(str(exc))
         return View(image_id=chosen, threshold=threshold)
+
+    def role(self, user: str | None) -> str:
+        """The person's role; without accounts (or without a login) everyone is an admin."""
+        if self.accounts is None or user is None:
+            return "admin"
+        return self.accounts.role(user) or "annotator"
 
     def categories(self) -> list[tuple[str, int]]:
         """(label, id) of every workspace category, for dropdowns."""

@@ -16,6 +16,7 @@ from app import interop_ui
 from app.canvas import editor_files
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, guarded, progress_html, table_frame
 from app.service import Service
+from app.team_page import TeamPage
 
 MODEL = {"concurrency_id": "model", "concurrency_limit": 1}
 TOOL_CHOICES = [("Select", "select"), ("Brush", "brush"), ("Eraser", "erase"), ("Add at point", "point"),
@@ -141,6 +142,7 @@ class AppUI:
                     p["speck_size"] = gr.Number(value=50, precision=0, minimum=1, label="Speck size (px)",
                                                 elem_id="speck-size", min_width=90)
                     p["remove_specks"] = gr.Button("Remove smaller specks", size="sm", elem_id="remove-specks")
+                p["team"] = TeamPage.build()  # review and presence
         with gr.Row():
             p["threshold"] = gr.Slider(0, 1, value=View().threshold, step=0.01, label="Score threshold",
                                        elem_id="threshold")
@@ -173,6 +175,7 @@ class AppUI:
                                      min_width=220)
             p["results_file"] = gr.File(label="COCO results", elem_id="results-file", visible=False)
         p["api_x"], p["api_y"], p["api_click"] = gr.Number(visible=False), gr.Number(visible=False), gr.Button(visible=False)
+        p["api_picture"], p["api_picture_set"] = gr.Checkbox(True, visible=False), gr.Button(visible=False)
         p["api"] = {"tool": gr.Textbox("brush", label="tool", visible=False),
                     "points": gr.Textbox("[]", label="points", visible=False),
                     "width": gr.Number(21, label="width", visible=False),
@@ -215,7 +218,7 @@ class AppUI:
                     "`images/`). Reviewed images are exported at their frozen score threshold, the others at the "
                     "current slider; deleted instances are never exported.")
         with gr.Row():
-            p["reviewed_only"] = gr.Checkbox(label="Reviewed images only", elem_id="reviewed-only")
+            p["reviewed_only"] = gr.Checkbox(label="Accepted (reviewed) images only", elem_id="reviewed-only")
             p["format"] = gr.Radio([("RLE (exact masks)", "rle"), ("Polygons", "polygon")], value="rle",
                                    label="Mask format", elem_id="mask-format")
         with gr.Row():
@@ -241,7 +244,7 @@ class AppUI:
                                         elem_id="retrain-iterations")
             p["batch"] = gr.Number(value=batch, precision=0, minimum=1, maximum=64, label="Images per iteration",
                                    elem_id="retrain-batch")
-            p["reviewed_only"] = gr.Checkbox(label="Reviewed images only", elem_id="retrain-reviewed-only")
+            p["reviewed_only"] = gr.Checkbox(label="Accepted (reviewed) images only", elem_id="retrain-reviewed-only")
         with gr.Row():
             p["start"] = gr.Button("Start retraining", variant="primary", elem_id="retrain-start")
             p["cancel"] = gr.Button("Cancel", variant="stop", elem_id="retrain-cancel")
@@ -264,8 +267,12 @@ class AppUI:
         h, state, status = self.h, top["state"], top["status"]
 
         def on(event, fn, inputs, outputs, message=status, **kwargs):
+            """Every event acts as the logged-in person (app.actor); a stale edit answers with a fresh view."""
             index = outputs.index(message) if message in outputs else None
-            return event(guarded(fn, len(outputs), index), inputs, outputs, **kwargs)
+            same = len(outputs) >= len(annotate) and all(x is y for x, y in zip(outputs, annotate))
+            conflict = h.team.conflict if same else None
+            wrapped = guarded(fn, len(outputs), index, context=h.team.context, conflict=conflict, sent=h.team.sent)
+            return event(wrapped, inputs, outputs, **kwargs)
 
         annotate = [state, a["picture"], a["table"], a["image"], a["reviewed"], a["selected"], a["class"], a["info"],
                     a["undo"], a["redo"], status, a["editor"]]
@@ -275,6 +282,7 @@ class AppUI:
                    e["text"], status]
         click_in = [state, a["tool"], a["size"], a["new_class"], a["join"]]
 
+        h.team.wire(on, state, a["team"], annotate)
         loaded = on(demo.load, h.on_load, None, page, api_name="load")
         restored = on(loaded.then, h.on_restore, [state, top["last_image"]], annotate, api_visibility="private")
         # the page opens on the canvas editor: the overlay picture is drawn only while the Click view is shown
@@ -284,6 +292,7 @@ class AppUI:
            api_visibility="private")
         on(top["recover"].click, h.on_recover, [state], page, api_name="recover_workspace")
         a["image"].change(lambda value: value, a["image"], top["last_image"], api_visibility="private")
+        on(a["api_picture_set"].click, h.on_view_tab, [state, a["api_picture"]], annotate, api_name="set_picture")
 
         on(a["upload"].upload, h.on_upload, [state, a["upload"]], annotate + [a["upload"]], api_name="upload", **MODEL)
         on(a["add_samples"].click, h.on_add_samples, [state, a["samples"]], annotate, api_name="add_samples", **MODEL)

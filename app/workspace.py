@@ -32,8 +32,8 @@ from app.errors import AppError, WorkspaceError
 from app.ingest import DEFAULT_MAX_PIXELS, PreparedImage, prepare_array, prepare_file
 from app.masks import EncodedMask, decode_mask, encode_with_preview, preview_size
 from app.records import (_IMAGE_COLUMNS, _INSTANCE_COLUMNS, Category, ImageRecord, Instance, Prediction,
-                         PredictionReport, WorkspaceSnapshot, _dump_meta, _refuse_crowd, _image, _instance, _label, _same_prediction,
-                         check_id, default_workspace_dir, resolve_inside)
+                         PredictionReport, WorkspaceSnapshot, _dump_meta, _image, _instance, _label, _refuse_crowd,
+                         _same_prediction, check_id, default_workspace_dir, resolve_inside)
 from condinst.io import atomic_write_bytes
 
 DB_FILE_NAME = "workspace.sqlite"
@@ -42,6 +42,7 @@ PREVIEWS_DIR_NAME = "previews"
 DEFAULT_HISTORY_LIMIT = 200
 INSTANCE_SOURCES = ("model", "user", "point")
 OVERLAP_IOU = 0.5
+STATE = {True: "accepted", False: "annotated"}  # review_state of set_reviewed; app.review has the transitions
 ImageSource = Union[str, os.PathLike, np.ndarray, PreparedImage]
 __all__ = ["Workspace", "WorkspaceError", "Category", "ImageRecord", "Instance", "Prediction", "PredictionReport",
            "WorkspaceSnapshot", "default_workspace_dir", "resolve_inside", "check_id", "DB_FILE_NAME"]
@@ -276,7 +277,8 @@ class Workspace:
             record = self._image_record(conn, image_id)
             frozen = (float(threshold) if threshold is not None else record.review_threshold) if reviewed else None
             conn.execute("UPDATE images SET reviewed = ?, review_threshold = ?, changed_after_review = 0,"
-                         " updated_at = ? WHERE id = ?", (int(bool(reviewed)), frozen, now(), record.id))
+                         " review_state = ?, updated_at = ? WHERE id = ?",
+                         (int(bool(reviewed)), frozen, STATE[bool(reviewed)], now(), record.id))
 
     # ---- instances: reads ------------------------------------------------------------------------
     def instances(self, image_id: int, include_deleted: bool = False) -> list[Instance]:
@@ -442,8 +444,8 @@ class Workspace:
     @staticmethod
     def _touch_review(conn, image_id: int) -> None:
         """An edit of a reviewed image un-reviews it and marks it for re-review (the edit stays)."""
-        conn.execute("UPDATE images SET reviewed = 0, changed_after_review = 1 WHERE id = ? AND reviewed = 1",
-                     (image_id,))
+        conn.execute("UPDATE images SET reviewed = 0, changed_after_review = 1, review_state = 'annotated'"
+                     " WHERE id = ? AND reviewed = 1", (image_id,))
 
     def _encode(self, mask: Any, height: int, width: int):
         if isinstance(mask, EncodedMask):
@@ -475,16 +477,16 @@ class Workspace:
         return instance_id, history.created(conn, instance_id)
 
     # ---- undo / redo ------------------------------------------------------------------------------
-    def can_undo(self, image_id: int) -> bool:
+    def can_undo(self, image_id: int, undo: bool = True) -> bool:
+        """Whether the acting person (app.actor) has an edit of the image to undo (`undo=False`: redo)."""
         with self._read() as conn:
-            return history.can_step(conn, int(image_id), undo=True)
+            return history.can_step(conn, int(image_id), undo=undo)
 
     def can_redo(self, image_id: int) -> bool:
-        with self._read() as conn:
-            return history.can_step(conn, int(image_id), undo=False)
+        return self.can_undo(image_id, undo=False)
 
     def undo(self, image_id: int) -> history.HistoryEntry | None:
-        """Undo the latest edit of an image; returns what was undone, None if nothing."""
+        """Undo the acting person's latest edit of an image; returns what was undone (or dropped), None if nothing."""
         with self._write() as conn:
             self._image_record(conn, image_id)
             return history.step(conn, int(image_id), undo=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.db import SCHEMA_VERSION
 from app.ingest import sanitize_file_name
 from app.workspace import DB_FILE_NAME, Prediction, Workspace, WorkspaceError, resolve_inside
 from condinst.io import atomic_write_bytes
@@ -142,7 +143,7 @@ def test_database_uses_wal_and_schema_version(ws: Workspace, ws_dir: Path):
     ws.add_image(random_image(), "a.png")
     with sqlite3.connect(ws_dir / DB_FILE_NAME) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     # the workspace's own connection commits with synchronous=FULL (2)
     assert ws.db._connection().execute("PRAGMA synchronous").fetchone()[0] == 2
 

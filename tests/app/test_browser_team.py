@@ -1,0 +1,93 @@
+"""Two people in two browser contexts (Chromium): the presence warning, take over, and another's
+change appearing within a few seconds without losing the viewer's selection (issue 12)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from app.accounts import Account, Accounts, hash_password
+from browserkit import CHROMIUM, ROWS, screenshot_on_failure, wait_status, wait_text
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+
+PASSWORD = "team-password"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def app(app_factory, image_paths):
+    secret = hash_password(PASSWORD)
+    running = app_factory(auth=Accounts({"anna": Account("anna", "annotator", secret),
+                                         "bob": Account("bob", "annotator", secret)}))
+    running.service.images.add_files(image_paths[:1])
+    return running
+
+
+def person(browser, name: str, url: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.locator("input[type=password]").wait_for()
+    page.locator("input:not([type=password])").first.fill(name)
+    page.locator("input[type=password]").fill(PASSWORD)
+    page.get_by_role("button", name=re.compile("login", re.I)).click()
+    page.wait_for_selector("#info")
+    wait_text(page, "#info", f"you: {name}")
+    return context, page
+
+
+def select_row(page, instance_id: int) -> None:
+    page.locator(ROWS).filter(has_text=re.compile(rf"^\s*{instance_id}\b")).first.click()
+    page.wait_for_function("id => document.querySelector('#selected input').value == String(id)", arg=instance_id)
+
+
+def test_two_people_see_who_edits_take_over_and_changes_appear(app, browser):
+    ws = app.service.ws
+    image_id = ws.list_images()[0].id
+    first, second = ws.instances(image_id)[:2]
+    url = f"{app.url}?image={image_id}"
+    anna_context, anna = person(browser, "anna", url)
+    bob_context, bob = person(browser, "bob", url)
+    try:
+        with screenshot_on_failure(anna, "team-anna"), screenshot_on_failure(bob, "team-bob"):
+            select_row(anna, first.id)
+            anna.locator("#hide").click()  # anna's first edit makes her the image's editor
+            wait_status(anna, f"Instance #{first.id} hidden")
+            select_row(bob, second.id)  # bob looks at another instance; the poll tells him anna edits
+            wait_text(bob, "#info", "anna is editing this image", timeout=15_000)
+            bob.locator("#delete").click()  # read-only: refused, nothing changed
+            wait_status(bob, "anna is editing this image")
+            assert not ws.get_instance(second.id).deleted
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            bob.evaluate("window.scrollTo(0, 0)")
+            bob.screenshot(path=str(SCREENSHOTS / "team-presence.png"))
+            # anna deletes an instance: bob's page shows it within a few seconds, his selection kept
+            select_row(anna, first.id)
+            anna.locator("#delete").click()
+            wait_status(anna, f"Deleted instance #{first.id}")
+            bob.wait_for_function("id => ![...document.querySelectorAll('#instances div.virtual-row')].some("
+                                  "r => r.innerText.trim().split(/\\s+/)[0] == String(id))", arg=first.id,
+                                  timeout=15_000)
+            assert bob.locator("#selected input").input_value() == str(second.id)
+            # bob takes over: his edit goes through; anna's page then says bob edits
+            bob.locator("#take-over").click()
+            wait_status(bob, "You edit this image now; anna views it read-only")
+            bob.locator("#hide").click()
+            wait_status(bob, f"Instance #{second.id} hidden")
+            assert ws.get_instance(second.id).hidden and ws.get_instance(second.id).updated_by == "bob"
+            wait_text(anna, "#info", "bob is editing this image", timeout=15_000)
+            anna.evaluate("window.scrollTo(0, 0)")
+            anna.screenshot(path=str(SCREENSHOTS / "team-taken-over.png"))
+    finally:
+        anna_context.close()
+        bob_context.close()
