@@ -5,11 +5,26 @@ import contextlib
 import time
 from pathlib import Path
 
+import pytest
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless and offline: without the networking flags Chromium keeps trying hosts this machine cannot reach.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROWS = "#instances div.virtual-row"
+# Marks of the Playwright test modules (Gradio's and numpy's deprecation noise is not ours).
+BROWSER_MARKS = [pytest.mark.browser, pytest.mark.slow,
+                 pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+                 pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
+                 pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
+
+def playwright_or_skip():
+    """Playwright's sync API, or skip the calling test module (or test) without Playwright or Chromium."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+    return sync_api
 
 
 def show_click_view(page) -> None:

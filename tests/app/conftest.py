@@ -167,11 +167,9 @@ def app_factory(tiny_weights, samples_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium driven by Playwright (browser tests; skipped without either)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from browserkit import CHROMIUM, chromium
+    from browserkit import chromium, playwright_or_skip
 
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    sync_api = playwright_or_skip()
     with chromium(sync_api) as browser:
         yield browser
 

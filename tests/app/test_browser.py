@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browserkit import (CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure,
+from browserkit import (BROWSER_MARKS, playwright_or_skip, CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure,
                         show_click_view, wait_status, wait_text)
 from pycocotools.coco import COCO
 
@@ -32,14 +32,9 @@ SCREENSHOTS = ARTIFACTS / "screenshots-tiny-model"  # the README's come from tes
 SAVE_SCREENSHOTS = os.environ.get("CONDINST_SAVE_SCREENSHOTS", "") not in ("", "0")
 ROW_IDS = "#instances div.virtual-row [data-col='0']"
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+pytestmark = BROWSER_MARKS
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+sync_api = playwright_or_skip()
 
 
 @pytest.fixture(scope="module")

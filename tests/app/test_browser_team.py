@@ -8,16 +8,11 @@ from pathlib import Path
 import pytest
 
 from app.accounts import Account, Accounts, hash_password
-from browserkit import CHROMIUM, ROWS, screenshot_on_failure, wait_status, wait_text
+from browserkit import BROWSER_MARKS, ROWS, playwright_or_skip, screenshot_on_failure, wait_status, wait_text
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+pytestmark = BROWSER_MARKS
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+sync_api = playwright_or_skip()
 
 PASSWORD = "team-password"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from browserkit import CHROMIUM, ROWS, click_image, pick_option, wait_status, wait_text, show_click_view
+from browserkit import ROWS, click_image, pick_option, playwright_or_skip, show_click_view, wait_status, wait_text
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "assets" / "default_model" / "model.pth"
@@ -48,9 +48,7 @@ GOLD_FIG_STROKE = [(272, 194), (270, 212), (276, 232), (284, 250), (293, 268), (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+sync_api = playwright_or_skip()
 if not MODEL.is_file() or not (SAMPLES / SAMPLE).is_file():
     pytest.skip(f"the bundled default model {MODEL} or sample {SAMPLE} is missing", allow_module_level=True)
 
