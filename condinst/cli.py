@@ -164,7 +164,7 @@ def _predict_share(args: argparse.Namespace, store, items: list[tuple[Path, str]
     min_score = args.score_threshold or 0.0
     prefix = f"[rank {rank}] " if world > 1 else ""
     inp = predictor.cfg.input
-    batcher = SizeBatcher(args.batch_size, inp.min_size_test, inp.max_size_test, inp.size_divisibility)
+    batcher = SizeBatcher(args.batch_size, inp.min_size_test, inp.max_size_test, inp.size_divisibility, inp.resize)
     key_of = dict(items)
 
     def run(batch: list[tuple[Path, "object"]]) -> None:
