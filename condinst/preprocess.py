@@ -154,7 +154,7 @@ def mmcv_rescaled_shape(h: int, w: int, scale: tuple[int, int]) -> tuple[int, in
     return int(h * float(factor) + 0.5), int(w * float(factor) + 0.5)
 
 
-def test_resized_shape(h: int, w: int, resize: str, min_size: int, max_size: int) -> tuple[int, int]:
+def input_resized_shape(h: int, w: int, resize: str, min_size: int, max_size: int) -> tuple[int, int]:
     """(new_h, new_w) of a test resize rule (`InputConfig.resize`) with min/max_size_test."""
     if resize == "mmcv_resize":
         return min_size, max_size
@@ -170,7 +170,7 @@ def resize_for_test(image: np.ndarray, inp) -> np.ndarray:
         return resize_image(image, inp.min_size_test, inp.max_size_test)
     import cv2
 
-    new_h, new_w = test_resized_shape(image.shape[0], image.shape[1], inp.resize, inp.min_size_test, inp.max_size_test)
+    new_h, new_w = input_resized_shape(image.shape[0], image.shape[1], inp.resize, inp.min_size_test, inp.max_size_test)
     if (new_h, new_w) == image.shape[:2]:
         return image
     return cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)

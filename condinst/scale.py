@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import UserError
 from .io import atomic_write_json
-from .preprocess import ImageError, read_image, test_resized_shape
+from .preprocess import ImageError, read_image, input_resized_shape
 
 RUN_FILE = "run.json"
 
@@ -81,7 +81,7 @@ class SizeBatcher:
         self.groups: dict[tuple[int, int], list] = {}
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        h, w = test_resized_shape(height, width, self.resize, self.min_size, self.max_size)
+        h, w = input_resized_shape(height, width, self.resize, self.min_size, self.max_size)
         d = max(self.divisibility, 1)
         return -(-h // d) * d, -(-w // d) * d
 
