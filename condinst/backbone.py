@@ -45,7 +45,8 @@ class BasicStem(nn.Module):
 class DeformConvNorm(nn.Module):
     """3x3 deformable conv (no bias, 1 deformable group) + norm: mmdetection's DCN ResNet conv2.
 
-    The offsets (B, 18, H', W') are a plain 3x3 conv (`offset`, zero-initialised) of the same input.
+    The offsets (B, 18, H', W') are a plain 3x3 conv (`conv_offset`, zero-initialised) of the same
+    input, as mmdetection's DeformConvPack (its keys: `conv2.weight`, `conv2.conv_offset.*`).
     forward: (B, C_in, H, W) -> (B, C_out, H/stride, W/stride).
     """
 
@@ -53,14 +54,14 @@ class DeformConvNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
         nn.init.kaiming_uniform_(self.weight, a=1)
-        self.offset = nn.Conv2d(in_channels, 18, 3, stride, 1)
-        nn.init.constant_(self.offset.weight, 0)
-        nn.init.constant_(self.offset.bias, 0)
+        self.conv_offset = nn.Conv2d(in_channels, 18, 3, stride, 1)
+        nn.init.constant_(self.conv_offset.weight, 0)
+        nn.init.constant_(self.conv_offset.bias, 0)
         self.stride = stride
         self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = deform_conv2d(x, self.offset(x), self.weight, stride=self.stride, padding=1)
+        x = deform_conv2d(x, self.conv_offset(x), self.weight, stride=self.stride, padding=1)
         return self.norm(x)
 
 

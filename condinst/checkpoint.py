@@ -124,7 +124,7 @@ def _mmdet_resnet_key(key: str) -> str | None:
         return None
     stage, block, rest = int(m[1]) + 1, m[2], m[3]
     prefix = f"backbone.bottom_up.res{stage}.{block}."
-    rest = re.sub(r"^conv2_offset\.", "conv2.offset.", rest)  # DCN stages
+    rest = re.sub(r"^conv2_offset\.", "conv2.conv_offset.", rest)  # DCN stages, older key layout
     rest = re.sub(r"^conv(\d)\.", r"conv\1.", rest)
     rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
     rest = re.sub(r"^downsample\.0\.", "shortcut.", rest)

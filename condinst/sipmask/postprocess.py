@@ -37,19 +37,25 @@ def nms_legacy(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) 
     +1 box convention, a box is suppressed when its IoU with a kept one is >= the threshold.
 
     boxes (N, 4), scores (N,) -> kept indices (K,) int64 in *original index order* (as the kernel).
+    float32 arithmetic in the kernel's order, one vectorised step per kept box.
     """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = scores.argsort(descending=True, stable=True)
-    iou = box_iou_legacy(boxes[order], boxes[order]).cpu()
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    order = scores.argsort(descending=True, stable=True).cpu().numpy()
+    x1, y1, x2, y2 = boxes.detach().float().cpu().numpy()[order].T
+    one = np.float32(1)
+    areas = (x2 - x1 + one) * (y2 - y1 + one)
+    suppressed = np.zeros(len(order), dtype=bool)
     for i in range(len(order)):
         if suppressed[i]:
             continue
-        suppressed[i + 1 :] |= iou[i, i + 1 :] >= iou_threshold
-    kept = torch.zeros(len(order), dtype=torch.bool)
-    kept[order.cpu()[~suppressed]] = True
-    return kept.nonzero().squeeze(1).to(boxes.device)
+        rest = np.arange(i + 1, len(order))[~suppressed[i + 1 :]]
+        w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
+        h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
+        inter = w * h
+        suppressed[rest[inter / (areas[i] + areas[rest] - inter) >= np.float32(iou_threshold)]] = True
+    kept = np.sort(order[~suppressed])
+    return torch.from_numpy(kept).to(boxes.device)
 
 
 def multiclass_nms(boxes: torch.Tensor, scores: torch.Tensor, centerness: torch.Tensor, score_threshold: float,
