@@ -223,6 +223,10 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
     from .predictor import load_model
 
+    from .config import load_config
+
+    if getattr(load_config(args.config or args.weights), "arch", "condinst") == "sipmask":  # before the model loads
+        raise CLIError(f"{args.weights}: ONNX export of SipMask models is not implemented yet (predict works)")
     model, cfg = load_model(args.weights, args.config)
     if not calibration:
         path = export_onnx(model.optimize_for_inference(), cfg, args.output, dense_only=args.dense_only)
