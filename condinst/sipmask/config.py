@@ -30,8 +30,7 @@ class SipMaskHeadConfig:
     fast_nms_top_k: int = 200  # candidates per class entering Fast NMS
     mask_threshold: float = 0.4
     rescoring: bool = False  # SipMask++ mask re-scoring branch (mask IoU regression)
-    # training
-    regress_ranges: tuple[int, ...] = (64, 128, 256, 512)  # FCOS size-range boundaries
+    mask_out_stride: int = 2  # stride of the basis masks (and of the GT masks of the mask loss)
 
 
 @dataclass
