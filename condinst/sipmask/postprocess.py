@@ -8,15 +8,16 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..detections import Detections
-from ..postprocess import ImageResult, InstanceMasks
+from ..postprocess import _MARGIN, ImageResult, InstanceMasks, _Axis, _resample_window
 from .crop_split import crop_split
-from .head import interpolate_torch11
 
 
 # ---- NMS -------------------------------------------------------------------------------------
@@ -180,29 +181,69 @@ def paste_masks(basis: torch.Tensor, cofs: torch.Tensor, boxes: torch.Tensor, fa
     masks sigmoid(basis . cofs) are crop-split by the boxes brought back to stride 2, resized by
     2 / factor (torch 1.1 semantics: floor(size) and the size ratio), thresholded and pasted at the
     top-left of an (H, W) image (cropped where larger). Returns the masks, and with `rescoring` the
-    predicted mask IoU (D,) of each instance's class (else None). `chunk` shrinks on large images so a
-    chunk's full-size probabilities stay under ~128 MB.
+    predicted mask IoU (D,) of each instance's class (else None).
     """
-    chunk = max(1, min(chunk, 2**25 // max(1, image_size[0] * image_size[1])))
     m = basis.shape[0]
     scale_box = boxes.new_tensor(factor)
     scale = (2 / factor[3:1:-1]) if isinstance(factor, np.ndarray) else 2 / factor
-    if isinstance(scale, np.ndarray):
-        scale = (float(scale[0]), float(scale[1]))
-    h, w = image_size
+    scale = (float(scale[0]), float(scale[1])) if isinstance(scale, np.ndarray) else (float(scale), float(scale))
+    hm, wm = basis.shape[-2:]
+    out_size = (int(math.floor(float(hm) * scale[0])), int(math.floor(float(wm) * scale[1])))  # torch 1.1
+    chunk = max(1, min(chunk, 2**25 // max(1, out_size[0] * out_size[1])))  # full resizes stay under ~128 MB
     crops, offsets, rescored = [], [], []
     flat = basis.reshape(m, -1)
     for start in range(0, len(boxes), chunk):
         c = cofs[start : start + chunk].float()
-        quadrants = torch.sigmoid(c.reshape(-1, 4, m) @ flat).reshape(len(c), 4, *basis.shape[-2:])
+        quadrants = torch.sigmoid(c.reshape(-1, 4, m) @ flat).reshape(len(c), 4, hm, wm)
         probs = crop_split(quadrants, boxes[start : start + chunk] * scale_box / 2)
         if rescoring is not None:
             iou = rescoring(probs[:, None])
             rescored.append(iou.gather(1, classes[start : start + chunk, None])[:, 0])
-        big = interpolate_torch11(probs[:, None], scale)[:, 0, :h, :w] > threshold
-        full = torch.zeros((len(c), h, w), dtype=torch.bool, device=big.device)
-        full[:, : big.shape[1], : big.shape[2]] = big
-        part = InstanceMasks.from_dense(full)
+        part = threshold_resized(probs, out_size, image_size, threshold)
         crops += part.crops
         offsets += part.offsets
-    return InstanceMasks(crops, offsets, (h, w)), (torch.cat(rescored) if rescoring is not None else None)
+    return InstanceMasks(crops, offsets, image_size), (torch.cat(rescored) if rescoring is not None else None)
+
+
+def threshold_resized(probs: torch.Tensor, out_size: tuple[int, int], image_size: tuple[int, int],
+                      threshold: float) -> InstanceMasks:
+    """(N, h, w) probabilities -> bilinear (align_corners=False) resize to `out_size`, > threshold, the
+    top-left `image_size` of it, as N cropped masks.
+
+    Enlarging on the CPU, each instance is resampled only in the window where it can exceed the threshold,
+    bit-identical there to the full resize (`postprocess._resample_window`, CondInst's mask pasting); it is
+    below the threshold elsewhere. Otherwise the full resize, thresholded.
+    """
+    n, h, w = probs.shape
+    height, width = image_size
+    if not (out_size[0] >= h and out_size[1] >= w and probs.device.type == "cpu"):
+        big = F.interpolate(probs[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0] > threshold
+        full = torch.zeros((n, height, width), dtype=torch.bool, device=probs.device)
+        full[:, : min(height, out_size[0]), : min(width, out_size[1])] = big[:, :height, :width]
+        return InstanceMasks.from_dense(full)
+    rows, cols = _Axis(h, out_size[0], probs.device), _Axis(w, out_size[1], probs.device)
+    hot = probs > threshold - _MARGIN
+    hot_rows, hot_cols = hot.any(2), hot.any(1)
+    crops, offsets = [], []
+    for k in range(n):
+        r, c = hot_rows[k].nonzero().squeeze(1), hot_cols[k].nonzero().squeeze(1)
+        if len(r) == 0:
+            crops.append(torch.zeros((0, 0), dtype=torch.bool, device=probs.device))
+            offsets.append((0, 0))
+            continue
+        y0, y1 = rows.window(int(r[0]), int(r[-1]) + 1)
+        x0, x1 = cols.window(int(c[0]), int(c[-1]) + 1)
+        y1, x1 = min(y1, height), min(x1, width)
+        if y1 <= y0 or x1 <= x0:
+            crops.append(torch.zeros((0, 0), dtype=torch.bool, device=probs.device))
+            offsets.append((0, 0))
+            continue
+        mask = _resample_window(probs[k], rows, cols, (y0, y1), (x0, x1)) > threshold
+        mr, mc = mask.any(1).nonzero().squeeze(1), mask.any(0).nonzero().squeeze(1)
+        if len(mr) == 0:
+            crops.append(mask[:0, :0])
+            offsets.append((0, 0))
+            continue
+        crops.append(mask[int(mr[0]) : int(mr[-1]) + 1, int(mc[0]) : int(mc[-1]) + 1].clone())
+        offsets.append((y0 + int(mr[0]), x0 + int(mc[0])))
+    return InstanceMasks(crops, offsets, image_size)

@@ -119,3 +119,21 @@ def test_mmcv_resize_rules():
 
 class _Inp:
     min_size_test, max_size_test = 800, 1333
+
+
+@pytest.mark.parametrize("size,out,image", [((68, 68), (120, 159), (120, 160)), ((40, 54), (60, 81), (58, 80))])
+def test_windowed_mask_resize_equals_the_full_resize(size, out, image):
+    """Instance masks resampled only where they can exceed the threshold equal the full bilinear resize,
+    thresholded and pasted at the top-left (the mask loses the column the floor drops)."""
+    from condinst.sipmask.postprocess import threshold_resized
+
+    g = torch.Generator().manual_seed(0)
+    quadrants = torch.rand(5, 4, *size, generator=g)
+    boxes = torch.tensor([[3.2, 4.5, 30.7, 40.1], [0.0, 0.0, 67.0, 39.0], [10.0, 10.0, 12.0, 11.0],
+                          [20.5, 2.0, 50.0, 30.0], [5.0, 5.0, 5.5, 5.5]])
+    probs = crop_split(quadrants, boxes)
+    ours = threshold_resized(probs, out, image, 0.4).dense()
+    full = torch.nn.functional.interpolate(probs[:, None], size=out, mode="bilinear", align_corners=False)[:, 0] > 0.4
+    ref = torch.zeros((5, *image), dtype=torch.bool)
+    ref[:, : min(out[0], image[0]), : min(out[1], image[1])] = full[:, : image[0], : image[1]]
+    assert torch.equal(ours, ref) and ref.any()
