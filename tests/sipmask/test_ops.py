@@ -137,3 +137,33 @@ def test_windowed_mask_resize_equals_the_full_resize(size, out, image):
     ref = torch.zeros((5, *image), dtype=torch.bool)
     ref[:, : min(out[0], image[0]), : min(out[1], image[1])] = full[:, : image[0], : image[1]]
     assert torch.equal(ours, ref) and ref.any()
+
+
+def test_nms_legacy_equals_the_kernel_loop_on_random_boxes():
+    """Against a literal port of nms_cpu.cpp's double loop (float32 scalars), with integer-rounded boxes so
+    that IoUs exactly at the threshold occur."""
+    def kernel(boxes, scores, thr):
+        b = boxes.numpy()
+        order = scores.argsort(descending=True, stable=True).numpy()
+        f, one = np.float32, np.float32(1)
+        areas = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
+        suppressed = np.zeros(len(b), bool)
+        for _i, i in enumerate(order):
+            if suppressed[i]:
+                continue
+            for j in order[_i + 1 :]:
+                if suppressed[j]:
+                    continue
+                w = max(f(0), min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0]) + one)
+                h = max(f(0), min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1]) + one)
+                inter = f(w * h)
+                if f(inter / f(areas[i] + areas[j] - inter)) >= f(thr):
+                    suppressed[j] = True
+        return np.flatnonzero(~suppressed)
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(150, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(150, 2, generator=g) * 40], 1).round()
+    scores = torch.rand(150, generator=g)
+    for thr in (0.5, 1 / 3):
+        assert np.array_equal(nms_legacy(boxes, scores, thr).numpy(), kernel(boxes, scores, thr))
