@@ -75,13 +75,21 @@ def test_final_detections_match(case, golden):
 
 
 def test_predict_cli_on_the_official_checkpoint(golden, golden_weights, tmp_path):
-    """`python -m condinst predict` without --config gives the golden detections as COCO results."""
+    """`python -m condinst predict` without --config gives the golden detections as COCO results, for each
+    image of a batch of two."""
+    import shutil
+
     out = tmp_path / "results.json"
+    for name in ("a.png", "b.png"):
+        shutil.copy(GOLDEN / "input.png", tmp_path / name)
     proc = subprocess.run([sys.executable, "-m", "condinst", "predict", "--weights", str(golden_weights),
-                           "--input", str(GOLDEN / "input.png"), "--output", str(out)], capture_output=True, text=True)
+                           "--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--output", str(out),
+                           "--batch-size", "2"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    entries = json.loads(out.read_text())
-    assert len(entries) == 100
+    everything = json.loads(out.read_text())
+    entries = [e for e in everything if e["file_name"] == "a.png"]
+    assert len(entries) == 100 and len(everything) == 200
+    assert sorted(e["score"] for e in entries) == sorted(e["score"] for e in everything if e["file_name"] == "b.png")
     from pycocotools import mask as mask_utils
 
     from condinst.coco import COCO_CATEGORY_IDS
