@@ -67,7 +67,7 @@ def test_read_image_rejects_bad_files(tmp_path):
         read_image(tmp_path / "nope.png")
 
 
-def input_resized_shape_matches_detectron2_rule():
+def test_resized_shape_matches_detectron2_rule():
     assert resized_shape(480, 640, 800, 1333) == (800, 1067)
     assert resized_shape(480, 640, 320, 1333) == (320, 427)
     assert resized_shape(100, 1000, 800, 1333) == (133, 1333)  # long side capped
