@@ -56,7 +56,8 @@ def infer_sipmask_config(sd: dict[str, torch.Tensor]) -> SipMaskConfig:
     reg_convs = len({k.split(".")[2] for k in sd if k.startswith("bbox_head.reg_convs.")})
     gn = "bbox_head.reg_convs.0.norm.weight" in sd
     rescoring = "bbox_head.rescoring.mask_scoring.weight" in sd
-    dcn = tuple(sorted({int(m[1]) for k in sd if (m := re.match(r"backbone\.bottom_up\.res(\d)\.\d+\.conv2\.conv_offset\.", k))}))
+    offset_key = re.compile(r"backbone\.bottom_up\.res(\d)\.\d+\.conv2\.conv_offset\.")
+    dcn = tuple(sorted({int(m[1]) for k in sd if (m := offset_key.match(k))}))
     if reg_convs == 2:
         name = f"sipmask{'++' if rescoring else ''}_r{depth}_caffe_fpn_ssd_{'gn_10x' if gn else '6x'}"
     else:
