@@ -92,8 +92,9 @@ class ModelSession:
 
     @property
     def explains(self) -> bool:
-        """Whether this model can explain itself (PyTorch): an ONNX graph only gives its detections."""
-        return bool(getattr(self.predictor, "is_torch", True))
+        """Whether this model can explain itself (PyTorch CondInst): an ONNX graph, or a SipMask model for
+        now, only gives its detections."""
+        return bool(getattr(self.predictor, "is_torch", True)) and getattr(self.predictor.cfg, "arch", "condinst") != "sipmask"
 
     # ---- classes --------------------------------------------------------------------------------------
     @property
@@ -137,6 +138,9 @@ class ModelSession:
         """The (cached) Explainer of an image for the current model; `load_image` gives its RGB pixels."""
         from condinst.explain import Explainer
 
+        if not self.explains and getattr(self.predictor.cfg, "arch", "condinst") == "sipmask":
+            raise ServiceError(f"{self.name} is a SipMask model: it segments images, but the Explain view, 'Add at "
+                               "point' and click-to-refine are CondInst-only for now.")
         if not self.explains:
             raise ServiceError(f"{self.name} is an ONNX graph: it segments images, but the Explain view, 'Add at "
                                "point' and click-to-refine need the PyTorch checkpoint (start the app with the .pth).")

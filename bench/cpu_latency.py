@@ -1,4 +1,4 @@
-"""CPU latency on one 800x600 photo: the bundled default model, R-50 CondInst and R-50 Mask R-CNN.
+"""CPU latency on one 800x600 photo: the bundled default model, R-50 CondInst, R-50 Mask R-CNN and SipMask.
 
 Each model runs end to end through its public API from an (H, W, 3) uint8 numpy image to boolean
 masks at the image's resolution, on `--threads` CPU threads (2 by default, a laptop-like budget):
@@ -8,6 +8,10 @@ masks at the image's resolution, on `--threads` CPU threads (2 by default, a lap
     condinst     R-50-FPN CondInst (MS_R_50_1x, random weights) through `Predictor` (fp32 reference
                  pipeline: PIL resize to 800 short side)
     maskrcnn     torchvision R-50-FPN Mask R-CNN (random weights) on the same image
+    sipmask_544  SipMask real-time R-50 (sipmask_r50_caffe_fpn_ssd_6x, random weights): 544x544 without
+                 keeping the ratio (cv2 bilinear), Fast NMS, through `Predictor`
+    sipmask_r50  SipMask high-accuracy R-50 (sipmask_r50_caffe_fpn_gn_1x, random weights): 800 px short
+                 side, class-wise +1 NMS with centerness factors, through `Predictor`
 
 Every model is forced to exactly 100 detections (score threshold 0; the default model also has NMS
 off, since its few classes could otherwise leave fewer than 100 on a random image); counts are checked.
@@ -29,11 +33,11 @@ import torch
 
 from bench.common import (REPO, add_common_args, environment, format_table, parse_size, settings_of, setup,
                           time_fn, write_json)
-from bench.models import (CondInstPipeline, MaskRCNNPipeline, add_model_args, build_condinst,
-                          check_masks_at_original_size, condinst_config_from_args, count_detections,
-                          describe_models, force_detections, maskrcnn_from_args, random_images)
+from bench.models import (SIPMASK_ROWS, CondInstPipeline, MaskRCNNPipeline, add_model_args, build_condinst,
+                          build_sipmask, check_masks_at_original_size, condinst_config_from_args, count_detections,
+                          describe_models, force_detections, maskrcnn_from_args, random_images, sipmask_config)
 from condinst.predictor import Predictor
-from condinst.preprocess import read_image, resized_shape
+from condinst.preprocess import input_resized_shape, read_image, resized_shape
 
 DEFAULT_WEIGHTS = REPO / "assets" / "default_model" / "model.pth"
 
@@ -47,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image", type=Path, default=None, help="use this image file instead of a random one")
     parser.add_argument("--default-weights", type=Path, default=DEFAULT_WEIGHTS,
                         help="the default model's checkpoint (default %(default)s)")
+    parser.add_argument("--no-sipmask", action="store_true", help="leave out the SipMask rows")
     add_model_args(parser)
     return parser.parse_args(argv)
 
@@ -80,6 +85,26 @@ def default_model_row(image: np.ndarray, args: argparse.Namespace, device: torch
     return row
 
 
+def sipmask_rows(image: np.ndarray, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """SipMask real-time (544x544, Fast NMS) and high-accuracy R-50 (800 px, class-wise +1 NMS), random
+    weights, through `Predictor` as `from_weights` builds it (FrozenBN folded, official mmcv resize)."""
+    rows = []
+    for name, preset in SIPMASK_ROWS.items():
+        cfg = sipmask_config(preset, args.tiny)
+        realtime = cfg.sipmask.nms == "fast"
+        force_detections(cfg, args.detections, 1.0 if args.nms_off else None,
+                         None if realtime else args.min_size, None if realtime else args.max_size)
+        if args.tiny and realtime:
+            cfg.input.min_size_test = cfg.input.max_size_test = 128
+        torch.manual_seed(args.seed)
+        predictor = Predictor(build_sipmask(cfg, device).optimize_for_inference(), cfg, device)
+        size = input_resized_shape(*image.shape[:2], cfg.input.resize, cfg.input.min_size_test, cfg.input.max_size_test)
+        row = {"model": name, "weights": "random", "skipped": False, "config": cfg.name, "input_size": list(size)}
+        row.update(time_model(name, predictor, image, args.detections, args, device))
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = setup(args)
@@ -110,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
                "config": cfg.name if name == "condinst" else maskrcnn_label, "input_size": input_size}
         row.update(time_model(name, run, image, args.detections, args, device))
         rows.append(row)
+    if not args.no_sipmask:
+        rows += sipmask_rows(image, args, device)
     for row in rows:
         if not row["skipped"]:
             print(f"  {row['model']:9s}: {row['median_ms']:.0f} ms  detections {row['detections']}", flush=True)
@@ -117,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     timed = {r["model"]: r for r in rows if not r["skipped"]}
     comparisons = [{"model": name, "ms": timed[name]["median_ms"], "maskrcnn_ms": timed["maskrcnn"]["median_ms"],
                     "ratio_over_maskrcnn": timed[name]["median_ms"] / timed["maskrcnn"]["median_ms"]}
-                   for name in ("default", "condinst") if name in timed]
+                   for name in ("default", "condinst", *SIPMASK_ROWS) if name in timed]
     payload = {"benchmark": "cpu_latency", "environment": env, "settings": settings_of(args),
                "models": describe_models(cfg, condinst.model, maskrcnn.model), "image_size": list(image.shape[:2]),
                "results": rows, "comparisons": comparisons}

@@ -110,6 +110,30 @@ def build_condinst(cfg: CondInstConfig, device: torch.device) -> CondInst:
     return give_boxes_extent(CondInst(cfg)).to(device).eval()
 
 
+# ---- SipMask --------------------------------------------------------------------------------------
+
+SIPMASK_ROWS = {"sipmask_544": "sipmask_r50_caffe_fpn_ssd_6x", "sipmask_r50": "sipmask_r50_caffe_fpn_gn_1x"}
+
+
+def sipmask_config(preset: str, tiny: bool = False):
+    """A SipMask preset's config, or with `tiny` the same layout with narrow channels (smoke tests)."""
+    cfg = get_preset(preset)
+    if tiny:
+        cfg.name = f"{preset}_tiny"
+        cfg.backbone = BackboneConfig(stem_out_channels=16, res2_out_channels=64, width_per_group=16, freeze_at=2)
+        cfg.neck = NeckConfig(out_channels=32)
+    return cfg.validate()
+
+
+def build_sipmask(cfg, device: torch.device) -> nn.Module:
+    """Random-weight SipMask in eval mode, box distances of 4 strides (as `give_boxes_extent`)."""
+    from condinst.sipmask.model import SipMask
+
+    model = SipMask(cfg)
+    nn.init.constant_(model.bbox_head.fcos_reg.bias, 4.0)
+    return model.to(device).eval()
+
+
 def resize_on_device(image: torch.Tensor, min_size: int, max_size: int) -> torch.Tensor:
     """(3, H, W) uint8 on the device -> (3, h, w) float, shortest edge to `min_size` (long side
     <= `max_size`), antialiased bilinear rounded to integers: `Predictor._resize_on_device` for a tensor."""

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
 
 from .config import BackboneConfig
 from .layers import ConvNorm, c2_xavier_fill
@@ -42,6 +42,29 @@ class BasicStem(nn.Module):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
+class DeformConvNorm(nn.Module):
+    """3x3 deformable conv (no bias, 1 deformable group) + norm: mmdetection's DCN ResNet conv2.
+
+    The offsets (B, 18, H', W') are a plain 3x3 conv (`conv_offset`, zero-initialised) of the same
+    input, as mmdetection's DeformConvPack (its keys: `conv2.weight`, `conv2.conv_offset.*`).
+    forward: (B, C_in, H, W) -> (B, C_out, H/stride, W/stride).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: nn.Module):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        nn.init.kaiming_uniform_(self.weight, a=1)
+        self.conv_offset = nn.Conv2d(in_channels, 18, 3, stride, 1)
+        nn.init.constant_(self.conv_offset.weight, 0)
+        nn.init.constant_(self.conv_offset.bias, 0)
+        self.stride = stride
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = deform_conv2d(x, self.conv_offset(x), self.weight, stride=self.stride, padding=1)
+        return self.norm(x)
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 -> 1x1 residual block with FrozenBN.
 
@@ -49,7 +72,7 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int, stride: int,
-                 stride_in_1x1: bool, norm: str = "FrozenBN"):
+                 stride_in_1x1: bool, norm: str = "FrozenBN", deformable: bool = False):
         super().__init__()
         if in_channels != out_channels:
             self.shortcut = ConvNorm(in_channels, out_channels, 1, stride=stride, bias=False,
@@ -59,14 +82,18 @@ class Bottleneck(nn.Module):
         s1x1, s3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1, stride=s1x1, bias=False,
                               norm=make_norm(norm, bottleneck_channels))
-        self.conv2 = ConvNorm(bottleneck_channels, bottleneck_channels, 3, stride=s3x3, padding=1, bias=False,
-                              norm=make_norm(norm, bottleneck_channels))
+        if deformable:
+            self.conv2 = DeformConvNorm(bottleneck_channels, bottleneck_channels, s3x3,
+                                        make_norm(norm, bottleneck_channels))
+        else:
+            self.conv2 = ConvNorm(bottleneck_channels, bottleneck_channels, 3, stride=s3x3, padding=1, bias=False,
+                                  norm=make_norm(norm, bottleneck_channels))
         self.conv3 = ConvNorm(bottleneck_channels, out_channels, 1, bias=False,
                               norm=make_norm(norm, out_channels))
         if norm != "FrozenBN":  # from scratch: start each residual branch near zero
             nn.init.constant_(self.conv3.norm.weight, 0.0)
         for conv in (self.conv1, self.conv2, self.conv3, self.shortcut):
-            if conv is not None and norm != "FrozenBN":
+            if conv is not None and norm != "FrozenBN" and isinstance(conv, ConvNorm):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +125,8 @@ class ResNet(nn.Module):
             blocks = []
             for b in range(num_blocks):
                 blocks.append(Bottleneck(in_ch, bottleneck, out_ch, first_stride if b == 0 else 1,
-                                         stride_in_1x1=cfg.style == "caffe", norm=cfg.norm))
+                                         stride_in_1x1=cfg.style == "caffe", norm=cfg.norm,
+                                         deformable=i + 2 in cfg.dcn_stages))
                 in_ch = out_ch
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .coco import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from .config import CondInstConfig, ConfigError, get_preset
+from .config import CondInstConfig, ConfigError, config_from_dict, get_preset
 from .dynamic_mask_head import param_layout
 from .errors import UserError
 from .io import atomic_torch_save
@@ -62,7 +62,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def split_checkpoint(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
     """-> (state dict in *our* key names, source format, the rest of the checkpoint).
 
-    Formats: "condinst-studio", "adelaidet", "mmdet".
+    Formats: "condinst-studio", "adelaidet", "mmdet", "sipmask-mmdet" (an official SipMask checkpoint).
     """
     if obj.get("format") == FORMAT_NAME:
         sd, kind = obj["model"], FORMAT_NAME
@@ -84,7 +84,12 @@ def split_checkpoint(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str,
     if kind == "adelaidet" and any(k.startswith(("bbox_head.", "neck.")) for k in sd):
         kind = "mmdet"
     if kind == "mmdet":
-        sd = convert_mmdet_state_dict(sd)
+        from .sipmask.checkpoint import KIND, convert_sipmask_state_dict, is_sipmask_state_dict
+
+        if is_sipmask_state_dict(sd):
+            sd, kind = convert_sipmask_state_dict(sd), KIND
+        else:
+            sd = convert_mmdet_state_dict(sd)
     extras = {k: v for k, v in obj.items() if k not in ("model", "state_dict")}
     return sd, kind, extras
 
@@ -119,6 +124,7 @@ def _mmdet_resnet_key(key: str) -> str | None:
         return None
     stage, block, rest = int(m[1]) + 1, m[2], m[3]
     prefix = f"backbone.bottom_up.res{stage}.{block}."
+    rest = re.sub(r"^conv2_offset\.", "conv2.conv_offset.", rest)  # DCN stages, older key layout
     rest = re.sub(r"^conv(\d)\.", r"conv\1.", rest)
     rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
     rest = re.sub(r"^downsample\.0\.", "shortcut.", rest)
@@ -250,9 +256,13 @@ def config_from_checkpoint(extras: dict[str, Any], sd: dict[str, torch.Tensor], 
     the one recognised from an official checkpoint's keys and shapes."""
     if kind == FORMAT_NAME:
         try:
-            return CondInstConfig.from_dict(extras["config"]).validate()
+            return config_from_dict(extras["config"]).validate()
         except (KeyError, ConfigError, TypeError) as e:
             raise CheckpointError(f"the checkpoint's stored config is invalid: {e}") from None
+    from .sipmask.checkpoint import KIND, infer_sipmask_config
+
+    if kind == KIND:
+        return infer_sipmask_config(sd)
     return infer_config(sd, kind)
 
 

@@ -165,7 +165,7 @@ def _predict_share(args: argparse.Namespace, store, items: list[tuple[Path, str]
     min_score = args.score_threshold or 0.0
     prefix = f"[rank {rank}] " if world > 1 else ""
     inp = predictor.cfg.input
-    batcher = SizeBatcher(args.batch_size, inp.min_size_test, inp.max_size_test, inp.size_divisibility)
+    batcher = SizeBatcher(args.batch_size, inp.min_size_test, inp.max_size_test, inp.size_divisibility, inp.resize)
     key_of = dict(items)
 
     def run(batch: list[tuple[Path, "object"]]) -> None:
@@ -224,6 +224,10 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
     from .predictor import load_model
 
+    from .config import load_config
+
+    if getattr(load_config(args.config or args.weights), "arch", "condinst") == "sipmask":  # before the model loads
+        raise CLIError(f"{args.weights}: ONNX export of SipMask models is not implemented yet (predict works)")
     model, cfg = load_model(args.weights, args.config)
     if not calibration:
         path = export_onnx(model.optimize_for_inference(), cfg, args.output, dense_only=args.dense_only)

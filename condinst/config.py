@@ -45,6 +45,9 @@ class BackboneConfig:
     freeze_at: int = 2  # 0 = train everything, 1 = freeze stem, 2 = stem + res2 (detectron2 meaning)
     # FrozenBN for pretrained weights (all official models); GN / BN to train from scratch.
     norm: Literal["FrozenBN", "BN", "GN"] = "FrozenBN"
+    # Stages res2..res5 (2..5) whose 3x3 convs are deformable (torchvision deform_conv2d, offsets from a
+    # 3x3 conv), as mmdetection's `stage_with_dcn`; SipMask++ uses (3, 4, 5).
+    dcn_stages: tuple[int, ...] = ()
 
 
 @dataclass
@@ -118,6 +121,11 @@ class InputConfig:
     max_size_train: int = 1333
     size_divisibility: int = 32
     hflip_train: bool = True
+    # Test-time resize: "shortest_edge" = detectron2 (PIL bilinear, short side min_size_test, long side
+    # <= max_size_test); "mmcv_rescale" = mmcv.imrescale to img_scale (max_size_test, min_size_test),
+    # keeping the ratio; "mmcv_resize" = mmcv.imresize to max_size_test x min_size_test (w x h), not
+    # keeping it. Both mmcv modes use cv2 bilinear (the mmdetection v1 models, e.g. SipMask).
+    resize: Literal["shortest_edge", "mmcv_rescale", "mmcv_resize"] = "shortest_edge"
 
 
 @dataclass
@@ -197,8 +205,7 @@ class CondInstConfig:
             raise ConfigError(f"mask_head.nms must be 'box' or 'mask', got {self.mask_head.nms!r}")
         if self.fcos.score_mode not in ("sqrt", "product"):
             raise ConfigError(f"fcos.score_mode must be 'sqrt' or 'product', got {self.fcos.score_mode!r}")
-        if self.input.format not in ("BGR", "RGB"):
-            raise ConfigError(f"input.format must be 'BGR' or 'RGB', got {self.input.format!r}")
+        validate_input(self.input)
         if self.class_names and len(self.class_names) != self.fcos.num_classes:
             raise ConfigError(
                 f"{len(self.class_names)} class names for fcos.num_classes={self.fcos.num_classes}"
@@ -208,6 +215,13 @@ class CondInstConfig:
                 f"{len(self.category_ids)} category ids for fcos.num_classes={self.fcos.num_classes}"
             )
         return self
+
+
+def validate_input(inp: InputConfig) -> None:
+    if inp.format not in ("BGR", "RGB"):
+        raise ConfigError(f"input.format must be 'BGR' or 'RGB', got {inp.format!r}")
+    if inp.resize not in ("shortest_edge", "mmcv_rescale", "mmcv_resize"):
+        raise ConfigError(f"input.resize must be shortest_edge, mmcv_rescale or mmcv_resize, got {inp.resize!r}")
 
 
 def _from_dict(cls: type, d: Any, where: str) -> Any:
@@ -277,11 +291,35 @@ PRESETS: dict[str, Any] = {
 }
 
 
+def all_presets() -> dict[str, Any]:
+    """CondInst's presets and the other models' (SipMask), name -> factory."""
+    from .sipmask.presets import SIPMASK_PRESETS
+
+    return {**PRESETS, **SIPMASK_PRESETS}
+
+
 def get_preset(name: str) -> CondInstConfig:
-    """Return a fresh config for a named preset (see `PRESETS`)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(PRESETS)}")
-    return PRESETS[name]().validate()
+    """Return a fresh config for a named preset (see `PRESETS`, and SipMask's `SIPMASK_PRESETS`)."""
+    presets = all_presets()
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(presets)}")
+    return presets[name]().validate()
+
+
+def config_from_dict(d: Mapping[str, Any]) -> CondInstConfig:
+    """A config dict of any model (its `arch` entry decides: absent = CondInst, "sipmask" = SipMask)."""
+    if isinstance(d, Mapping) and d.get("arch") == "sipmask":
+        from .sipmask.config import SipMaskConfig
+
+        return SipMaskConfig.from_dict(dict(d))
+    return CondInstConfig.from_dict(dict(d) if isinstance(d, Mapping) else d)
+
+
+def is_config(obj: Any) -> bool:
+    """Whether `obj` is a model config (CondInst or SipMask)."""
+    from .sipmask.config import SipMaskConfig
+
+    return isinstance(obj, (CondInstConfig, SipMaskConfig))
 
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
@@ -295,17 +333,18 @@ def load_config(source: "CondInstConfig | str | os.PathLike | Mapping[str, Any]"
     file (its stored config, or the architecture recognised from an official one's keys), or an
     already loaded checkpoint / config mapping. Raises ConfigError (or CheckpointError) in one line.
     """
-    if isinstance(source, CondInstConfig):
+    if is_config(source):
         return source
     if isinstance(source, Mapping):
         return _config_from_mapping(source)
     text = str(source)
-    if text in PRESETS:
+    presets = all_presets()
+    if text in presets:
         return get_preset(text)
     path = Path(text)
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json", *CHECKPOINT_SUFFIXES):
-        raise ConfigError(f"--config {text!r} is neither a preset ({', '.join(PRESETS)}) nor a .yaml, .json or "
+        raise ConfigError(f"--config {text!r} is neither a preset ({', '.join(presets)}) nor a .yaml, .json or "
                           "checkpoint file")
     if not path.is_file():
         raise ConfigError(f"--config {text}: no such file")
@@ -335,6 +374,6 @@ def _config_from_mapping(data: Any) -> CondInstConfig:
         sd, kind, extras = split_checkpoint(dict(data))
         return config_from_checkpoint(extras, sd, kind)
     try:
-        return CondInstConfig.from_dict(dict(data) if isinstance(data, Mapping) else data).validate()
+        return config_from_dict(data).validate()
     except TypeError as e:
         raise ConfigError(f"invalid config: {e}") from None

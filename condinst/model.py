@@ -42,6 +42,14 @@ class InstanceResult:
     detections: Detections
     mask_logits: torch.Tensor  # (K, 1, Hp/s, Wp/s)
 
+    def to_image_result(self, padded_size: tuple[int, int], input_size: tuple[int, int],
+                        image_size: tuple[int, int], cfg: CondInstConfig):
+        """-> `postprocess.ImageResult` at the original (H, W): boxes rescaled, masks pasted (`postprocess`)."""
+        from .postprocess import postprocess
+
+        return postprocess(self.detections, self.mask_logits, padded_size, input_size, tuple(image_size),
+                           cfg.mask_head.mask_threshold)
+
 
 def build_backbone(cfg: CondInstConfig) -> nn.Module:
     bottom_up = ResNet(cfg.backbone)
@@ -50,6 +58,15 @@ def build_backbone(cfg: CondInstConfig) -> nn.Module:
     from .bifpn import BiFPN
 
     return BiFPN(bottom_up, cfg.neck.out_channels, cfg.neck.bifpn_num_repeats)
+
+
+def build_model(cfg) -> nn.Module:
+    """The model a config describes: `CondInst`, or `SipMask` for a `SipMaskConfig` (arch "sipmask")."""
+    if getattr(cfg, "arch", "condinst") == "sipmask":
+        from .sipmask.model import SipMask
+
+        return SipMask(cfg)
+    return CondInst(cfg)
 
 
 class CondInst(nn.Module):
@@ -73,12 +90,9 @@ class CondInst(nn.Module):
         Irreversible: the state dict changes, so the model can no longer be trained or saved;
         outputs match the unfolded model to ~1e-6. `Predictor.from_weights` does this by default.
         """
-        from .layers import ConvNorm, fold_frozen_batchnorm
+        from .layers import fold_frozen_batchnorms
 
-        for module in self.modules():
-            if isinstance(module, ConvNorm):
-                fold_frozen_batchnorm(module)
-        self.to(memory_format=torch.channels_last)
+        fold_frozen_batchnorms(self)
         self.inference_optimized = True
         return self.eval()
 

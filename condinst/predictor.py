@@ -15,14 +15,14 @@ import torch
 from .checkpoint import (CheckpointError, config_from_checkpoint, load_state_dict_strict, read_checkpoint,
                          split_checkpoint)
 from .config import CondInstConfig, ConfigError, load_config
-from .model import CondInst, HeadOutputs, InstanceResult, normalize_and_pad
-from .postprocess import ImageResult, postprocess
-from .preprocess import resize_image, resized_shape, to_rgb_uint8
+from .model import CondInst, HeadOutputs, InstanceResult, build_model, normalize_and_pad
+from .postprocess import ImageResult
+from .preprocess import resize_for_test, resized_shape, to_rgb_uint8
 
 
 def load_model(weights: str | os.PathLike | None, config: CondInstConfig | str | os.PathLike | None = None,
                device: str | torch.device = "cpu") -> tuple[CondInst, CondInstConfig]:
-    """Build a CondInst in eval mode and load `weights` strictly.
+    """Build the model (CondInst, or SipMask for its configs/checkpoints) in eval mode and load `weights` strictly.
 
     Without `config`, the architecture comes from the checkpoint (ours stores it; official ones are
     recognised from their keys and shapes). With `config`, the model is built from it and the
@@ -32,7 +32,7 @@ def load_model(weights: str | os.PathLike | None, config: CondInstConfig | str |
     if weights is None:
         if cfg is None:
             raise ConfigError("either weights or a config is needed to build a model")
-        return CondInst(cfg).to(device).eval(), cfg
+        return build_model(cfg).to(device).eval(), cfg
     sd, kind, extras = split_checkpoint(read_checkpoint(weights))
     stored = config_from_checkpoint(extras, sd, kind)
     if cfg is None:
@@ -40,12 +40,15 @@ def load_model(weights: str | os.PathLike | None, config: CondInstConfig | str |
     else:
         if not cfg.class_names and stored.class_names and cfg.fcos.num_classes == stored.fcos.num_classes:
             cfg = replace(cfg, class_names=stored.class_names, category_ids=stored.category_ids)
-    model = CondInst(cfg)
+    model = build_model(cfg)
     try:
         load_state_dict_strict(model, sd, source=f"checkpoint {Path(weights).name}")
     except CheckpointError as e:
-        hint = (f" (the checkpoint looks like: {stored.neck.kind}, R-{stored.backbone.depth}, "
-                f"{stored.fcos.num_classes} classes, semantic head {'on' if stored.mask_branch.semantic_loss_on else 'off'})")
+        if hasattr(stored, "mask_branch"):
+            hint = (f" (the checkpoint looks like: {stored.neck.kind}, R-{stored.backbone.depth}, {stored.fcos.num_classes}"
+                    f" classes, semantic head {'on' if stored.mask_branch.semantic_loss_on else 'off'})")
+        else:
+            hint = f" (the checkpoint looks like: {stored.name}, {stored.fcos.num_classes} classes)"
         raise CheckpointError(str(e) + hint) from None
     return model.to(device).eval(), cfg
 
@@ -121,11 +124,10 @@ class Predictor:
         tensors, sizes = [], []
         for image in images:
             image = to_rgb_uint8(image)
-            if self.fast:
+            if self.fast and self.cfg.input.resize == "shortest_edge":
                 resized = self._resize_on_device(image)
             else:
-                resized = torch.from_numpy(resize_image(image, self.cfg.input.min_size_test,
-                                                        self.cfg.input.max_size_test)).to(self.device).permute(2, 0, 1)
+                resized = torch.from_numpy(resize_for_test(image, self.cfg.input)).to(self.device).permute(2, 0, 1)
             if self.cfg.input.format == "BGR":
                 resized = resized.flip(0)
             tensors.append(resized)
@@ -186,8 +188,7 @@ class Predictor:
                input_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]]) -> list[ImageResult]:
         """Detections and mask logits of each image (from PyTorch or the exported graph) -> results at
         the original size: the one path from the model's instances to boxes and pasted masks."""
-        return [postprocess(r.detections, r.mask_logits, padded_size, size, tuple(image_size),
-                            self.cfg.mask_head.mask_threshold)
+        return [r.to_image_result(padded_size, size, tuple(image_size), self.cfg)
                 for r, size, image_size in zip(instances, input_sizes, image_sizes)]
 
     def _torch_model(self) -> CondInst:

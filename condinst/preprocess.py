@@ -147,6 +147,35 @@ def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, 
     return int(newh + 0.5), int(neww + 0.5)
 
 
+def mmcv_rescaled_shape(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """(new_h, new_w) of mmcv's `imrescale(img, scale)`: the largest factor that fits the long edge
+    into max(scale) and the short edge into min(scale), sizes rounded as int(x * factor + 0.5)."""
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * float(factor) + 0.5), int(w * float(factor) + 0.5)
+
+
+def input_resized_shape(h: int, w: int, resize: str, min_size: int, max_size: int) -> tuple[int, int]:
+    """(new_h, new_w) of a test resize rule (`InputConfig.resize`) with min/max_size_test."""
+    if resize == "mmcv_resize":
+        return min_size, max_size
+    if resize == "mmcv_rescale":
+        return mmcv_rescaled_shape(h, w, (max_size, min_size))
+    return resized_shape(h, w, min_size, max_size)
+
+
+def resize_for_test(image: np.ndarray, inp) -> np.ndarray:
+    """(H, W, 3) uint8 -> resized uint8 by the `InputConfig`'s rule: detectron2's PIL bilinear
+    shortest-edge resize, or mmcv's `imrescale` / `imresize` (cv2.INTER_LINEAR, mmdetection v1)."""
+    if inp.resize == "shortest_edge":
+        return resize_image(image, inp.min_size_test, inp.max_size_test)
+    import cv2
+
+    new_h, new_w = input_resized_shape(image.shape[0], image.shape[1], inp.resize, inp.min_size_test, inp.max_size_test)
+    if (new_h, new_w) == image.shape[:2]:
+        return image
+    return cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+
+
 def resize_image(image: np.ndarray, short_edge: int, max_size: int) -> np.ndarray:
     """Resize (H, W, 3) uint8 with PIL bilinear (antialiased when shrinking), as detectron2 does."""
     h, w = image.shape[:2]

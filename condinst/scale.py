@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import UserError
 from .io import atomic_write_json
-from .preprocess import ImageError, read_image, resized_shape
+from .preprocess import ImageError, read_image, input_resized_shape
 
 RUN_FILE = "run.json"
 
@@ -74,12 +74,14 @@ class SizeBatcher:
         for batch in batcher.flush(): ...                    # the rest, at the end
     """
 
-    def __init__(self, batch_size: int, min_size: int, max_size: int, divisibility: int):
+    def __init__(self, batch_size: int, min_size: int, max_size: int, divisibility: int,
+                 resize: str = "shortest_edge"):
         self.batch_size, self.min_size, self.max_size, self.divisibility = batch_size, min_size, max_size, divisibility
+        self.resize = resize  # InputConfig.resize
         self.groups: dict[tuple[int, int], list] = {}
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        h, w = resized_shape(height, width, self.min_size, self.max_size)
+        h, w = input_resized_shape(height, width, self.resize, self.min_size, self.max_size)
         d = max(self.divisibility, 1)
         return -(-h // d) * d, -(-w // d) * d
 

@@ -173,12 +173,14 @@ def test_cpu_latency_with_a_default_model(tmp_path):
                                 "--default-weights", str(weights), "--out", str(out)])
     check_common(read(out), "cpu_latency")
     rows = {r["model"]: r for r in payload["results"]}
-    assert set(rows) == {"default", "condinst", "maskrcnn"}
+    assert set(rows) == {"default", "condinst", "maskrcnn", "sipmask_544", "sipmask_r50"}
     for row in rows.values():
         assert not row["skipped"] and row["detections"] == 100 and TIMING_KEYS <= set(row)
     assert rows["default"]["input_size"] == [128, 171]
+    assert rows["sipmask_544"]["input_size"] == [128, 128]  # the real-time model ignores the ratio
+    assert rows["sipmask_r50"]["input_size"] == [128, 171]  # mmcv imrescale to (192, 128)
     assert payload["environment"]["torch_threads"] == 1
-    assert {c["model"] for c in payload["comparisons"]} == {"default", "condinst"}
+    assert {c["model"] for c in payload["comparisons"]} == {"default", "condinst", "sipmask_544", "sipmask_r50"}
 
 
 def test_cpu_latency_skips_a_missing_default_model(tmp_path):

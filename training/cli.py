@@ -132,6 +132,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"--output-dir {output_dir} already holds a run ({LAST_CHECKPOINT} exists): pass --resume "
                          "to continue it, or choose another folder")
     cfg = load_config(args.config)
+    if getattr(cfg, "arch", "condinst") == "sipmask" and cfg.sipmask.rescoring:
+        raise UsageError(f"--config {args.config}: training SipMask++'s mask re-scoring branch is not implemented yet")
     train_set = _open_dataset(args.train_ann, args.train_images, args.on_error)
     val_set = _open_dataset(args.val_ann, args.val_images, args.on_error) if args.val_ann else None
     from .engine import train

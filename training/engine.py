@@ -46,7 +46,7 @@ from condinst.checkpoint import load_state_dict_strict
 from condinst.config import CondInstConfig, ConfigError, load_config
 from condinst.io import atomic_write_text
 from condinst.backbone import ResNet
-from condinst.model import CondInst
+from condinst.model import CondInst, build_model
 
 from . import distributed as dist_utils
 from .backbone_init import adapt_config_to_init, apply_init_weights, read_init_weights
@@ -229,6 +229,10 @@ class LossComputation(nn.Module):
         self.model = model
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
+        if getattr(self.model.cfg, "arch", "condinst") == "sipmask":
+            from .sipmask_losses import compute_sipmask_losses
+
+            return compute_sipmask_losses(self.model, batch)
         from .losses import compute_losses
 
         return compute_losses(self.model, batch)
@@ -331,7 +335,7 @@ class Trainer:
         if resume_from is not None:
             self.checkpoint = read_checkpoint(resume_from)
             self._config_from_checkpoint(resume_from)
-            self.model = CondInst(self.cfg)
+            self.model = build_model(self.cfg)
             sd, _, _ = split_checkpoint(self.checkpoint)
             load_state_dict_strict(self.model, sd, source=f"checkpoint {resume_from.name}")
             self.start_iter = int(self.checkpoint.get("iteration", 0))
@@ -342,7 +346,7 @@ class Trainer:
             init = read_init_weights(opts.init_weights) if opts.init_weights else None
             for note in adapt_config_to_init(self.cfg, init):
                 self._log(note, logging.WARNING if init is None else logging.INFO)
-            self.model = CondInst(self.cfg)
+            self.model = build_model(self.cfg)
             self._log(apply_init_weights(self.model, init).summary())
         self.model.to(self.device)
         if self.device.type == "cuda":

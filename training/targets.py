@@ -143,11 +143,13 @@ def assign_image(points: torch.Tensor, radius: torch.Tensor, ranges: torch.Tenso
     return labels, reg, gt_index
 
 
-def fcos_targets(locations: list[torch.Tensor], targets: list[ImageTargets], cfg: CondInstConfig) -> FCOSTargets:
+def fcos_targets(locations: list[torch.Tensor], targets: list[ImageTargets], cfg: CondInstConfig,
+                 mask_centres: bool = True) -> FCOSTargets:
     """Targets of a batch.
 
     locations: per level (H_l*W_l, 2) cell centres (HeadOutputs.locations); targets: per image GTs
-    with masks padded to the batch size (Hp, Wp).
+    with masks padded to the batch size (Hp, Wp). `mask_centres`: centre sampling around the mass
+    centre of each mask (CondInst) or, False, around the box centre (mmdetection's FCOS, SipMask).
     """
     fcos = cfg.fcos
     device = locations[0].device
@@ -176,7 +178,8 @@ def fcos_targets(locations: list[torch.Tensor], targets: list[ImageTargets], cfg
             reg.append(points.new_zeros((len(points), 4)))
             gt_inds.append(torch.full((len(points),), -1, dtype=torch.int64, device=device))
             continue
-        lab, r, idx = assign_image(points, radius, ranges, target, fcos.num_classes, fcos.center_sample)
+        lab, r, idx = assign_image(points, radius, ranges, target, fcos.num_classes, fcos.center_sample,
+                                   use_masks=mask_centres)
         labels.append(lab)
         reg.append(r / strides[:, None])
         gt_inds.append(idx + offset)
