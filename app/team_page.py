@@ -188,13 +188,17 @@ class TeamPage:
 
     # ---- layout and wiring ------------------------------------------------------------------------------
     @staticmethod
-    def build() -> dict:
-        """The review / presence controls (under the instance list)."""
-        p = {}
+    def take_over_button() -> gr.Button:
+        """"Take over", in the navigation row beside the image name, where the presence warning shows."""
+        return gr.Button("Take over", size="sm", elem_id="take-over", scale=0, min_width=90)
+
+    @staticmethod
+    def build(take_over: gr.Button) -> dict:
+        """The review controls (under the instance list) and the take-over button built with the navigation."""
+        p = {"take_over": take_over}
         with gr.Row(elem_id="team-row", equal_height=True):
             p["state_filter"] = gr.Dropdown(STATE_CHOICES, value="", elem_id="state-filter", show_label=False,
                                             container=False, scale=2, min_width=120)
-            p["take_over"] = gr.Button("Take over", size="sm", elem_id="take-over", scale=1, min_width=80)
             p["submit"] = gr.Button("Submit for review", size="sm", elem_id="submit-review", scale=1, min_width=120)
             p["accept"] = gr.Button("Accept", size="sm", variant="primary", elem_id="accept", scale=1, min_width=60)
         with gr.Row(elem_id="reject-row", equal_height=True):

@@ -107,6 +107,7 @@ class AppUI:
                                              scale=0)
             p["reviewed"] = gr.Checkbox(label="Reviewed", elem_id="reviewed", scale=0, min_width=110, container=False)
             p["rerun"] = gr.Button("Re-run model", size="sm", elem_id="rerun", min_width=110, scale=0)
+            take_over = TeamPage.take_over_button()
         p["info"] = gr.Markdown(elem_id="info")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
@@ -142,7 +143,7 @@ class AppUI:
                     p["speck_size"] = gr.Number(value=50, precision=0, minimum=1, label="Speck size (px)",
                                                 elem_id="speck-size", min_width=90)
                     p["remove_specks"] = gr.Button("Remove smaller specks", size="sm", elem_id="remove-specks")
-                p["team"] = TeamPage.build()  # review and presence
+                p["team"] = TeamPage.build(take_over)  # review and presence
         with gr.Row():
             p["threshold"] = gr.Slider(0, 1, value=View().threshold, step=0.01, label="Score threshold",
                                        elem_id="threshold")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -12,11 +13,23 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROWS = "#instances div.virtual-row"
+# The README's pictures in docs/screenshots/ are retaken only on request: a plain test run leaves them alone.
+README_SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+SAVE_SCREENSHOTS = os.environ.get("CONDINST_SAVE_SCREENSHOTS", "") not in ("", "0")
 # Marks of the Playwright test modules (Gradio's and numpy's deprecation noise is not ours).
 BROWSER_MARKS = [pytest.mark.browser, pytest.mark.slow,
                  pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
                  pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
                  pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
+
+def readme_screenshot(page, name: str, **options) -> None:
+    """``docs/screenshots/<name>`` from the page's top, only with CONDINST_SAVE_SCREENSHOTS=1."""
+    if not SAVE_SCREENSHOTS:
+        return
+    README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(README_SCREENSHOTS / name), **options)
 
 
 def playwright_or_skip():

@@ -3,19 +3,17 @@ change appearing within a few seconds without losing the viewer's selection (iss
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from app.accounts import Account, Accounts, hash_password
-from browserkit import BROWSER_MARKS, ROWS, playwright_or_skip, screenshot_on_failure, wait_status, wait_text
+from browserkit import BROWSER_MARKS, ROWS, playwright_or_skip, readme_screenshot, screenshot_on_failure, wait_status, wait_text
 
 pytestmark = BROWSER_MARKS
 
 sync_api = playwright_or_skip()
 
 PASSWORD = "team-password"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +61,7 @@ def test_two_people_see_who_edits_take_over_and_changes_appear(app, browser):
             bob.locator("#delete").click()  # read-only: refused, nothing changed
             wait_status(bob, "anna is editing this image")
             assert not ws.get_instance(second.id).deleted
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            bob.evaluate("window.scrollTo(0, 0)")
-            bob.screenshot(path=str(SCREENSHOTS / "team-presence.png"))
+            readme_screenshot(bob, "team-presence.png")
             # anna deletes an instance: bob's page shows it within a few seconds, his selection kept
             select_row(anna, first.id)
             anna.locator("#delete").click()
@@ -81,8 +77,7 @@ def test_two_people_see_who_edits_take_over_and_changes_appear(app, browser):
             wait_status(bob, f"Instance #{second.id} hidden")
             assert ws.get_instance(second.id).hidden and ws.get_instance(second.id).updated_by == "bob"
             wait_text(anna, "#info", "bob is editing this image", timeout=15_000)
-            anna.evaluate("window.scrollTo(0, 0)")
-            anna.screenshot(path=str(SCREENSHOTS / "team-taken-over.png"))
+            readme_screenshot(anna, "team-taken-over.png")
     finally:
         anna_context.close()
         bob_context.close()
