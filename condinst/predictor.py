@@ -127,7 +127,10 @@ class Predictor:
             if self.fast and self.cfg.input.resize == "shortest_edge":
                 resized = self._resize_on_device(image)
             else:
-                resized = torch.from_numpy(resize_for_test(image, self.cfg.input)).to(self.device).permute(2, 0, 1)
+                array = resize_for_test(image, self.cfg.input)  # the input itself when no resize is needed
+                if not array.flags.writeable:  # e.g. a decoded video frame: torch warns on read-only memory
+                    array = array.copy()
+                resized = torch.from_numpy(array).to(self.device).permute(2, 0, 1)
             if self.cfg.input.format == "BGR":
                 resized = resized.flip(0)
             tensors.append(resized)
