@@ -11,7 +11,8 @@ Rules that keep people's work:
   * The model's first predictions are the image's starting state, not an undo step.
   * Re-segmenting (`set_predictions` on a segmented image) never touches a reviewed image, never
     replaces an instance the user created, edited, hid or deleted, and does not add a prediction on
-    top of one of those (mask IoU >= `OVERLAP_IOU`). It reports what it skipped.
+    top of one of those (mask IoU >= `OVERLAP_IOU`); a model instance it predicts again is kept as it
+    is. It reports what it skipped.
   * Reviewing freezes the image's score threshold (`review_threshold`); editing a reviewed image
     keeps the edit and marks the image "changed after review" (no longer reviewed).
   * Instances are never removed: deletion is a flag, so it can be undone.
@@ -341,12 +342,12 @@ class Workspace:
         changes, same = [], set()
         for item, enc in zip(items, encoded):
             rle = {"size": [record.height, record.width], "counts": enc.counts}
+            twin = _same_prediction(rle, item.category_id, untouched, same)
+            if twin is not None:  # the model predicts what is already there: keep the stored one (even on top
+                same.add(twin)    # of a person's instance: a re-run with the same model changes nothing)
+                continue
             if kept_rles and float(np.max(mask_utils.iou([rle], kept_rles, [0] * len(kept_rles)))) >= OVERLAP_IOU:
                 report.kept_overlap += 1
-                continue
-            twin = _same_prediction(rle, item.category_id, untouched, same)
-            if twin is not None:  # the model predicts what is already there: keep the stored one
-                same.add(twin)
                 continue
             new_id, change = self._insert(conn, record.id, item.category_id, enc, "model", item.score, item.meta)
             report.added.append(new_id)
