@@ -14,7 +14,6 @@ Needs Debian's Chromium at /usr/bin/chromium and the playwright package (never `
 """
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -22,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browserkit import (BROWSER_MARKS, playwright_or_skip, CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure,
+from browserkit import (BROWSER_MARKS, SAVE_SCREENSHOTS, playwright_or_skip, CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure,
                         show_click_view, wait_status, wait_text)
 from pycocotools.coco import COCO
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots-tiny-model"  # the README's come from test_default_model_browser.py
-SAVE_SCREENSHOTS = os.environ.get("CONDINST_SAVE_SCREENSHOTS", "") not in ("", "0")
 ROW_IDS = "#instances div.virtual-row [data-col='0']"
 
 pytestmark = BROWSER_MARKS

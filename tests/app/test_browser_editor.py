@@ -8,19 +8,14 @@ expect with OpenCV on a full-size canvas, independently of the app's windowed dr
 from __future__ import annotations
 
 import math
-import os
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from browserkit import wait_status
+from browserkit import README_SCREENSHOTS, SAVE_SCREENSHOTS, wait_status
 
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "docs" / "screenshots"
-SAVE_SCREENSHOTS = os.environ.get("CONDINST_SAVE_SCREENSHOTS", "") not in ("", "0")
 
 # (the `browser` fixture of conftest.py skips without Playwright or Chromium)
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -100,10 +95,10 @@ def shoot(page, name: str) -> None:
     a plain test run leaves the tracked pictures alone)."""
     if not SAVE_SCREENSHOTS:
         return
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.wait_for_function("() => !document.querySelector('.pending')")
     page.wait_for_timeout(400)
-    page.screenshot(path=str(SCREENSHOTS / name))
+    page.screenshot(path=str(README_SCREENSHOTS / name))
 
 
 def tool(page, name: str) -> None:

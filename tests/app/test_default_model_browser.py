@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from browserkit import ROWS, click_image, pick_option, playwright_or_skip, show_click_view, wait_status, wait_text
+from browserkit import README_SCREENSHOTS, ROWS, SAVE_SCREENSHOTS, click_image, pick_option, playwright_or_skip, show_click_view, wait_status, wait_text
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "assets" / "default_model" / "model.pth"
@@ -40,8 +40,6 @@ SAMPLES = REPO / "assets" / "samples"
 SAMPLE = "fruits_nuts_9.jpg"
 CLASSES = {"date", "fig", "hazelnut"}
 ARTIFACTS = REPO / "test-artifacts"
-SCREENSHOTS = REPO / "docs" / "screenshots"
-SAVE_SCREENSHOTS = os.environ.get("CONDINST_SAVE_SCREENSHOTS", "") not in ("", "0")
 START_TIMEOUT_S = 180
 # image pixels along the upper gold-foil fig of fruits_nuts_9.jpg, which the model misses
 GOLD_FIG_STROKE = [(272, 194), (270, 212), (276, 232), (284, 250), (293, 268), (308, 284)]
@@ -147,10 +145,10 @@ def keep_screenshot(page, name: str) -> None:
     """A full-page README screenshot in docs/screenshots/ (only with CONDINST_SAVE_SCREENSHOTS=1)."""
     if not SAVE_SCREENSHOTS:
         return
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.mouse.move(0, 0)  # no hover highlight
     page.wait_for_timeout(800)  # fade-in animations settle
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(README_SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 # ------------------------------------------------------------------ page helpers
