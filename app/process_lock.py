@@ -15,22 +15,13 @@ import time
 from pathlib import Path
 
 from app.errors import AppError
+from app.retrain_process import process_alive
 
 LOCK_FILE_NAME = "app.lock"
 
 
 class LockError(AppError):
     """Another app process serves the workspace."""
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WorkspaceLock:
@@ -70,7 +61,7 @@ class WorkspaceLock:
         self._file = handle
         pid = previous.get("pid", "")
         if pid.isdigit() and int(pid) != os.getpid():
-            state = "no longer running" if not _running(int(pid)) else "running, but not holding the lock"
+            state = "no longer running" if not process_alive(int(pid)) else "running, but not holding the lock"
             return f"took over a stale workspace lock of PID {pid} ({state}; it did not close cleanly)"
         return None
 
