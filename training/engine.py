@@ -437,7 +437,7 @@ class Trainer:
 
     # ---- data -----------------------------------------------------------------------------------
     def data_iterator(self) -> Iterator:
-        from .data import build_train_loader
+        from .loader import build_train_loader
 
         kwargs = dict(batch_size=self.batch_per_rank, num_workers=self.opts.num_workers, seed=self.opts.seed,
                       rank=self.dist.rank, world_size=self.dist.world_size)

@@ -14,7 +14,8 @@ from pycocotools import mask as mask_util
 
 from condinst.config import CondInstConfig
 from condinst.preprocess import resized_shape
-from training.data import CocoInstances, DatasetError, GroupedInfiniteBatchSampler, build_train_loader
+from training.data import CocoInstances, DatasetError
+from training.loader import GroupedInfiniteBatchSampler, build_train_loader
 from training.transforms import (TestTransform, TrainBatch, TrainTransform, collate, rasterize_polygons,
                                  transform_record)
 
