@@ -92,9 +92,10 @@ def official_recipe_state_dict(keys: list[dict]) -> dict:
     return sd
 
 
-def tiny_sipmask(preset: str = "sipmask_r50_caffe_fpn_gn_1x", seed: int = 0, min_size: int = 128):
+def tiny_sipmask(preset: str = "sipmask_r50_caffe_fpn_gn_1x", seed: int = 0, min_size: int = 128,
+                 box_cells: float = 1.5):
     """A narrow SipMask of `preset` (3 classes) with deterministic weights (`randomize_`) that detects
-    everywhere (class logits 0, boxes a few cells wide): (model in eval mode, config)."""
+    everywhere (class logits 0, boxes about 2 x `box_cells` cells wide): (model in eval mode, config)."""
     import torch
 
     from condinst.config import BackboneConfig, NeckConfig, get_preset
@@ -109,5 +110,5 @@ def tiny_sipmask(preset: str = "sipmask_r50_caffe_fpn_gn_1x", seed: int = 0, min
     model = randomize_(SipMask(cfg.validate()), seed)
     with torch.no_grad():
         model.bbox_head.fcos_cls.bias.fill_(0.0)
-        model.bbox_head.fcos_reg.bias.fill_(1.5)
+        model.bbox_head.fcos_reg.bias.fill_(box_cells)
     return model.eval(), cfg
