@@ -160,6 +160,9 @@ class ExplainPages:
             lines.append("- SipMask++: the score is the predicted mask IoU x class prob x centerness")
         if note:
             lines.append(f"- {note}")
-        return ExplainView(location, sipmask_explain.quadrant_partials(exp), sipmask_explain.assembly(exp),
+        grid_to_image = (exp.mask_stride * image.shape[1] / explainer.input_size[1],
+                         exp.mask_stride * image.shape[0] / explainer.input_size[0])
+        assembly = sipmask_explain.assembly(exp, image, mask, grid_to_image)
+        return ExplainView(location, sipmask_explain.quadrant_partials(exp), assembly,
                            sipmask_explain.basis_grid(bases, exp), sipmask_explain.coefficient_chart(exp.coefficients),
                            probability, "\n".join(lines), dict(sipmask_explain.LABELS))

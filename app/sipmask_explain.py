@@ -109,23 +109,39 @@ def quadrant_partials(exp: SipMaskInstanceExplanation) -> np.ndarray:
         rgb = render.diverging(exp.quadrant_logits[q, y0:y1, x0:x1], limit)
         faded = np.where(used[..., None], rgb, (0.3 * rgb + 0.7 * 235).astype(np.uint8))
         tile = box_lines(render.upscale(faded, size, nearest=True), exp, window)
-        tiles.append(render.with_caption(tile, f"{SHORT[q]}: sum {float(exp.partials[q].sum()):+.1f}"))
+        own = exp.inside & (exp.quadrant == q)
+        mean = float(exp.partials[q][own].mean()) if own.any() else 0.0
+        tiles.append(render.with_caption(tile, f"{SHORT[q]}: mean logit {mean:+.2f} on its quadrant"))
     return render.with_caption(render.tile(tiles, 2), f"logit scale +-{limit:.2f} (red +, blue -)")
 
 
-def assembly(exp: SipMaskInstanceExplanation) -> np.ndarray:
-    """Summed partial logits, their sigmoid and the thresholded mask, side by side in the box region."""
+def assembly(exp: SipMaskInstanceExplanation, image: np.ndarray, mask: np.ndarray,
+             grid_to_image: tuple[float, float]) -> np.ndarray:
+    """2x2 panels in the box region: the summed partial logits, their sigmoid, > threshold, and the mask
+    pasted on the photo. `grid_to_image` (sx, sy): original pixels per basis-grid cell; mask (H, W)."""
     window = crop_window(exp)
     y0, y1, x0, x1 = window
     size = panel_size(window, 200)
     logits, probs = exp.mask_logits[y0:y1, x0:x1], exp.mask_probs[y0:y1, x0:x1]
-    panels = [(render.diverging(logits), f"logits [{float(logits.min()):.1f}, {float(logits.max()):.1f}]"),
-              (render.colormap(probs, 0.0, 1.0, cv2.COLORMAP_INFERNO), "sigmoid (0 outside box)"),
-              (np.where((probs > exp.threshold)[..., None], np.uint8(255), np.uint8(40)).repeat(3, 2),
-               f"> {exp.threshold:g}: {int((probs > exp.threshold).sum())} px")]
+    sx, sy = grid_to_image
+    rows = slice(int(y0 * sy), max(int(y1 * sy), int(y0 * sy) + 1))
+    cols = slice(int(x0 * sx), max(int(x1 * sx), int(x0 * sx) + 1))
+    photo = render.upscale(np.ascontiguousarray(image[rows, cols]), size)
+    region = render.resize_mask(mask[rows, cols], size)
+    if region.any():
+        tint = photo.copy()
+        tint[region] = (0, 200, 255)
+        photo = np.ascontiguousarray(cv2.addWeighted(photo, 0.55, tint, 0.45, 0))
+        render.outline(photo, region, color=(0, 200, 255), thickness=1)
+    above = probs > exp.threshold
+    panels = [(render.diverging(logits), f"1. summed logits [{float(logits.min()):.1f}, {float(logits.max()):.1f}]"),
+              (render.colormap(probs, 0.0, 1.0, cv2.COLORMAP_INFERNO), "2. sigmoid, 0 outside the box"),
+              (np.where(above[..., None], np.uint8(255), np.uint8(40)).repeat(3, 2),
+               f"3. > {exp.threshold:g}: {int(above.sum())} cells (stride {exp.mask_stride})")]
     tiles = [render.with_caption(box_lines(render.upscale(rgb, size, nearest=True), exp, window, GREY), caption)
              for rgb, caption in panels]
-    return render.tile(tiles, 3)
+    tiles.append(render.with_caption(photo, "4. resized to the image: the mask"))
+    return render.tile(tiles, 2)
 
 
 def basis_grid(bases: np.ndarray, exp: SipMaskInstanceExplanation, columns: int = 8, width: int = 100) -> np.ndarray:
