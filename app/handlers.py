@@ -140,13 +140,14 @@ class Handlers:
                 gr.update(choices=categories, value=ids), gr.update(choices=categories))
 
     def explained(self, view: View, exp, message: str = "") -> tuple:
-        """The Explain outputs: plain pictures under the page's (CondInst) labels, or relabelled (SipMask)."""
+        """The Explain outputs: plain pictures under the page's (CondInst) labels, or relabelled (SipMask,
+        and the first CondInst explanation after one: `View.explain_relabelled`)."""
         keys = ("location", "coord_x", "coord_y", "features", "filters", "probability")
-        if exp.labels == EXPLAIN_LABELS:
+        if exp.labels == EXPLAIN_LABELS and not view.explain_relabelled:
             pictures = [getattr(exp, key) for key in keys]
         else:
             pictures = [gr.update(value=getattr(exp, key), label=exp.labels[key]) for key in keys]
-        return (view, *pictures, exp.text, message)
+        return (replace(view, explain_relabelled=exp.labels != EXPLAIN_LABELS), *pictures, exp.text, message)
 
     def banner(self):
         service = self.service

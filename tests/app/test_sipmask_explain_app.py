@@ -52,3 +52,24 @@ def test_explain_a_point_and_add_it_with_sipmask(sipmask_service):
         explainer.candidates([(100, 120)])
     with pytest.raises(AppError):
         service.explain.explain_point(view, 10**6, 5)
+
+
+def test_the_explain_labels_follow_the_model(sipmask_service):
+    """SipMask's pictures come relabelled; the next CondInst explanation (after a model switch) puts the
+    page's labels back once, then plain pictures as before."""
+    from dataclasses import replace
+
+    from app.handlers import Handlers
+
+    service = sipmask_service
+    handlers = Handlers(service)
+    view = service.initial_view()
+    view = service.actions.select(view, service.ws.instances(view.image_id)[0].id)
+    exp = service.explain.explain_selected(view)
+    out = handlers.explained(view, exp)
+    assert out[1]["label"] == SIPMASK_LABELS["location"] and out[0].explain_relabelled
+    condinst = replace(exp, labels=dict(LABELS))  # what a CondInst explanation carries
+    out = handlers.explained(out[0], condinst)
+    assert out[1]["label"] == LABELS["location"] and not out[0].explain_relabelled
+    out = handlers.explained(out[0], condinst)
+    assert isinstance(out[1], np.ndarray)  # plain pictures again, as API clients get them
