@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..explain import Explainer, PointSegmentation
+from ..explain import DetectingLocation, Explainer, PointSegmentation
 from ..postprocess import InstanceMasks
 from .crop_split import quadrant_index
 from .postprocess import paste_masks, resize_factor, threshold_resized
@@ -37,7 +37,7 @@ def quadrant_logits(basis: torch.Tensor, cofs: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class SipMaskInstanceExplanation:
+class SipMaskInstanceExplanation(DetectingLocation):
     """Everything that assembled one mask. `location` and `box` are in original-image pixels; the maps are
     on the basis grid (stride `mask_stride` = 2 of the network input, cropped to the image, no padding).
 
@@ -48,15 +48,6 @@ class SipMaskInstanceExplanation:
     inside (h, w) the box.
     """
 
-    fpn_level: int
-    stride: int
-    location: tuple[float, float]
-    location_input: tuple[float, float]
-    grid_cell: tuple[int, int]
-    class_index: int
-    score: float
-    class_prob: float
-    ctrness: float
     box: tuple[float, float, float, float]
     mask_box: np.ndarray
     split: tuple[float, float]
