@@ -44,6 +44,7 @@ class View:
     seen: dict | None = None  # instance id -> revision this session was last shown (app.actor: no lost update)
     stamp: tuple | None = None  # what the page shows of the image (app.team_page.poll refreshes when it changes)
     state_filter: str | None = None  # show and step through only images in this review state (app.review)
+    explain_relabelled: bool = False  # the Explain pictures carry another model's labels (a SipMask explanation)
 
 
 @dataclass

@@ -1,28 +1,38 @@
-"""The Explain view: what CondInst computed for an instance or a clicked point, as pictures.
+"""The Explain view: what the model computed for an instance or a clicked point, as pictures.
 
-For an instance: the FPN location that generated its dynamic filters, its relative-coordinate maps,
-the mask-branch channels it reads, the filters themselves and its mask probabilities before
-thresholding (`condinst.explain.Explainer`).
+For a CondInst instance: the FPN location that generated its dynamic filters, its relative-coordinate
+maps, the mask-branch channels it reads, the filters themselves and its mask probabilities before
+thresholding (`condinst.explain.Explainer`). A SipMask instance fills the same panels with its own
+story: coefficient sets, basis masks, quadrant partials and their assembly (`app.sipmask_explain`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app import render
+from app import render, sipmask_explain
 from app.actions import View
 from app.errors import ServiceError
 from app.session import level_name
+from condinst.sipmask.explain import SipMaskInstanceExplanation
 
 if TYPE_CHECKING:
     from app.service import Service
 
 
+# What each picture shows for CondInst (the page's labels; a SipMask view brings its own, see `labels`).
+LABELS = {"location": "Location that generated the filters (cell, FPN level)",
+          "filters": "Generated filters: weights | bias per layer",
+          "coord_x": "Relative x coordinate map", "coord_y": "Relative y coordinate map",
+          "probability": "Mask probability before thresholding",
+          "features": "Mask-branch channels it reads (|w| = mean |weight| on the channel)"}
+
+
 @dataclass
 class ExplainView:
-    """The pictures of one explanation (RGB arrays) and a Markdown summary."""
+    """The pictures of one explanation (RGB arrays), a Markdown summary and the pictures' labels."""
 
     location: np.ndarray
     coord_x: np.ndarray
@@ -31,6 +41,7 @@ class ExplainView:
     filters: np.ndarray
     probability: np.ndarray
     text: str
+    labels: dict[str, str] = field(default_factory=lambda: dict(LABELS))
 
 
 class ExplainPages:
@@ -75,7 +86,8 @@ class ExplainPages:
         explainer = self._explainer(image_id)
         with self.service.session.lock:
             point = explainer.at_point(x, y)
-        note = (f"The best-scoring level at this point generated these filters; the mask has "
+        what = "predicted this box and coefficients" if self.service.session.is_sipmask else "generated these filters"
+        note = (f"The best-scoring level at this point {what}; the mask has "
                 f"{int(point.mask.sum())} pixels. 'Add as instance' keeps it.")
         return replace(view, probe=(x, y)), self._page(image_id, point.explanation, point.mask, f"Point ({x}, {y})",
                                                         note, explainer, probe=(x, y))
@@ -88,6 +100,8 @@ class ExplainPages:
 
     def _page(self, image_id: int, exp, mask: np.ndarray, title: str, note: str, explainer,
               probe: tuple[int, int] | None = None) -> ExplainView:
+        if isinstance(exp, SipMaskInstanceExplanation):
+            return self._sipmask_page(image_id, exp, mask, title, note, explainer, probe)
         session = self.service.session
         image = self.service.ws.get_image(image_id)
         panel = render.scaled_size(*image.shape[:2], min(1.0, 480 / max(image.shape[:2])))
@@ -119,3 +133,36 @@ class ExplainPages:
         if note:
             lines.append(f"- {note}")
         return ExplainView(location, coord_x, coord_y, grid, filters, probability, "\n".join(lines))
+
+    def _sipmask_page(self, image_id: int, exp: SipMaskInstanceExplanation, mask: np.ndarray, title: str, note: str,
+                      explainer, probe: tuple[int, int] | None) -> ExplainView:
+        """SipMask's panels (`app.sipmask_explain`) in the places of CondInst's."""
+        session = self.service.session
+        image = self.service.ws.get_image(image_id)
+        panel = render.scaled_size(*image.shape[:2], min(1.0, 480 / max(image.shape[:2])))
+        cell = exp.stride * image.shape[1] / explainer.input_size[1]
+        with session.lock:
+            bases = explainer.mask_features()
+        location = sipmask_explain.location_picture(image, exp, level_name(exp.fpn_level), mask, cell, probe)
+        probability = render.probability_map(exp.mask_probs, panel, exp.threshold)
+        m = exp.coefficients.shape[1]
+        (x, y), (x1, y1, x2, y2), (cx, cy) = exp.location, exp.box, exp.split_image
+        lines = [f"### {title}",
+                 f"- class **{session.class_name(exp.class_index)}**, score {exp.score:.3f} "
+                 f"(class prob {exp.class_prob:.3f}, centerness {exp.ctrness:.3f})",
+                 f"- predicted at location ({x:.0f}, {y:.0f}) px on FPN level **{level_name(exp.fpn_level)}** "
+                 f"(stride {exp.stride}), grid cell (row {exp.grid_cell[0]}, col {exp.grid_cell[1]})",
+                 f"- box ({x1:.0f}, {y1:.0f}) - ({x2:.0f}, {y2:.0f}) px, split into quadrants at ({cx:.0f}, {cy:.0f}) "
+                 f"px (half of width + 0.1 on the stride-{exp.mask_stride} basis grid)",
+                 f"- SipMask coefficients: 4 x {m} = {4 * m} numbers, one set per quadrant (TL, TR, BL, BR) over "
+                 f"{m} basis masks; mask = sigmoid(sum of the 4 quadrant partials) inside the box > {exp.threshold:g}"]
+        if getattr(session.predictor.cfg.sipmask, "rescoring", False):
+            lines.append("- SipMask++: the score is the predicted mask IoU x class prob x centerness")
+        if note:
+            lines.append(f"- {note}")
+        grid_to_image = (exp.mask_stride * image.shape[1] / explainer.input_size[1],
+                         exp.mask_stride * image.shape[0] / explainer.input_size[0])
+        assembly = sipmask_explain.assembly(exp, image, mask, grid_to_image)
+        return ExplainView(location, sipmask_explain.quadrant_partials(exp), assembly,
+                           sipmask_explain.basis_grid(bases, exp), sipmask_explain.coefficient_chart(exp.coefficients),
+                           probability, "\n".join(lines), dict(sipmask_explain.LABELS))

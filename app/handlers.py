@@ -17,6 +17,7 @@ import pandas as pd
 from app.actions import TOOLS, View, display_to_image
 from app.actor import StaleEdit
 from app.errors import AppError
+from app.explain_page import LABELS as EXPLAIN_LABELS
 from condinst.errors import UserError, user_message
 from app.screen import TABLE_HEADERS
 from app.service import Service
@@ -139,8 +140,14 @@ class Handlers:
                 gr.update(choices=categories, value=ids), gr.update(choices=categories))
 
     def explained(self, view: View, exp, message: str = "") -> tuple:
-        return (view, exp.location, exp.coord_x, exp.coord_y, exp.features, exp.filters, exp.probability,
-                exp.text, message)
+        """The Explain outputs: plain pictures under the page's (CondInst) labels, or relabelled (SipMask,
+        and the first CondInst explanation after one: `View.explain_relabelled`)."""
+        keys = ("location", "coord_x", "coord_y", "features", "filters", "probability")
+        if exp.labels == EXPLAIN_LABELS and not view.explain_relabelled:
+            pictures = [getattr(exp, key) for key in keys]
+        else:
+            pictures = [gr.update(value=getattr(exp, key), label=exp.labels[key]) for key in keys]
+        return (replace(view, explain_relabelled=exp.labels != EXPLAIN_LABELS), *pictures, exp.text, message)
 
     def banner(self):
         service = self.service

@@ -1,9 +1,10 @@
 """The model the app serves: predictor, explainer cache, class <-> category mapping, checkpoint switch.
 
 Everything that runs the network goes through one `ModelSession`, under one lock, and reaches the
-library through its single inference path (`condinst.explain.Explainer`, whose `result()` equals
-`Predictor.__call__`). Predictions come back as `app.workspace.Prediction`s keyed by workspace
-category ids, with the metadata the Explain view needs (detection index, FPN level, location).
+library through its single inference path (`condinst.explain.Explainer`, or SipMask's
+`condinst.sipmask.explain.SipMaskExplainer`, whose `result()` equals `Predictor.__call__`). Predictions
+come back as `app.workspace.Prediction`s keyed by workspace category ids, with the metadata the Explain
+view needs (detection index, FPN level, location).
 """
 from __future__ import annotations
 
@@ -92,9 +93,13 @@ class ModelSession:
 
     @property
     def explains(self) -> bool:
-        """Whether this model can explain itself (PyTorch CondInst): an ONNX graph, or a SipMask model for
-        now, only gives its detections."""
-        return bool(getattr(self.predictor, "is_torch", True)) and getattr(self.predictor.cfg, "arch", "condinst") != "sipmask"
+        """Whether this model can explain itself (a PyTorch checkpoint, CondInst or SipMask): an ONNX graph
+        only gives its detections."""
+        return bool(getattr(self.predictor, "is_torch", True))
+
+    @property
+    def is_sipmask(self) -> bool:
+        return getattr(self.predictor.cfg, "arch", "condinst") == "sipmask"
 
     # ---- classes --------------------------------------------------------------------------------------
     @property
@@ -137,10 +142,8 @@ class ModelSession:
     def explainer(self, image_key: str, load_image: Callable[[], np.ndarray]):
         """The (cached) Explainer of an image for the current model; `load_image` gives its RGB pixels."""
         from condinst.explain import Explainer
+        from condinst.sipmask.explain import SipMaskExplainer
 
-        if not self.explains and getattr(self.predictor.cfg, "arch", "condinst") == "sipmask":
-            raise ServiceError(f"{self.name} is a SipMask model: it segments images, but the Explain view, 'Add at "
-                               "point' and click-to-refine are CondInst-only for now.")
         if not self.explains:
             raise ServiceError(f"{self.name} is an ONNX graph: it segments images, but the Explain view, 'Add at "
                                "point' and click-to-refine need the PyTorch checkpoint (start the app with the .pth).")
@@ -149,7 +152,7 @@ class ModelSession:
         if explainer is None:
             image = load_image()
             with self.lock:
-                explainer = Explainer(self.predictor, image)
+                explainer = (SipMaskExplainer if self.is_sipmask else Explainer)(self.predictor, image)
             self.explainers.put(key, explainer)
         return explainer
 

@@ -14,6 +14,7 @@ import gradio as gr
 from app.actions import View
 from app import interop_ui
 from app.canvas import editor_files
+from app.explain_page import LABELS as EXPLAIN_LABELS
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, guarded, progress_html, table_frame
 from app.service import Service
 from app.team_page import TeamPage
@@ -197,18 +198,17 @@ class AppUI:
             p["add_probe"] = gr.Button("Add the point's mask as an instance", size="sm", elem_id="add-probe")
         with gr.Row():
             with gr.Column(scale=3):
-                p["location"] = gr.Image(label="Location that generated the filters (cell, FPN level)", type="numpy",
+                p["location"] = gr.Image(label=EXPLAIN_LABELS["location"], type="numpy",
                                          format="jpeg", interactive=False, elem_id="explain-image")
             with gr.Column(scale=2):
                 p["text"] = gr.Markdown(elem_id="explain-text")
-                p["filters"] = gr.Image(label="Generated filters: weights | bias per layer", type="numpy",
+                p["filters"] = gr.Image(label=EXPLAIN_LABELS["filters"], type="numpy",
                                         format="png", interactive=False, elem_id="explain-filters", height=420)
         with gr.Row():
-            for key, label in (("coord_x", "Relative x coordinate map"), ("coord_y", "Relative y coordinate map"),
-                               ("probability", "Mask probability before thresholding")):
-                p[key] = gr.Image(label=label, type="numpy", format="png", interactive=False,
+            for key in ("coord_x", "coord_y", "probability"):
+                p[key] = gr.Image(label=EXPLAIN_LABELS[key], type="numpy", format="png", interactive=False,
                                   elem_id="explain-" + key.replace("_", "-"), height=280)
-        p["features"] = gr.Image(label="Mask-branch channels it reads (|w| = mean |weight| on the channel)",
+        p["features"] = gr.Image(label=EXPLAIN_LABELS["features"],
                                  type="numpy", format="png", interactive=False, elem_id="explain-features", height=320)
         p["api_x"], p["api_y"], p["api_point"] = gr.Number(visible=False), gr.Number(visible=False), gr.Button(visible=False)
         return p

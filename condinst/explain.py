@@ -23,13 +23,10 @@ from .predictor import Predictor
 
 
 @dataclass
-class InstanceExplanation:
-    """Everything that produced one mask. Coordinates (x, y) are original-image pixels.
-
-    weights[k] (out_k, in_k) and biases[k] (out_k,) are the generated filters of layer k;
-    coord_maps (2, h, w) the (x, y) coordinate channels on the mask-feature grid (stride 8);
-    mask_logits (h4, w4) at the mask-head output stride (4), cropped to the image (no padding).
-    """
+class DetectingLocation:
+    """The FPN location an instance comes from (CondInst's and SipMask's explanations start with it):
+    `location` in original-image pixels, `location_input` in network-input pixels, its grid cell (row,
+    col) on level `fpn_level` (0 = P3), the detection's class, score, class probability and centerness."""
 
     fpn_level: int
     stride: int
@@ -40,6 +37,17 @@ class InstanceExplanation:
     score: float
     class_prob: float
     ctrness: float
+
+
+@dataclass
+class InstanceExplanation(DetectingLocation):
+    """Everything that produced one mask. Coordinates (x, y) are original-image pixels.
+
+    weights[k] (out_k, in_k) and biases[k] (out_k,) are the generated filters of layer k;
+    coord_maps (2, h, w) the (x, y) coordinate channels on the mask-feature grid (stride 8);
+    mask_logits (h4, w4) at the mask-head output stride (4), cropped to the image (no padding).
+    """
+
     weights: list[np.ndarray]
     biases: list[np.ndarray]
     coord_maps: np.ndarray

@@ -179,13 +179,15 @@ class Predictor:
     @torch.no_grad()
     def with_features(self, images: list[np.ndarray]) -> tuple[list[ImageResult], torch.Tensor, list[tuple[int, int]]]:
         """`self(images)` plus what the video tracker re-applies filters to (PyTorch model only):
-        (results, mask features (B, C_mask, Hp/8, Wp/8) of the padded batch, resized (h, w) of each image)."""
+        (results, mask features (B, C_mask, Hp/8, Wp/8) of the padded batch - a SipMask model's basis
+        masks (B, M, Hp/2, Wp/2) - and the resized (h, w) of each image)."""
         model = self._torch_model()
         batch, sizes = self.prepare(images)
         with self._autocast():
             outputs = model.forward_heads(batch)
         results = self.results(outputs, tuple(batch.shape[-2:]), sizes, [image.shape[:2] for image in images])
-        return results, outputs.mask_feats, sizes
+        feats = outputs.basis if getattr(self.cfg, "arch", "condinst") == "sipmask" else outputs.mask_feats
+        return results, feats, sizes
 
     def finish(self, instances: list[InstanceResult], padded_size: tuple[int, int],
                input_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]]) -> list[ImageResult]:

@@ -90,3 +90,25 @@ def official_recipe_state_dict(keys: list[dict]) -> dict:
                 value = 0.1 * n
         sd[key] = value.float()
     return sd
+
+
+def tiny_sipmask(preset: str = "sipmask_r50_caffe_fpn_gn_1x", seed: int = 0, min_size: int = 128,
+                 box_cells: float = 1.5):
+    """A narrow SipMask of `preset` (3 classes) with deterministic weights (`randomize_`) that detects
+    everywhere (class logits 0, boxes about 2 x `box_cells` cells wide): (model in eval mode, config)."""
+    import torch
+
+    from condinst.config import BackboneConfig, NeckConfig, get_preset
+    from condinst.sipmask.model import SipMask
+
+    cfg = get_preset(preset)
+    cfg.backbone = BackboneConfig(stem_out_channels=8, res2_out_channels=32, width_per_group=8, freeze_at=2,
+                                  dcn_stages=cfg.backbone.dcn_stages)
+    cfg.neck = NeckConfig(out_channels=32)
+    cfg.fcos.num_classes, cfg.class_names, cfg.category_ids = 3, ("date", "fig", "hazelnut"), (1, 2, 3)
+    cfg.input.min_size_test, cfg.input.max_size_test = min_size, 2 * min_size
+    model = randomize_(SipMask(cfg.validate()), seed)
+    with torch.no_grad():
+        model.bbox_head.fcos_cls.bias.fill_(0.0)
+        model.bbox_head.fcos_reg.bias.fill_(box_cells)
+    return model.eval(), cfg

@@ -31,8 +31,8 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_required: bool = Tru
     p.add_argument("--weights", required=weights_required, help="checkpoint (.pth; .onnx works with --tracker bytetrack)")
     p.add_argument("--config", help="preset name or AdelaiDet YAML; default: taken from the checkpoint")
     p.add_argument("--tracker", choices=("condinst", "bytetrack"), default="condinst",
-                   help="condinst: the tracks' own filters re-applied to each frame (default); bytetrack: box "
-                        "tracking baseline on the same detections")
+                   help="condinst: the tracks' own filters (a SipMask model: coefficients at the moved box) re-applied "
+                        "to each frame (default); bytetrack: box tracking baseline on the same detections")
     p.add_argument("--score-threshold", type=probability, default=0.1,
                    help="detections scoring less are not tracked (default 0.1)")
     p.add_argument("--new-track-score", type=probability, default=0.5,

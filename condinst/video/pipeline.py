@@ -32,7 +32,7 @@ class TrackedVideo:
 
 
 def make_tracker(kind: str, predictor: Predictor, config: TrackerConfig):
-    """'condinst' (needs the PyTorch model) or 'bytetrack'."""
+    """'condinst' (the model's own appearance, CondInst or SipMask; needs the PyTorch model) or 'bytetrack'."""
     if kind == "condinst":
         if not predictor.is_torch:
             raise ValueError("the condinst tracker needs the PyTorch model (.pth): an ONNX graph has no mask features")

@@ -2,7 +2,8 @@
 
     for frame in segment_frames(predictor, source.frames(), batch_size=4, keep_features=True):
         frame.result        # ImageResult at the frame's size (boxes, scores, classes, masks as crops)
-        frame.mask_feats    # (1, C_mask, Hp/8, Wp/8) mask-branch features (the tracker re-applies filters to them)
+        frame.mask_feats    # (1, C_mask, Hp/8, Wp/8) mask-branch features (the tracker re-applies filters to them);
+                            # a SipMask model's basis masks (1, M, Hp/2, Wp/2)
 
 At most one batch of frames (and their features) is held at a time. With a PyTorch model the dense
 mask features are kept (`Predictor.with_features`) so the tracker can run the dynamic mask head
@@ -25,8 +26,8 @@ from ..predictor import Predictor
 class Frame:
     """One segmented frame. `seconds`: its share of the batch's model time (preprocessing included).
 
-    mask_feats (1, C, Hp/8, Wp/8) of the padded batch or None; input_size (h, w) of the resized
-    network input (the coordinates of `result.detections`)."""
+    mask_feats (1, C, Hp/8, Wp/8) of the padded batch (SipMask: the bases (1, M, Hp/2, Wp/2)) or None;
+    input_size (h, w) of the resized network input (the coordinates of `result.detections`)."""
 
     index: int
     image: np.ndarray

@@ -21,6 +21,10 @@ duplicate, or a detection of several objects merged, as when two objects cross).
 
 All masks come from one batched dynamic-head call per frame on the stride-8 mask-feature grid:
 the tracking cost is a few small matrix products (see bench/video.py for the overhead).
+
+A SipMask model tracks the same way with its own appearance (`sipmask_masks`): a track keeps its
+detection's 4 x 32 coefficients and box, and re-assembles its mask from the new frame's basis masks,
+crop-split at its box moved on by its velocity. The model's type chooses the function (`appearance`).
 """
 from __future__ import annotations
 
@@ -28,9 +32,12 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from ..model import CondInst
+from ..sipmask.crop_split import quadrant_index
+from ..sipmask.explain import quadrant_logits
 from .segmenter import Frame
 
 
@@ -52,8 +59,9 @@ class TrackerConfig:
 class Track:
     """A live track, in network-input pixel coordinates (frames of a video share one input size).
 
-    params (P,) filters of its last detection; location (2,) where they were generated; box (4,)
-    x1y1x2y2; velocity (2,) box-centre motion per frame; class_scores: summed score per class."""
+    params (P,) filters (SipMask: 4 x 32 coefficients) of its last detection; location (2,) where they
+    were generated; box (4,) x1y1x2y2; velocity (2,) box-centre motion per frame; class_scores: summed
+    score per class."""
 
     id: int
     params: torch.Tensor
@@ -71,10 +79,12 @@ class Track:
 
 class CondInstTracker:
     """Links a video's detections online: `update(frame)` -> [(track id, detection row)] for the
-    rows of `frame.result` that belong to a track (ids count from 1 in order of appearance)."""
+    rows of `frame.result` that belong to a track (ids count from 1 in order of appearance).
+    `model`: a CondInst, or a SipMask (tracked with its coefficients, see `appearance`)."""
 
     def __init__(self, model: CondInst, config: TrackerConfig | None = None):
         self.model = model
+        self.appearance = appearance(model)
         self.config = config or TrackerConfig()
         self.tracks: list[Track] = []
         self.next_id = 1
@@ -116,21 +126,18 @@ class CondInstTracker:
         return out
 
     def masks(self, frame: Frame, det) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, M) and (K, M) 0/1 float masks on the frame's mask-feature grid (stride 8, padding cropped):
-        the tracks' filters at their predicted locations, and the detections' own. Stride 8 rather
-        than the head's output stride 4: a quarter of the work, and enough to tell instances apart."""
+        """(T, M) and (K, M) 0/1 float masks on the frame's stride-8 grid (padding cropped): the tracks'
+        at their predicted locations and boxes, and the detections' own (`appearance`). Stride 8 rather
+        than the mask output stride: a fraction of the work, and enough to tell instances apart."""
         device = frame.mask_feats.device
-        predicted = self._predicted(frame.index)[0] if self.tracks else det.locations[:0]
-        locations = torch.cat([predicted, det.locations]).float()
+        locations, boxes = self._predicted(frame.index) if self.tracks else (det.locations[:0], det.boxes[:0])
         levels = torch.tensor([t.fpn_level for t in self.tracks], dtype=torch.long, device=device)
         params = torch.cat([torch.stack([t.params for t in self.tracks]) if self.tracks else det.params[:0],
                             det.params]).float()
         levels = torch.cat([levels, det.fpn_levels.to(device)])
-        head, stride = self.model.mask_head, self.model.mask_branch.out_stride
-        logits = head.mask_logits(frame.mask_feats.float(), stride, locations, levels,
-                                  torch.zeros(len(levels), dtype=torch.long, device=device), params, upsample=False)
-        h, w = -(-frame.input_size[0] // stride), -(-frame.input_size[1] // stride)
-        masks = (logits[:, 0, :h, :w] > self.logit_threshold).flatten(1).float()
+        masks = self.appearance(self.model, frame.mask_feats.float(), frame.input_size, params,
+                                torch.cat([locations, det.locations]).float(), levels,
+                                torch.cat([boxes, det.boxes]).float(), self.logit_threshold)
         return masks[: len(self.tracks)], masks[len(self.tracks):]
 
     def match_scores(self, index: int, det, mask_iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +167,39 @@ class CondInstTracker:
         track.box, track.last_frame = det.boxes[k], index
         c = int(det.classes[k])
         track.class_scores[c] = track.class_scores.get(c, 0.0) + float(det.scores[k])
+
+
+def appearance(model):
+    """The function that makes a model's instance masks from what a track keeps: `condinst_masks` or
+    `sipmask_masks`, by the model's type."""
+    return sipmask_masks if getattr(model.cfg, "arch", "condinst") == "sipmask" else condinst_masks
+
+
+def condinst_masks(model: CondInst, mask_feats: torch.Tensor, input_size: tuple[int, int], params: torch.Tensor,
+                   locations: torch.Tensor, levels: torch.Tensor, boxes: torch.Tensor,
+                   logit_threshold: float) -> torch.Tensor:
+    """CondInst: the dynamic head with filters `params` (N, P) at `locations` (N, 2) (relative coordinates
+    of FPN `levels` (N,)) on the mask features (1, C, Hp/8, Wp/8) -> (N, h*w) 0/1 float masks on the
+    stride-8 grid of the `input_size` image. `boxes` are not used."""
+    head, stride = model.mask_head, model.mask_branch.out_stride
+    logits = head.mask_logits(mask_feats, stride, locations, levels,
+                              torch.zeros(len(levels), dtype=torch.long, device=levels.device), params, upsample=False)
+    h, w = -(-input_size[0] // stride), -(-input_size[1] // stride)
+    return (logits[:, 0, :h, :w] > logit_threshold).flatten(1).float()
+
+
+def sipmask_masks(model, basis: torch.Tensor, input_size: tuple[int, int], params: torch.Tensor,
+                  locations: torch.Tensor, levels: torch.Tensor, boxes: torch.Tensor,
+                  logit_threshold: float, stride: int = 8) -> torch.Tensor:
+    """SipMask: the 4 coefficient sets `params` (N, 4*M) combine the basis masks (1, M, Hp/2, Wp/2), pooled
+    to stride 8 (the combination is linear, so this is the stride-2 logits pooled), the quadrants are
+    crop-split at `boxes` (N, 4) (input pixels) -> (N, h*w) 0/1 float masks on the stride-8 grid.
+    `locations` and `levels` are not used."""
+    pooled = F.avg_pool2d(basis, stride // 2)[0]  # Hp/2 and Wp/2 are multiples of 16
+    index, inside = quadrant_index(boxes / stride, pooled.shape[-2], pooled.shape[-1])
+    logits = quadrant_logits(pooled, params).gather(1, index[:, None])[:, 0]
+    h, w = -(-input_size[0] // stride), -(-input_size[1] // stride)
+    return ((logits > logit_threshold) & inside)[:, :h, :w].flatten(1).float()
 
 
 def pairwise_mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

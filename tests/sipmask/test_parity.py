@@ -107,20 +107,18 @@ def test_predict_cli_on_the_official_checkpoint(golden, golden_weights, tmp_path
         assert (ours & m).sum() / (ours | m).sum() >= 0.99
 
 
-def test_the_app_segments_with_sipmask_and_declines_to_explain(golden, golden_weights):
-    """The annotation app's model session gives the golden detections as predictions; the Explain view
-    (CondInst's filters) is refused with a message instead of failing inside."""
-    from app.errors import ServiceError
+def test_the_app_segments_and_explains_with_sipmask(golden, golden_weights):
+    """The annotation app's model session gives the golden detections as predictions, and explains them
+    with SipMask's own explainer (coefficients and bases, tests/condinst/test_sipmask_explain.py)."""
     from app.session import ModelSession
+    from condinst.sipmask.explain import SipMaskExplainer
 
     session = ModelSession.load(golden_weights)
     image = read_image(GOLDEN / "input.png")
     predictions = session.predictions("input", lambda: image)
     assert len(predictions) == 100
     assert sorted(p.score for p in predictions) == pytest.approx(sorted(golden["scores"].tolist()), abs=1e-4)
-    assert not session.explains
-    with pytest.raises(ServiceError, match="SipMask"):
-        session.explainer("input", lambda: image)
+    assert session.explains and isinstance(session.explainer("input", lambda: image), SipMaskExplainer)
 
 
 def test_export_refuses_sipmask_in_one_line(golden_weights, tmp_path):
