@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from app.service import DEFAULT_WEIGHTS
     from app.workspace import default_workspace_dir
 
-    from condinst.validate import OneLineParser
+    from condinst.validate import OneLineParser, positive_int
 
     parser = OneLineParser(prog="condinst-app", description="CondInst Studio: segment, explain, "
                            "correct and export instance masks in the browser")
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", help="folder of sample images to offer (default: assets/samples)")
     parser.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE,
                         help="largest accepted upload (default %(default)s)")
+    parser.add_argument("--max-video-frames", type=positive_int, default=300,
+                        help="longest video the upload takes, in frames (default %(default)s)")
     return parser
 
 
@@ -129,7 +131,7 @@ def create_service(args: argparse.Namespace):
     try:
         service = Service.create(args.workspace, weights, config=args.config, device=args.device,
                                  recover=args.recover, samples_dir=args.samples, fast=args.fast,
-                                 backend=args.backend or "onnxruntime")
+                                 backend=args.backend or "onnxruntime", max_video_frames=args.max_video_frames)
     except (CheckpointError, ConfigError) as exc:
         raise SystemExit(f"error: cannot load the model: {exc}") from None
     if service.workspace_error:

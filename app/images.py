@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from app.actions import View
 from app.errors import AppError, ServiceError
+from condinst.video.reader import is_video_file
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -35,13 +36,17 @@ class AddReport:
     new_ids: list[int] = field(default_factory=list)
     instances: int = 0
     errors: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)  # one line per video stored as a sequence
 
     @property
     def message(self) -> str:
         text = f"Added {len(self.new_ids)} new image(s) with {self.instances} instance(s)"
-        if len(self.image_ids) > len(self.new_ids):
-            text += f", {len(self.image_ids) - len(self.new_ids)} already in the workspace"
-        return text + (". Not added: " + "; ".join(self.errors) if self.errors else ".")
+        if len(self.image_ids) - len(self.videos) > len(self.new_ids):
+            text += f", {len(self.image_ids) - len(self.videos) - len(self.new_ids)} already in the workspace"
+        if self.videos and not self.new_ids:
+            text = ""
+        text = " ".join(self.videos + ([text + "."] if text else []))
+        return text + (" Not added: " + "; ".join(self.errors) if self.errors else "")
 
 
 @dataclass
@@ -97,6 +102,11 @@ class ImageLibrary:
             if progress is not None:
                 progress(n, len(paths))
             try:
+                if is_video_file(path):  # a video becomes a sequence of frames (app.sequences)
+                    video = self.service.sequences.add_video(path)
+                    report.image_ids.append(video.first_image)
+                    report.videos.append(video.message)
+                    continue
                 prepared = self.ws.prepare(path)
                 existing = self.ws.find_image(prepared)
                 if existing is not None:
