@@ -223,6 +223,13 @@ class Service:
         export_coco(self.thresholded(min_score), folder, reviewed_only, mask_format, overwrite=True)
         return folder
 
+    def export_ytvis_zip(self, reviewed_only: bool = False, min_score: float = DEFAULT_THRESHOLD) -> Path:
+        """The video sequences as a YouTube-VIS dataset zip under <workspace>/exports/ (app.ytvis_export)."""
+        from app.ytvis_export import export_ytvis_zip
+
+        return export_ytvis_zip(self.thresholded(min_score), self.exports_dir / f"ytvis-{utc_stamp()}.zip",
+                                reviewed_only)
+
     def export_dataset_dict(self, reviewed_only: bool = False, min_score: float = DEFAULT_THRESHOLD) -> dict:
         return build_coco(self.thresholded(min_score), reviewed_only).dataset
 
