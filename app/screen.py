@@ -20,7 +20,7 @@ from app.session import level_name
 if TYPE_CHECKING:
     from app.service import Service
 
-TABLE_HEADERS = ["id", "class", "score", "area", "FPN level", "source", "state"]
+TABLE_HEADERS = ["id", "class", "score", "area", "FPN level", "source", "state", "track"]
 
 
 @dataclass
@@ -72,7 +72,8 @@ class Screens:
                                                     ("edited", inst.user_edited)) if on)
             rows.append([inst.id, names.get(inst.category_id, str(inst.category_id)),
                          "" if inst.score is None else round(float(inst.score), 3), inst.area,
-                         level_name(meta["fpn_level"]) if "fpn_level" in meta else "", inst.source, state])
+                         level_name(meta["fpn_level"]) if "fpn_level" in meta else "", inst.source, state,
+                         "" if inst.track_id is None else inst.track_id])  # a video frame's track (app.tracks)
         return rows
 
     def overlay(self, view: View) -> np.ndarray | None:
@@ -90,6 +91,8 @@ class Screens:
                 label += " *"
             if is_crowd(inst):
                 label += " crowd"
+            if inst.track_id is not None:
+                label += f" T{inst.track_id}"
             items.append(render.DrawItem(inst.id, inst.preview, label))
         if view.refine is not None:  # a pending click-to-refine proposal
             record = ws.get_image_record(view.image_id)
