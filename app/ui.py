@@ -352,7 +352,7 @@ class AppUI:
         on(x["folder_btn"].click, h.on_export_folder, [state, x["folder"], x["reviewed_only"], x["format"]], [status],
            api_name="export_folder")
         interop_ui.wire(on, interop_ui.InteropHandlers(h), self.interop, state, annotate, classes, self.tabs, MODEL)
-        video_ui.wire(on, video_ui.VideoHandlers(h), a["video"], state, annotate, a["image"], MODEL)
+        video_ui.wire(on, video_ui.VideoHandlers(h), a["video"], state, annotate, a["image"], a["table"], MODEL)
 
         if r:
             outputs = [r["progress"], r["message"], r["losses"], r["ap"], r["log"], r["use"], r["timer"], r["finished"]]

@@ -137,11 +137,13 @@ class VideoHandlers:
         return int(row[0]) if row and str(row[0]).strip() else None
 
 
-def wire(on, vh: VideoHandlers, p: dict, state, annotate: list, image, model: dict) -> None:
-    """Events of the panel; `on` is app.ui's guarded wiring helper, `image` the image list dropdown."""
+def wire(on, vh: VideoHandlers, p: dict, state, annotate: list, image, table, model: dict) -> None:
+    """Events of the panel; `on` is app.ui's guarded wiring helper, `image` / `table` the image list
+    dropdown and the instance list."""
     panel = [p["panel"], p["header"], p["slider"], p["tracks"]]
     both = annotate + panel
-    on(image.change, vh.on_image_change, [state], panel, api_visibility="private")
+    for shown in (image, table):  # another frame, or its instances changed (an undo of a track operation)
+        on(shown.change, vh.on_image_change, [state], panel, api_visibility="private")
     on(p["slider"].release, vh.on_frame, [state, p["slider"]], both, api_visibility="private", **model)
     on(p["api_go"].click, vh.on_frame, [state, p["api_frame"]], both, api_name="go_to_frame", **model)
     on(p["previous"].click, lambda view: vh.on_step(view, -1), [state], both, api_name="previous_frame", **model)

@@ -88,3 +88,9 @@ def test_upload_a_video_step_through_frames_and_fix_a_track_class(app_factory, p
         wait_text(page, "#status", "Undid")
         members = [i for f in frames for i in ws.instances(f) if i.track_id == chosen.id]
         assert {i.category_id for i in members} != {target.id}
+        # ... and the track panel follows
+        page.wait_for_function("([id, name]) => { const ids = [...document.querySelectorAll('#tracks [data-col=\"0\"]')];"
+                               " const row = ids.findIndex(e => e.innerText.trim() === id);"
+                               " const names = [...document.querySelectorAll('#tracks [data-col=\"1\"]')];"
+                               " return row >= 0 && names[row] && names[row].innerText.trim() !== name; }",
+                               arg=[str(chosen.id), target.name])

@@ -132,3 +132,30 @@ def test_ytvis_export_of_a_workspace_without_videos_is_one_line(tiny_weights, tm
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0
     assert "error: Nothing to export as YouTube-VIS" in err and not (tmp_path / "out" / "ytvis.json").exists()
+
+
+def test_bundled_model_tracks_follow_the_objects_through_the_crossing(tmp_path):
+    """The bundled model in the app: its tracks, exported, scored against the video's ground truth
+    (three cut-outs, two of them crossing): no ID switch, and the associations hold (AssA)."""
+    from app.session import DEFAULT_WEIGHTS
+    from condinst.video.evaluation import tracking_metrics
+    from condinst.video.ytvis import load_results
+    from app.ytvis_export import export_ytvis
+
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip("the bundled model is not present")
+    video, anns = videokit.crossing_video(tmp_path, frames=10, mp4=True)
+    truth = load_dataset(videokit.write_ytvis(tmp_path / "truth.json", [(video, anns)]))
+    service = Service.create(tmp_path / "ws", DEFAULT_WEIGHTS)
+    try:
+        service.sequences.add_video(tmp_path / "crossing.mp4")
+        exported = json.loads(export_ytvis(service.thresholded(0.3), tmp_path / "export").read_text())
+    finally:
+        service.close()
+    results = [{"video_id": 1, "category_id": a["category_id"], "score": 1.0, "segmentations": a["segmentations"]}
+               for a in exported["annotations"] if a["track_id"] is not None]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    metrics = tracking_metrics(truth, load_results(tmp_path / "results.json", truth))
+    assert metrics["IDSW"] == 0 and metrics["AssA"] > 0.7, metrics
+    long_tracks = [a for a in results if sum(s is not None for s in a["segmentations"]) >= 8]
+    assert len(long_tracks) >= 3
