@@ -106,7 +106,7 @@ class ImageLibrary:
                 progress(n, len(paths))
             try:
                 if is_video_file(path):  # a video becomes a sequence of frames (app.sequences)
-                    video = self.service.sequences.add_video(path)
+                    video = self.service.sequences.add_video(path, progress)
                     report.image_ids.append(video.first_image)
                     report.videos.append(video.message)
                     continue

@@ -187,7 +187,7 @@ class SequenceLibrary:
                 raise ServiceError(f"Cannot write into {ws.images_dir}: {exc.strerror}") from None
             out.append((relative, prepared.name, f"{prepared.sha256}@{token}/{frame.index}", predictions, tracks))
             if progress is not None:
-                progress(frame.index + 1, max(total, frame.index + 1))
+                progress(frame.index, max(total, frame.index + 1))  # frame.index + 1 of total done
         return out
 
     def _capped(self, source, name: str):

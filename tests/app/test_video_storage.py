@@ -170,3 +170,19 @@ def test_sweep_keeps_a_young_upload_in_flight(service, clip):
 
     os.utime(young, (old, old))
     assert ws.sweep() == 1
+
+
+def test_salvage_keeps_sequences_frames_and_tracks(service, clip, tmp_path):
+    """Recovery copies sequences before images: a frame keeps its sequence, an instance its track."""
+    from app.db import Database, salvage
+
+    service.images.add_files([clip[0]])
+    tracked = {i.id: i.track_id for f in service.sequences.frame_ids(1) for i in service.ws.instances(f)}
+    service.close()
+    target = Database(tmp_path / "new.sqlite")
+    recovery = salvage(service.ws.db_path, target)
+    assert recovery.kept["sequences"] == 1 and recovery.kept["images"] == 8 and sum(recovery.lost.values()) == 0
+    with target.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM images WHERE sequence_id = 1").fetchone()[0] == 8
+        assert dict(conn.execute("SELECT id, track_id FROM instances").fetchall()) == tracked
+    target.close()
