@@ -17,25 +17,18 @@ pytestmark = [*BROWSER_MARKS, pytest.mark.skipif(not videokit.FRUITS.is_dir(), r
 playwright_or_skip()
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    out = tmp_path_factory.mktemp("video")
-    videokit.crossing_video(out, frames=8, mp4=True)
-    return out / "crossing.mp4"
-
-
 def shown_frame(page) -> int:
     text = page.locator("#video-header").inner_text()
     return int(re.search(r"frame (\d+) of", text).group(1))
 
 
-def test_upload_a_video_step_through_frames_and_fix_a_track_class(app_factory, page, clip):
+def test_upload_a_video_step_through_frames_and_fix_a_track_class(app_factory, page, crossing_mp4):
     app = app_factory()
     ws = app.service.ws
     with screenshot_on_failure(page, "browser-video"):
         page.goto(app.url)
         page.wait_for_selector("#upload")
-        page.locator("#upload input[type=file]").set_input_files([str(clip)])
+        page.locator("#upload input[type=file]").set_input_files([str(crossing_mp4)])
         wait_status(page, "Added video sequence 1: 8 frames")
         wait_text(page, "#video-header", "frame 0 of 0-7")
         assert "crossing.mp4 (video, 8 frames)" in page.locator("#image-choice input").input_value()

@@ -15,22 +15,15 @@ pytestmark = [pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fr
 TABLE, INFO, STATUS = 1, 6, 7  # annotate outputs (tests/app/test_api.py); the video panel's follow
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    out = tmp_path_factory.mktemp("video")
-    videokit.crossing_video(out, frames=8, mp4=True)
-    return out / "crossing.mp4"
-
-
 def header(out) -> str:
     return next(o for o in out[STATUS + 1:] if isinstance(o, str) and o.startswith("**Video**"))
 
 
-def test_video_endpoints(app_factory, clip, tmp_path):
+def test_video_endpoints(app_factory, crossing_mp4, tmp_path):
     app = app_factory()
     client = Client(app.url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
     client.predict(api_name="/load")
-    out = client.predict([handle_file(str(clip))], api_name="/upload")
+    out = client.predict([handle_file(str(crossing_mp4))], api_name="/upload")
     assert "Added video sequence 1: 8 frames" in out[STATUS]
     frames = app.service.sequences.frame_ids(1)
     out = client.predict(6, api_name="/go_to_frame")

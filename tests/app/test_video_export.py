@@ -23,17 +23,10 @@ pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fru
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    out = tmp_path_factory.mktemp("video")
-    videokit.crossing_video(out, frames=8, mp4=True)
-    return out / "crossing.mp4"
-
-
 @pytest.fixture
-def service(tiny_weights, tmp_path, clip, image_paths):
+def service(tiny_weights, tmp_path, crossing_mp4, image_paths):
     service = Service.create(tmp_path / "ws", tiny_weights)
-    service.images.add_files([image_paths[0], clip])
+    service.images.add_files([image_paths[0], crossing_mp4])
     yield service
     service.close()
 

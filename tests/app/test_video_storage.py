@@ -18,14 +18,6 @@ from app.workspace import Workspace
 pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found")
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    """The crossing test video (8 frames, 360x480) as an mp4, with its ground truth."""
-    out = tmp_path_factory.mktemp("video")
-    video, anns = videokit.crossing_video(out, frames=8, mp4=True)
-    return out / "crossing.mp4", video, anns
-
-
 @pytest.fixture
 def service(tiny_weights, tmp_path):
     service = Service.create(tmp_path / "ws", tiny_weights)
@@ -33,8 +25,8 @@ def service(tiny_weights, tmp_path):
     service.close()
 
 
-def test_video_becomes_one_sequence_of_tracked_frames(service, clip):
-    path, video, _ = clip
+def test_video_becomes_one_sequence_of_tracked_frames(service, crossing_mp4):
+    path = crossing_mp4
     report = service.images.add_files([path])
     assert "Added video sequence" in report.message and "8 frames" in report.message
     (sequence,) = service.sequences.all()
@@ -64,9 +56,9 @@ def test_video_becomes_one_sequence_of_tracked_frames(service, clip):
     assert "already in the workspace" in again.message and len(service.sequences.all()) == 1
 
 
-def test_image_list_shows_a_sequence_as_one_item(service, clip, image_paths):
+def test_image_list_shows_a_sequence_as_one_item(service, crossing_mp4, image_paths):
     service.images.add_files([image_paths[0]])
-    service.images.add_files([clip[0]])
+    service.images.add_files([crossing_mp4])
     service.images.add_files([image_paths[1]])
     images = service.ws.list_images()
     assert len(images) == 10
@@ -86,9 +78,9 @@ def test_image_list_shows_a_sequence_as_one_item(service, clip, image_paths):
     assert service.ws.get_image_record(before.image_id).sequence_id == 1
 
 
-def test_bad_videos_are_one_line_and_store_nothing(service, clip, tmp_path):
+def test_bad_videos_are_one_line_and_store_nothing(service, crossing_mp4, tmp_path):
     truncated = tmp_path / "cut.mp4"
-    data = clip[0].read_bytes()
+    data = crossing_mp4.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     text = tmp_path / "notes.webm"
     text.write_text("not a video")
@@ -103,17 +95,17 @@ def test_bad_videos_are_one_line_and_store_nothing(service, clip, tmp_path):
     assert list(service.ws.images_dir.iterdir()) == [] and list(service.ws.previews_dir.iterdir()) == []
 
 
-def test_frame_cap_refuses_long_videos(tiny_weights, tmp_path, clip):
+def test_frame_cap_refuses_long_videos(tiny_weights, tmp_path, crossing_mp4):
     service = Service.create(tmp_path / "ws", tiny_weights, max_video_frames=5)
     try:
         with pytest.raises(ServiceError, match=r"8 frames.*at most 5 frames \(--max-video-frames\)"):
-            service.sequences.add_video(clip[0])
+            service.sequences.add_video(crossing_mp4)
         assert service.ws.list_images() == [] and list(service.ws.images_dir.iterdir()) == []
     finally:
         service.close()
 
 
-def test_killed_upload_leaves_nothing_half(service, clip, monkeypatch):
+def test_killed_upload_leaves_nothing_half(service, crossing_mp4, monkeypatch):
     """A crash before the one transaction: no sequence, no frame rows; the frame files are swept."""
     library = service.sequences
 
@@ -122,13 +114,13 @@ def test_killed_upload_leaves_nothing_half(service, clip, monkeypatch):
 
     monkeypatch.setattr(library, "_store", crash)
     with pytest.raises(KeyboardInterrupt):
-        library.add_video(clip[0])
+        library.add_video(crossing_mp4)
     assert service.ws.list_images() == [] and library.all() == []
     leftovers = list(service.ws.images_dir.iterdir())
     assert len(leftovers) == 8  # written as decoded, referenced by nothing
     assert service.ws.sweep(min_age=0.0) == 8 and list(service.ws.images_dir.iterdir()) == []
     monkeypatch.undo()
-    assert library.add_video(clip[0]).frames == 8  # and the upload works afterwards
+    assert library.add_video(crossing_mp4).frames == 8  # and the upload works afterwards
 
 
 def test_v3_workspace_migrates_in_place(tmp_path):
@@ -160,7 +152,7 @@ def test_v3_workspace_migrates_in_place(tmp_path):
             assert c.execute("SELECT COUNT(*) FROM sequences").fetchone()[0] == 0
 
 
-def test_sweep_keeps_a_young_upload_in_flight(service, clip):
+def test_sweep_keeps_a_young_upload_in_flight(service, crossing_mp4):
     ws = service.ws
     young = ws.images_dir / "0123456789abcdef-00000.png"
     young.write_bytes(b"x")
@@ -172,11 +164,11 @@ def test_sweep_keeps_a_young_upload_in_flight(service, clip):
     assert ws.sweep() == 1
 
 
-def test_salvage_keeps_sequences_frames_and_tracks(service, clip, tmp_path):
+def test_salvage_keeps_sequences_frames_and_tracks(service, crossing_mp4, tmp_path):
     """Recovery copies sequences before images: a frame keeps its sequence, an instance its track."""
     from app.db import Database, salvage
 
-    service.images.add_files([clip[0]])
+    service.images.add_files([crossing_mp4])
     tracked = {i.id: i.track_id for f in service.sequences.frame_ids(1) for i in service.ws.instances(f)}
     service.close()
     target = Database(tmp_path / "new.sqlite")

@@ -13,17 +13,10 @@ from app.service import Service
 pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found")
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    out = tmp_path_factory.mktemp("video")
-    videokit.crossing_video(out, frames=8, mp4=True)
-    return out / "crossing.mp4"
-
-
 @pytest.fixture
-def service(tiny_weights, tmp_path, clip):
+def service(tiny_weights, tmp_path, crossing_mp4):
     service = Service.create(tmp_path / "ws", tiny_weights)
-    service.sequences.add_video(clip)
+    service.sequences.add_video(crossing_mp4)
     yield service
     service.close()
 
