@@ -182,3 +182,15 @@ def page(browser):
     page.set_default_timeout(30_000)
     yield page
     context.close()
+
+
+@pytest.fixture(scope="session")
+def crossing_mp4(tmp_path_factory) -> Path:
+    """The crossing test video of tests/videokit.py (8 frames of 360x480) as an mp4 (video tests)."""
+    import videokit
+
+    if not videokit.FRUITS.is_dir():
+        pytest.skip("shared fruits_nuts photos not found")
+    out = tmp_path_factory.mktemp("video")
+    videokit.crossing_video(out, frames=8, mp4=True)
+    return out / "crossing.mp4"

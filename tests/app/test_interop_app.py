@@ -77,7 +77,7 @@ def test_crowd_regions_are_marked_and_edits_say_why_they_are_refused(app_factory
     client.predict(crowd.image_id, api_name="/go_to_image")
     out = client.predict(crowd.id, api_name="/select_instance")
     row = next(r for r in out[1]["data"] if int(r[0]) == crowd.id)
-    assert "crowd" in row[-1] and "a crowd region" in out[6]  # instance list state, info line
+    assert "crowd" in row[6] and "a crowd region" in out[6]  # instance list state, info line
     scene = json.loads(out[-1])
     drawn = next(i for i in scene["instances"] if i["id"] == crowd.id)
     assert drawn["label"].endswith(" crowd") and drawn["color"] == "#a0a0a0"
