@@ -22,7 +22,7 @@ from torch import nn
 
 import numpy as np
 
-from .config import CondInstConfig
+from .config import CondInstConfig, config_from_dict
 from .detections import Detections, level_locations
 from .errors import UserError
 from .model import CondInst, HeadOutputs, InstanceResult
@@ -68,6 +68,8 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
     from .io import atomic_write_bytes
     from .onnx_graph import OUTPUTS, WholeGraph, default_settings
 
+    if dense_only and _is_sipmask(cfg):
+        raise ExportError("--dense-only is for CondInst models; SipMask exports as the whole graph only")
     model = model.eval()
     example = torch.zeros(1, 3, 320, 320).contiguous(memory_format=torch.channels_last)
     buffer = io.BytesIO()
@@ -76,6 +78,19 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
         dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
         dynamic.update({name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in OUTPUT_NAMES})
         defaults = {}
+    elif _is_sipmask(cfg):
+        from .sipmask.onnx import DEFORM_CONV_OPSET, EXTRA_INPUTS, OUTPUTS as SIPMASK_OUTPUTS, SipMaskWholeGraph
+        from .sipmask.onnx import register_deform_conv
+
+        register_deform_conv()
+        opset = max(opset, DEFORM_CONV_OPSET)
+        defaults = default_settings(cfg)
+        example = torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
+        module, inputs, outputs = SipMaskWholeGraph(model, cfg), ["images", *defaults, *EXTRA_INPUTS], list(SIPMASK_OUTPUTS)
+        args = (example, *defaults.values(), torch.tensor([320.0, 320.0]), torch.ones(4))
+        dynamic = {"images": {2: "height", 3: "width"}}
+        dynamic.update({name: {0: "detections"} for name in outputs})
+        dynamic["mask_probs"].update({1: "mask_h", 2: "mask_w"})
     else:
         defaults = default_settings(cfg)
         # A random image gives candidates and detections while tracing (every branch of the graph runs).
@@ -102,6 +117,10 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
     return path
 
 
+def _is_sipmask(cfg) -> bool:
+    return getattr(cfg, "arch", "condinst") == "sipmask"
+
+
 def _session(path: str | os.PathLike, threads: int | None):
     import onnxruntime as ort
 
@@ -113,7 +132,7 @@ def _session(path: str | os.PathLike, threads: int | None):
     meta = session.get_modelmeta().custom_metadata_map
     if CONFIG_KEY not in meta:
         raise ExportError(f"{path}: not a CondInst ONNX file (no {CONFIG_KEY!r} metadata)")
-    return session, meta, CondInstConfig.from_dict(json.loads(meta[CONFIG_KEY])).validate()
+    return session, meta, config_from_dict(json.loads(meta[CONFIG_KEY])).validate()
 
 
 class ExportError(UserError):
@@ -186,6 +205,12 @@ class OnnxModel:
         from .onnx_graph import OUTPUTS
 
         cfg = cfg or self.cfg
+        if _is_sipmask(cfg):  # run when the original size is known: the graph needs the resize factor
+            from .sipmask.onnx import OUTPUTS as SIPMASK_OUTPUTS, SipMaskGraphImage
+
+            run = lambda feeds: dict(zip(SIPMASK_OUTPUTS, map(torch.from_numpy, self.session.run(  # noqa: E731
+                list(SIPMASK_OUTPUTS), feeds))))
+            return [SipMaskGraphImage(run, self.feeds(image[None], size, cfg)) for image, size in zip(images, input_sizes)]
         results = []
         for image, size in zip(images, input_sizes):
             arrays = self.session.run(list(OUTPUTS), self.feeds(image[None], size, cfg))
