@@ -226,8 +226,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     from .config import load_config
 
-    if args.dense_only and getattr(load_config(args.config or args.weights), "arch", "condinst") == "sipmask":
-        raise CLIError(f"{args.weights}: --dense-only is for CondInst models; SipMask exports as the whole graph only")
+    if (args.dense_only or calibration) and getattr(load_config(args.config or args.weights), "arch", "") == "sipmask":
+        raise CLIError(f"{args.weights}: SipMask exports as the fp32 whole graph only (no --dense-only or "
+                       "--int8-calibration)")
     model, cfg = load_model(args.weights, args.config)
     if not calibration:
         path = export_onnx(model.optimize_for_inference(), cfg, args.output, dense_only=args.dense_only)

@@ -9,6 +9,8 @@ defaults are the config's. `OnnxModel` runs it; `Predictor` then pastes the mask
 size with the same `postprocess` as the PyTorch path. `--dense-only` writes only the dense part
 (backbone, FPN/BiFPN, heads, controller, mask branch) for any batch (`OnnxHeads` runs it).
 The config (architecture, classes, test settings) is stored as JSON in the file's metadata.
+SipMask checkpoints export their own whole graph (`sipmask.onnx.SipMaskWholeGraph`: NMS and mask
+assembly in the graph, the resize to the original image in the runner); `OnnxModel` runs both.
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
                 dense_only: bool = False) -> Path:
     """Write `model` (eval mode) to `path`: the whole graph (`onnx_graph.WholeGraph`: one image of
     any size -> detections and mask logits, test settings as inputs with the config's values as
-    defaults) or, with `dense_only`, the dense part (any batch and size -> head maps)."""
+    defaults; a SipMask model: `sipmask.onnx.SipMaskWholeGraph`) or, with `dense_only` (CondInst
+    only), the dense part (any batch and size -> head maps)."""
     import io
 
     import onnx
@@ -79,14 +82,12 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
         dynamic.update({name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in OUTPUT_NAMES})
         defaults = {}
     elif _is_sipmask(cfg):
-        from .sipmask.onnx import DEFORM_CONV_OPSET, EXTRA_INPUTS, OUTPUTS as SIPMASK_OUTPUTS, SipMaskWholeGraph
-        from .sipmask.onnx import register_deform_conv
+        from .sipmask import onnx as sipmask_onnx
 
-        register_deform_conv()
-        opset = max(opset, DEFORM_CONV_OPSET)
         defaults = default_settings(cfg)
         example = torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
-        module, inputs, outputs = SipMaskWholeGraph(model, cfg), ["images", *defaults, *EXTRA_INPUTS], list(SIPMASK_OUTPUTS)
+        module, outputs = sipmask_onnx.SipMaskWholeGraph(model, cfg), list(sipmask_onnx.OUTPUTS)
+        inputs = ["images", *defaults, *sipmask_onnx.EXTRA_INPUTS]  # + input_size (h, w), scale_factor (4,)
         args = (example, *defaults.values(), torch.tensor([320.0, 320.0]), torch.ones(4))
         dynamic = {"images": {2: "height", 3: "width"}}
         dynamic.update({name: {0: "detections"} for name in outputs})
@@ -199,22 +200,24 @@ class OnnxModel:
                  "input_size": np.array(input_size, np.float32)}
         return {k: v for k, v in feeds.items() if k in self.input_names}
 
+    def run(self, names, feeds: dict) -> dict[str, torch.Tensor]:
+        """The graph's outputs `names` for `feeds`, as tensors by name."""
+        return dict(zip(names, (torch.from_numpy(a) for a in self.session.run(list(names), feeds))))
+
     def inference(self, images: torch.Tensor, input_sizes: list[tuple[int, int]],
                   cfg: CondInstConfig | None = None) -> list[InstanceResult]:
         """images (B, 3, Hp, Wp), each run alone at the batch's padded size (as in a PyTorch batch)."""
         from .onnx_graph import OUTPUTS
 
         cfg = cfg or self.cfg
-        if _is_sipmask(cfg):  # run when the original size is known: the graph needs the resize factor
-            from .sipmask.onnx import OUTPUTS as SIPMASK_OUTPUTS, SipMaskGraphImage
+        if _is_sipmask(cfg):  # the graph needs the resize factor: it runs when the original size is known
+            from .sipmask.onnx import SipMaskGraphImage
 
-            run = lambda feeds: dict(zip(SIPMASK_OUTPUTS, map(torch.from_numpy, self.session.run(  # noqa: E731
-                list(SIPMASK_OUTPUTS), feeds))))
-            return [SipMaskGraphImage(run, self.feeds(image[None], size, cfg)) for image, size in zip(images, input_sizes)]
+            return [SipMaskGraphImage(self, self.feeds(image[None], size, cfg))
+                    for image, size in zip(images, input_sizes)]
         results = []
         for image, size in zip(images, input_sizes):
-            arrays = self.session.run(list(OUTPUTS), self.feeds(image[None], size, cfg))
-            t = dict(zip(OUTPUTS, (torch.from_numpy(a) for a in arrays)))
+            t = self.run(OUTPUTS, self.feeds(image[None], size, cfg))
             det = Detections(boxes=t["boxes"], scores=t["scores"], classes=t["classes"], locations=t["locations"],
                              fpn_levels=t["fpn_levels"], params=t["params"], grid_index=t["grid_index"])
             results.append(InstanceResult(det, t["mask_logits"]))

@@ -20,9 +20,15 @@ candidates by index) before the final stable ranking by score, so ties rank as i
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import DeformConv2d
+
+from ..backbone import DeformConvNorm
 
 from ..detections import Detections, level_locations
 from ..onnx_graph import _NonMaxSuppression, _topk_count, _tracing
@@ -35,24 +41,67 @@ OUTPUTS = ("boxes", "scores", "classes", "input_boxes", "locations", "fpn_levels
 EXTRA_INPUTS = ("input_size", "scale_factor")  # after the test settings (onnx_graph.SETTINGS)
 
 
-DEFORM_CONV_OPSET = 19  # ONNX DeformConv (the feature-align conv), run by ONNX Runtime
+def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, stride: int = 1,
+                          padding: int = 1) -> torch.Tensor:
+    """`torchvision.ops.deform_conv2d` (no bias, mask or dilation, one weight group) as bilinear sampling
+    (`grid_sample`, zero outside: the kernel's sampling, up to float rounding of the coordinates) and one
+    matrix product, for runtimes without ONNX DeformConv (OpenVINO does not read it).
+
+    x (B, C, H, W), offset (B, G*kh*kw*2, Ho, Wo) ((dy, dx) per kernel point and offset group),
+    weight (C_out, C, kh, kw) -> (B, C_out, Ho, Wo).
+    """
+    c_out, c, kh, kw = weight.shape
+    b, _, h, w = x.shape
+    ho, wo = offset.shape[-2:]
+    groups = offset.shape[1] // (2 * kh * kw)
+    ky = torch.arange(kh, dtype=x.dtype).repeat_interleave(kw) - padding  # (K,) kernel point rows
+    kx = torch.arange(kw, dtype=x.dtype).repeat(kh) - padding
+    ys = (torch.ones_like(offset[0, 0, :, 0]).cumsum(0) - 1) * stride  # (Ho,) traceable arange
+    xs = (torch.ones_like(offset[0, 0, 0, :]).cumsum(0) - 1) * stride
+    off = offset.reshape(b, groups, kh * kw, 2, ho, wo)
+    py = ys[:, None] + ky[:, None, None] + off[:, :, :, 0]  # (B, G, K, Ho, Wo) sampling rows
+    px = xs[None, :] + kx[:, None, None] + off[:, :, :, 1]
+    # grid_sample, align_corners=False: pixel p <-> (2p + 1) / size - 1
+    grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1).reshape(b * groups, -1, wo, 2)
+    sampled = F.grid_sample(x.reshape(b * groups, c // groups, h, w), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (B*G, C/G, K*Ho, Wo)
+    return (weight.reshape(c_out, -1) @ sampled.reshape(b, c * kh * kw, ho * wo)).reshape(b, c_out, ho, wo)
 
 
-def register_deform_conv() -> None:
-    """Export `torchvision.ops.deform_conv2d` as ONNX DeformConv (opset 19): the same offset layout
-    ((dy, dx) per kernel point and offset group) and zero-outside bilinear sampling."""
-    from torch.onnx import register_custom_op_symbolic
-    from torch.onnx.symbolic_helper import parse_args
+class _SampledDeformConv(nn.Module):
+    """The head's `DeformConv2d` (stride 1, no bias) through `sampled_deform_conv2d`."""
 
-    @parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
-    def deform_conv2d(g, x, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
-                      offset_groups, use_mask):
-        inputs = [x, weight, offset, bias] + ([mask] if use_mask else [])
-        return g.op("DeformConv", *inputs, kernel_shape_i=weight.type().sizes()[-2:], strides_i=[stride_h, stride_w],
-                    pads_i=[pad_h, pad_w, pad_h, pad_w], dilations_i=[dil_h, dil_w], group_i=groups,
-                    offset_group_i=offset_groups)
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        if tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1) or conv.groups != 1 or conv.bias is not None:
+            raise ValueError("the exported deformable conv covers stride 1, no dilation, groups or bias")
+        self.weight, self.padding = conv.weight, conv.padding[0]
 
-    register_custom_op_symbolic("torchvision::deform_conv2d", deform_conv2d, DEFORM_CONV_OPSET)
+    def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return sampled_deform_conv2d(x, offset, self.weight, padding=self.padding)
+
+
+class _SampledDeformConvNorm(nn.Module):
+    """The DCN backbone's `DeformConvNorm` through `sampled_deform_conv2d`."""
+
+    def __init__(self, conv: DeformConvNorm):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        return c.norm(sampled_deform_conv2d(x, c.conv_offset(x), c.weight, stride=c.stride, padding=1))
+
+
+def with_sampled_deform_convs(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose deformable convs (head feature-align, DCN backbone) are plain graph ops."""
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        wrapper = {DeformConv2d: _SampledDeformConv, DeformConvNorm: _SampledDeformConvNorm}.get(type(module))
+        if wrapper is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, wrapper(module))
+    return model
 
 
 def _prefix(values: torch.Tensor, k: torch.Tensor):
@@ -98,7 +147,10 @@ class SipMaskWholeGraph(nn.Module):
     """
 
     def __init__(self, model: nn.Module, cfg: SipMaskConfig):
+        """`model` is copied with its deformable convs as plain ops (`with_sampled_deform_convs`): ONNX has
+        DeformConv since opset 19, but OpenVINO does not read it, and ONNX Runtime is no faster with it."""
         super().__init__()
+        model = with_sampled_deform_convs(model)
         self.model, self.cfg = model.eval(), cfg
 
     def forward(self, images, score_threshold, nms_threshold, pre_nms_topk, post_nms_topk, input_size, scale_factor):
@@ -152,17 +204,19 @@ class SipMaskWholeGraph(nn.Module):
 class SipMaskGraphImage:
     """One image for the exported SipMask graph, run when its original size is known: the graph divides
     the boxes by the resize factor before NMS (as the official `rescale=True`), so `to_image_result`
-    (called by `Predictor.finish` like `SipMaskCandidates.to_image_result`) runs it, then pastes the masks."""
+    (called by `Predictor.finish`, like `SipMaskCandidates.to_image_result`) runs it, then pastes the masks.
 
-    def __init__(self, run, feeds: dict):
-        """`run(feeds) -> {output name: tensor}` runs the graph; `feeds`: the image's inputs but the factor."""
-        self.run, self.feeds = run, feeds
+    `runner`: an `export.OnnxModel` (its `run(names, feeds)`); `feeds`: the image's inputs but the factor.
+    """
+
+    def __init__(self, runner, feeds: dict):
+        self.runner, self.feeds = runner, feeds
 
     def to_image_result(self, padded_size: tuple[int, int], input_size: tuple[int, int],
                         image_size: tuple[int, int], cfg: SipMaskConfig) -> ImageResult:
         factor = resize_factor(input_size, image_size, cfg.input.resize, cfg.input)
         scale = np.broadcast_to(np.asarray(factor, dtype=np.float32), (4,)).copy()
-        t = self.run({**self.feeds, "scale_factor": scale})
+        t = self.runner.run(OUTPUTS, {**self.feeds, "scale_factor": scale})
         masks = paste_probs(t["mask_probs"], factor, tuple(image_size), cfg.sipmask.mask_threshold)
         det = Detections(boxes=t["input_boxes"], scores=t["scores"], classes=t["classes"], locations=t["locations"],
                          fpn_levels=t["fpn_levels"], params=t["cofs"], grid_index=t["grid_index"])
