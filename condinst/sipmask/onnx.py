@@ -9,14 +9,17 @@
          coefficients, quadrant crop-split) -> [SipMask++: re-scored by the predicted mask IoU]
 
 The resize to the original image and the 0.4 threshold stay outside (`postprocess.paste_probs`, the
-PyTorch path's own code), as CondInst's graph leaves mask pasting to its runner.
+PyTorch path's own code), as CondInst's graph leaves mask pasting to its runner. Memory: the graph holds the
+four quadrant masks of every detection at stride 2 at once, (D, 4, Hp/2, Wp/2) float32 (~120 MB for 100
+detections at 544x544, ~430 MB at 800x1344), where the PyTorch path works 16 instances at a time.
 
 Class-wise NMS: the official kernel (`postprocess.nms_legacy`) counts box widths as x2 - x1 + 1 and
 suppresses at IoU >= threshold. ONNX NonMaxSuppression has neither, so the graph gives it the boxes with
-1 added to x2 and y2 (then its widths and intersections are the +1 ones, rounded once more in float32)
-and suppresses at IoU > threshold; the two differ only when an IoU equals the threshold to the last bit
-(or lies within that rounding of it). Its outputs are put back in the official order (class by class,
-candidates by index) before the final stable ranking by score, so ties rank as in the PyTorch path.
+1 added to x2 and y2 (its widths and intersections are then the +1 ones) and, as its threshold, the
+float32 just below the official one (IoU > that <=> IoU >= threshold). Exact for integer boxes; for
+fractional ones x2 + 1 is rounded once more in float32, so an IoU within ~1e-7 of the threshold may fall
+the other way. Its outputs are put back in the official order (class by class, candidates by index)
+before the final stable ranking by score, so ties rank as in the PyTorch path.
 """
 from __future__ import annotations
 
@@ -125,8 +128,10 @@ def classwise_nms(boxes: torch.Tensor, scores: torch.Tensor, centerness: torch.T
     ranked = scores * centerness[:, None]  # (N, K): the official per-class score
     class_scores = torch.where(scores > score_threshold, ranked, torch.full_like(ranked, -1.0)).T  # (K, N)
     plus_one = boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes.dtype)
+    # IoU > the float32 just below the threshold  <=>  IoU >= threshold (t * (1 - 2^-24) rounds to it, t > 0)
+    below = iou_threshold.reshape(1).float() * torch.tensor([1 - 2**-24], dtype=torch.float32)
     selected = _NonMaxSuppression.apply(plus_one[None], class_scores[None].contiguous(), torch.tensor([1 << 30]),
-                                        iou_threshold.reshape(1), torch.tensor([-0.5]))
+                                        below, torch.tensor([-0.5]))
     classes, keep = selected[:, 1], selected[:, 2]
     key = classes * n + keep  # unique: ascending = class by class, then by candidate index
     order = key.topk(_topk_count(key, torch._shape_as_tensor(key)[0]), largest=False).indices
@@ -148,7 +153,8 @@ class SipMaskWholeGraph(nn.Module):
 
     def __init__(self, model: nn.Module, cfg: SipMaskConfig):
         """`model` is copied with its deformable convs as plain ops (`with_sampled_deform_convs`): ONNX has
-        DeformConv since opset 19, but OpenVINO does not read it, and ONNX Runtime is no faster with it."""
+        DeformConv since opset 19 and ONNX Runtime runs it, but OpenVINO does not read it, and ONNX Runtime
+        was no faster with it on the golden model (5.9 s against 5.3 s an image on a loaded 2-core machine)."""
         super().__init__()
         model = with_sampled_deform_convs(model)
         self.model, self.cfg = model.eval(), cfg

@@ -23,7 +23,7 @@ from condinst.export import CONFIG_KEY, GRAPH_KEY, export_onnx  # noqa: E402
 from condinst.model import build_model  # noqa: E402
 from condinst.predictor import Predictor, with_test_settings  # noqa: E402
 from condinst.preprocess import read_image  # noqa: E402
-from condinst.sipmask.onnx import sampled_deform_conv2d  # noqa: E402
+from condinst.sipmask.onnx import classwise_nms, sampled_deform_conv2d  # noqa: E402
 from testutils import PARITY, REPO  # noqa: E402
 
 GOLDEN = PARITY / "sipmask_fast_544"
@@ -224,3 +224,54 @@ def test_export_cli_refuses_what_sipmask_does_not_have_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:") and "SipMask" in lines[0]
     assert not (tmp_path / "m.onnx").exists()
+
+
+class _ClasswiseNms(torch.nn.Module):
+    def forward(self, boxes, scores, centerness, score_threshold, iou_threshold):
+        return classwise_nms(boxes, scores, centerness, score_threshold, iou_threshold)
+
+
+def _onnx_classwise_nms(tmp_path):
+    """`classwise_nms` alone as an ONNX graph run by ONNX Runtime: (boxes, scores, centerness) -> keep, classes, scores."""
+    import onnxruntime as ort
+
+    n = 8
+    args = (torch.rand(n, 4) * 10, torch.rand(n, 3), torch.rand(n), torch.tensor(0.05), torch.tensor(0.5))
+    path = tmp_path / "nms.onnx"
+    torch.onnx.export(_ClasswiseNms(), args, str(path), input_names=["boxes", "scores", "centerness", "st", "it"],
+                      output_names=["keep", "classes", "final"], dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"},
+                      "centerness": {0: "n"}, "keep": {0: "d"}, "classes": {0: "d"}, "final": {0: "d"}},
+                      opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(boxes, scores, centerness, score_threshold=0.05, iou_threshold=0.5):
+        feeds = {"boxes": boxes.numpy(), "scores": scores.numpy(), "centerness": centerness.numpy(),
+                 "st": np.array(score_threshold, np.float32), "it": np.array(iou_threshold, np.float32)}
+        return [torch.from_numpy(a) for a in session.run(None, feeds)]
+    return run
+
+
+def test_classwise_nms_in_the_graph_is_the_official_plus_one_nms(tmp_path):
+    """ONNX NonMaxSuppression with the +1 folded into the boxes keeps what the official kernel port
+    (`multiclass_nms`, +1 widths, IoU >= threshold) keeps, in the official order, on clustered boxes with
+    every kind of overlap, integer boxes (IoUs exactly at the threshold) included."""
+    from condinst.sipmask.postprocess import multiclass_nms
+
+    run = _onnx_classwise_nms(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        centres = torch.rand(20, 2, generator=g) * 200
+        xy = centres[torch.randint(0, 20, (600,), generator=g)] + torch.randn(600, 2, generator=g) * 8
+        wh = torch.rand(600, 2, generator=g) * 40 + 1
+        boxes = torch.cat([xy, xy + wh], 1).round() if trial % 2 else torch.cat([xy, xy + wh], 1)  # integer boxes too
+        scores, centerness = torch.rand(600, 3, generator=g), torch.rand(600, generator=g)
+        keep, classes, final = run(boxes, scores, centerness)
+        ref = multiclass_nms(boxes, scores, centerness, 0.05, 0.5, max_num=10**6)
+        assert torch.equal(keep, ref[0]) and torch.equal(classes, ref[1]) and torch.equal(final, ref[2])
+        assert 100 < len(keep) < 0.8 * (scores > 0.05).sum()  # real suppression happened
+    # [0, 0, 9, 9] and [0, 0, 9, 4]: 100 and 50 pixels (+1), IoU exactly 0.5
+    boxes, scores = torch.tensor([[0.0, 0, 9, 9], [0, 0, 9, 4]]), torch.tensor([[0.9, 0, 0], [0.8, 0, 0]])
+    ones = torch.ones(2)
+    assert multiclass_nms(boxes, scores, ones, 0.05, 0.5, 100)[0].tolist() == [0] == run(boxes, scores, ones)[0].tolist()
+    assert run(boxes, scores, ones, iou_threshold=0.5001)[0].tolist() == [0, 1]
+    assert classwise_nms(boxes, scores, ones, torch.tensor(0.05), torch.tensor(0.5))[0].tolist() == [0]  # eager too
