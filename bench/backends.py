@@ -8,12 +8,15 @@ Exports the bundled model (assets/default_model/model.pth) as the whole graph, f
 (preprocessing, graph, mask pasting) per image. Then the same for the R-50 layout (preset MS_R_50_1x,
 random weights forced to 100 detections an image: speed only, no AP) on the held-out photos at
 800 px, INT8 calibrated on four training photos, with the parity of its ONNX Runtime graph against
-PyTorch on the first photo (classes, largest box and score differences, smallest mask IoU). Prints a
-table, writes bench/results/backends.json.
+PyTorch on the first photo (classes, largest box and score differences, smallest mask IoU). Then SipMask
+real-time R-50 (preset sipmask_r50_caffe_fpn_ssd_6x, random weights forced to 100 detections, 544x544):
+PyTorch against its whole graph in each runtime, with the same parity. Prints a table, writes
+bench/results/backends.json.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import add_common_args, environment, format_table, setup, time_fn, write_json  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "datasets" / "fruits_nuts" / "data"
+DATA = Path(os.environ.get("CONDINST_SHARED", ROOT.parent / "shared")) / "datasets" / "fruits_nuts" / "data"
 WEIGHTS = ROOT / "assets" / "default_model" / "model.pth"
 VAL_IDS = {15, 16, 17}
 
@@ -32,6 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, "backends", iters=5, warmup=1)
     parser.add_argument("--no-r50", action="store_true", help="leave out the R-50 rows (minutes on 2 cores)")
+    parser.add_argument("--no-bundled", action="store_true", help="leave out the bundled model's rows")
+    parser.add_argument("--no-sipmask", action="store_true", help="leave out the SipMask real-time R-50 rows")
     args = parser.parse_args()
     device = setup(args)
     import importlib.util
@@ -50,19 +55,21 @@ def main() -> None:
 
     subprocess.run([sys.executable, str(ROOT / "tools" / "split_coco.py"), "--ann", str(DATA / "trainval.json"),
                     "--val-ids", *map(str, sorted(VAL_IDS)), "--out-dir", str(split)], check=True, capture_output=True)
-    model, cfg = load_model(WEIGHTS)
-    fp32 = export_onnx(model.optimize_for_inference(), cfg, tmp / "fp32.onnx")
-    from condinst.quantize import quantize_int8
-
-    int8 = quantize_int8(fp32, tmp / "int8.onnx", train_images)
-    dataset = _dataset(split / "val.json")
-    cases = [("PyTorch", "fp32", lambda: Predictor.from_weights(WEIGHTS))]
     backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
-    for backend in backends:
-        for precision, path in (("fp32", fp32), ("INT8", int8)):
-            cases.append((backend, precision, lambda b=backend, p=path: Predictor.from_weights(p, threads=args.threads,
-                                                                                          backend=b)))
+    dataset = _dataset(split / "val.json")
     images = [record["image"] for record in dataset]
+    cases = []
+    if not args.no_bundled:
+        model, cfg = load_model(WEIGHTS)
+        fp32 = export_onnx(model.optimize_for_inference(), cfg, tmp / "fp32.onnx")
+        from condinst.quantize import quantize_int8
+
+        int8 = quantize_int8(fp32, tmp / "int8.onnx", train_images)
+        cases = [("PyTorch", "fp32", lambda: Predictor.from_weights(WEIGHTS))]
+        for backend in backends:
+            for precision, path in (("fp32", fp32), ("INT8", int8)):
+                cases.append((backend, precision, lambda b=backend, p=path: Predictor.from_weights(
+                    p, threads=args.threads, backend=b)))
     rows = []
     for runtime, precision, make in cases:
         predictor = make()
@@ -74,23 +81,27 @@ def main() -> None:
                      "box_ap": 100 * out.metrics["bbox"]["AP"], "detections": out.num_detections, "timing": timing})
         print(f"{runtime} {precision}: {timing['ms_per_image']:.0f} ms/image, mask AP {rows[-1]['mask_ap']:.2f}",
               file=sys.stderr)
-    parity = None
+    parity = sipmask_parity = None
     if not args.no_r50:
         r50_rows, parity = _r50(tmp, images, train_images[:4], backends, args, device)
         rows += r50_rows
+    if not args.no_sipmask:
+        sipmask_rows, sipmask_parity = _sipmask(tmp, images, backends, args, device)
+        rows += sipmask_rows
     print(format_table(rows, [("model", "model", "{}"), ("runtime", "runtime", "{}"), ("precision", "precision", "{}"),
                               ("ms/image", "ms_per_image", "{:.0f}"), ("mask AP", "mask_ap", "{:.2f}"),
                               ("box AP", "box_ap", "{:.2f}"), ("detections", "detections", "{}")]))
     if parity:
         print(f"R-50 parity, ONNX Runtime vs PyTorch: {parity}")
+    if sipmask_parity:
+        print(f"SipMask real-time parity vs PyTorch: {sipmask_parity}")
     write_json(args.out, {"benchmark": "backends", "model": str(WEIGHTS.relative_to(ROOT)), "rows": rows,
-                          "r50_parity": parity, "environment": environment(device), "images": len(images)})
+                          "r50_parity": parity, "sipmask_parity": sipmask_parity, "environment": environment(device),
+                          "images": len(images)})
 
 
 def _r50(tmp: Path, images: list, calibration: list, backends: list[str], args, device):
     """Rows of the R-50 layout (random weights: ms/image only) and its ORT-vs-PyTorch parity on images[0]."""
-    import numpy as np
-
     from condinst.export import export_onnx
     from condinst.predictor import Predictor
     from condinst.quantize import quantize_int8
@@ -116,7 +127,40 @@ def _r50(tmp: Path, images: list, calibration: list, backends: list[str], args, 
                      "ms_per_image": timing["ms_per_image"], "detections": len(results[runtime, precision]),
                      "timing": timing})
         print(f"R-50 {runtime} {precision}: {timing['ms_per_image']:.0f} ms/image", file=sys.stderr)
-    a, b = results["PyTorch", "fp32"], results["onnxruntime", "fp32"]
+    return rows, _parity(results["PyTorch", "fp32"], results["onnxruntime", "fp32"])
+
+
+def _sipmask(tmp: Path, images: list, backends: list[str], args, device):
+    """SipMask real-time R-50 rows (random weights, 100 detections an image: ms/image only), PyTorch and
+    its whole graph in each runtime, and the parity of each runtime against PyTorch on images[0]."""
+    from condinst.checkpoint import save_checkpoint
+    from condinst.export import export_onnx
+    from condinst.predictor import Predictor
+
+    from bench.models import build_sipmask, force_detections, sipmask_config
+
+    cfg = force_detections(sipmask_config("sipmask_r50_caffe_fpn_ssd_6x"))
+    weights = save_checkpoint(tmp / "sipmask.pth", build_sipmask(cfg, device), cfg)
+    onnx_path = export_onnx(Predictor.from_weights(weights).model, cfg, tmp / "sipmask.onnx")
+    cases = [("PyTorch", lambda: Predictor.from_weights(weights))]
+    cases += [(b, lambda b=b: Predictor.from_weights(onnx_path, threads=args.threads, backend=b)) for b in backends]
+    rows, results = [], {}
+    for runtime, make in cases:
+        predictor = make()
+        results[runtime] = predictor(images[0])[0]
+        timing = time_fn(lambda: [predictor(im) for im in images], device, args.iters, args.warmup,
+                         batch_size=len(images))
+        rows.append({"model": "SipMask real-time R-50 (544)", "runtime": runtime, "precision": "fp32",
+                     "ms_per_image": timing["ms_per_image"], "detections": len(results[runtime]), "timing": timing})
+        print(f"SipMask {runtime}: {timing['ms_per_image']:.0f} ms/image", file=sys.stderr)
+    return rows, {b: _parity(results["PyTorch"], results[b]) for b in backends}
+
+
+def _parity(a, b) -> dict:
+    """Detections `b` of a runtime against PyTorch's `a` of the same image, rows matched by the cell and
+    class that fired: counts, classes equal, largest box and score differences, smallest mask IoU."""
+    import numpy as np
+
     parity = {"detections": [len(a), len(b)]}
     if len(a) == len(b) > 0:
         key = lambda r: [(int(l), int(g), int(c)) for l, g, c in zip(r.detections.fpn_levels,  # noqa: E731
@@ -128,7 +172,7 @@ def _r50(tmp: Path, images: list, calibration: list, backends: list[str], args, 
         parity.update(classes_equal=bool((a.classes == b.classes[order]).all()),
                       max_box_diff_px=float((a.boxes - b.boxes[order]).abs().max()),
                       max_score_diff=float((a.scores - b.scores[order]).abs().max()), min_mask_iou=float(iou.min()))
-    return rows, parity
+    return parity
 
 
 def _dataset(ann: Path):

@@ -226,8 +226,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     from .config import load_config
 
-    if getattr(load_config(args.config or args.weights), "arch", "condinst") == "sipmask":  # before the model loads
-        raise CLIError(f"{args.weights}: ONNX export of SipMask models is not implemented yet (predict works)")
+    if (args.dense_only or calibration) and getattr(load_config(args.config or args.weights), "arch", "") == "sipmask":
+        raise CLIError(f"{args.weights}: SipMask exports as the fp32 whole graph only (no --dense-only or "
+                       "--int8-calibration)")
     model, cfg = load_model(args.weights, args.config)
     if not calibration:
         path = export_onnx(model.optimize_for_inference(), cfg, args.output, dense_only=args.dense_only)

@@ -9,6 +9,8 @@ defaults are the config's. `OnnxModel` runs it; `Predictor` then pastes the mask
 size with the same `postprocess` as the PyTorch path. `--dense-only` writes only the dense part
 (backbone, FPN/BiFPN, heads, controller, mask branch) for any batch (`OnnxHeads` runs it).
 The config (architecture, classes, test settings) is stored as JSON in the file's metadata.
+SipMask checkpoints export their own whole graph (`sipmask.onnx.SipMaskWholeGraph`: NMS and mask
+assembly in the graph, the resize to the original image in the runner); `OnnxModel` runs both.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch import nn
 
 import numpy as np
 
-from .config import CondInstConfig
+from .config import CondInstConfig, config_from_dict
 from .detections import Detections, level_locations
 from .errors import UserError
 from .model import CondInst, HeadOutputs, InstanceResult
@@ -59,7 +61,8 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
                 dense_only: bool = False) -> Path:
     """Write `model` (eval mode) to `path`: the whole graph (`onnx_graph.WholeGraph`: one image of
     any size -> detections and mask logits, test settings as inputs with the config's values as
-    defaults) or, with `dense_only`, the dense part (any batch and size -> head maps)."""
+    defaults; a SipMask model: `sipmask.onnx.SipMaskWholeGraph`) or, with `dense_only` (CondInst
+    only), the dense part (any batch and size -> head maps)."""
     import io
 
     import onnx
@@ -68,6 +71,8 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
     from .io import atomic_write_bytes
     from .onnx_graph import OUTPUTS, WholeGraph, default_settings
 
+    if dense_only and _is_sipmask(cfg):
+        raise ExportError("--dense-only is for CondInst models; SipMask exports as the whole graph only")
     model = model.eval()
     example = torch.zeros(1, 3, 320, 320).contiguous(memory_format=torch.channels_last)
     buffer = io.BytesIO()
@@ -76,6 +81,17 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
         dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
         dynamic.update({name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in OUTPUT_NAMES})
         defaults = {}
+    elif _is_sipmask(cfg):
+        from .sipmask import onnx as sipmask_onnx
+
+        defaults = default_settings(cfg)
+        example = torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
+        module, outputs = sipmask_onnx.SipMaskWholeGraph(model, cfg), list(sipmask_onnx.OUTPUTS)
+        inputs = ["images", *defaults, *sipmask_onnx.EXTRA_INPUTS]  # + input_size (h, w), scale_factor (4,)
+        args = (example, *defaults.values(), torch.tensor([320.0, 320.0]), torch.ones(4))
+        dynamic = {"images": {2: "height", 3: "width"}}
+        dynamic.update({name: {0: "detections"} for name in outputs})
+        dynamic["mask_probs"].update({1: "mask_h", 2: "mask_w"})
     else:
         defaults = default_settings(cfg)
         # A random image gives candidates and detections while tracing (every branch of the graph runs).
@@ -102,6 +118,10 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
     return path
 
 
+def _is_sipmask(cfg) -> bool:
+    return getattr(cfg, "arch", "condinst") == "sipmask"
+
+
 def _session(path: str | os.PathLike, threads: int | None):
     import onnxruntime as ort
 
@@ -113,7 +133,7 @@ def _session(path: str | os.PathLike, threads: int | None):
     meta = session.get_modelmeta().custom_metadata_map
     if CONFIG_KEY not in meta:
         raise ExportError(f"{path}: not a CondInst ONNX file (no {CONFIG_KEY!r} metadata)")
-    return session, meta, CondInstConfig.from_dict(json.loads(meta[CONFIG_KEY])).validate()
+    return session, meta, config_from_dict(json.loads(meta[CONFIG_KEY])).validate()
 
 
 class ExportError(UserError):
@@ -180,16 +200,24 @@ class OnnxModel:
                  "input_size": np.array(input_size, np.float32)}
         return {k: v for k, v in feeds.items() if k in self.input_names}
 
+    def run(self, names, feeds: dict) -> dict[str, torch.Tensor]:
+        """The graph's outputs `names` for `feeds`, as tensors by name."""
+        return dict(zip(names, (torch.from_numpy(a) for a in self.session.run(list(names), feeds))))
+
     def inference(self, images: torch.Tensor, input_sizes: list[tuple[int, int]],
                   cfg: CondInstConfig | None = None) -> list[InstanceResult]:
         """images (B, 3, Hp, Wp), each run alone at the batch's padded size (as in a PyTorch batch)."""
         from .onnx_graph import OUTPUTS
 
         cfg = cfg or self.cfg
+        if _is_sipmask(cfg):  # the graph needs the resize factor: it runs when the original size is known
+            from .sipmask.onnx import SipMaskGraphImage
+
+            return [SipMaskGraphImage(self, self.feeds(image[None], size, cfg))
+                    for image, size in zip(images, input_sizes)]
         results = []
         for image, size in zip(images, input_sizes):
-            arrays = self.session.run(list(OUTPUTS), self.feeds(image[None], size, cfg))
-            t = dict(zip(OUTPUTS, (torch.from_numpy(a) for a in arrays)))
+            t = self.run(OUTPUTS, self.feeds(image[None], size, cfg))
             det = Detections(boxes=t["boxes"], scores=t["scores"], classes=t["classes"], locations=t["locations"],
                              fpn_levels=t["fpn_levels"], params=t["params"], grid_index=t["grid_index"])
             results.append(InstanceResult(det, t["mask_logits"]))

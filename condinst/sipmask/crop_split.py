@@ -24,8 +24,9 @@ def quadrant_index(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.
     inside = (xs >= x1) & (ys >= y1) & (xs < x2) & (ys < y2)
     roi_w = ((x2.double() - x1.double() + 0.1) / 2).float()
     roi_h = ((y2.double() - y1.double() + 0.1) / 2).float()
-    col = ((xs - x1) / roi_w).trunc().long().clamp(0, 1)
-    row = ((ys - y1) / roi_h).trunc().long().clamp(0, 1)
+    # The kernel's int() truncates; floor gives the same quadrant after the clamp, and exports to ONNX.
+    col = ((xs - x1) / roi_w).floor().long().clamp(0, 1)
+    row = ((ys - y1) / roi_h).floor().long().clamp(0, 1)
     return 2 * row + col, inside
 
 

@@ -25,6 +25,11 @@ def interpolate_torch11(x: torch.Tensor, scale_factor: float | tuple[float, floa
     x (N, C, H, W) -> (N, C, floor(H*s_h), floor(W*s_w)).
     """
     sh, sw = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
+    if (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()) and float(sh).is_integer() and float(sw).is_integer():
+        # Integer factors (the head's x2, x4, x8): floor(size * s) = size * s and the size ratio is s, so the
+        # same resampling, kept dynamic in an exported graph (a size computed here would be a constant).
+        kwargs = {} if mode == "nearest" else {"align_corners": False}
+        return F.interpolate(x, scale_factor=(float(sh), float(sw)), mode=mode, **kwargs)
     size = (int(math.floor(float(x.shape[-2]) * float(sh))), int(math.floor(float(x.shape[-1]) * float(sw))))
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")

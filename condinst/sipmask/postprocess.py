@@ -87,6 +87,14 @@ def multiclass_nms(boxes: torch.Tensor, scores: torch.Tensor, centerness: torch.
     return keep, classes, final
 
 
+def _sort_descending(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable descending sort (ties keep index order); while exporting, ONNX TopK over the whole axis,
+    which breaks ties by the lower index too (a stable sort does not export)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return x.topk(x.shape[dim], dim=dim)
+    return x.sort(dim=dim, descending=True, stable=True)
+
+
 def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, top_k: int, score_threshold: float,
              max_num: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """YOLACT's Fast NMS as SipMask runs it: per class the `top_k` best candidates, each dropped when a
@@ -95,7 +103,7 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, to
 
     boxes (N, 4), scores (K, N) -> (candidate indices (D,), classes (D,), scores (D,)), by descending score.
     """
-    sorted_scores, idx = scores.sort(dim=1, descending=True, stable=True)
+    sorted_scores, idx = _sort_descending(scores, dim=1)
     idx, sorted_scores = idx[:, :top_k], sorted_scores[:, :top_k]
     k, n = idx.shape
     b = boxes[idx.reshape(-1)].reshape(k, n, 4)
@@ -108,7 +116,7 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, to
     keep = (iou.max(dim=1).values <= iou_threshold) & (sorted_scores > score_threshold)
     classes = torch.arange(k, device=boxes.device)[:, None].expand_as(keep)[keep]
     cand, kept_scores = idx[keep], sorted_scores[keep]
-    kept_scores, order = kept_scores.sort(dim=0, descending=True, stable=True)
+    kept_scores, order = _sort_descending(kept_scores, dim=0)
     order, kept_scores = order[:max_num], kept_scores[:max_num]
     return cand[order], classes[order], kept_scores
 
@@ -183,19 +191,11 @@ def paste_masks(basis: torch.Tensor, cofs: torch.Tensor, boxes: torch.Tensor, fa
     top-left of an (H, W) image (cropped where larger). Returns the masks, and with `rescoring` the
     predicted mask IoU (D,) of each instance's class (else None).
     """
-    m = basis.shape[0]
     scale_box = boxes.new_tensor(factor)
-    scale = (2 / factor[3:1:-1]) if isinstance(factor, np.ndarray) else 2 / factor
-    scale = (float(scale[0]), float(scale[1])) if isinstance(scale, np.ndarray) else (float(scale), float(scale))
-    hm, wm = basis.shape[-2:]
-    out_size = (int(math.floor(float(hm) * scale[0])), int(math.floor(float(wm) * scale[1])))  # torch 1.1
-    chunk = max(1, min(chunk, 2**25 // max(1, out_size[0] * out_size[1])))  # full resizes stay under ~128 MB
+    out_size, chunk = _resize_plan(factor, basis.shape[-2:], chunk)
     crops, offsets, rescored = [], [], []
-    flat = basis.reshape(m, -1)
     for start in range(0, len(boxes), chunk):
-        c = cofs[start : start + chunk].float()
-        quadrants = torch.sigmoid(c.reshape(-1, 4, m) @ flat).reshape(len(c), 4, hm, wm)
-        probs = crop_split(quadrants, boxes[start : start + chunk] * scale_box / 2)
+        probs = mask_probs(basis, cofs[start : start + chunk], boxes[start : start + chunk] * scale_box / 2)
         if rescoring is not None:
             iou = rescoring(probs[:, None])
             rescored.append(iou.gather(1, classes[start : start + chunk, None])[:, 0])
@@ -203,6 +203,40 @@ def paste_masks(basis: torch.Tensor, cofs: torch.Tensor, boxes: torch.Tensor, fa
         crops += part.crops
         offsets += part.offsets
     return InstanceMasks(crops, offsets, image_size), (torch.cat(rescored) if rescoring is not None else None)
+
+
+def mask_probs(basis: torch.Tensor, cofs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Instance mask probabilities at stride 2: the four quadrant masks sigmoid(basis . cofs), crop-split.
+
+    basis (M, Hm, Wm); cofs (N, 4*M); boxes (N, 4) x1y1x2y2 in stride-2 mask pixels -> (N, Hm, Wm).
+    Traceable (the exported graph assembles masks with it).
+    """
+    m, hm, wm = basis.shape
+    quadrants = torch.sigmoid(cofs.float().reshape(-1, 4, m) @ basis.reshape(m, -1)).reshape(-1, 4, hm, wm)
+    return crop_split(quadrants, boxes)
+
+
+def _resize_plan(factor, mask_size: tuple[int, int], chunk: int) -> tuple[tuple[int, int], int]:
+    """The size the stride-2 masks are resized to (by 2 / factor, torch 1.1 semantics: floor(size)),
+    and how many instances to resize at a time so that full resizes stay under ~128 MB."""
+    scale = (2 / factor[3:1:-1]) if isinstance(factor, np.ndarray) else 2 / factor
+    scale = (float(scale[0]), float(scale[1])) if isinstance(scale, np.ndarray) else (float(scale), float(scale))
+    hm, wm = mask_size
+    out_size = (int(math.floor(float(hm) * scale[0])), int(math.floor(float(wm) * scale[1])))  # torch 1.1
+    return out_size, max(1, min(chunk, 2**25 // max(1, out_size[0] * out_size[1])))
+
+
+def paste_probs(probs: torch.Tensor, factor, image_size: tuple[int, int], threshold: float,
+                chunk: int = 16) -> InstanceMasks:
+    """Mask probabilities at stride 2 (N, Hm, Wm) (`mask_probs`, e.g. from the exported graph) -> the
+    instance masks at the original (H, W), resized and pasted as `paste_masks` does."""
+    out_size, chunk = _resize_plan(factor, probs.shape[-2:], chunk)
+    crops, offsets = [], []
+    for start in range(0, len(probs), chunk):
+        part = threshold_resized(probs[start : start + chunk], out_size, image_size, threshold)
+        crops += part.crops
+        offsets += part.offsets
+    return InstanceMasks(crops, offsets, image_size)
 
 
 def threshold_resized(probs: torch.Tensor, out_size: tuple[int, int], image_size: tuple[int, int],

@@ -121,9 +121,10 @@ def test_the_app_segments_and_explains_with_sipmask(golden, golden_weights):
     assert session.explains and isinstance(session.explainer("input", lambda: image), SipMaskExplainer)
 
 
-def test_export_refuses_sipmask_in_one_line(golden_weights, tmp_path):
+def test_dense_only_export_refuses_sipmask_in_one_line(golden_weights, tmp_path):
+    """The whole graph exports (tests/condinst/test_sipmask_export.py); the dense part is CondInst's only."""
     proc = subprocess.run([sys.executable, "-m", "condinst", "export", "--weights", str(golden_weights),
-                           "--output", str(tmp_path / "m.onnx")], capture_output=True, text=True)
+                           "--output", str(tmp_path / "m.onnx"), "--dense-only"], capture_output=True, text=True)
     assert proc.returncode != 0 and not (tmp_path / "m.onnx").exists()
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "SipMask" in lines[0], proc.stderr
