@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from app.service import DEFAULT_WEIGHTS
     from app.workspace import default_workspace_dir
 
-    from condinst.validate import OneLineParser
+    from condinst.validate import OneLineParser, positive_int
 
     parser = OneLineParser(prog="condinst-app", description="CondInst Studio: segment, explain, "
                            "correct and export instance masks in the browser")
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", help="folder of sample images to offer (default: assets/samples)")
     parser.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE,
                         help="largest accepted upload (default %(default)s)")
+    parser.add_argument("--max-video-frames", type=positive_int, default=300,
+                        help="longest video the upload takes, in frames (default %(default)s)")
     return parser
 
 
@@ -129,7 +131,7 @@ def create_service(args: argparse.Namespace):
     try:
         service = Service.create(args.workspace, weights, config=args.config, device=args.device,
                                  recover=args.recover, samples_dir=args.samples, fast=args.fast,
-                                 backend=args.backend or "onnxruntime")
+                                 backend=args.backend or "onnxruntime", max_video_frames=args.max_video_frames)
     except (CheckpointError, ConfigError) as exc:
         raise SystemExit(f"error: cannot load the model: {exc}") from None
     if service.workspace_error:
@@ -151,6 +153,7 @@ def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=Non
     from app.accounts import Accounts
     from app.team_page import FOCUS_JS
     from app.ui import CSS, HOTKEYS_JS, build_ui
+    from app.video_ui import VIDEO_KEYS_JS
 
     if auth is not None and not isinstance(auth, Accounts):
         auth = Accounts.single(*auth)
@@ -161,7 +164,7 @@ def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=Non
     demo.launch(server_name=host, server_port=port, auth=None if auth is None else login_function(auth),
                 auth_message="Log in with your CondInst Studio account." if auth else None,
                 max_file_size=max_file_size, allowed_paths=allowed, prevent_thread_lock=not block, ssr_mode=False,
-                show_error=True, css=CSS, head=HOTKEYS_JS + FOCUS_JS, quiet=not block, app_kwargs=app_kwargs())
+                show_error=True, css=CSS, head=HOTKEYS_JS + VIDEO_KEYS_JS + FOCUS_JS, quiet=not block, app_kwargs=app_kwargs())
     return demo
 
 

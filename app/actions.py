@@ -15,6 +15,7 @@ import numpy as np
 from app.actor import StaleEdit, current_user
 from app.errors import ServiceError
 from app.masks import disc, preview_scale
+from app.sequences import representatives
 from app.workspace import Instance, WorkspaceError
 
 if TYPE_CHECKING:
@@ -84,8 +85,8 @@ class Annotator:
 
     def step(self, view: View, delta: int, unreviewed: bool = False) -> tuple[View, str]:
         """Previous (-1) / next (+1) image, wrapping around; `unreviewed` skips reviewed images."""
-        images = [img for img in self.ws.list_images()
-                  if view.state_filter is None or img.review_state == view.state_filter]
+        images = representatives([img for img in self.ws.list_images()  # a video sequence is one item
+                                  if view.state_filter is None or img.review_state == view.state_filter], view.image_id)
         if not images:
             raise ServiceError("The workspace has no images yet." if view.state_filter is None else
                                f"No image is {view.state_filter.replace('_', ' ')}.")

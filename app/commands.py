@@ -1,6 +1,6 @@
 """Dataset and account commands for pipelines (no browser):
 
-    python -m app export --workspace WS --format coco|yolo|png --out DIR [--reviewed-only] [--split 0.2]
+    python -m app export --workspace WS --format coco|yolo|png|ytvis --out DIR [--reviewed-only] [--split 0.2]
                          [--mask-format rle|polygon] [--min-score 0.3] [--overwrite]
     python -m app import --workspace WS (--ann A.json --images DIR | --ann A.zip | --yolo DIR|ZIP)
                          [--results R.json] [--skip-bad]
@@ -86,8 +86,10 @@ def check_export(args: argparse.Namespace) -> None:
         raise ArgumentError("--split applies to --format coco or yolo, not png")
     if args.mask_format != "rle" and args.format != "coco":
         raise ArgumentError("--mask-format applies to --format coco only")
+    if args.split and args.format == "ytvis":
+        raise ArgumentError("--split applies to --format coco or yolo, not ytvis")
     entries = {"coco": ["images", "annotations"], "yolo": ["images", "labels", "data.yaml"],
-               "png": ["images", "masks"]}[args.format]
+               "png": ["images", "masks"], "ytvis": ["JPEGImages", "ytvis.json"]}[args.format]
     present = [name for name in entries if (out / name).exists()]
     if present and not args.overwrite:
         raise ArgumentError(f"--out {out}: {', '.join(present)} already exist; pass --overwrite to replace them")
@@ -103,6 +105,10 @@ def run_export(args: argparse.Namespace) -> str:
         view = ThresholdedWorkspace(workspace, args.min_score)
         if args.format == "coco":
             path = export_coco(view, args.out, args.reviewed_only, args.mask_format, args.overwrite, args.split)
+        elif args.format == "ytvis":
+            from app.ytvis_export import export_ytvis
+
+            path = export_ytvis(view, args.out, args.reviewed_only, args.overwrite)
         elif args.format == "yolo":
             path = export_yolo(view, args.out, args.reviewed_only, args.split, args.overwrite)
         else:

@@ -24,7 +24,7 @@ from typing import Iterator
 from app.errors import WorkspaceError
 from condinst.io import fsync_dir
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 REVIEWS_SCHEMA = """
 CREATE TABLE reviews (
@@ -36,6 +36,22 @@ CREATE TABLE reviews (
     created_at TEXT NOT NULL
 );
 CREATE INDEX reviews_by_image ON reviews(image_id, id);"""
+
+# Version 4: a video is a sequence of frame images (app.sequences); its instances carry track ids.
+SEQUENCES_SCHEMA = """
+CREATE TABLE sequences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    fps REAL NOT NULL,
+    num_frames INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    tracker TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX images_by_frame ON images(sequence_id, frame_index);
+CREATE INDEX instances_by_track ON instances(track_id);"""
 
 SCHEMA = """
 CREATE TABLE schema_version (
@@ -61,7 +77,9 @@ CREATE TABLE images (
     changed_after_review INTEGER NOT NULL DEFAULT 0,
     review_state TEXT NOT NULL DEFAULT 'annotated',
     reviewed_by TEXT,
-    review_comment TEXT
+    review_comment TEXT,
+    sequence_id INTEGER REFERENCES sequences(id),
+    frame_index INTEGER
 );
 CREATE TABLE instances (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,7 +99,8 @@ CREATE TABLE instances (
     bbox TEXT,
     created_by TEXT,
     updated_by TEXT,
-    revision INTEGER NOT NULL DEFAULT 0
+    revision INTEGER NOT NULL DEFAULT 0,
+    track_id INTEGER
 );
 CREATE INDEX instances_by_image ON instances(image_id);
 CREATE TABLE history (
@@ -100,18 +119,19 @@ CREATE TABLE history_changes (
     after TEXT NOT NULL,
     PRIMARY KEY (history_id, instance_id)
 );
-""" + REVIEWS_SCHEMA
+""" + REVIEWS_SCHEMA + ";" + SEQUENCES_SCHEMA
 
 
 # Columns per table, in the order salvage copies them (parents before children).
 COLUMNS = {
     "categories": ("id", "name", "supercategory"),
+    "sequences": ("id", "name", "sha256", "fps", "num_frames", "width", "height", "tracker", "created_at"),
     "images": ("id", "file_path", "sha256", "original_name", "width", "height", "reviewed", "created_at",
                "updated_at", "segmented_by", "review_threshold", "changed_after_review", "review_state",
-               "reviewed_by", "review_comment"),
+               "reviewed_by", "review_comment", "sequence_id", "frame_index"),
     "instances": ("id", "image_id", "category_id", "score", "mask_rle", "source", "hidden", "deleted",
                   "user_edited", "meta", "created_at", "updated_at", "preview_rle", "area", "bbox", "created_by",
-                  "updated_by", "revision"),
+                  "updated_by", "revision", "track_id"),
     "history": ("id", "image_id", "label", "undone", "created_at", "user"),
     "history_changes": ("history_id", "instance_id", "before", "after"),
     "reviews": ("id", "image_id", "state", "user", "comment", "created_at"),
@@ -124,6 +144,9 @@ V2_COLUMNS = {"images": ("segmented_by TEXT", "review_threshold REAL",
 V3_COLUMNS = {"images": ("review_state TEXT NOT NULL DEFAULT 'annotated'", "reviewed_by TEXT", "review_comment TEXT"),
               "instances": ("created_by TEXT", "updated_by TEXT", "revision INTEGER NOT NULL DEFAULT 0"),
               "history": ("user TEXT",)}
+# Version 3 lacked videos: frames of a sequence, track ids of their instances.
+V4_COLUMNS = {"images": ("sequence_id INTEGER REFERENCES sequences(id)", "frame_index INTEGER"),
+              "instances": ("track_id INTEGER",)}
 HINT = "start the app with --recover (or press 'Recover workspace') to move it aside and salvage what it holds"
 
 
@@ -202,7 +225,7 @@ class Database:
                                 f"(no schema_version table); {HINT}")
         rows = conn.execute("SELECT version FROM schema_version").fetchall()
         version = rows[0][0] if len(rows) == 1 else None
-        if version in (1, 2):
+        if version in (1, 2, 3):
             self._migrate(conn, version)
             self.migrated_from = version
         elif version != SCHEMA_VERSION:
@@ -217,15 +240,18 @@ class Database:
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection, version: int) -> None:
-        """Version 1 or 2 -> 3 in one transaction (v1's derived values are filled by the caller).
+        """Version 1, 2 or 3 -> 4 in one transaction (v1's derived values are filled by the caller).
 
         v2 -> v3: who did what (unknown, NULL, for what came before), revision 0, reviewed images accepted.
+        v3 -> v4: the sequences table; every existing image is a still image (no sequence, no track).
         """
-        added = ([V2_COLUMNS] if version == 1 else []) + [V3_COLUMNS]
-        statements = [f"ALTER TABLE {table} ADD COLUMN {column}"
-                      for columns_of in added for table, columns in columns_of.items() for column in columns]
-        statements += [REVIEWS_SCHEMA, "UPDATE images SET review_state = 'accepted' WHERE reviewed = 1",
-                       f"UPDATE schema_version SET version = {SCHEMA_VERSION}"]
+        added = ([V2_COLUMNS] if version == 1 else []) + ([V3_COLUMNS] if version <= 2 else []) + [V4_COLUMNS]
+        statements = [SEQUENCES_SCHEMA.split(";")[0]]  # the table first: images.sequence_id refers to it
+        statements += [f"ALTER TABLE {table} ADD COLUMN {column}"
+                       for columns_of in added for table, columns in columns_of.items() for column in columns]
+        if version <= 2:
+            statements += [REVIEWS_SCHEMA, "UPDATE images SET review_state = 'accepted' WHERE reviewed = 1"]
+        statements += SEQUENCES_SCHEMA.split(";")[1:] + [f"UPDATE schema_version SET version = {SCHEMA_VERSION}"]
         _run_script(conn, ";".join(statements))
 
     def _move_aside(self) -> Path:
@@ -387,7 +413,10 @@ def salvage(damaged: Path, target: Database) -> Recovery:
 
 
 def _parents_kept(table: str, values: dict, kept: dict[str, set]) -> bool:
-    parents = {"instances": (("image_id", "images"), ("category_id", "categories")),
+    if table == "images" and values.get("sequence_id") is None:
+        return True  # a still image (no sequence)
+    parents = {"images": (("sequence_id", "sequences"),),
+               "instances": (("image_id", "images"), ("category_id", "categories")),
                "history": (("image_id", "images"),), "reviews": (("image_id", "images"),),
                "history_changes": (("history_id", "history"), ("instance_id", "instances"))}
     return all(values.get(column) in kept.get(parent, set()) for column, parent in parents.get(table, ()))

@@ -26,6 +26,10 @@ Who did what travels as each annotation's ``attributes`` (as CVAT writes them): 
 ``updated_by``, ``updated_at``, the image's ``review_state`` and ``reviewed_by`` (``""`` when unknown,
 e.g. model predictions or work from before accounts existed).
 
+Video frames (`app.sequences`) are images like the others; their entries also carry ``video_id`` (the
+sequence id) and ``frame_index``, and their annotations ``attributes.track_id``. `app.ytvis_export`
+writes the sequences as a YouTube-VIS dataset.
+
 Exporting zero images (an empty workspace, or ``reviewed_only`` with nothing reviewed) raises
 ``ExportError`` instead of writing an empty dataset. All writes are atomic: the folder export
 is built in a temporary folder and moved into place with ``os.replace``; the zip is written
@@ -197,12 +201,15 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
         if not source.is_file():
             raise ExportError(f"Image file {source} of image {image.id} is missing")
         files.append((source, names[image.id]))
-        images.append({"id": image.id, "file_name": names[image.id],
-                       "width": image.width, "height": image.height})
+        images.append({"id": image.id, "file_name": names[image.id], "width": image.width, "height": image.height,
+                       **({} if image.sequence_id is None else  # a video frame (app.sequences)
+                          {"video_id": image.sequence_id, "frame_index": image.frame_index})})
         for instance in snapshot.instances[image.id]:
             annotation = _annotation(instance, mask_format)
             if annotation is not None:
                 annotation["attributes"] = attribution(instance, image)
+                if instance.track_id is not None:
+                    annotation["attributes"]["track_id"] = instance.track_id
                 annotations.append(annotation)
     categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory}
                   for c in snapshot.categories]

@@ -35,7 +35,7 @@ from app.export import (DEFAULT_SUBSET, IMAGES_DIR, ExportError, disk_errors, ex
                         is_crowd, mask_to_polygons, publish, split_images)
 from app.workspace import Workspace, WorkspaceSnapshot
 
-FORMATS = ("coco", "yolo", "png")
+FORMATS = ("coco", "yolo", "png", "ytvis")  # ytvis: the video sequences (app.ytvis_export)
 
 
 def _snapshot(workspace: Workspace, reviewed_only: bool) -> WorkspaceSnapshot:

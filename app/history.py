@@ -27,7 +27,7 @@ from app.db import now
 
 # Instance columns an edit can change; mask columns are ASCII RLE text inside the JSON snapshots.
 SNAPSHOT_FIELDS = ("category_id", "score", "mask_rle", "preview_rle", "area", "bbox", "source", "hidden",
-                   "deleted", "user_edited", "meta")
+                   "deleted", "user_edited", "meta", "track_id")
 _BLOBS = ("mask_rle", "preview_rle")
 DROPPED = 2  # history.undone of an entry that can no longer be undone or redone (see the module docstring)
 
@@ -164,7 +164,8 @@ def step(conn: sqlite3.Connection, image_id: int, undo: bool) -> HistoryEntry | 
     ids = tuple(c[0] for c in changes)
     for instance_id, before, after in changes:  # each instance must be as this entry left it
         current = row(conn, instance_id)
-        if json.loads(json.dumps(_snapshot(current))) != json.loads(after if undo else before):
+        expected = {"track_id": None, **json.loads(after if undo else before)}  # entries from before v4 lack it
+        if json.loads(json.dumps(_snapshot(current))) != expected:
             conn.execute("UPDATE history SET undone = ? WHERE id = ?", (DROPPED, history_id))
             return HistoryEntry(history_id, image_id, label, ids, blocked=f"instance #{instance_id} was "
                                 f"{changed_by(current)} after it")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from app.actions import View
 from app.errors import AppError, ServiceError
+from condinst.video.reader import is_video_file
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -35,13 +36,17 @@ class AddReport:
     new_ids: list[int] = field(default_factory=list)
     instances: int = 0
     errors: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)  # one line per video stored as a sequence
 
     @property
     def message(self) -> str:
         text = f"Added {len(self.new_ids)} new image(s) with {self.instances} instance(s)"
-        if len(self.image_ids) > len(self.new_ids):
-            text += f", {len(self.image_ids) - len(self.new_ids)} already in the workspace"
-        return text + (". Not added: " + "; ".join(self.errors) if self.errors else ".")
+        if len(self.image_ids) - len(self.videos) > len(self.new_ids):
+            text += f", {len(self.image_ids) - len(self.videos) - len(self.new_ids)} already in the workspace"
+        if self.videos and not self.new_ids:
+            text = ""
+        text = " ".join(self.videos + ([text + "."] if text else []))
+        return text + (" Not added: " + "; ".join(self.errors) if self.errors else "")
 
 
 @dataclass
@@ -52,6 +57,7 @@ class SegmentReport:
     instances: int = 0
     seconds: float = 0.0
     skipped_reviewed: list[int] = field(default_factory=list)
+    skipped_frames: int = 0  # video frames: re-run with the tracker only (app.sequences), never one by one
     kept_overlap: int = 0
     replaced: int = 0
     errors: list[str] = field(default_factory=list)
@@ -64,6 +70,8 @@ class SegmentReport:
             text += f"; skipped {len(self.skipped_reviewed)} reviewed image(s)"
         if self.kept_overlap:
             text += f"; {self.kept_overlap} prediction(s) not added because they overlap instances you kept"
+        if self.skipped_frames:
+            text += f"; skipped {self.skipped_frames} video frame(s) (re-running one frame would break its tracks)"
         return text + ("; failed: " + "; ".join(self.errors) if self.errors else "") + "."
 
 
@@ -97,6 +105,11 @@ class ImageLibrary:
             if progress is not None:
                 progress(n, len(paths))
             try:
+                if is_video_file(path):  # a video becomes a sequence of frames (app.sequences)
+                    video = self.service.sequences.add_video(path)
+                    report.image_ids.append(video.first_image)
+                    report.videos.append(video.message)
+                    continue
                 prepared = self.ws.prepare(path)
                 existing = self.ws.find_image(prepared)
                 if existing is not None:
@@ -155,7 +168,11 @@ class ImageLibrary:
         for n, image_id in enumerate(image_ids):
             if progress is not None:
                 progress(n, len(image_ids))
-            if self.ws.get_image_record(image_id).reviewed:
+            record = self.ws.get_image_record(image_id)
+            if record.sequence_id is not None:
+                report.skipped_frames += 1
+                continue
+            if record.reviewed:
                 report.skipped_reviewed.append(image_id)
                 continue
             try:
@@ -179,6 +196,9 @@ class ImageLibrary:
         image_id = self.service.actions.require_image(view)
         if self.ws.get_image_record(image_id).reviewed:
             return view, "This image is reviewed: the model is not run on it again (un-review it first)."
+        if self.ws.get_image_record(image_id).sequence_id is not None:
+            return view, ("This is a video frame: the model is not run on one frame again (its instances' tracks "
+                          "would break); fix the masks and tracks by hand.")
         report = self.segment([image_id])
         return self.service.actions.refresh(view), report.message
 

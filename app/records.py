@@ -49,6 +49,8 @@ class ImageRecord:
     review_state: str = "annotated"  # annotated -> in_review -> accepted | rejected (app.review)
     reviewed_by: str | None = None
     review_comment: str | None = None
+    sequence_id: int | None = None  # a video's frame (app.sequences): its sequence and frame index
+    frame_index: int | None = None
 
     def threshold(self, view_threshold: float) -> float:
         """The score threshold that decides what this image shows and exports."""
@@ -87,6 +89,7 @@ class Instance:
     revision: int = 0
     created_by: str | None = None
     updated_by: str | None = None
+    track_id: int | None = None  # the track of a video frame's instance (app.tracks), per sequence
 
     @cached_property
     def mask(self) -> np.ndarray:
@@ -183,15 +186,16 @@ def check_id(value: Any, what: str = "id") -> int:
 
 
 _IMAGE_COLUMNS = ("id, file_path, original_name, width, height, reviewed, created_at, updated_at, segmented_by,"
-                  " review_threshold, changed_after_review, review_state, reviewed_by, review_comment")
+                  " review_threshold, changed_after_review, review_state, reviewed_by, review_comment, sequence_id,"
+                  " frame_index")
 _INSTANCE_COLUMNS = ("i.id, i.image_id, i.category_id, i.score, i.mask_rle, i.preview_rle, m.height, m.width,"
                      " i.area, i.bbox, i.source, i.hidden, i.deleted, i.user_edited, i.meta, i.created_at,"
-                     " i.updated_at, i.revision, i.created_by, i.updated_by")
+                     " i.updated_at, i.revision, i.created_by, i.updated_by, i.track_id")
 
 
 def _image(row) -> ImageRecord:
     return ImageRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9],
-                       bool(row[10]), row[11], row[12], row[13])
+                       bool(row[10]), row[11], row[12], row[13], row[14], row[15])
 
 
 def _instance(row) -> Instance:
@@ -200,7 +204,7 @@ def _instance(row) -> Instance:
     bbox = tuple(float(v) for v in row[9].split(",")) if row[9] else (0.0, 0.0, 0.0, 0.0)
     return Instance(row[0], row[1], row[2], row[3], bytes(row[4]), None if row[5] is None else bytes(row[5]),
                     row[6], row[7], int(row[8]), bbox, row[10], bool(row[11]), bool(row[12]), bool(row[13]),
-                    json.loads(row[14]) if row[14] else None, row[15], row[16], row[17], row[18], row[19])
+                    json.loads(row[14]) if row[14] else None, row[15], row[16], row[17], row[18], row[19], row[20])
 
 
 def _dump_meta(meta: Mapping[str, Any] | None) -> str | None:

@@ -14,12 +14,13 @@ from app import render
 from app.actions import View
 from app.masks import PREVIEW_MAX_SIDE, preview_size, shrink_mask
 from app.records import is_crowd
+from app.sequences import representatives
 from app.session import level_name
 
 if TYPE_CHECKING:
     from app.service import Service
 
-TABLE_HEADERS = ["id", "class", "score", "area", "FPN level", "source", "state"]
+TABLE_HEADERS = ["id", "class", "score", "area", "FPN level", "source", "state", "track"]
 
 
 @dataclass
@@ -46,12 +47,21 @@ def image_label(record) -> str:
     return f"{record.id}: {record.original_name}" + (f" ({', '.join(flags)})" if flags else "")
 
 
+def sequence_label(record, sequence) -> str:
+    """Image list entry of a video: '3: clip.mp4 (video, 120 frames)'."""
+    return f"{record.id}: {sequence.name} (video, {sequence.num_frames} frames)"
+
+
 class Screens:
     def __init__(self, service: "Service"):
         self.service = service
 
-    def image_choices(self) -> list[tuple[str, int]]:
-        return [(image_label(img), img.id) for img in self.service.ws.list_images()]
+    def image_choices(self, images=None, current: int | None = None) -> list[tuple[str, int]]:
+        """The image list: a video sequence is one entry (its shown frame, else its first)."""
+        images = self.service.ws.list_images() if images is None else images
+        sequences = {s.id: s for s in self.service.sequences.all()} if any(i.sequence_id for i in images) else {}
+        return [(sequence_label(img, sequences[img.sequence_id]) if img.sequence_id else image_label(img), img.id)
+                for img in representatives(images, current)]
 
     def table_rows(self, view: View) -> list[list]:
         names = {c.id: c.name for c in self.service.ws.categories()}
@@ -62,7 +72,8 @@ class Screens:
                                                     ("edited", inst.user_edited)) if on)
             rows.append([inst.id, names.get(inst.category_id, str(inst.category_id)),
                          "" if inst.score is None else round(float(inst.score), 3), inst.area,
-                         level_name(meta["fpn_level"]) if "fpn_level" in meta else "", inst.source, state])
+                         level_name(meta["fpn_level"]) if "fpn_level" in meta else "", inst.source, state,
+                         "" if inst.track_id is None else inst.track_id])  # a video frame's track (app.tracks)
         return rows
 
     def overlay(self, view: View) -> np.ndarray | None:
@@ -80,6 +91,8 @@ class Screens:
                 label += " *"
             if is_crowd(inst):
                 label += " crowd"
+            if inst.track_id is not None:
+                label += f" T{inst.track_id}"
             items.append(render.DrawItem(inst.id, inst.preview, label))
         if view.refine is not None:  # a pending click-to-refine proposal
             record = ws.get_image_record(view.image_id)
@@ -101,8 +114,10 @@ class Screens:
         selected = service.actions.selected_instance(view)
         threshold = record.threshold(view.threshold)
         frozen = " (frozen at review)" if record.review_threshold is not None else ""
-        position = [img.id for img in images].index(record.id) + 1
-        info = (f"**{record.original_name}** - image {position} of {len(images)} - {record.width}x{record.height} - "
+        items = representatives(images, record.id)
+        position = [img.id for img in items].index(record.id) + 1
+        where = "" if record.sequence_id is None else f" frame {record.frame_index}"
+        info = (f"**{record.original_name}** - image {position} of {len(items)}{where} - {record.width}x{record.height} - "
                 f"{len(rows)} shown of {stored} instances (score >= {threshold:.2f}{frozen})")
         if record.state:
             info += f" - **{record.state}**"
@@ -116,7 +131,7 @@ class Screens:
                 info += (" - **a crowd region** (COCO iscrowd): kept and exported as imported; its mask and class "
                          "cannot be edited (hide or delete it instead)")
         listed = [img for img in images if view.state_filter in (None, img.review_state)]  # a reviewer's filter
-        return Screen(self.overlay(view) if view.picture else None, rows, [(image_label(img), img.id) for img in listed],
+        return Screen(self.overlay(view) if view.picture else None, rows, self.image_choices(listed, record.id),
                       record.id,
                       record.reviewed, selected.id if selected else None, selected.category_id if selected else None,
                       info, ws.can_undo(record.id), ws.can_redo(record.id))

@@ -2,6 +2,8 @@
 
     service = Service.create(workspace_dir, weights)
     service.images     adding images and running the model      (app.images.ImageLibrary)
+    service.sequences  videos as sequences of tracked frames    (app.sequences.SequenceLibrary)
+    service.tracks     track class, merge, split, assign        (app.tracks.TrackEditor)
     service.actions    annotation actions on a View              (app.actions.Annotator)
     service.screens    what the annotate view shows              (app.screen.Screens)
     service.explain    the Explain view                          (app.explain_page.ExplainPages)
@@ -39,6 +41,8 @@ from app.review import Reviews
 from app.refine import Refiner
 from app.ingest import sanitize_file_name
 from app.screen import Screens
+from app.sequences import DEFAULT_MAX_FRAMES, SequenceLibrary
+from app.tracks import TrackEditor
 from app.session import DEFAULT_WEIGHTS, REPO_ROOT, ModelSession
 from app.workspace import Workspace, WorkspaceError, WorkspaceSnapshot, resolve_inside
 from condinst.io import atomic_write_bytes
@@ -75,13 +79,16 @@ class Service:
     """The model session, the workspace and every part acting on them (see the module docstring)."""
 
     def __init__(self, workspace: Workspace | None, session: ModelSession, *, workspace_dir: Path | None = None,
-                 workspace_error: str | None = None, samples_dir: Path | None = None):
+                 workspace_error: str | None = None, samples_dir: Path | None = None,
+                 max_video_frames: int = DEFAULT_MAX_FRAMES):
         self.workspace = workspace
         self.workspace_dir = Path(workspace.root if workspace else workspace_dir)
         self.workspace_error = workspace_error
         self.session = session
         self.notices: list[str] = []
         self.images = ImageLibrary(self, Path(samples_dir) if samples_dir else DEFAULT_SAMPLES_DIR)
+        self.sequences = SequenceLibrary(self, max_video_frames)
+        self.tracks = TrackEditor(self)
         self.actions = Annotator(self)
         self.screens = Screens(self)
         self.explain = ExplainPages(self)
@@ -98,7 +105,7 @@ class Service:
     @classmethod
     def create(cls, workspace_dir: str | os.PathLike, weights: str | os.PathLike | None, config: str | None = None,
                device: str = "cpu", recover: bool = False, samples_dir: str | os.PathLike | None = None,
-               fast: bool = False, backend: str = "onnxruntime") -> "Service":
+               fast: bool = False, backend: str = "onnxruntime", max_video_frames: int = DEFAULT_MAX_FRAMES) -> "Service":
         """Load the model and open the workspace; a damaged workspace is reported, not fatal.
 
         Model errors (missing or unloadable weights) propagate: without a model there is no app.
@@ -110,7 +117,8 @@ class Service:
         except WorkspaceError as exc:
             error = str(exc)
         return cls(workspace, session, workspace_dir=Path(workspace_dir).expanduser().resolve(),
-                   workspace_error=error, samples_dir=Path(samples_dir) if samples_dir else None)
+                   workspace_error=error, samples_dir=Path(samples_dir) if samples_dir else None,
+                   max_video_frames=max_video_frames)
 
     def _opened(self) -> None:
         """After the workspace opened: classes, recovery notice, stale export files."""
@@ -214,6 +222,13 @@ class Service:
         folder = resolve_inside(self.exports_dir, clean)
         export_coco(self.thresholded(min_score), folder, reviewed_only, mask_format, overwrite=True)
         return folder
+
+    def export_ytvis_zip(self, reviewed_only: bool = False, min_score: float = DEFAULT_THRESHOLD) -> Path:
+        """The video sequences as a YouTube-VIS dataset zip under <workspace>/exports/ (app.ytvis_export)."""
+        from app.ytvis_export import export_ytvis_zip
+
+        return export_ytvis_zip(self.thresholded(min_score), self.exports_dir / f"ytvis-{utc_stamp()}.zip",
+                                reviewed_only)
 
     def export_dataset_dict(self, reviewed_only: bool = False, min_score: float = DEFAULT_THRESHOLD) -> dict:
         return build_coco(self.thresholded(min_score), reviewed_only).dataset

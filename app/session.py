@@ -162,6 +162,10 @@ class ModelSession:
         else:
             with self.lock:
                 result = self.predictor(load_image())[0]
+        return self.to_predictions(result)
+
+    def to_predictions(self, result) -> list[Prediction]:
+        """A `condinst.postprocess.ImageResult` as workspace predictions (per-instance RLE, with meta)."""
         det = result.detections
         (h, w), (ih, iw) = result.image_size, result.input_size
         out = []

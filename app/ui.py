@@ -12,7 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.actions import View
-from app import interop_ui
+from app import interop_ui, video_ui
 from app.canvas import editor_files
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, guarded, progress_html, table_frame
 from app.service import Service
@@ -49,7 +49,7 @@ can be undone.
 keeps the edit and marks it "changed after review". The model never re-runs on a reviewed image.
 
 **Hotkeys** - `n` / `p` next / previous, `u` next unreviewed, `r` reviewed on/off, `s` `b` `e` `a` `w` tools,
-`Delete`, `z` / `y` undo / redo, `h` hide, `o` solo. Deep link: `?image=<id>`; a reload reopens the last image.
+`Delete`, `z` / `y` undo / redo, `h` hide, `o` solo, `,` / `.` previous / next video frame. Deep link: `?image=<id>`; a reload reopens the last image.
 """
 CSS = """
 #main-image img, #explain-image img { cursor: crosshair; }
@@ -144,6 +144,7 @@ class AppUI:
                                                 elem_id="speck-size", min_width=90)
                     p["remove_specks"] = gr.Button("Remove smaller specks", size="sm", elem_id="remove-specks")
                 p["team"] = TeamPage.build(take_over)  # review and presence
+                p["video"] = video_ui.build_panel(categories)  # shown on a video's frames
         with gr.Row():
             p["threshold"] = gr.Slider(0, 1, value=View().threshold, step=0.01, label="Score threshold",
                                        elem_id="threshold")
@@ -154,8 +155,9 @@ class AppUI:
         empty = self.service.workspace is None or not self.service.ws.list_images()
         with gr.Accordion("Add images", open=empty):
             with gr.Row():
-                p["upload"] = gr.File(label="Upload images (segmented at once)", file_count="multiple",
-                                      file_types=["image"], elem_id="upload", height=120)
+                p["upload"] = gr.File(label="Upload images or videos (segmented and tracked at once)",
+                                      file_count="multiple", file_types=["image", *video_ui.VIDEO_TYPES],
+                                      elem_id="upload", height=120)
                 with gr.Column():
                     p["samples"] = gr.Dropdown(label="Bundled samples", multiselect=True, elem_id="samples",
                                                choices=self.service.images.sample_names())
@@ -350,6 +352,7 @@ class AppUI:
         on(x["folder_btn"].click, h.on_export_folder, [state, x["folder"], x["reviewed_only"], x["format"]], [status],
            api_name="export_folder")
         interop_ui.wire(on, interop_ui.InteropHandlers(h), self.interop, state, annotate, classes, self.tabs, MODEL)
+        video_ui.wire(on, video_ui.VideoHandlers(h), a["video"], state, annotate, a["image"], a["table"], MODEL)
 
         if r:
             outputs = [r["progress"], r["message"], r["losses"], r["ap"], r["log"], r["use"], r["timer"], r["finished"]]

@@ -65,7 +65,7 @@ def test_upload_segments_and_shows_overlay_and_table(app, client, image_ids):
     picture = np.asarray(Image.open(out[PICTURE]))
     record = app.service.ws.get_image_record(image_ids[0])
     assert picture.shape[:2] == (record.height, record.width)
-    assert out[TABLE]["headers"] == ["id", "class", "score", "area", "FPN level", "source", "state"]
+    assert out[TABLE]["headers"] == ["id", "class", "score", "area", "FPN level", "source", "state", "track"]
     assert len(rows(out)) == len(app.service.ws.instances(image_ids[0]))
     assert "image 1 of" in out[INFO]
     assert [choice[1] for choice in out[IMAGE]["choices"]][:2] == image_ids

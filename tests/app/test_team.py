@@ -213,7 +213,7 @@ def test_the_v2_to_v3_migration_keeps_work_and_marks_authors_unknown(tmp_path):
             ws.set_category(1, 2)
         assert ws.get_instance(1).updated_by == "anna"
     with sqlite3.connect(root / DB_FILE_NAME) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 # ---- review states ------------------------------------------------------------------------------------
