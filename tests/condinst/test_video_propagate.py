@@ -109,6 +109,7 @@ def test_agreement_rewards_the_displacement_that_matches():
     assert centres.shape == (10, 2) and centres[4].tolist() == [40.0, 24.0] and centres[-1].tolist() == [4.0, 4.0]
 
 
+@pytest.mark.slow  # about 10 s: 9 propagations and the tracker
 def test_bench_prints_the_table_and_writes_json(tmp_path, capsys):
     from bench import propagate as bench
 
