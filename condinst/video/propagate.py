@@ -13,8 +13,10 @@
 2. Follow (each next frame, features from `segment_frames`, the `video` command's path): the kept
    filters are applied to the frame's mask features re-centred at candidate locations around the
    predicted one (previous location + centroid velocity of the previous masks; +-3 cells of 8 input
-   pixels, +-6 on the first frame whose motion is unknown), all candidates in one dynamic-head call
-   on the stride-8 grid. Each candidate is scored by its agreement with the
+   pixels each way), all candidates in one dynamic-head call on the stride-8 grid. The first frame's
+   motion is not known: an instance moving more than 3 cells there is lost (a stop, not a wrong mask;
+   a search of +-6 cells found it, but on the test videos also let a small object's filters settle
+   on a sliver of its mask moved out of the frame). Each candidate is scored by its agreement with the
    previous mask moved by the candidate's own displacement (mask IoU): filters re-centred where the
    object went reproduce its shape there, elsewhere they miss part of it. The best one gives the
    frame's mask (upsampled and pasted at the frame size as every CondInst mask) and its agreement
@@ -55,7 +57,6 @@ class PropagationError(UserError, ValueError):
 @dataclass
 class PropagationConfig:
     search_cells: int = 3  # candidate centres: predicted location +- this many stride-8 cells each way
-    first_search_cells: int = 6  # ... on the first frame, whose motion is not known yet
     max_points: int = 48  # points of the person's mask whose nearby locations are tried as filters
     min_area_fraction: float = 0.1  # stop below this fraction of the person's mask area
     min_agreement: float = 0.55  # stop when the mask agrees less than this with the moved previous one
@@ -196,8 +197,8 @@ class Follower:
     @torch.no_grad()
     def step(self, frame: Frame) -> PropagatedFrame | str:
         self.offset += 1
-        cells = self.config.first_search_cells if self.offset == 1 else self.config.search_cells
-        centres = candidate_centres(self.location + self.velocity, self.location, cells, self.stride)
+        centres = candidate_centres(self.location + self.velocity, self.location, self.config.search_cells,
+                                    self.stride)
         logits = self.logits(frame.mask_feats, centres)  # (K, h, w)
         masks = logits > self.logit_threshold
         agree = agreement(masks, self.prev, (centres - self.location) / self.stride)

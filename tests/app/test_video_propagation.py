@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fru
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     out = tmp_path_factory.mktemp("video")
-    videokit.crossing_video(out, frames=8, mp4=True)
+    videokit.crossing_video(out, frames=16, mp4=True)  # ~19 px a frame (within the first frame's search)
     return out / "crossing.mp4"
 
 
