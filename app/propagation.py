@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from app import actor, history
 from app.errors import ServiceError
 from app.masks import decode_mask, encode_mask
+from app.records import _refuse_crowd, is_crowd
 from condinst.video.propagate import PropagationError, propagate
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class Propagator:
                 return out, (f"frame {record.frame_index}: instance #{target.id} of this track was "
                              f"{history.changed_by({'updated_by': target.updated_by, 'updated_at': target.updated_at})}"
                              " (their edit is kept)")
-            if target is not None and target.meta and target.meta.get("iscrowd"):
+            if target is not None and is_crowd(target):
                 return out, f"frame {record.frame_index}: instance #{target.id} is a crowd region"
             out.append((frame_id, None if target is None else (target.id, target.revision)))
         return out, None
@@ -158,6 +159,7 @@ class Propagator:
         if row["revision"] != target[1] or row["deleted"]:
             raise actor.StaleEdit(f"Instance #{target[0]} on frame {index} was {history.changed_by(row)} after the "
                                   "preview; nothing was changed: preview again.")
+        _refuse_crowd(row)
 
     def discard(self, view: "View") -> tuple["View", str]:
         return (replace(view, propagation=None),

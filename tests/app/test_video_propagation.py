@@ -109,3 +109,16 @@ def test_bad_requests_are_one_clear_message(service):
     last = replace(view, image_id=frames[-1], selected=service.ws.instances(frames[-1])[0].id)
     with pytest.raises(ServiceError, match="last frame"):
         service.propagation.preview(last, 3)
+
+
+def test_a_frame_reviewed_between_preview_and_accept_refuses_the_accept(service):
+    view, track_id, frames = start(service)
+    with acting("anna"):
+        preview, _ = service.propagation.preview(view, 3)
+    service.ws.set_reviewed(frames[2])
+    kept = {k: i.mask.tobytes() for k, i in track_masks(service, frames, track_id).items()}
+    with acting("anna"), pytest.raises(StaleEdit, match="Frame 2 was reviewed after the preview"):
+        service.propagation.accept(preview)
+    assert {k: i.mask.tobytes() for k, i in track_masks(service, frames, track_id).items()} == kept
+    with acting("anna"):
+        assert not service.ws.can_undo(frames[0])  # no undo entry either
