@@ -40,6 +40,7 @@ class View:
     labels: bool = True
     last_pick: tuple[int, int] | None = None  # (x, y) of the last selecting click, for cycling
     refine: Any = None  # a pending click-to-refine proposal (app.refine.RefineState)
+    propagation: Any = None  # a pending video mask propagation (app.propagation.PropagationState)
     canvas_image: int | None = None  # the image the canvas editor already holds (its pixels are sent once)
     picture: bool = True  # whether the overlay picture (Click view) is drawn; the page's editor tab turns it off
     seen: dict | None = None  # instance id -> revision this session was last shown (app.actor: no lost update)

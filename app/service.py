@@ -9,6 +9,7 @@
     service.explain    the Explain view                          (app.explain_page.ExplainPages)
     service.edits      canvas strokes, polygons, holes, specks   (app.mask_edits.MaskEditor)
     service.refiner    CondInst click-to-refine                  (app.refine.Refiner)
+    service.propagation a video instance's mask to next frames (app.propagation.Propagator)
     service.canvas     the canvas editor's scenes                (app.canvas.CanvasScenes)
     service.jobs       background fine-tuning                    (app.retrain.RetrainJobs)
     service.reviews    annotated -> in review -> accepted/rejected (app.review.Reviews)
@@ -42,6 +43,7 @@ from app.refine import Refiner
 from app.ingest import sanitize_file_name
 from app.screen import Screens
 from app.sequences import DEFAULT_MAX_FRAMES, SequenceLibrary
+from app.propagation import Propagator
 from app.tracks import TrackEditor
 from app.session import DEFAULT_WEIGHTS, REPO_ROOT, ModelSession
 from app.workspace import Workspace, WorkspaceError, WorkspaceSnapshot, resolve_inside
@@ -95,6 +97,7 @@ class Service:
         self.edits = MaskEditor(self)
         self.canvas = CanvasScenes(self)
         self.refiner = Refiner(self)
+        self.propagation = Propagator(self)
         self.reviews = Reviews(self)
         self.presence = Presence()
         self.accounts = None  # set by app.__main__.launch when logins are required

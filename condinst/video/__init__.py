@@ -4,6 +4,7 @@ instances into tracks online (with the tracks' own dynamic filters), write and s
     reader.py      videos (PyAV) and frame folders, streamed frame by frame
     segmenter.py   frames -> per-frame results (+ mask features for the tracker), in batches
     tracker.py     CondInst's own online tracker (filters re-applied at the predicted location)
+    propagate.py   a person's mask of one frame carried to the next frames with the instance's own filters
     bytetrack.py   the box-tracker baseline (ByteTrack from Roboflow's `trackers`) on the same detections
     pipeline.py    one video end to end (segmenter -> tracker -> results, drawn video), timed
     vis_results.py tracks -> YouTube-VIS results (one RLE or null per frame)
