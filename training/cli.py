@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError("--lr-scale-batch needs --batch-size")
     check_device(args.device)
     _setup_logging()
-    from .engine import LAST_CHECKPOINT
+    from .run_state import LAST_CHECKPOINT
 
     output_dir = Path(args.output_dir)
     if not args.resume and (output_dir / LAST_CHECKPOINT).is_file():

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from condinst.distributed import (all_gather_object, barrier, broadcast_object, cleanup_distributed,  # noqa: F401
                                  get_rank, get_world_size, is_dist_initialized, launched_by_torchrun, torchrun_rank)
@@ -123,3 +124,14 @@ def _reduce_on_backend_device(t: torch.Tensor) -> torch.Tensor:
     if dist.get_backend() == "nccl":
         return all_reduce_sum(t.cuda()).cpu()
     return all_reduce_sum(t)
+
+
+def convert_sync_bn_outside(module: nn.Module, skip: tuple[type[nn.Module], ...]) -> None:
+    """In place: every BatchNorm under `module` becomes SyncBatchNorm, except inside `skip` modules."""
+    for name, child in module.named_children():
+        if skip and isinstance(child, skip):
+            continue
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        else:
+            convert_sync_bn_outside(child, skip)

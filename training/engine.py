@@ -29,87 +29,32 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
 from condinst.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, split_checkpoint
 from condinst.checkpoint import load_state_dict_strict
 from condinst.config import CondInstConfig, ConfigError, load_config
-from condinst.io import atomic_write_text
 from condinst.backbone import ResNet
 from condinst.model import CondInst, build_model
 
 from . import distributed as dist_utils
+from .reporting import MetricsWriter, TrainSummary, format_seconds
+from .run_state import (FINAL_CHECKPOINT, capture_rng_state, checkpoint_name, find_last_checkpoint, restore_rng_state,
+                        seed_everything, write_last_checkpoint)
 from .backbone_init import adapt_config_to_init, apply_init_weights, read_init_weights
 from .solver import build_lr_scheduler, build_optimizer, clip_gradients, scale_solver_for_batch
 
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-LAST_CHECKPOINT = "last_checkpoint"
-FINAL_CHECKPOINT = "model_final.pth"
-METRICS_FILE = "metrics.jsonl"
 LOSS_WINDOW = 20  # iterations averaged for the summary's "final losses"
-
-
-# ---- results --------------------------------------------------------------------------------------
-
-@dataclass
-class TrainSummary:
-    """What a `train` call did (returned on every rank; metrics only on rank 0)."""
-
-    output_dir: Path
-    start_iter: int
-    end_iter: int
-    max_iter: int
-    seconds: float
-    images_per_second: float
-    global_batch_size: int
-    world_size: int
-    final_losses: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, dict[str, float | None]] | None = None
-    final_checkpoint: Path | None = None
-
-    @property
-    def iterations(self) -> int:
-        return self.end_iter - self.start_iter
-
-    def table(self) -> str:
-        rows = [
-            ("iterations", f"{self.start_iter} -> {self.end_iter} of {self.max_iter}"),
-            ("processes x images", f"{self.world_size} x {self.global_batch_size // max(self.world_size, 1)} "
-                                   f"(global batch {self.global_batch_size})"),
-            ("time", _format_seconds(self.seconds)),
-            ("images / s", f"{self.images_per_second:.2f}"),
-        ]
-        for name, value in self.final_losses.items():
-            rows.append((name, f"{value:.4f}"))
-        if self.metrics:
-            for iou_type, values in self.metrics.items():
-                ap = ", ".join(f"{k} {'-' if v is None else f'{100 * v:.1f}'}" for k, v in values.items())
-                rows.append((f"{iou_type} AP", ap))
-        if self.final_checkpoint:
-            rows.append(("checkpoint", str(self.final_checkpoint)))
-        width = max(len(k) for k, _ in rows)
-        lines = ["training summary", "-" * (width + 40)]
-        lines += [f"{k:<{width}}  {v}" for k, v in rows]
-        return "\n".join(lines)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
 
 
 # ---- configuration ----------------------------------------------------------------------------------
@@ -149,75 +94,6 @@ def prepare_config(cfg: CondInstConfig, train_set: Any, batch_size: int | None =
     return cfg.validate()
 
 
-# ---- RNG state ---------------------------------------------------------------------------------------
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every GPU)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """RNG states of python, numpy, torch CPU and this process's GPU, as plain containers and tensors
-    (loadable with torch.load(weights_only=True))."""
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
-    state = {
-        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss},
-        "numpy": {"kind": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-        # This process's GPU only (get_rng_state_all would open a context on every GPU of the node).
-        "cuda": [torch.cuda.get_rng_state(torch.cuda.current_device())] if torch.cuda.is_initialized() else [],
-    }
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"][0], torch.cuda.current_device())
-
-
-# ---- checkpoints --------------------------------------------------------------------------------------
-
-def checkpoint_name(iteration: int) -> str:
-    return f"model_{iteration:07d}.pth"
-
-
-def write_last_checkpoint(output_dir: Path, name: str) -> None:
-    """Point `last_checkpoint` at `name`, atomically."""
-    atomic_write_text(output_dir / LAST_CHECKPOINT, name)
-
-
-def find_last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint `last_checkpoint` names, or None."""
-    pointer = Path(output_dir) / LAST_CHECKPOINT
-    if not pointer.is_file():
-        return None
-    path = Path(output_dir) / pointer.read_text().strip()
-    if not path.is_file():
-        raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
-    return path
-
-
-def convert_sync_bn_outside(module: nn.Module, skip: tuple[type[nn.Module], ...]) -> None:
-    """In place: every BatchNorm under `module` becomes SyncBatchNorm, except inside `skip` modules."""
-    for name, child in module.named_children():
-        if skip and isinstance(child, skip):
-            continue
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-        else:
-            convert_sync_bn_outside(child, skip)
-
-
 # ---- the loss as a module -----------------------------------------------------------------------------
 
 class LossComputation(nn.Module):
@@ -236,47 +112,6 @@ class LossComputation(nn.Module):
         from .losses import compute_losses
 
         return compute_losses(self.model, batch)
-
-
-# ---- metrics output ---------------------------------------------------------------------------------
-
-class MetricsWriter:
-    """metrics.jsonl + TensorBoard on rank 0; a no-op elsewhere."""
-
-    def __init__(self, output_dir: Path, enabled: bool, start_iter: int, tensorboard: bool = True):
-        self.enabled = enabled
-        self.path = output_dir / METRICS_FILE
-        self.tb = None
-        if not enabled:
-            return
-        if start_iter > 0 and self.path.is_file():
-            # Drop what a killed run logged after its last checkpoint, so the file stays one history.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", 0) <= start_iter]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif start_iter == 0 and self.path.exists():
-            self.path.unlink()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_iter or None)
-            except Exception as e:  # noqa: BLE001 - tensorboard is optional
-                logger.warning("TensorBoard logging disabled: %s", e)
-
-    def write(self, iteration: int, values: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"iteration": iteration, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-                    self.tb.add_scalar(k, v, iteration)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 # ---- the trainer --------------------------------------------------------------------------------------
@@ -433,7 +268,7 @@ class Trainer:
             return
         # "auto": what AdelaiDet synchronises: the BiFPN norms (and a ResNet trained with BN from scratch);
         # the mask branch keeps per-GPU BatchNorm.
-        convert_sync_bn_outside(self.model.backbone, skip=() if self.cfg.backbone.norm == "BN" else (ResNet,))
+        dist_utils.convert_sync_bn_outside(self.model.backbone, skip=() if self.cfg.backbone.norm == "BN" else (ResNet,))
 
     # ---- data -----------------------------------------------------------------------------------
     def data_iterator(self) -> Iterator:
@@ -628,7 +463,7 @@ class Trainer:
                               if k.startswith("loss") or k == "total_loss")
             eta = (self.cfg.solver.max_iter - iteration) * values["time"]
             self._log(f"iter {iteration}/{self.cfg.solver.max_iter} {losses} lr={values['lr']:.3g} "
-                      f"time={values['time']:.3f}s data={values['data_time']:.3f}s eta={_format_seconds(eta)}")
+                      f"time={values['time']:.3f}s data={values['data_time']:.3f}s eta={format_seconds(eta)}")
         return values
 
     def _add_file_log(self) -> logging.Handler | None:

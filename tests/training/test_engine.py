@@ -20,7 +20,8 @@ from condinst.config import CondInstConfig, get_preset
 from condinst.model import CondInst
 from training.backbone_init import (NumpyOnlyUnpickler, adapt_config_to_init, apply_init_weights, convert_c2_name,
                                     read_init_weights)
-from training.engine import LAST_CHECKPOINT, find_last_checkpoint, train
+from training.engine import train
+from training.run_state import LAST_CHECKPOINT, find_last_checkpoint
 
 from synthetic_training import make_synthetic_coco, tiny_train_config
 
