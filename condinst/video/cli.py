@@ -218,14 +218,7 @@ def run_video(args: argparse.Namespace) -> int:
     from .parts import VideoParts
 
     store, settings = VideoParts(Path(args.output)), _run_settings(args)
-    if args.resume and not store.exists():
-        raise VideoCLIError(f"--resume: nothing to resume ({store.folder} does not exist)")
-    store.check(settings)
-    if store.exists() and not args.resume:
-        if store.done():
-            raise VideoCLIError(f"{store.folder}: holds the finished videos of a run that was stopped; add --resume "
-                                "to continue it, or delete the folder to start over")
-        store.remove()  # our run.json and scratch only: a run stopped before its first video
+    store.prepare(settings, args.resume)
     jobs, dataset = _jobs_from_inputs(args.input, args.ann, args.fps)
     vis_paths = _vis_paths(args.vis, jobs)
     keys = [str(Path(job.source.info.path).resolve()) for job in jobs]

@@ -1,6 +1,7 @@
 """What a `python -m condinst video` run has finished, kept on disk so that a killed run resumes.
 
     store = VideoParts(Path("results.json"))     # results.json.parts/: run.json, part-*.jsonl, spool-*.sqlite
+    store.prepare(settings, resume=False)        # checks: --resume needs it, a stopped run's needs --resume
     store.start(settings)                        # create (or resume) it; leftovers of a kill are removed
     spool = store.spool_path()                   # where the running video's masks wait (VideoTracks)
     store.write(key, entries)                    # a finished video's tracks, streamed, atomically
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..io import atomic_open
-from ..scale import PartStore
+from ..scale import PartsError, PartStore
 
 
 class VideoParts:
@@ -35,6 +36,19 @@ class VideoParts:
     def check(self, settings: dict) -> None:
         """scale.PartsError unless the folder is absent or holds parts of a run with `settings`."""
         self.parts.check(settings)
+
+    def prepare(self, settings: dict, resume: bool) -> None:
+        """The checks before a run (scale.PartsError, one line): `resume` needs the folder; without it a
+        folder holding finished videos is refused, and one that holds none (a run stopped before its first
+        video: run.json and scratch) is removed. A folder of other settings, or not ours, is refused."""
+        if resume and not self.exists():
+            raise PartsError(f"--resume: nothing to resume ({self.folder} does not exist)")
+        self.check(settings)
+        if self.exists() and not resume:
+            if self.done():
+                raise PartsError(f"{self.folder}: holds the finished videos of a run that was stopped; add --resume "
+                                 "to continue it, or delete the folder to start over")
+            self.remove()
 
     def start(self, settings: dict) -> None:
         """Create (or resume) the folder; what a kill left half-written (temporary files, spools) goes."""
