@@ -221,7 +221,8 @@ def write_forced_model(path: Path, detections: int, seed: int = 0) -> Path:
     return save_checkpoint(path, model, cfg)
 
 
-def measure_video(frames: int, args: argparse.Namespace, folder: Path, weights: Path, env: dict[str, str]) -> list[dict]:
+def measure_video(frames: int, args: argparse.Namespace, folder: Path, weights: Path,
+                  env: dict[str, str]) -> list[dict]:
     """One row per checkout: `condinst video` peak RSS on a video of `frames` frames."""
     size = tuple(int(v) for v in args.video_size.lower().split("x"))
     video = write_video(folder / f"video_{frames}.mp4", frames, size)
@@ -229,7 +230,8 @@ def measure_video(frames: int, args: argparse.Namespace, folder: Path, weights: 
     for repo in args.video_repos:
         output = folder / "video_results.json"
         run = watch([sys.executable, "-m", "condinst", "video", "--weights", str(weights), "--input", str(video),
-                     "--output", str(output), "--score-threshold", "0", "--new-track-score", "0", "--tracker", args.video_tracker, "--no-progress"],
+                     "--output", str(output), "--score-threshold", "0", "--new-track-score", "0",
+                     "--tracker", args.video_tracker, "--no-progress"],
                     args.limit_gb * 1024, {**env, "PYTHONPATH": str(Path(repo).resolve())}, cwd=Path(repo).resolve())
         row = {"checkout": str(repo), "commit": _commit(Path(repo)), "frames": frames, "frame_size": list(size),
                "detections_per_frame": args.video_detections, "peak_mb": run["peak_mb"], "seconds": run["seconds"],
@@ -320,16 +322,18 @@ def main(argv: list[str] | None = None) -> dict:
                                         ("frames", "frames", "{}"), ("dets/frame", "detections_per_frame", "{}"),
                                         ("masks", "masks", "{}"), ("results MB", "results_mb", "{:.1f}"),
                                         ("video peak MB", "peak_mb", "{:.0f}"), ("s", "seconds", "{:.1f}")]))
-    print()
-    print(format_table(rows, [("MP", "megapixels", "{:.1f}"), ("predict peak MB", "predict_peak_mb", "{:.0f}"),
-                              ("s", "predict_seconds", "{:.1f}"), ("status", "status", "{}"),
-                              ("detections", "detections", "{}"), ("model MB", "model_mb", "{:.0f}"),
-                              ("read MB", "read_mb", "{:.0f}"), ("preprocess MB", "preprocess_mb", "{:.0f}"),
-                              ("network MB", "network_mb", "{:.0f}"), ("postprocess MB", "postprocess_mb", "{:.0f}"),
-                              ("COCO MB", "coco_mb", "{:.0f}"),
-                              ("postprocess adds MB", "postprocess_added_mb", "{:.0f}")]))
-    print("(stage columns: peak RSS of the stages process after that step; '-' = not reached, stopped at "
-          f"--limit-gb {args.limit_gb:g})")
+    if rows:
+        print()
+        print(format_table(rows, [("MP", "megapixels", "{:.1f}"), ("predict peak MB", "predict_peak_mb", "{:.0f}"),
+                                  ("s", "predict_seconds", "{:.1f}"), ("status", "status", "{}"),
+                                  ("detections", "detections", "{}"), ("model MB", "model_mb", "{:.0f}"),
+                                  ("read MB", "read_mb", "{:.0f}"), ("preprocess MB", "preprocess_mb", "{:.0f}"),
+                                  ("network MB", "network_mb", "{:.0f}"),
+                                  ("postprocess MB", "postprocess_mb", "{:.0f}"),
+                                  ("COCO MB", "coco_mb", "{:.0f}"),
+                                  ("postprocess adds MB", "postprocess_added_mb", "{:.0f}")]))
+        print("(stage columns: peak RSS of the stages process after that step; '-' = not reached, stopped at "
+              f"--limit-gb {args.limit_gb:g})")
     print(f"\nwrote {write_json(args.out, payload)}")
     return payload
 

@@ -30,8 +30,8 @@ WEIGHTS = str(REPO / "assets" / "default_model" / "model.pth")
 def _frame_result(rng, k: int, size=(24, 32)) -> ImageResult:
     masks = torch.from_numpy(rng.random((k, *size)) < 0.3)
     masks[0] = False  # an empty mask: absent from its track
-    return ImageResult(torch.zeros(k, 4), torch.from_numpy(rng.random(k)).float(), torch.from_numpy(rng.integers(0, 3, k)),
-                       masks, None, size, size)
+    scores, classes = torch.from_numpy(rng.random(k)).float(), torch.from_numpy(rng.integers(0, 3, k))
+    return ImageResult(torch.zeros(k, 4), scores, classes, masks, None, size, size)
 
 
 def test_spooled_tracks_give_the_in_memory_results_and_leave_no_file(tmp_path):
