@@ -14,6 +14,16 @@ processes run on it, each watched by a memory guard that stops it past `--limit-
     python -m bench.memory                                     # 1, 12, 50, 100 MP, bundled model
     python -m bench.memory --megapixels 1,12 --limit-gb 4
     python -m bench.memory --kind black-png --megapixels 99    # the all-black PNG of issue 15
+    python -m bench.memory --megapixels "" --video-frames 500,2000 --video-repos /work/main,.
+
+Video rows (`--video-frames`): peak RSS of `python -m condinst video` on a generated mp4 of that
+many frames (`--video-size`, a window panning over the sample photo), with a tiny random-weight
+R-50 CondInst that gives `--video-detections` detections on every frame (scores 0 and up all kept,
+controller weights drawn with std 1 so that the masks are non-empty and irregular, about 1 KB of RLE
+each), linked by `--video-tracker` (default bytetrack, which keeps overlapping random masks that
+the condinst tracker drops as duplicates), so that every frame adds many masks to the results
+(about 15 a frame at the defaults). Each checkout of `--video-repos` runs the
+same command (its own `condinst`), e.g. main before a change and this one after it.
 
 Images: `photo` (default) is a bundled sample photo (dates, figs, hazelnuts on a plain background)
 resized to the target size and saved as JPEG, so the bundled model finds its usual objects;
@@ -54,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stop a measured process whose RSS passes this (protects a shared machine)")
     parser.add_argument("--no-stages", action="store_true", help="measure only the predict command")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "memory.json", help="JSON result file")
+    parser.add_argument("--video-frames", type=lambda s: parse_list(s, int), default=[],
+                        help="also measure `condinst video` on generated videos of these frame counts (e.g. 2000)")
+    parser.add_argument("--video-size", default="240x320", help="HEIGHTxWIDTH of the video frames (default 240x320)")
+    parser.add_argument("--video-detections", type=int, default=20, help="detections forced per frame (default 20)")
+    parser.add_argument("--video-tracker", choices=("condinst", "bytetrack"), default="bytetrack",
+                        help="the video command's --tracker (default bytetrack)")
+    parser.add_argument("--video-repos", type=parse_list, default=[str(REPO)],
+                        help="checkouts whose `condinst video` runs (default: this one)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # internal: run the stages on this image
     return parser.parse_args(argv)
 
@@ -103,10 +121,10 @@ def run_stages(image_path: Path, weights: Path) -> None:
     report("coco", start, entries=len(entries))
 
 
-def watch(command: list[str], limit_mb: float, env: dict[str, str]) -> dict:
+def watch(command: list[str], limit_mb: float, env: dict[str, str], cwd: Path = REPO) -> dict:
     """Run `command`; its peak RSS (kernel's count), seconds, exit code, stdout; killed past `limit_mb`."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = {"killed_at_mb": None}
 
     def guard() -> None:
@@ -160,6 +178,80 @@ def write_image(kind: str, size: tuple[int, int], folder: Path) -> Path:
         with Image.open(SAMPLE) as im:
             im.convert("RGB").resize((w, h), Image.BILINEAR).save(path, quality=90)
     return path
+
+
+# ---- videos -----------------------------------------------------------------------------------------
+
+def write_video(path: Path, frames: int, size: tuple[int, int]) -> Path:
+    """An mp4 of `frames` (H, W) frames panning over the sample photo, encoded one frame at a time."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    h, w = size
+    with Image.open(SAMPLE) as im:
+        photo = im.convert("RGB")
+    pw, ph = photo.size
+    cw, ch = min(pw, int(ph * w / h * 0.8)), int(ph * 0.8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.height, stream.width, stream.pix_fmt = h, w, "yuv420p"
+        for t in range(frames):
+            x0 = int((pw - cw) * (t % 200) / 199)  # back and forth every 200 frames
+            image = np.asarray(photo.resize((w, h), Image.BILINEAR, box=(x0, (ph - ch) // 2, x0 + cw, (ph + ch) // 2)))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_forced_model(path: Path, detections: int, seed: int = 0) -> Path:
+    """A tiny random-weight R-50 CondInst checkpoint giving `detections` detections per frame."""
+    import torch
+
+    from bench.models import condinst_config, force_detections, give_boxes_extent
+    from condinst.checkpoint import save_checkpoint
+    from condinst.model import CondInst
+
+    cfg = force_detections(condinst_config("MS_R_50_1x", tiny=True), detections, min_size=128, max_size=192)
+    torch.manual_seed(seed)
+    model = give_boxes_extent(CondInst(cfg))
+    torch.nn.init.normal_(model.controller.weight, std=1.0)  # large filters: irregular, non-empty masks
+    return save_checkpoint(path, model, cfg)
+
+
+def measure_video(frames: int, args: argparse.Namespace, folder: Path, weights: Path,
+                  env: dict[str, str]) -> list[dict]:
+    """One row per checkout: `condinst video` peak RSS on a video of `frames` frames."""
+    size = tuple(int(v) for v in args.video_size.lower().split("x"))
+    video = write_video(folder / f"video_{frames}.mp4", frames, size)
+    rows = []
+    for repo in args.video_repos:
+        output = folder / "video_results.json"
+        run = watch([sys.executable, "-m", "condinst", "video", "--weights", str(weights), "--input", str(video),
+                     "--output", str(output), "--score-threshold", "0", "--new-track-score", "0",
+                     "--tracker", args.video_tracker, "--no-progress"],
+                    args.limit_gb * 1024, {**env, "PYTHONPATH": str(Path(repo).resolve())}, cwd=Path(repo).resolve())
+        row = {"checkout": str(repo), "commit": _commit(Path(repo)), "frames": frames, "frame_size": list(size),
+               "detections_per_frame": args.video_detections, "peak_mb": run["peak_mb"], "seconds": run["seconds"],
+               "returncode": run["returncode"], "killed_at_mb": run["killed_at_mb"]}
+        if run["returncode"] == 0:
+            entries = json.loads(output.read_text())
+            row.update(tracks=len(entries), masks=sum(s is not None for e in entries for s in e["segmentations"]),
+                       results_mb=output.stat().st_size / 2**20)
+        else:
+            row["error"] = run["stderr"].strip().splitlines()[-1:]
+        output.unlink(missing_ok=True)
+        rows.append(row)
+        print(f"  video {frames} frames, {repo}: peak {row['peak_mb']:.0f} MB in {row['seconds']:.1f} s", flush=True)
+    video.unlink()
+    return rows
+
+
+def _commit(repo: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
@@ -217,18 +309,31 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
             print(f"  {row['megapixels']:.1f} MP {row['image_size'][0]}x{row['image_size'][1]}: predict peak "
                   f"{row['predict_peak_mb']:.0f} MB in {row['predict_seconds']:.1f} s ({row['status']})", flush=True)
+        video_rows = []
+        if args.video_frames:
+            weights = write_forced_model(Path(tmp) / "forced.pth", args.video_detections)
+            for frames in args.video_frames:
+                video_rows += measure_video(frames, args, Path(tmp), weights, env)
     payload = {"benchmark": "memory", "environment": environment(torch.device("cpu")), "settings": settings_of(args),
-               "results": rows}
-    print()
-    print(format_table(rows, [("MP", "megapixels", "{:.1f}"), ("predict peak MB", "predict_peak_mb", "{:.0f}"),
-                              ("s", "predict_seconds", "{:.1f}"), ("status", "status", "{}"),
-                              ("detections", "detections", "{}"), ("model MB", "model_mb", "{:.0f}"),
-                              ("read MB", "read_mb", "{:.0f}"), ("preprocess MB", "preprocess_mb", "{:.0f}"),
-                              ("network MB", "network_mb", "{:.0f}"), ("postprocess MB", "postprocess_mb", "{:.0f}"),
-                              ("COCO MB", "coco_mb", "{:.0f}"),
-                              ("postprocess adds MB", "postprocess_added_mb", "{:.0f}")]))
-    print("(stage columns: peak RSS of the stages process after that step; '-' = not reached, stopped at "
-          f"--limit-gb {args.limit_gb:g})")
+               "results": rows, "video_results": video_rows}
+    if video_rows:
+        print()
+        print(format_table(video_rows, [("checkout", "checkout", "{}"), ("commit", "commit", "{}"),
+                                        ("frames", "frames", "{}"), ("dets/frame", "detections_per_frame", "{}"),
+                                        ("masks", "masks", "{}"), ("results MB", "results_mb", "{:.1f}"),
+                                        ("video peak MB", "peak_mb", "{:.0f}"), ("s", "seconds", "{:.1f}")]))
+    if rows:
+        print()
+        print(format_table(rows, [("MP", "megapixels", "{:.1f}"), ("predict peak MB", "predict_peak_mb", "{:.0f}"),
+                                  ("s", "predict_seconds", "{:.1f}"), ("status", "status", "{}"),
+                                  ("detections", "detections", "{}"), ("model MB", "model_mb", "{:.0f}"),
+                                  ("read MB", "read_mb", "{:.0f}"), ("preprocess MB", "preprocess_mb", "{:.0f}"),
+                                  ("network MB", "network_mb", "{:.0f}"),
+                                  ("postprocess MB", "postprocess_mb", "{:.0f}"),
+                                  ("COCO MB", "coco_mb", "{:.0f}"),
+                                  ("postprocess adds MB", "postprocess_added_mb", "{:.0f}")]))
+        print("(stage columns: peak RSS of the stages process after that step; '-' = not reached, stopped at "
+              f"--limit-gb {args.limit_gb:g})")
     print(f"\nwrote {write_json(args.out, payload)}")
     return payload
 

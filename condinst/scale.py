@@ -111,8 +111,8 @@ class PartStore:
     so ranks and resumed runs never overwrite one another's parts.
     """
 
-    def __init__(self, output: Path):
-        self.output = Path(output)
+    def __init__(self, output: Path, command: str = "condinst predict"):
+        self.output, self.command = Path(output), command
         self.folder = self.output.with_name(self.output.name + ".parts")
 
     def exists(self) -> bool:
@@ -125,7 +125,7 @@ class PartStore:
         try:
             stored = json.loads((self.folder / RUN_FILE).read_text())
         except (OSError, json.JSONDecodeError):
-            raise PartsError(f"{self.folder}: not a parts folder of `condinst predict` (no readable {RUN_FILE}); "
+            raise PartsError(f"{self.folder}: not a parts folder of `{self.command}` (no readable {RUN_FILE}); "
                              "move it away or choose another --output") from None
         if stored != settings:
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))

@@ -264,3 +264,14 @@ def test_memory_guard_stops_a_process_past_the_limit(tmp_path):
     run = memory.watch([sys.executable, "-c", "import time; x = bytearray(300 * 2**20); time.sleep(30)"],
                        limit_mb=100, env={"PATH": "/usr/bin:/bin"})
     assert run["killed_at_mb"] > 100 and run["returncode"] == -9 and run["seconds"] < 25
+
+
+def test_memory_video_row_runs_the_video_command(tmp_path):
+    from bench import memory
+
+    out = tmp_path / "memory.json"
+    payload = memory.main(["--megapixels", "", "--video-frames", "6", "--video-size", "64x96", "--video-detections",
+                           "5", "--threads", "1", "--out", str(out)])
+    assert read(out)["video_results"] == payload["video_results"] and payload["results"] == []
+    (row,) = payload["video_results"]
+    assert row["returncode"] == 0 and row["frames"] == 6 and row["peak_mb"] > 50 and row["masks"] > 0, row

@@ -7,7 +7,8 @@ instances into tracks online (with the tracks' own dynamic filters), write and s
     propagate.py   a person's mask of one frame carried to the next frames with the instance's own filters
     bytetrack.py   the box-tracker baseline (ByteTrack from Roboflow's `trackers`) on the same detections
     pipeline.py    one video end to end (segmenter -> tracker -> results, drawn video), timed
-    vis_results.py tracks -> YouTube-VIS results (one RLE or null per frame)
+    vis_results.py tracks -> YouTube-VIS results (one RLE or null per frame), masks spooled to SQLite
+    parts.py       a run's finished videos on disk (OUTPUT.parts/), streamed into one results file; --resume
     render.py      tracks drawn with supervision, written as a video (PyAV, atomically)
     ytvis.py       YouTube-VIS dataset JSON: loading and checking
     evaluation.py  YouTube-VIS AP/AR (spatio-temporal mask IoU), ID switches and HOTA

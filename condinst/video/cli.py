@@ -1,6 +1,7 @@
 """`python -m condinst video` and `python -m condinst evaluate-video`.
 
     python -m condinst video --weights W --input clip.mp4 frames_dir/ --output results.json [--vis out.mp4]
+    python -m condinst video ... --resume           # after a killed run: the videos it finished are kept
     python -m condinst video --weights W --input ytvis/JPEGImages/0043f083b5 --ann valid.json --output r.json
     python -m condinst evaluate-video --weights W --ann valid.json --videos ytvis/JPEGImages [--tracker bytetrack]
     python -m condinst evaluate-video --results r.json --ann valid.json          # score a results file only
@@ -8,6 +9,11 @@
 Arguments, inputs (every video opened, every frame folder's headers read) and output paths are checked
 before the model loads; expected failures are one `error: ...` line. A video that fails while being
 decoded (truncated file) is reported and left out, the others are still written (exit code 1).
+
+Each finished video's tracks go to `OUTPUT.parts/` (video/parts.py) and the running video's masks to
+a spool there, so memory does not grow with the video's length; at the end the parts are streamed
+into OUTPUT (atomically) and the folder goes. A killed run leaves the folder: `--resume` continues
+with the videos it had not finished (a video cut off mid-way is redone from its first frame).
 """
 from __future__ import annotations
 
@@ -55,6 +61,9 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vis", help="write the tracks drawn: a video file (.mp4/.webm) for one input, else a folder "
                                  "with one <input name>.mp4 each")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of frame folders (default 30)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the killed run whose finished videos are in OUTPUT.parts (the same inputs and "
+                        "settings); the results are those of an uninterrupted run")
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -150,9 +159,12 @@ def _predictor(args):
                                   max_size=args.max_size, fast=args.fast)
 
 
-def run_jobs(args, jobs: list[Job], vis_paths: list[Path | None], dataset=None) -> tuple[list[dict], int, dict]:
+def run_jobs(args, jobs: list[Job], vis_paths: list[Path | None], dataset=None, store=None,
+             keys: list[str] | None = None) -> tuple[list[dict], int, dict]:
     """Segment and track every job; returns (results, failures, timings). With `dataset`, the model's
-    categories must be the dataset's (checked as soon as the model is loaded)."""
+    categories must be the dataset's (checked as soon as the model is loaded). With `store`
+    (parts.VideoParts) each video's masks are spooled there and its tracks written as the part of
+    `keys[k]`, streamed, instead of being returned (memory bounded by one track)."""
     from .pipeline import track_video
     from .tracker import TrackerConfig
 
@@ -165,24 +177,32 @@ def run_jobs(args, jobs: list[Job], vis_paths: list[Path | None], dataset=None) 
                            max_lost=args.max_lost)
     results, failures = [], 0
     totals = {"frames": 0, "model_s": 0.0, "tracking_s": 0.0, "wall_s": 0.0}
-    for job, vis in zip(jobs, vis_paths):
+    for k, (job, vis) in enumerate(zip(jobs, vis_paths)):
         try:
             out = track_video(predictor, job.source, args.tracker, config, args.batch_size, vis,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, spool=None if store is None else store.spool_path())
         except VideoError as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        if job.length is not None and out.num_frames != job.length:
-            print(f"error: {job.source.info.path}: {out.num_frames} frames decoded but the dataset's video "
-                  f"{job.video_id} has {job.length}; left out", file=sys.stderr)
-            failures += 1
-            continue
-        entries = out.tracks.results(job.video_id, model_ids, out.num_frames)
-        results.extend(entries)
+        try:
+            if job.length is not None and out.num_frames != job.length:
+                print(f"error: {job.source.info.path}: {out.num_frames} frames decoded but the dataset's video "
+                      f"{job.video_id} has {job.length}; left out", file=sys.stderr)
+                failures += 1
+                continue
+            entries = out.tracks.iter_results(job.video_id, model_ids, out.num_frames)
+            if store is None:
+                entries = list(entries)
+                results.extend(entries)
+                count = len(entries)
+            else:
+                count = store.write(keys[k], entries)
+        finally:
+            out.tracks.close()
         for key in totals:
             totals[key] += getattr(out, key)
-        print(f"{job.source.info.path}: {out.num_frames} frames, {len(entries)} tracks, "
+        print(f"{job.source.info.path}: {out.num_frames} frames, {count} tracks, "
               f"{out.num_frames / max(out.wall_s, 1e-9):.2f} frames/s (model {1000 * out.model_s / out.num_frames:.0f} "
               f"ms/frame, tracking {1000 * out.tracking_s / out.num_frames:.1f} ms/frame)", flush=True)
     return results, failures, totals
@@ -193,14 +213,39 @@ def run_video(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.fps) and args.fps > 0):
         raise VideoCLIError(f"--fps {args.fps}: must be a positive number")
     writable_file(args.output, "--output")
+    if args.ann:
+        existing_file(args.ann, "--ann")
+    from .parts import VideoParts
+
+    store, settings = VideoParts(Path(args.output)), _run_settings(args)
+    store.prepare(settings, args.resume)
     jobs, dataset = _jobs_from_inputs(args.input, args.ann, args.fps)
     vis_paths = _vis_paths(args.vis, jobs)
-    results, failures, _ = run_jobs(args, jobs, vis_paths, dataset)
-    from ..io import atomic_write_json
-
-    atomic_write_json(args.output, results)
-    print(f"wrote {len(results)} tracks of {len(jobs) - failures} video(s) to {args.output}")
+    keys = [str(Path(job.source.info.path).resolve()) for job in jobs]
+    store.start(settings)
+    done = set(store.done()) & set(keys)
+    if done:
+        print(f"resuming: {len(done)} of {len(keys)} video(s) already done ({store.folder})", flush=True)
+    todo = [k for k, key in enumerate(keys) if key not in done]
+    failures = 0
+    if todo:
+        _, failures, _ = run_jobs(args, [jobs[k] for k in todo], [vis_paths[k] for k in todo], dataset, store,
+                                  [keys[k] for k in todo])
+    count, missing = store.merge(keys, Path(args.output))
+    store.remove()
+    print(f"wrote {count} tracks of {len(keys) - len(missing)} video(s) to {args.output}")
     return 1 if failures else 0
+
+
+def _run_settings(args: argparse.Namespace) -> dict:
+    """What makes two runs' results the same: a parts folder is only resumed by a run with these."""
+    weights = Path(args.weights).resolve()
+    ann = Path(args.ann).resolve() if args.ann else None
+    return {"weights": str(weights), "weights_bytes": weights.stat().st_size, "config": args.config,
+            "tracker": args.tracker, "score_threshold": args.score_threshold,
+            "new_track_score": args.new_track_score, "max_lost": args.max_lost, "batch_size": args.batch_size,
+            "min_size": args.min_size, "max_size": args.max_size, "fast": args.fast,
+            "ann": None if ann is None else str(ann), "ann_bytes": None if ann is None else ann.stat().st_size}
 
 
 def run_evaluate_video(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """One video end to end: frames -> batched CondInst -> tracker -> YouTube-VIS tracks (+ drawn video).
 
-    out = track_video(predictor, open_video("clip.mp4"), "condinst", TrackerConfig(), batch_size=4)
+    out = track_video(predictor, open_video("clip.mp4"), "condinst", TrackerConfig(), batch_size=4,
+                      spool=Path("clip.sqlite"))          # masks wait on disk (default: in memory)
     out.tracks.results(video_id=1, category_ids=[1, 2, 3])
+    out.tracks.close()
 
 Time is measured apart: `model_s` (preprocessing, network, postprocessing), `tracking_s` (the tracker's
 update) and `wall_s` (everything, decoding and drawing included).
@@ -45,11 +47,14 @@ def make_tracker(kind: str, predictor: Predictor, config: TrackerConfig):
 
 
 def track_video(predictor: Predictor, source, tracker: str = "condinst", config: TrackerConfig | None = None,
-                batch_size: int = 4, vis_path: Path | None = None, progress: bool = False) -> TrackedVideo:
-    """Segment and track every frame of `source` (reader.VideoFile / FrameSequence)."""
+                batch_size: int = 4, vis_path: Path | None = None, progress: bool = False,
+                spool: Path | None = None) -> TrackedVideo:
+    """Segment and track every frame of `source` (reader.VideoFile / FrameSequence). `spool`: the
+    SQLite file the masks go to frame by frame (vis_results.VideoTracks); the caller closes
+    `out.tracks` once its results are read, and on an error the spool is already gone."""
     config = config or TrackerConfig()
     linker = make_tracker(tracker, predictor, config)
-    tracks = VideoTracks()
+    tracks = VideoTracks(spool)
     writer = bar = None
     if vis_path is not None:
         from .render import VideoWriter
@@ -78,6 +83,7 @@ def track_video(predictor: Predictor, source, tracker: str = "condinst", config:
             if bar is not None:
                 bar.update(1)
     except BaseException:
+        tracks.close()
         if writer is not None:
             writer.abort()
         raise
