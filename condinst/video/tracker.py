@@ -15,7 +15,8 @@ which is SipMask-VIS's matching score (log-softmax of embedding similarity + log
 Pairs below `min_mask_iou` (`cross_class_iou` between classes: a flickering class is tolerated
 on the same object, not a jump to another one) never match; the rest are assigned greedily, best
 score first. A track without a detection is kept `max_lost` frames (its location and box move on
-with its velocity), and its filters and velocity change only when it is matched. An unmatched detection starts a track when it scores at least `new_track_score` and at most
+with its velocity), and its filters and velocity change only when it is matched. An unmatched detection
+starts a track when it scores at least `new_track_score` and at most
 `covered_fraction` of its mask lies on the instances already tracked in the frame (else it is a
 duplicate, or a detection of several objects merged, as when two objects cross).
 
