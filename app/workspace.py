@@ -30,11 +30,10 @@ from app.db import Database, now
 from app.errors import AppError, WorkspaceError
 from app.ingest import DEFAULT_MAX_PIXELS, PreparedImage, prepare_array, prepare_file
 from app.masks import decode_mask, encode_with_preview, preview_size
-from app.predictions_store import OVERLAP_IOU  # noqa: F401  (re-exported: the re-run rule's threshold)
 from app.records import (INSTANCE_COLUMNS, Category, ImageRecord, Instance, Prediction, PredictionReport,
                          WorkspaceSnapshot, check_id, check_label, default_workspace_dir, instance_from_row,
                          refuse_crowd, resolve_inside)
-from app.storage import IMAGES_DIR_NAME, INSTANCE_SOURCES, PREVIEWS_DIR_NAME  # noqa: F401  (re-exported)
+from app.storage import IMAGES_DIR_NAME, PREVIEWS_DIR_NAME
 from condinst.io import atomic_write_bytes
 
 DB_FILE_NAME = "workspace.sqlite"
