@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from app.ingest import _header
+from app.ingest import image_header
 from app.workspace import Workspace
 from training.data import DatasetError
 
@@ -226,7 +226,7 @@ def yolo_to_coco(root: Path, workspace: Workspace, out: Path, skip_bad: bool = F
     skipped: list[str] = []
     for path in images:
         try:
-            _, _, width, height, orientation = _header(path)
+            _, _, width, height, orientation = image_header(path)
         except Exception:  # noqa: BLE001 - the importer's decode reports it with its message
             width = height = orientation = 0
         if orientation in (5, 6, 7, 8):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from app import predictions_store, storage
 from app.errors import WorkspaceError
 from app.ingest import PreparedImage
 from app.masks import encode_with_preview
@@ -161,13 +162,15 @@ def write_coco(workspace: Workspace, conn, plan: CocoPlan) -> ImportReport:
     report, dataset = plan.report, plan.dataset
     conn.executemany("INSERT INTO categories (id, name) VALUES (?, ?)", list(plan.new_categories.items()))
     for info in dataset.images:
-        image_id = workspace._insert_image(conn, plan.prepared.pop(info.id), None, image_id=plan.image_ids[info.id])
+        image_id = storage.insert_image(conn, workspace.root, plan.prepared.pop(info.id), None,
+                                        image_id=plan.image_ids[info.id])
         for ann in info.annotations:
             crowd = bool(ann["iscrowd"])
             enc = encode_with_preview(annotation_mask(ann["segmentation"], info.height, info.width))
             meta = {"imported": plan.source_name, **({"iscrowd": 1} if crowd else {})}
             instance_id = report.renumbered["annotations"].get(ann["id"], ann["id"])
-            workspace._insert(conn, image_id, ann["category_id"], enc, "user", None, meta, instance_id=instance_id)
+            storage.insert_instance(conn, image_id, ann["category_id"], enc, "user", None, meta,
+                                    instance_id=instance_id)
             report.instances += 1
             report.crowd += crowd
         report.images += 1
@@ -219,9 +222,10 @@ def import_dataset(workspace: Workspace, ann: str | os.PathLike | None = None,
             if predicted is not None:
                 report.skipped += predicted.skipped
                 for image_id, predictions in predicted.per_image.items():
-                    record = workspace._image_record(conn, image_id)
+                    record = storage.image_record(conn, image_id)
                     items, encoded = workspace.encode_predictions(predictions, record.height, record.width)
-                    stored = workspace._store_predictions(conn, image_id, items, encoded, predicted.model)
+                    stored = predictions_store.store_predictions(conn, image_id, items, encoded, predicted.model,
+                                                                 workspace.history_limit)
                     report.predictions += len(stored.added)
                     report.predictions_covered += stored.kept_overlap
                     report.reviewed_untouched += stored.skipped_reviewed

@@ -101,7 +101,7 @@ def preview_jpeg(rgb: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> bytes | N
     return buffer.tobytes() if ok else None
 
 
-def _header(path: Path) -> tuple[str, str, int, int, int]:
+def image_header(path: Path) -> tuple[str, str, int, int, int]:
     """(format, mode, width, height, EXIF orientation) from the header, without decoding pixels."""
     with Image.open(path) as img:
         orientation = 1
@@ -125,7 +125,7 @@ def prepare_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
     if size > max_pixels * 8 + 16 * 2**20:
         raise IngestError(f"{name}: the file is too large ({size / 2**20:.0f} MB)")
     try:
-        fmt, mode, width, height, orientation = _header(path)
+        fmt, mode, width, height, orientation = image_header(path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise IngestError(f"{name!r} is not a readable image file (format not recognised)") from None
     check_pixels(width, height, max_pixels, name)

@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from app import actor, history
+from app import actor, history, storage
 from app.errors import ServiceError
 from app.masks import decode_mask, encode_mask
-from app.records import _refuse_crowd, is_crowd
+from app.records import is_crowd, refuse_crowd
 from condinst.video.propagate import PropagationError, propagate
 
 if TYPE_CHECKING:
@@ -123,19 +123,19 @@ class Propagator:
             raise ServiceError("Nothing to accept: preview a propagation first.")
         ws = self.service.ws
         track_id = pending.track_id
-        with ws._write() as conn:  # any refusal below rolls the whole accept back
+        with ws.db.write() as conn:  # any refusal below rolls the whole accept back
             if track_id is None:  # an instance on no track starts one, so its frames stay linked
-                track_id = self.service.tracks._next_track(conn, ws.get_image_record(pending.frame_id).sequence_id)
+                track_id = self.service.tracks.next_track(conn, ws.get_image_record(pending.frame_id).sequence_id)
                 changes = [history.update(conn, pending.source, {"track_id": track_id})]
             else:
                 changes = []
             for k, (frame_id, _, _, target) in enumerate(pending.frames):
                 self._check_unchanged(conn, frame_id, track_id, target)
-                enc = ws._encode(pending.mask(k), pending.height, pending.width)
+                enc = storage.encode(pending.mask(k), pending.height, pending.width)
                 if target is not None:
                     changes.append(history.update(conn, target[0], {**history.mask_fields(enc), "user_edited": 1}))
                     continue
-                new_id, _ = ws._insert(conn, frame_id, pending.category_id, enc, "user", None, None)
+                new_id, _ = storage.insert_instance(conn, frame_id, pending.category_id, enc, "user", None, None)
                 conn.execute("UPDATE instances SET track_id = ?, user_edited = 1 WHERE id = ?", (track_id, new_id))
                 changes.append(history.created(conn, new_id))  # undo deletes it, redo brings it back
             history.push(conn, pending.frame_id, f"propagate instance {pending.source}", changes, ws.history_limit)
@@ -159,7 +159,7 @@ class Propagator:
         if row["revision"] != target[1] or row["deleted"]:
             raise actor.StaleEdit(f"Instance #{target[0]} on frame {index} was {history.changed_by(row)} after the "
                                   "preview; nothing was changed: preview again.")
-        _refuse_crowd(row)
+        refuse_crowd(row)
 
     def discard(self, view: "View") -> tuple["View", str]:
         return (replace(view, propagation=None),

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from app import actor
 from app.errors import WorkspaceError
@@ -185,20 +184,20 @@ def check_id(value: Any, what: str = "id") -> int:
     return number
 
 
-_IMAGE_COLUMNS = ("id, file_path, original_name, width, height, reviewed, created_at, updated_at, segmented_by,"
+IMAGE_COLUMNS = ("id, file_path, original_name, width, height, reviewed, created_at, updated_at, segmented_by,"
                   " review_threshold, changed_after_review, review_state, reviewed_by, review_comment, sequence_id,"
                   " frame_index")
-_INSTANCE_COLUMNS = ("i.id, i.image_id, i.category_id, i.score, i.mask_rle, i.preview_rle, m.height, m.width,"
+INSTANCE_COLUMNS = ("i.id, i.image_id, i.category_id, i.score, i.mask_rle, i.preview_rle, m.height, m.width,"
                      " i.area, i.bbox, i.source, i.hidden, i.deleted, i.user_edited, i.meta, i.created_at,"
                      " i.updated_at, i.revision, i.created_by, i.updated_by, i.track_id")
 
 
-def _image(row) -> ImageRecord:
+def image_from_row(row) -> ImageRecord:
     return ImageRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9],
                        bool(row[10]), row[11], row[12], row[13], row[14], row[15])
 
 
-def _instance(row) -> Instance:
+def instance_from_row(row) -> Instance:
     """An instance row; read inside an event, it pins the revision the event saw (app.actor.note_read)."""
     actor.note_read(row[0], row[17])
     bbox = tuple(float(v) for v in row[9].split(",")) if row[9] else (0.0, 0.0, 0.0, 0.0)
@@ -207,7 +206,7 @@ def _instance(row) -> Instance:
                     json.loads(row[14]) if row[14] else None, row[15], row[16], row[17], row[18], row[19], row[20])
 
 
-def _dump_meta(meta: Mapping[str, Any] | None) -> str | None:
+def dump_meta(meta: Mapping[str, Any] | None) -> str | None:
     if meta is None:
         return None
     try:
@@ -217,16 +216,7 @@ def _dump_meta(meta: Mapping[str, Any] | None) -> str | None:
         raise WorkspaceError(f"Instance metadata is not JSON serialisable: {exc}") from exc
 
 
-def _same_prediction(rle: dict, category_id: int, candidates: list[Instance], taken: set) -> int | None:
-    """Id of an untouched stored prediction of the same class with mask IoU >= 0.95, if any."""
-    for inst in candidates:
-        if inst.id not in taken and inst.category_id == category_id and \
-                float(mask_utils.iou([rle], [inst.rle], [0])[0, 0]) >= 0.95:
-            return inst.id
-    return None
-
-
-def _label(text: str) -> str:
+def check_label(text: str) -> str:
     text = str(text).strip()
     if not text:
         raise WorkspaceError("Class names must not be empty")
@@ -235,7 +225,7 @@ def _label(text: str) -> str:
     return text
 
 
-def _refuse_crowd(row: Mapping[str, Any]) -> None:
+def refuse_crowd(row: Mapping[str, Any]) -> None:
     """Crowd regions (COCO iscrowd, kept as imported) are not edited by accident: only hide/delete."""
     if row.get("meta") and json.loads(row["meta"]).get("iscrowd"):
         raise WorkspaceError(crowd_message(row["id"]))

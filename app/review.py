@@ -10,7 +10,7 @@
 The role is checked here, on the server, for the person acting (`app.actor.current_user`);
 without accounts everyone is an admin. Each transition is one transaction that updates the image
 and appends to the ``reviews`` log (who, when, comment). Editing an accepted image keeps the edit
-and sends it back to "annotated" (`Workspace._touch_review`).
+and sends it back to "annotated" (`storage.touch_review`).
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from app import storage
 from app.db import now
 from app.errors import AppError, ServiceError
 from app.ingest import prepare_array, sanitize_file_name
@@ -101,18 +102,18 @@ class SequenceLibrary:
 
     # ---- reading -----------------------------------------------------------------------------------
     def get(self, sequence_id: int) -> SequenceRecord:
-        with self.ws._read() as conn:
+        with self.ws.db.read() as conn:
             return sequence_of(conn, sequence_id)
 
     def all(self) -> list[SequenceRecord]:
-        with self.ws._read() as conn:
+        with self.ws.db.read() as conn:
             rows = conn.execute("SELECT id, name, fps, num_frames, width, height, tracker, created_at FROM sequences"
                                 " ORDER BY id").fetchall()
         return [SequenceRecord(*row) for row in rows]
 
     def frame_ids(self, sequence_id: int) -> list[int]:
         """Image ids of the sequence's frames, in frame order."""
-        with self.ws._read() as conn:
+        with self.ws.db.read() as conn:
             return [row[0] for row in conn.execute("SELECT id FROM images WHERE sequence_id = ? ORDER BY frame_index",
                                                    (check_id(sequence_id, "Sequence id"),))]
 
@@ -138,7 +139,7 @@ class SequenceLibrary:
             raise ServiceError(f"{name} has {info.num_frames} frames; the app takes videos of at most {self.max_frames} "
                                "frames (--max-video-frames): cut it or raise the limit.")
         sha = file_sha256(path)
-        with self.ws._read() as conn:
+        with self.ws.db.read() as conn:
             row = conn.execute("SELECT id, num_frames FROM sequences WHERE sha256 = ?", (sha,)).fetchone()
         if row is not None:
             return VideoReport(row[0], self.frame_ids(row[0])[0], row[1], 0, 0, existed=True)
@@ -204,7 +205,7 @@ class SequenceLibrary:
         height, width = info.height, info.width
         encoded = [ws.encode_predictions(predictions, height, width) for _, _, _, predictions, _ in frames]
         stamp, count = now(), 0
-        with ws._write() as conn:
+        with ws.db.write() as conn:
             sequence_id = int(conn.execute(
                 "INSERT INTO sequences (name, sha256, fps, num_frames, width, height, tracker, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -218,7 +219,8 @@ class SequenceLibrary:
                      index)).lastrowid)
                 first = image_id if first is None else first
                 for row, (item, enc) in enumerate(zip(items, encs)):
-                    instance_id, _ = ws._insert(conn, image_id, item.category_id, enc, "model", item.score, item.meta)
+                    instance_id, _ = storage.insert_instance(conn, image_id, item.category_id, enc, "model",
+                                                             item.score, item.meta)
                     if row in tracks:
                         conn.execute("UPDATE instances SET track_id = ? WHERE id = ?", (tracks[row], instance_id))
                     count += 1

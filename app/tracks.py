@@ -21,9 +21,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app import history
+from app import history, storage
 from app.errors import ServiceError
-from app.records import _refuse_crowd, check_id
+from app.records import check_id, refuse_crowd
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -68,7 +68,7 @@ class TrackEditor:
 
     # ---- reading -----------------------------------------------------------------------------------
     def tracks(self, sequence_id: int) -> list[TrackSummary]:
-        with self.ws._read() as conn:
+        with self.ws.db.read() as conn:
             rows = conn.execute("SELECT i.track_id, m.frame_index, i.category_id FROM instances i JOIN images m"
                                 " ON m.id = i.image_id WHERE m.sequence_id = ? AND i.track_id IS NOT NULL AND"
                                 " i.deleted = 0 ORDER BY i.track_id, m.frame_index",
@@ -86,11 +86,11 @@ class TrackEditor:
         category_id = check_id(category_id, "Category id")
         if category_id not in {c.id for c in self.ws.categories()}:
             raise ServiceError(f"Category {category_id} does not exist; add it first.")
-        with self.ws._write() as conn:
+        with self.ws.db.write() as conn:
             members = self._members(conn, sequence_id, track_id)
             ids = [iid for iid, _, category in members if category != category_id]
             for iid in ids:
-                _refuse_crowd(history.row(conn, iid))
+                refuse_crowd(history.row(conn, iid))
             self._apply(conn, frame_id, {iid: {"category_id": category_id} for iid in ids},
                         f"class of track {track_id}")
         return (f"Track {track_id}: class set on {len(ids)} frame(s)" if ids
@@ -102,7 +102,7 @@ class TrackEditor:
         keep, into = check_id(keep, "Track id"), check_id(into, "Track id")
         if keep == into:
             raise ServiceError("Pick two different tracks to merge.")
-        with self.ws._write() as conn:
+        with self.ws.db.write() as conn:
             kept, joining = self._members(conn, sequence_id, keep), self._members(conn, sequence_id, into)
             both = sorted({f for _, f, _ in kept} & {f for _, f, _ in joining})
             if both:
@@ -117,13 +117,13 @@ class TrackEditor:
         """Frames >= `frame_index` of the track get a new track id (the sequence's largest + 1)."""
         sequence_id, _ = self.frame(frame_id)
         frame_index = int(frame_index)
-        with self.ws._write() as conn:
+        with self.ws.db.write() as conn:
             members = self._members(conn, sequence_id, track_id)
             later = [iid for iid, f, _ in members if f >= frame_index]
             if not later or len(later) == len(members):
                 raise ServiceError(f"Track {track_id} has frames {members[0][1]} to {members[-1][1]}: split it at a "
                                    f"frame after its first one and not after its last one, not at {frame_index}.")
-            new_id = self._next_track(conn, sequence_id)
+            new_id = self.next_track(conn, sequence_id)
             self._apply(conn, frame_id, {iid: {"track_id": new_id} for iid in later},
                         f"split track {track_id} at frame {frame_index}")
         return f"Track {track_id} split at frame {frame_index}: frames {frame_index}+ are track {new_id}."
@@ -132,9 +132,9 @@ class TrackEditor:
         """Put an instance of a frame on a track (None: a new track); refused if the track is on that frame."""
         inst = self.ws.get_instance(instance_id)
         sequence_id, frame_index = self.frame(inst.image_id)
-        with self.ws._write() as conn:
+        with self.ws.db.write() as conn:
             if track_id is None:
-                track_id = self._next_track(conn, sequence_id)
+                track_id = self.next_track(conn, sequence_id)
             track_id = check_id(track_id, "Track id")
             if track_id == inst.track_id:
                 return f"Instance #{inst.id} is already on track {track_id}."
@@ -155,7 +155,7 @@ class TrackEditor:
         return members
 
     @staticmethod
-    def _next_track(conn, sequence_id: int) -> int:
+    def next_track(conn, sequence_id: int) -> int:
         return int(conn.execute("SELECT COALESCE(MAX(i.track_id), 0) + 1 FROM instances i JOIN images m"
                                 " ON m.id = i.image_id WHERE m.sequence_id = ?", (sequence_id,)).fetchone()[0])
 
@@ -167,7 +167,7 @@ class TrackEditor:
             changes.append(change)
             frames.add(conn.execute("SELECT image_id FROM instances WHERE id = ?", (instance_id,)).fetchone()[0])
         for image_id in frames:
-            self.ws._touch_review(conn, image_id)
+            storage.touch_review(conn, image_id)
         history.push(conn, int(frame_id), label, changes, self.ws.history_limit)
 
 

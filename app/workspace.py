@@ -1,6 +1,8 @@
 """Persistent annotation workspace: a folder holding ``workspace.sqlite``, ``images/`` and ``previews/``.
 
-Storage only (SQLite and files); decoding lives in `app.ingest`, undo/redo in `app.history`.
+Storage only (SQLite and files); decoding lives in `app.ingest`, undo/redo in `app.history`, the
+row-level write primitives in `app.storage`, and the rule for storing a model's predictions (first run
+and re-runs) in `app.predictions_store`.
 
     <root>/workspace.sqlite          categories, images, instances, undo history (app.db)
     <root>/images/<sha256><ext>      the stored images, named by content hash
@@ -8,11 +10,8 @@ Storage only (SQLite and files); decoding lives in `app.ingest`, undo/redo in `a
 
 Rules that keep people's work:
   * An image is stored together with its predictions in one transaction, or not at all.
-  * The model's first predictions are the image's starting state, not an undo step.
-  * Re-segmenting (`set_predictions` on a segmented image) never touches a reviewed image, never
-    replaces an instance the user created, edited, hid or deleted, and does not add a prediction on
-    top of one of those (mask IoU >= `OVERLAP_IOU`); a model instance it predicts again is kept as it
-    is. It reports what it skipped.
+  * The model's first predictions are the image's starting state, not an undo step; re-segmenting
+    never touches a reviewed image nor a person's work (`app.predictions_store`).
   * Reviewing freezes the image's score threshold (`review_threshold`); editing a reviewed image
     keeps the edit and marks the image "changed after review" (no longer reviewed).
   * Instances are never removed: deletion is a flag, so it can be undone.
@@ -25,24 +24,20 @@ from typing import Any, Mapping, Sequence, Union
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from app import history
+from app import history, predictions_store, storage
 from app.db import Database, now
 from app.errors import AppError, WorkspaceError
 from app.ingest import DEFAULT_MAX_PIXELS, PreparedImage, prepare_array, prepare_file
-from app.masks import EncodedMask, decode_mask, encode_with_preview, preview_size
-from app.records import (_IMAGE_COLUMNS, _INSTANCE_COLUMNS, Category, ImageRecord, Instance, Prediction,
-                         PredictionReport, WorkspaceSnapshot, _dump_meta, _image, _instance, _label, _refuse_crowd,
-                         _same_prediction, check_id, default_workspace_dir, resolve_inside)
+from app.masks import decode_mask, encode_with_preview, preview_size
+from app.records import (INSTANCE_COLUMNS, Category, ImageRecord, Instance, Prediction, PredictionReport,
+                         WorkspaceSnapshot, check_id, check_label, default_workspace_dir, instance_from_row,
+                         refuse_crowd, resolve_inside)
+from app.storage import IMAGES_DIR_NAME, PREVIEWS_DIR_NAME
 from condinst.io import atomic_write_bytes
 
 DB_FILE_NAME = "workspace.sqlite"
-IMAGES_DIR_NAME = "images"
-PREVIEWS_DIR_NAME = "previews"
 DEFAULT_HISTORY_LIMIT = 200
-INSTANCE_SOURCES = ("model", "user", "point")
-OVERLAP_IOU = 0.5
 STATE = {True: "accepted", False: "annotated"}  # review_state of set_reviewed; app.review has the transitions
 ImageSource = Union[str, os.PathLike, np.ndarray, PreparedImage]
 __all__ = ["Workspace", "WorkspaceError", "Category", "ImageRecord", "Instance", "Prediction", "PredictionReport",
@@ -85,18 +80,12 @@ class Workspace:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _write(self):
-        return self.db.write()
-
-    def _read(self):
-        return self.db.read()
-
     def _fill_derived(self) -> None:
         """Area, box and preview of instances that lack them (after a v1 migration or a salvage)."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             todo = conn.execute("SELECT i.id, i.mask_rle, m.height, m.width FROM instances i JOIN images m"
                                 " ON m.id = i.image_id WHERE i.bbox IS NULL").fetchall()
-        with self._write() as conn:
+        with self.db.write() as conn:
             for iid, counts, height, width in todo:
                 enc = encode_with_preview(decode_mask(bytes(counts), height, width))
                 conn.execute("UPDATE instances SET preview_rle = ?, area = ?, bbox = ? WHERE id = ?",
@@ -112,7 +101,7 @@ class Workspace:
         seconds, so another process's upload in flight is left alone. Returns how many were removed."""
         import time
 
-        with self._read() as conn:
+        with self.db.read() as conn:
             stored = {Path(row[0]).name for row in conn.execute("SELECT file_path FROM images")}
         stems = {Path(name).stem for name in stored}
         removed, cutoff = 0, time.time() - min_age
@@ -131,8 +120,8 @@ class Workspace:
     # ---- categories ------------------------------------------------------------------------------
     def add_category(self, name: str, category_id: int | None = None, supercategory: str = "object") -> int:
         """Add a category; ``category_id`` defaults to max id + 1. Returns its id."""
-        name = _label(name)
-        with self._write() as conn:
+        name = check_label(name)
+        with self.db.write() as conn:
             if category_id is None:
                 category_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM categories").fetchone()[0]
             category_id = check_id(category_id, "Category id")
@@ -146,13 +135,13 @@ class Workspace:
 
     def ensure_categories(self, names: Mapping[int, str]) -> None:
         """Add every ``id -> name`` that is missing (existing categories keep their names)."""
-        items = [(check_id(cid, "Category id"), _label(name)) for cid, name in names.items()]
-        with self._write() as conn:
+        items = [(check_id(cid, "Category id"), check_label(name)) for cid, name in names.items()]
+        with self.db.write() as conn:
             conn.executemany("INSERT OR IGNORE INTO categories (id, name) VALUES (?, ?)", items)
 
     def rename_category(self, category_id: int, name: str) -> None:
-        name = _label(name)
-        with self._write() as conn:
+        name = check_label(name)
+        with self.db.write() as conn:
             if conn.execute("SELECT 1 FROM categories WHERE name = ? AND id != ?",
                             (name, check_id(category_id, "Category id"))).fetchone():
                 raise WorkspaceError(f"A class named {name!r} already exists")
@@ -160,7 +149,7 @@ class Workspace:
                 raise WorkspaceError(f"Category {category_id} does not exist")
 
     def categories(self) -> list[Category]:
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [Category(*row) for row in conn.execute("SELECT id, name, supercategory FROM categories ORDER BY id")]
 
     # ---- images ----------------------------------------------------------------------------------
@@ -174,7 +163,7 @@ class Workspace:
 
     def find_image(self, prepared: PreparedImage) -> int | None:
         """Id of the stored image with the same bytes, if any."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT id FROM images WHERE sha256 = ?", (prepared.sha256,)).fetchone()
         return int(row[0]) if row else None
 
@@ -187,56 +176,23 @@ class Workspace:
         """
         prepared = self.prepare(source, file_name)
         items = [Prediction(*p) for p in predictions or []]
-        encoded = [self._encode(p.mask, *prepared.size) for p in items]
-        with self._write() as conn:
+        encoded = [storage.encode(p.mask, *prepared.size) for p in items]
+        with self.db.write() as conn:
             existing = conn.execute("SELECT id FROM images WHERE sha256 = ?", (prepared.sha256,)).fetchone()
             if existing:
                 return int(existing[0])
-            image_id = self._insert_image(conn, prepared, segmented_by if predictions is not None else None)
+            image_id = storage.insert_image(conn, self.root, prepared, segmented_by if predictions is not None else None)
             for item, enc in zip(items, encoded):
-                self._insert(conn, image_id, item.category_id, enc, "model", item.score, item.meta)
+                storage.insert_instance(conn, image_id, item.category_id, enc, "model", item.score, item.meta)
             return image_id
 
-    def _insert_image(self, conn, prepared: PreparedImage, segmented_by: str | None,
-                      image_id: int | None = None) -> int:
-        """Write the image's files (atomically, named by content) and insert its row; returns its id."""
-        digest = prepared.sha256
-        relative = f"{IMAGES_DIR_NAME}/{digest}{prepared.extension}"
-        target = resolve_inside(self.root, relative)
-        try:
-            if not target.exists():
-                atomic_write_bytes(target, prepared.data)
-            if prepared.preview_jpeg is not None:
-                atomic_write_bytes(self.previews_dir / f"{digest}.jpg", prepared.preview_jpeg)
-        except OSError as exc:
-            raise WorkspaceError(f"Cannot write into {self.images_dir}: {exc.strerror}") from None
-        stamp = now()
-        return int(conn.execute(
-            "INSERT INTO images (id, file_path, sha256, original_name, width, height, reviewed, created_at,"
-            " updated_at, segmented_by) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-            (image_id, relative, digest, prepared.name, prepared.size[1], prepared.size[0], stamp, stamp,
-             segmented_by)).lastrowid)
-
     def list_images(self, reviewed_only: bool = False) -> list[ImageRecord]:
-        with self._read() as conn:
-            return self._list_images(conn, reviewed_only)
-
-    @staticmethod
-    def _list_images(conn, reviewed_only: bool) -> list[ImageRecord]:
-        where = " WHERE reviewed = 1" if reviewed_only else ""
-        return [_image(row) for row in conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images{where} ORDER BY id")]
+        with self.db.read() as conn:
+            return storage.list_images(conn, reviewed_only)
 
     def get_image_record(self, image_id: int) -> ImageRecord:
-        with self._read() as conn:
-            return self._image_record(conn, image_id)
-
-    @staticmethod
-    def _image_record(conn, image_id: int) -> ImageRecord:
-        row = conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ?",
-                           (check_id(image_id, "Image id"),)).fetchone()
-        if row is None:
-            raise WorkspaceError(f"Image {image_id} does not exist")
-        return _image(row)
+        with self.db.read() as conn:
+            return storage.image_record(conn, image_id)
 
     def image_path(self, image_id: int) -> Path:
         return resolve_inside(self.root, self.get_image_record(image_id).file_path)
@@ -274,8 +230,8 @@ class Workspace:
 
     def set_reviewed(self, image_id: int, reviewed: bool = True, threshold: float | None = None) -> None:
         """Mark an image reviewed (freezing `threshold`, if given) or not (not an undo step)."""
-        with self._write() as conn:
-            record = self._image_record(conn, image_id)
+        with self.db.write() as conn:
+            record = storage.image_record(conn, image_id)
             frozen = (float(threshold) if threshold is not None else record.review_threshold) if reviewed else None
             conn.execute("UPDATE images SET reviewed = ?, review_threshold = ?, changed_after_review = 0,"
                          " review_state = ?, updated_at = ? WHERE id = ?",
@@ -283,32 +239,26 @@ class Workspace:
 
     # ---- instances: reads ------------------------------------------------------------------------
     def instances(self, image_id: int, include_deleted: bool = False) -> list[Instance]:
-        with self._read() as conn:
-            self._image_record(conn, image_id)
-            return self._instances(conn, image_id, include_deleted)
-
-    @staticmethod
-    def _instances(conn, image_id: int, include_deleted: bool) -> list[Instance]:
-        query = (f"SELECT {_INSTANCE_COLUMNS} FROM instances i JOIN images m ON m.id = i.image_id "
-                 "WHERE i.image_id = ?" + ("" if include_deleted else " AND i.deleted = 0") + " ORDER BY i.id")
-        return [_instance(row) for row in conn.execute(query, (int(image_id),))]
+        with self.db.read() as conn:
+            storage.image_record(conn, image_id)
+            return storage.instances(conn, image_id, include_deleted)
 
     def get_instance(self, instance_id: int) -> Instance:
-        with self._read() as conn:
-            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances i JOIN images m ON m.id = i.image_id"
+        with self.db.read() as conn:
+            row = conn.execute(f"SELECT {INSTANCE_COLUMNS} FROM instances i JOIN images m ON m.id = i.image_id"
                                " WHERE i.id = ?", (check_id(instance_id, "Instance id"),)).fetchone()
         if row is None:
             raise WorkspaceError(f"Instance {instance_id} does not exist")
-        return _instance(row)
+        return instance_from_row(row)
 
     def snapshot(self, reviewed_only: bool = False) -> WorkspaceSnapshot:
         """Categories, images, image paths and live instances in one read."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             categories = [Category(*row) for row in conn.execute("SELECT id, name, supercategory FROM categories"
                                                                  " ORDER BY id")]
-            images = self._list_images(conn, reviewed_only)
+            images = storage.list_images(conn, reviewed_only)
             paths = {img.id: resolve_inside(self.root, img.file_path) for img in images}
-            instances = {img.id: self._instances(conn, img.id, False) for img in images}
+            instances = {img.id: storage.instances(conn, img.id, False) for img in images}
         return WorkspaceSnapshot(categories, images, paths, instances)
 
     # ---- instances: writes -----------------------------------------------------------------------
@@ -316,58 +266,22 @@ class Workspace:
         """Store a model's predictions for an image (see the module docstring for what is kept)."""
         record = self.get_image_record(image_id)
         items, encoded = self.encode_predictions(predictions, record.height, record.width)
-        with self._write() as conn:
-            return self._store_predictions(conn, record.id, items, encoded, model)
+        with self.db.write() as conn:
+            return predictions_store.store_predictions(conn, record.id, items, encoded, model, self.history_limit)
 
-    def encode_predictions(self, predictions: Sequence[Prediction], height: int, width: int) -> tuple[list, list]:
+    @staticmethod
+    def encode_predictions(predictions: Sequence[Prediction], height: int, width: int) -> tuple[list, list]:
         """(Predictions, their encoded masks) checked against an image size, before a write transaction."""
-        try:
-            items = [Prediction(*p) for p in predictions]
-        except TypeError:
-            raise WorkspaceError("Each prediction must be (category_id, score, mask, meta or None)") from None
-        return items, [self._encode(p.mask, height, width) for p in items]
-
-    def _store_predictions(self, conn, image_id: int, items: list, encoded: list, model: str) -> PredictionReport:
-        """`set_predictions` inside a write transaction (an import stores several images' in one)."""
-        report = PredictionReport()
-        record = self._image_record(conn, image_id)
-        if record.reviewed:
-            report.skipped_reviewed = True
-            return report
-        current = self._instances(conn, record.id, include_deleted=True)
-        first = record.segmented_by is None and not current
-        kept = [i for i in current if i.touched]
-        untouched = [i for i in current if not i.touched and not i.deleted]
-        kept_rles = [i.rle for i in kept]
-        changes, same = [], set()
-        for item, enc in zip(items, encoded):
-            rle = {"size": [record.height, record.width], "counts": enc.counts}
-            twin = _same_prediction(rle, item.category_id, untouched, same)
-            if twin is not None:  # the model predicts what is already there: keep the stored one (even on top
-                same.add(twin)    # of a person's instance: a re-run with the same model changes nothing)
-                continue
-            if kept_rles and float(np.max(mask_utils.iou([rle], kept_rles, [0] * len(kept_rles)))) >= OVERLAP_IOU:
-                report.kept_overlap += 1
-                continue
-            new_id, change = self._insert(conn, record.id, item.category_id, enc, "model", item.score, item.meta)
-            report.added.append(new_id)
-            changes.append(change)
-        replaced = [history.update(conn, i.id, {"deleted": 1}) for i in untouched if i.id not in same]
-        report.replaced = len(replaced)
-        changes = replaced + changes
-        conn.execute("UPDATE images SET segmented_by = ?, updated_at = ? WHERE id = ?", (model, now(), record.id))
-        if not first:
-            history.push(conn, record.id, "re-run model", changes, self.history_limit)
-        return report
+        return predictions_store.encode_predictions(predictions, height, width)
 
     def add_instance(self, image_id: int, category_id: int, mask: np.ndarray, source: str = "user",
                      score: float | None = None, meta: Mapping[str, Any] | None = None) -> int:
         """Add one instance (hand-drawn by default) and return its new, never-reused id."""
         record = self.get_image_record(image_id)
-        enc = self._encode(mask, record.height, record.width)
-        with self._write() as conn:
-            new_id, change = self._insert(conn, record.id, category_id, enc, source, score, meta)
-            self._touch_review(conn, record.id)
+        enc = storage.encode(mask, record.height, record.width)
+        with self.db.write() as conn:
+            new_id, change = storage.insert_instance(conn, record.id, category_id, enc, source, score, meta)
+            storage.touch_review(conn, record.id)
             history.push(conn, record.id, f"add instance {new_id}", [change], self.history_limit)
             return new_id
 
@@ -377,7 +291,7 @@ class Workspace:
 
     def set_category(self, instance_id: int, category_id: int) -> None:
         category_id = check_id(category_id, "Category id")
-        with self._read() as conn:
+        with self.db.read() as conn:
             if not conn.execute("SELECT 1 FROM categories WHERE id = ?", (category_id,)).fetchone():
                 raise WorkspaceError(f"Category {category_id} does not exist; add it first")
         self._edit(instance_id, {"category_id": category_id, "user_edited": 1}, "change category")
@@ -385,7 +299,7 @@ class Workspace:
     def set_mask(self, instance_id: int, mask: np.ndarray) -> None:
         """Replace an instance's mask (brush, eraser); marks it user-edited."""
         inst = self.get_instance(instance_id)
-        enc = self._encode(mask, inst.height, inst.width)
+        enc = storage.encode(mask, inst.height, inst.width)
         if enc.counts == inst.rle_counts:
             return
         self._edit(instance_id, {**history.mask_fields(enc), "user_edited": 1}, "edit mask")
@@ -396,15 +310,15 @@ class Workspace:
         image as ONE transaction and ONE undo step, e.g. a stroke that also cuts other instances.
         Returns the new instance's id (or None). Unchanged masks write nothing."""
         record = self.get_image_record(image_id)
-        encoded = {int(i): self._encode(m, record.height, record.width) for i, m in masks.items()}
-        new_enc = None if new is None else self._encode(new[1], record.height, record.width)
-        with self._write() as conn:
+        encoded = {int(i): storage.encode(m, record.height, record.width) for i, m in masks.items()}
+        new_enc = None if new is None else storage.encode(new[1], record.height, record.width)
+        with self.db.write() as conn:
             changes, new_id = [], None
             for instance_id, enc in encoded.items():
                 row = history.row(conn, check_id(instance_id, "Instance id"))
                 if row is None or row["image_id"] != record.id or row["deleted"]:
                     raise WorkspaceError(f"Instance {instance_id} is not a live instance of image {record.id}")
-                _refuse_crowd(row)
+                refuse_crowd(row)
                 stored = row["mask_rle"]
                 if (stored.encode("ascii") if isinstance(stored, str) else bytes(stored)) == enc.counts:
                     continue
@@ -413,10 +327,10 @@ class Workspace:
                     values["deleted"] = 1
                 changes.append(history.update(conn, instance_id, values))
             if new_enc is not None and new_enc.area:
-                new_id, change = self._insert(conn, record.id, new[0], new_enc, new[2], None, None)
+                new_id, change = storage.insert_instance(conn, record.id, new[0], new_enc, new[2], None, None)
                 changes.append(change)
             if changes:
-                self._touch_review(conn, record.id)
+                storage.touch_review(conn, record.id)
                 history.push(conn, record.id, label, changes, self.history_limit)
             return new_id
 
@@ -427,60 +341,25 @@ class Workspace:
     def _edit(self, instance_id: int, values: dict[str, Any], label: str, allow_deleted: bool = False,
               review: bool = True) -> None:
         """Apply ``values`` to one instance in one transaction with an undo entry (no-ops write nothing)."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = history.row(conn, check_id(instance_id, "Instance id"))
             if row is None:
                 raise WorkspaceError(f"Instance {instance_id} does not exist")
             if row["deleted"] and not allow_deleted:
                 raise WorkspaceError(f"Instance {instance_id} is deleted; undo the deletion first")
             if set(values) - {"deleted", "hidden", "user_edited"}:
-                _refuse_crowd(row)
+                refuse_crowd(row)
             if all(row[key] == value for key, value in values.items() if key != "user_edited"):
                 return
             change = history.update(conn, row["id"], values)
             if review:
-                self._touch_review(conn, row["image_id"])
+                storage.touch_review(conn, row["image_id"])
             history.push(conn, row["image_id"], f"{label} instance {instance_id}", [change], self.history_limit)
-
-    @staticmethod
-    def _touch_review(conn, image_id: int) -> None:
-        """An edit of a reviewed image un-reviews it and marks it for re-review (the edit stays)."""
-        conn.execute("UPDATE images SET reviewed = 0, changed_after_review = 1, review_state = 'annotated'"
-                     " WHERE id = ? AND reviewed = 1", (image_id,))
-
-    def _encode(self, mask: Any, height: int, width: int):
-        if isinstance(mask, EncodedMask):
-            if mask.size != (height, width):
-                raise WorkspaceError(f"Mask size {mask.size} does not match image size ({height}x{width})")
-            return mask
-        if isinstance(mask, dict):  # an RLE dict of the full-size mask
-            mask = mask_utils.decode({"size": mask["size"], "counts": mask["counts"]})
-        mask = np.asarray(mask)
-        if mask.shape != (height, width):
-            raise WorkspaceError(f"Mask shape {tuple(mask.shape)} does not match image size ({height}x{width})")
-        return encode_with_preview(mask)
-
-    def _insert(self, conn, image_id: int, category_id: int, enc, source: str, score: float | None,
-                meta: Mapping[str, Any] | None, instance_id: int | None = None) -> tuple[int, tuple]:
-        if source not in INSTANCE_SOURCES:
-            raise WorkspaceError(f"Instance source must be one of {INSTANCE_SOURCES}, got {source!r}")
-        category_id = check_id(category_id, "Category id")
-        if not conn.execute("SELECT 1 FROM categories WHERE id = ?", (category_id,)).fetchone():
-            raise WorkspaceError(f"Category {category_id} does not exist; add it first")
-        stamp = now()
-        instance_id = int(conn.execute(
-            "INSERT INTO instances (id, image_id, category_id, score, mask_rle, preview_rle, area, bbox, source,"
-            " hidden, deleted, user_edited, meta, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?)",
-            (instance_id, image_id, category_id, None if score is None else float(score), enc.counts, enc.preview, enc.area,
-             ",".join(map(repr, enc.bbox)), source, _dump_meta(meta), stamp, stamp)).lastrowid)
-        conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (stamp, image_id))
-        return instance_id, history.created(conn, instance_id)
 
     # ---- undo / redo ------------------------------------------------------------------------------
     def can_undo(self, image_id: int, undo: bool = True) -> bool:
         """Whether the acting person (app.actor) has an edit of the image to undo (`undo=False`: redo)."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             return history.can_step(conn, int(image_id), undo=undo)
 
     def can_redo(self, image_id: int) -> bool:
@@ -488,11 +367,11 @@ class Workspace:
 
     def undo(self, image_id: int) -> history.HistoryEntry | None:
         """Undo the acting person's latest edit of an image; returns what was undone (or dropped), None if nothing."""
-        with self._write() as conn:
-            self._image_record(conn, image_id)
+        with self.db.write() as conn:
+            storage.image_record(conn, image_id)
             return history.step(conn, int(image_id), undo=True)
 
     def redo(self, image_id: int) -> history.HistoryEntry | None:
-        with self._write() as conn:
-            self._image_record(conn, image_id)
+        with self.db.write() as conn:
+            storage.image_record(conn, image_id)
             return history.step(conn, int(image_id), undo=False)

@@ -52,7 +52,7 @@ def build_ytvis(workspace, reviewed_only: bool = False) -> YtvisExport:
     """The YouTube-VIS dict of every (fully reviewed, with `reviewed_only`) sequence, from one snapshot."""
     snapshot = workspace.snapshot(reviewed_only=reviewed_only)
     store = getattr(workspace, "workspace", workspace)  # a ThresholdedWorkspace wraps the Workspace
-    with store._read() as conn:
+    with store.db.read() as conn:
         sequences = {row[0]: row[1:] for row in conn.execute("SELECT id, name, num_frames, fps FROM sequences")}
     frames: dict[int, list] = {}
     for image in snapshot.images:

@@ -147,7 +147,7 @@ def test_v3_workspace_migrates_in_place(tmp_path):
         assert ws.get_instance(instance_id).track_id is None
         assert ws.undo(image_id) is not None  # an undo entry written by v3 still applies
         assert ws.instances(image_id) == []
-        with ws._read() as c:
+        with ws.db.read() as c:
             assert c.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
             assert c.execute("SELECT COUNT(*) FROM sequences").fetchone()[0] == 0
 
