@@ -42,9 +42,12 @@ def test_video_becomes_one_sequence_of_tracked_frames(service, crossing_mp4):
 
     first = next(iter(open_video(path).frames()))
     assert np.array_equal(service.ws.get_image(frames[0]), first)
-    # the tracker's ids: every tracked instance has one, none twice on a frame, some span several frames
-    tracked = [inst for i in frames for inst in service.ws.instances(i) if inst.track_id is not None]
+    # the tracker's ids: every stored instance has one (what the tracker left out is not stored), none
+    # twice on a frame, some span several frames
+    stored = [inst for i in frames for inst in service.ws.instances(i)]
+    tracked = [inst for inst in stored if inst.track_id is not None]
     assert tracked, "the tiny model's detections should be tracked"
+    assert len(tracked) == len(stored), "untracked detections were stored"
     per_frame = {}
     for inst in tracked:
         per_frame.setdefault((inst.image_id, inst.track_id), []).append(inst.id)
