@@ -15,26 +15,11 @@ import pytest
 import videokit
 from app.editing import fill_holes
 from app.render import inside_point
-from browserkit import BROWSER_MARKS, playwright_or_skip, readme_screenshot, screenshot_on_failure, wait_status, wait_text
+from browserkit import (BROWSER_MARKS, playwright_or_skip, readme_screenshot, screenshot_on_failure, wait_status,
+                        wait_text)
 
 pytestmark = [*BROWSER_MARKS, pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="fruits_nuts photos not found")]
 playwright_or_skip()
-
-
-@pytest.fixture
-def bundled_app(tmp_path, port):
-    """The app with the bundled model (propagation needs a CondInst that segments the test video's fruit)."""
-    from app.__main__ import launch
-    from app.service import Service
-    from app.session import DEFAULT_WEIGHTS
-
-    if not DEFAULT_WEIGHTS.is_file():
-        pytest.skip("the bundled model is not present")
-    service = Service.create(tmp_path / "ws", DEFAULT_WEIGHTS)
-    demo = launch(service, "127.0.0.1", port, block=False)
-    yield service, f"http://127.0.0.1:{port}/"
-    demo.close()
-    service.close()
 
 
 def editor(page, expression: str):
@@ -85,8 +70,13 @@ def go_to_frame(page, index: int, last: int) -> None:
     wait_text(page, "#video-header", f"frame {index} of")
 
 
-def test_fix_a_mask_propagate_three_frames_accept_and_undo(bundled_app, page, crossing_mp4):
-    service, url = bundled_app
+def test_fix_a_mask_propagate_three_frames_accept_and_undo(app_factory, page, crossing_mp4):
+    from app.session import DEFAULT_WEIGHTS
+
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip("the bundled model is not present")
+    app = app_factory(weights=DEFAULT_WEIGHTS)  # propagation needs a CondInst that segments the fruit
+    service, url = app.service, app.url
     ws = service.ws
     with screenshot_on_failure(page, "browser-video-propagation"):
         page.goto(url)
@@ -105,7 +95,7 @@ def test_fix_a_mask_propagate_three_frames_accept_and_undo(bundled_app, page, cr
         page.wait_for_function("id => window.condinstEditor && window.condinstEditor.state.scene && "
                                "window.condinstEditor.state.scene.image.id === id && "
                                "window.condinstEditor.state.img && window.condinstEditor.state.img.complete",
-                               arg=frames[0])
+                               arg=frames[0], timeout=120_000)  # a busy machine renders late
         shoot_panel(page, "video-panel.png")
 
         # select the track's instance on frame 0 with a click of the select tool

@@ -24,11 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def service(tiny_weights, tmp_path, crossing_mp4, image_paths):
-    service = Service.create(tmp_path / "ws", tiny_weights)
-    service.images.add_files([image_paths[0], crossing_mp4])
-    yield service
-    service.close()
+def service(video_service, crossing_mp4, image_paths):
+    return video_service(image_paths[0], crossing_mp4)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

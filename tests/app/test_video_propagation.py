@@ -11,7 +11,6 @@ import videokit
 from app.actions import View
 from app.actor import StaleEdit, acting
 from app.errors import ServiceError
-from app.service import Service
 from testutils import REPO
 
 WEIGHTS = REPO / "assets" / "default_model" / "model.pth"
@@ -26,11 +25,8 @@ def clip(tmp_path_factory):
 
 
 @pytest.fixture
-def service(tmp_path, clip):
-    service = Service.create(tmp_path / "ws", WEIGHTS)
-    service.sequences.add_video(clip)
-    yield service
-    service.close()
+def service(video_service, clip):
+    return video_service(clip, weights=WEIGHTS)
 
 
 def start(service):

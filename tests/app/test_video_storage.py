@@ -19,10 +19,8 @@ pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fru
 
 
 @pytest.fixture
-def service(tiny_weights, tmp_path):
-    service = Service.create(tmp_path / "ws", tiny_weights)
-    yield service
-    service.close()
+def service(video_service):
+    return video_service()
 
 
 def test_video_becomes_one_sequence_of_tracked_frames(service, crossing_mp4):
