@@ -65,6 +65,12 @@ class Propagator:
         record = ws.get_image_record(image_id)
         if record.sequence_id is None:
             raise ServiceError("Propagation works on video frames: this image is not part of a video.")
+        session = self.service.session
+        if not session.explains:
+            raise ServiceError("Propagation needs the PyTorch CondInst model (.pth); this model gives detections only.")
+        if session.is_sipmask:
+            raise ServiceError("Propagation needs a CondInst model: SipMask has no per-instance mask filters to "
+                               "carry to the next frames.")
         inst = actions.selected_instance(view)
         if inst is None:
             raise ServiceError("Select the instance to propagate first (click it on this frame).")
@@ -74,9 +80,6 @@ class Propagator:
         targets, note = self._writable(ids, inst.track_id)
         if not targets:
             raise ServiceError(note or "This is the last frame of the video: there is nothing to propagate to.")
-        session = self.service.session
-        if not session.explains:
-            raise ServiceError("Propagation needs the PyTorch CondInst model (.pth); this model gives detections only.")
         frames = (ws.get_image(frame_id) for frame_id, _ in targets)
         with session.lock:
             try:

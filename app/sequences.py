@@ -7,8 +7,10 @@
 Storage (schema v4, `app.db`): one `sequences` row (name, the video file's sha256, fps, frame count,
 size, tracker); each frame an `images` row with `sequence_id` / `frame_index`, its file
 `images/<video sha256[:16]>-<frame index>.png` (the decoded frame, lossless: the pixels the model
-saw); each prediction an `instances` row with the `track_id` the tracker gave it (None for a
-detection the tracker left out, e.g. one scoring under its `new_track_score`).
+saw); each TRACKED prediction an `instances` row with the `track_id` the tracker gave it: what
+`python -m condinst video` outputs. Detections the tracker left out (the model's duplicates of a
+tracked object, ones scoring under its `new_track_score`) are not stored: they would be one-frame
+tracks in the YouTube-VIS export and noise to delete on every frame (app/README.md, Videos).
 
 The frames are segmented and linked by the library (`condinst.video`: reader, segmenter, CondInst's
 own tracker) with the app's model, one batch at a time under the model lock. All or nothing: each
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 
 from app import storage
 from app.db import now
-from app.errors import AppError, ServiceError
+from app.errors import ServiceError
 from app.ingest import prepare_array, sanitize_file_name
 from app.records import ImageRecord, check_id
 from condinst.io import atomic_write_bytes
@@ -219,10 +221,11 @@ class SequenceLibrary:
                      index)).lastrowid)
                 first = image_id if first is None else first
                 for row, (item, enc) in enumerate(zip(items, encs)):
+                    if row not in tracks:  # a duplicate or low-score detection the tracker left out
+                        continue
                     instance_id, _ = storage.insert_instance(conn, image_id, item.category_id, enc, "model",
                                                              item.score, item.meta)
-                    if row in tracks:
-                        conn.execute("UPDATE instances SET track_id = ? WHERE id = ?", (tracks[row], instance_id))
+                    conn.execute("UPDATE instances SET track_id = ? WHERE id = ?", (tracks[row], instance_id))
                     count += 1
         n_tracks = len({t for *_, tracks in frames for t in tracks.values()})
         return VideoReport(sequence_id, first, len(frames), count, n_tracks)

@@ -1,5 +1,6 @@
 """The video panel of the annotate view: frame slider, previous / next frame, the sequence's tracks
-and the track operations (class on every frame, merge, split, put the selected instance on a track).
+the track operations (class on every frame, merge, split, put the selected instance on a track) and
+mask propagation (the selected instance to the next N frames: a preview strip, accept, discard).
 
 Layout, handlers and wiring kept out of app.ui / app.handlers (one job: videos in the page). The
 panel shows while the view is on a frame of a sequence (`app.sequences`); it is refreshed whenever
@@ -10,12 +11,17 @@ Keys: `,` / `.` previous / next frame (ignored while typing in a field).
 """
 from __future__ import annotations
 
+import html
+
+import cv2
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from app.actions import View
+from app.canvas import data_url
 from app.handlers import Handlers
-from app.sequences import VIDEO_TYPES
+from app.render import outline, resize_image, resize_mask
 
 TRACK_HEADERS = ["track", "class", "frames", "count"]
 VIDEO_KEYS_JS = """
@@ -30,12 +36,27 @@ document.addEventListener("keydown", (event) => {
 });
 </script>
 """
-PROPAGATION_NOTE = ("*Propagating a corrected mask to the next frames (CondInst's filters: preview, accept, undo) "
-                    "will appear here.*")
+THUMB_WIDTH = 140  # px of one preview thumbnail
+STRIP_STYLE = "display:flex;gap:8px;overflow-x:auto;padding:4px 0"
+FIGURE_STYLE = "margin:0;flex:0 0 auto;text-align:center;font-size:13px"
+FILL = np.array([255, 140, 0], np.float32)  # the propagated mask on the thumbnails
 
 
 def tracks_frame(rows: list[list]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TRACK_HEADERS)
+
+
+def around(masks: list[np.ndarray], margin: float = 0.75, least: int = 96) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the masks' common box grown by `margin` of its size on each side (at least
+    `least` px a side), inside the frame: the preview shows the propagated object, not the whole frame."""
+    height, width = masks[0].shape
+    ys, xs = np.nonzero(np.logical_or.reduce(masks))
+    if not len(ys):
+        return 0, height, 0, width
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    half = max((ys.max() + 1 - ys.min()) * (0.5 + margin), (xs.max() + 1 - xs.min()) * (0.5 + margin), least / 2)
+    y0, x0 = max(0, int(cy - half)), max(0, int(cx - half))
+    return y0, min(height, int(cy + half)), x0, min(width, int(cx + half))
 
 
 def build_panel(categories: list[tuple[str, int]]) -> dict:
@@ -59,8 +80,15 @@ def build_panel(categories: list[tuple[str, int]]) -> dict:
             p["merge"] = gr.Button("Merge other into track", size="sm", elem_id="track-merge")
             p["split"] = gr.Button("Split track at this frame", size="sm", elem_id="track-split")
             p["assign"] = gr.Button("Selected instance -> track (empty: new)", size="sm", elem_id="track-assign")
-        with gr.Row(elem_id="video-propagation"):  # app/propagation.py (another branch) fills this row
-            p["propagation"] = gr.Markdown(PROPAGATION_NOTE, elem_id="propagation-note")
+        with gr.Row(elem_id="video-propagation", equal_height=True):  # app/propagation.py
+            p["num_frames"] = gr.Number(10, label="Propagate to next N frames", precision=0, minimum=1,
+                                        elem_id="propagate-frames", min_width=100, scale=1)
+            with gr.Column(scale=2, min_width=160):
+                p["propagate"] = gr.Button("Propagate selected instance", size="sm", elem_id="propagate")
+                with gr.Row():
+                    p["accept"] = gr.Button("Accept propagation", size="sm", elem_id="propagate-accept", min_width=80)
+                    p["discard"] = gr.Button("Discard", size="sm", elem_id="propagate-discard", min_width=80)
+        p["preview"] = gr.HTML("", elem_id="propagation-preview")
     p["api_frame"], p["api_go"] = gr.Number(visible=False, precision=0), gr.Button(visible=False)
     return p
 
@@ -131,6 +159,48 @@ class VideoHandlers:
             return self._done(view, self.h.warning("Select an instance of this frame first."))
         return self._done(view, self.service.tracks.assign(selected.id, None if track in (None, "") else int(track)))
 
+    # ---- propagation (app.propagation: preview in view.propagation, accept = one undo step) --------------
+    def _propagation(self, view: View, message: str):
+        view = self.actions.refresh(view)
+        return (*self.h.annotate(view, message), *self.panel(view), self.preview_html(view.propagation))
+
+    def on_propagate(self, view: View, num_frames):
+        if num_frames in (None, ""):
+            return self._propagation(view, self.h.warning("Give the number of frames to propagate to."))
+        view, message = self.service.propagation.preview(view, int(num_frames))
+        return self._propagation(view, message)
+
+    def on_accept(self, view: View):
+        view, message = self.service.propagation.accept(view)
+        return self._propagation(view, message)
+
+    def on_discard(self, view: View):
+        view, message = self.service.propagation.discard(view)
+        return self._propagation(view, message)
+
+    def preview_html(self, pending) -> str:
+        """The pending propagation as a strip of thumbnails (the propagated mask filled and outlined on
+        each next frame, with its frame index and confidence) and where it stopped; "" when none."""
+        if pending is None:
+            return ""
+        ws, figures = self.service.ws, []
+        y0, y1, x0, x1 = around([pending.mask(k) for k in range(len(pending.frames))])
+        for k, (frame_id, _, confidence, _) in enumerate(pending.frames):
+            crop = ws.get_image(frame_id)[y0:y1, x0:x1]
+            thumb = resize_image(crop, THUMB_WIDTH / crop.shape[1]).copy()
+            mask = resize_mask(pending.mask(k)[y0:y1, x0:x1], thumb.shape[:2])
+            thumb[mask] = (0.5 * thumb[mask] + 0.5 * FILL).astype(np.uint8)
+            outline(thumb, mask, thickness=1)
+            png = cv2.imencode(".png", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))[1].tobytes()
+            index = ws.get_image_record(frame_id).frame_index
+            figures.append(f'<figure class="propagated" data-frame="{index}" style="{FIGURE_STYLE}">'
+                           f'<img src="{data_url("png", png)}" alt="frame {index}"><figcaption>frame {index} '
+                           f'&middot; confidence <b>{confidence:.2f}</b></figcaption></figure>')
+        stop = (f'<p class="propagation-stop">Stopped: {html.escape(pending.note)}</p>' if pending.note else "")
+        return (f'<div class="propagation-strip"><p>Preview of instance #{pending.source}: {len(figures)} frame(s). '
+                "<b>Accept</b> stores them (one undo step), <b>Discard</b> drops them.</p>"
+                f'<div class="propagation-frames" style="{STRIP_STYLE}">{"".join(figures)}</div>{stop}</div>')
+
     @staticmethod
     def on_track_row(evt: gr.SelectData):
         row = evt.row_value or []
@@ -153,3 +223,8 @@ def wire(on, vh: VideoHandlers, p: dict, state, annotate: list, image, table, mo
     on(p["merge"].click, vh.on_merge, [state, p["track"], p["other"]], both, api_name="track_merge")
     on(p["split"].click, vh.on_split, [state, p["track"]], both, api_name="track_split")
     on(p["assign"].click, vh.on_assign, [state, p["track"]], both, api_name="track_assign")
+    propagated = both + [p["preview"]]
+    on(p["propagate"].click, vh.on_propagate, [state, p["num_frames"]], propagated, api_name="propagate_preview",
+       **model)
+    on(p["accept"].click, vh.on_accept, [state], propagated, api_name="propagate_accept")
+    on(p["discard"].click, vh.on_discard, [state], propagated, api_name="propagate_discard")

@@ -150,9 +150,10 @@ def app_factory(tiny_weights, samples_dir, tmp_path_factory):
 
     started = []
 
-    def start(workspace=None, auth=None, max_file_size="20mb", **service_kwargs) -> RunningApp:
+    def start(workspace=None, auth=None, max_file_size="20mb", weights=None, **service_kwargs) -> RunningApp:
+        """`weights`: the tiny model unless given (e.g. the bundled one, app.session.DEFAULT_WEIGHTS)."""
         workspace = workspace or tmp_path_factory.mktemp("ws")
-        service = Service.create(workspace, tiny_weights, samples_dir=samples_dir, **service_kwargs)
+        service = Service.create(workspace, weights or tiny_weights, samples_dir=samples_dir, **service_kwargs)
         port = free_port()
         demo = launch(service, "127.0.0.1", port, auth=auth, max_file_size=max_file_size, block=False)
         started.append((demo, service))
@@ -194,3 +195,23 @@ def crossing_mp4(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("video")
     videokit.crossing_video(out, frames=8, mp4=True)
     return out / "crossing.mp4"
+
+
+@pytest.fixture
+def video_service(tiny_weights, tmp_path):
+    """`video_service(*files, weights=None)`: a Service on a fresh workspace (the tiny model unless
+    `weights`) with `files` added (images and videos); closed after the test (video tests)."""
+    from app.service import Service
+
+    started = []
+
+    def start(*files, weights=None):
+        service = Service.create(tmp_path / f"ws{len(started)}", weights or tiny_weights)
+        started.append(service)
+        if files:
+            service.images.add_files(list(files))
+        return service
+
+    yield start
+    for service in started:
+        service.close()

@@ -59,3 +59,11 @@ def test_video_endpoints(app_factory, crossing_mp4, tmp_path):
     out = client.predict(api_name="/segment_all")
     assert "skipped 8 video frame(s)" in out[STATUS]
     assert app.service.tracks.tracks(1) == tracks
+    # propagation endpoints: mistakes are status warnings, nothing pending or stored
+    out = client.predict(3, api_name="/propagate_preview")
+    assert out[STATUS].startswith(WARNING) and "Select the instance to propagate" in out[STATUS]
+    out = client.predict(api_name="/propagate_accept")
+    assert out[STATUS].startswith(WARNING) and "Nothing to accept" in out[STATUS]
+    out = client.predict(api_name="/propagate_discard")
+    assert out[STATUS] == "Nothing to discard." and out[-1] == ""
+    assert app.service.tracks.tracks(1) == tracks

@@ -11,7 +11,6 @@ import videokit
 from app.actions import View
 from app.actor import StaleEdit, acting
 from app.errors import ServiceError
-from app.service import Service
 from testutils import REPO
 
 WEIGHTS = REPO / "assets" / "default_model" / "model.pth"
@@ -26,11 +25,8 @@ def clip(tmp_path_factory):
 
 
 @pytest.fixture
-def service(tmp_path, clip):
-    service = Service.create(tmp_path / "ws", WEIGHTS)
-    service.sequences.add_video(clip)
-    yield service
-    service.close()
+def service(video_service, clip):
+    return video_service(clip, weights=WEIGHTS)
 
 
 def start(service):
@@ -122,3 +118,22 @@ def test_a_frame_reviewed_between_preview_and_accept_refuses_the_accept(service)
     assert {k: i.mask.tobytes() for k, i in track_masks(service, frames, track_id).items()} == kept
     with acting("anna"):
         assert not service.ws.can_undo(frames[0])  # no undo entry either
+
+
+def test_sipmask_and_onnx_models_are_refused_in_one_line(service, tiny_weights, tmp_path):
+    """Propagation carries CondInst's per-instance mask filters: a SipMask checkpoint has none, an ONNX
+    graph gives detections only; each is one clear line and nothing is pending."""
+    from condinst.checkpoint import save_checkpoint
+    from condinst.export import export_onnx
+    from condinst.predictor import load_model
+    from testutils import tiny_sipmask
+
+    view, _, _ = start(service)
+    sipmask = save_checkpoint(tmp_path / "sipmask.pth", *tiny_sipmask())
+    model, cfg = load_model(tiny_weights)
+    graph = export_onnx(model.optimize_for_inference(), cfg, tmp_path / "tiny.onnx")
+    for weights, reason in ((sipmask, "SipMask has no per-instance mask filters"), (graph, "gives detections only")):
+        service.session.switch(weights)
+        with pytest.raises(ServiceError, match=reason) as refused:
+            service.propagation.preview(view, 3)
+        assert "\n" not in str(refused.value)

@@ -19,10 +19,8 @@ pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fru
 
 
 @pytest.fixture
-def service(tiny_weights, tmp_path):
-    service = Service.create(tmp_path / "ws", tiny_weights)
-    yield service
-    service.close()
+def service(video_service):
+    return video_service()
 
 
 def test_video_becomes_one_sequence_of_tracked_frames(service, crossing_mp4):
@@ -42,9 +40,12 @@ def test_video_becomes_one_sequence_of_tracked_frames(service, crossing_mp4):
 
     first = next(iter(open_video(path).frames()))
     assert np.array_equal(service.ws.get_image(frames[0]), first)
-    # the tracker's ids: every tracked instance has one, none twice on a frame, some span several frames
-    tracked = [inst for i in frames for inst in service.ws.instances(i) if inst.track_id is not None]
+    # the tracker's ids: every stored instance has one (what the tracker left out is not stored), none
+    # twice on a frame, some span several frames
+    stored = [inst for i in frames for inst in service.ws.instances(i)]
+    tracked = [inst for inst in stored if inst.track_id is not None]
     assert tracked, "the tiny model's detections should be tracked"
+    assert len(tracked) == len(stored), "untracked detections were stored"
     per_frame = {}
     for inst in tracked:
         per_frame.setdefault((inst.image_id, inst.track_id), []).append(inst.id)

@@ -8,17 +8,13 @@ import pytest
 import videokit
 from app.actor import StaleEdit, acting
 from app.errors import ServiceError
-from app.service import Service
 
 pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found")
 
 
 @pytest.fixture
-def service(tiny_weights, tmp_path, crossing_mp4):
-    service = Service.create(tmp_path / "ws", tiny_weights)
-    service.sequences.add_video(crossing_mp4)
-    yield service
-    service.close()
+def service(video_service, crossing_mp4):
+    return video_service(crossing_mp4)
 
 
 def members(service, track_id):
