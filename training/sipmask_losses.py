@@ -97,18 +97,20 @@ def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor,
         num_images = len(batch.targets)
         count = torch.bincount(im, minlength=num_images)[im]
         weighting = weighting / (weighting.new_zeros(num_images).index_add_(0, im, weighting)[im] + 1e-4) * count
-    basis = out.basis.float()
-    h, w = basis.shape[-2:]
+    _, m, h, w = out.basis.shape
+    basis = out.basis.float().permute(0, 2, 3, 1).reshape(-1, m)  # (B*h*w, M): one row per pixel
     gt_masks = downsampled_gt_masks(batch, h, w)
     bce = torch.zeros_like(weighting)
-    for part in window_groups(boxes, h, w, basis.shape[1]):
+    for part in window_groups(boxes, h, w, m):
         rows, cols, origin = box_windows(boxes[part], h, w)
         local = boxes[part] - origin.repeat(1, 2)  # exact: integer shifts of float32 values below 2**23
-        r, c = rows[:, :, None], cols[:, None, :]
-        window = basis[im[part][:, None, None], :, r, c]  # (n, Hw, Ww, M)
-        quadrants = torch.einsum("nqm,nyxm->nqyx", cofs[part].reshape(len(part), 4, -1), window).sigmoid()
+        offsets = rows[:, :, None] * w + cols[:, None, :]  # (n, Hw, Ww) pixel index in a map
+        window = basis.index_select(0, (im[part, None, None] * (h * w) + offsets).flatten())  # (n*Hw*Ww, M)
+        logits = window.view(len(part), -1, m) @ cofs[part].view(len(part), 4, m).transpose(1, 2)  # (n, Hw*Ww, 4)
+        quadrants = logits.transpose(1, 2).reshape(len(part), 4, *offsets.shape[1:]).sigmoid()
         pred = crop_split(quadrants, local)
-        target = crop_box(gt_masks[gt[part][:, None, None], r, c].float(), local)
+        gt_window = gt_masks.flatten().index_select(0, (gt[part, None, None] * (h * w) + offsets).flatten())
+        target = crop_box(gt_window.view(offsets.shape).float(), local)
         bce = bce.index_put((part,), F.binary_cross_entropy(pred, target, reduction="none").sum(dim=(1, 2)))
     bce = bce / (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1]) / count
     return total + (bce * weighting).sum()
