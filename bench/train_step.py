@@ -240,14 +240,15 @@ def main(argv: list[str] | None = None) -> dict:
             del step
             gc.collect()
             release_memory(device)
-            row = {"model": model, "config": configs[model].name, "amp": amp, "channels_last": channels_last, "batch_size": args.batch_size,
-                   "image_size": list(args.image_size), **timing}
+            row = {"model": model, "config": configs[model].name, "amp": amp, "channels_last": channels_last,
+                   "batch_size": args.batch_size, "image_size": list(args.image_size), **timing}
             rows.append(row)
             note = "" if row["losses_finite"] else "  WARNING: non-finite loss"
             print(f"  {model:9s} amp {amp:4s}: {row['median_ms']:.1f} ms/step ({row['cpu_ms']:.1f} ms CPU)  "
                   f"{row['images_per_s']:.2f} images/s{note}", flush=True)
             for op in row.get("profile", []):
-                print(f"      {op['self_cpu_ms']:9.1f} ms  {100 * op['share']:5.1f}%  {op['calls']:5d} x  {op['operator']}")
+                print(f"      {op['self_cpu_ms']:9.1f} ms  {100 * op['share']:5.1f}%  {op['calls']:5d} x  "
+                      f"{op['operator']}")
     comparisons = []
     for amp in amps:
         by_model = {r["model"]: r for r in rows if r["amp"] == amp}
@@ -260,8 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
                "results": rows, "comparisons": comparisons}
     print()
     print(format_table(rows, [("model", "model", "{}"), ("amp", "amp", "{}"), ("batch", "batch_size", "{}"),
-                              ("ms/step", "median_ms", "{:.1f}"), ("CPU ms", "cpu_ms", "{:.1f}"), ("p10", "p10_ms", "{:.1f}"),
-                              ("p90", "p90_ms", "{:.1f}"), ("IQR", "iqr_ms", "{:.1f}"),
+                              ("ms/step", "median_ms", "{:.1f}"), ("CPU ms", "cpu_ms", "{:.1f}"),
+                              ("p10", "p10_ms", "{:.1f}"), ("p90", "p90_ms", "{:.1f}"), ("IQR", "iqr_ms", "{:.1f}"),
                               ("images/s", "images_per_s", "{:.2f}"), ("peak MB", "peak_allocated_mb", "{:.0f}")]))
     if comparisons:
         print()
