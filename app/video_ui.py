@@ -22,6 +22,7 @@ from app.actions import View
 from app.canvas import data_url
 from app.handlers import Handlers
 from app.render import outline, resize_image, resize_mask
+from app.sequences import VIDEO_TYPES  # noqa: F401 - the upload area (app/ui.py) offers these
 
 TRACK_HEADERS = ["track", "class", "frames", "count"]
 VIDEO_KEYS_JS = """

@@ -1,4 +1,4 @@
-"""One training step (forward + losses + backward + optimizer step): CondInst vs torchvision Mask R-CNN.
+"""One training step (forward + losses + backward + optimizer step): CondInst vs torchvision Mask R-CNN (and SipMask).
 
 Both models train on the same synthetic batch at the recipe's resolution (short side 800, long side
 <= 1333; 800x1067 for a 4:3 photo), with a few random elliptical instances (box + mask) per image,
@@ -7,16 +7,23 @@ batch 8 by default. Reported: ms per step, images/s and peak CUDA memory.
     CondInst     `training.losses.compute_losses` on a `TrainBatch` built with `training.transforms.collate`,
                  SGD with the recipe's parameter groups (`training.solver.build_optimizer`), LR scaled to the
                  batch; the same step as `training.engine` (minus its per-step finite-loss check).
+    SipMask      `training.sipmask_losses.compute_sipmask_losses` (the official losses), the same SGD recipe;
+                 config `--sipmask-config` (a preset, default sipmask_r50_caffe_fpn_gn_1x, or a JSON config).
     Mask R-CNN   torchvision's training forward (its own loss dict) on the same images and instances,
                  SGD momentum 0.9, weight decay 1e-4; COCO-pretrained architecture (FrozenBN, conv1 +
                  layer1 frozen) like CondInst's FrozenBN backbone with freeze_at=2.
 
 --amp off | bf16 | fp16 (autocast; fp16 adds a GradScaler), several as a comma list; channels_last
 on CUDA (--channels-last auto). The batch is built once, outside the timing (data loading is not
-measured; torchvision's own resize/normalise/batching inside its forward is).
+measured; torchvision's own resize/normalise/batching inside its forward is). Besides wall time, the CPU
+time of the process per step is recorded (cpu_ms: what a step costs on a shared machine). --profile N
+prints (and stores) the N operators of one more step with the most self CPU time (torch.profiler).
 
     python -m bench.train_step                                  # batch 8, amp off and bf16 on CUDA
     python -m bench.train_step --device cpu --batch-size 2 --iters 3 --warmup 1 --threads 2
+    python -m bench.train_step --device cpu --threads 1 --models condinst,sipmask --batch-size 4 \
+        --image-size 352x480 --instances-per-image 9 --preset configs/fruits_nuts_default.json \
+        --sipmask-config configs/fruits_nuts_sipmask.json --iters 3 --warmup 1 --profile 12   # fruits_nuts scale
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import argparse
 import gc
 import math
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/train_step.py`
@@ -34,14 +42,16 @@ import torch
 
 from bench.common import (AMP_DTYPES, add_common_args, autocast, environment, format_table, parse_list, parse_size,
                           peak_memory_mb, release_memory, reset_peak_memory, settings_of, setup, time_fn, write_json)
-from bench.models import build_maskrcnn, condinst_config, random_instances
-from condinst.config import CondInstConfig
+from bench.models import build_maskrcnn, condinst_config, random_instances, sipmask_config
+from condinst.config import CondInstConfig, load_config
 from condinst.model import CondInst
+from condinst.sipmask.model import SipMask
 from training.losses import compute_losses
+from training.sipmask_losses import compute_sipmask_losses
 from training.solver import build_optimizer, scale_solver_for_batch
 from training.transforms import TrainBatch, TrainSample, collate
 
-MODELS = ("condinst", "maskrcnn")
+MODELS = ("condinst", "maskrcnn", "sipmask")
 # torchvision's detection reference recipe: LR 0.02 for 16 images, momentum 0.9, weight decay 1e-4.
 MASKRCNN_LR_PER_16 = 0.02
 
@@ -57,9 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="off, bf16, fp16, comma-separated (default off,bf16 on CUDA, off on CPU)")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="channels_last model and images (auto: on CUDA only)")
-    parser.add_argument("--models", type=lambda s: parse_list(s), default=list(MODELS),
-                        help="condinst and/or maskrcnn (default both)")
-    parser.add_argument("--preset", default="MS_R_50_1x", help="CondInst preset (default %(default)s)")
+    parser.add_argument("--models", type=lambda s: parse_list(s), default=["condinst", "maskrcnn"],
+                        help="condinst, maskrcnn and/or sipmask (default condinst,maskrcnn)")
+    parser.add_argument("--preset", default="MS_R_50_1x", help="CondInst preset or JSON config (default %(default)s)")
+    parser.add_argument("--sipmask-config", default="sipmask_r50_caffe_fpn_gn_1x",
+                        help="SipMask preset or JSON config (default %(default)s)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N operators of one more step with the most self CPU time (default off)")
     parser.add_argument("--maskrcnn-norm", choices=("FrozenBN", "BN"), default="FrozenBN",
                         help="FrozenBN: the COCO-pretrained architecture (default); "
                              "BN: maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)")
@@ -103,11 +117,12 @@ def maskrcnn_inputs(samples: list[TrainSample], cfg: CondInstConfig, device: tor
 
 # ---- steps ----------------------------------------------------------------------------------------
 
-class CondInstStep:
-    """One CondInst training iteration on a fixed batch, as `training.engine.Trainer.run_step` does it."""
+class DenseStep:
+    """One CondInst or SipMask training iteration on a fixed batch, as `training.engine.Trainer.run_step` does it."""
 
-    def __init__(self, cfg: CondInstConfig, batch: TrainBatch, device: torch.device, amp: str, channels_last: bool):
-        self.model = CondInst(cfg).to(device).train()
+    def __init__(self, model: torch.nn.Module, loss_fn, cfg, batch: TrainBatch, device: torch.device, amp: str,
+                 channels_last: bool):
+        self.model, self.loss_fn = model.to(device).train(), loss_fn
         self.batch = batch.to(device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -118,7 +133,7 @@ class CondInstStep:
 
     def __call__(self) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            losses = compute_losses(self.model, self.batch)
+            losses = self.loss_fn(self.model, self.batch)
         losses = {k: v.float() for k, v in losses.items()}
         return _backward_and_step(losses, self.optimizer, self.scaler)
 
@@ -165,16 +180,41 @@ def _backward_and_step(losses: dict[str, torch.Tensor], optimizer: torch.optim.O
 
 
 def measure(step, args: argparse.Namespace, device: torch.device) -> dict:
-    """Warm up, time `args.iters` steps with a fresh peak-memory window, and record the last losses."""
+    """Warm up, time `args.iters` steps with a fresh peak-memory window, and record the last losses
+    (and with --profile the operators of that last step)."""
     for _ in range(args.warmup):
         step()
     reset_peak_memory(device)
+    cpu_start = time.process_time()
     timing = time_fn(step, device, args.iters, warmup=0, batch_size=args.batch_size)
+    timing["cpu_ms"] = 1000 * (time.process_time() - cpu_start) / args.iters
     timing.update(peak_memory_mb(device))
-    losses = {k: float(v) for k, v in step().items()}
+    if args.profile:
+        with torch.profiler.profile() as prof:
+            losses = {k: float(v) for k, v in step().items()}
+        timing["profile"] = top_operators(prof, args.profile)
+    else:
+        losses = {k: float(v) for k, v in step().items()}
     timing["last_losses"] = losses
     timing["losses_finite"] = all(math.isfinite(v) for v in losses.values())
     return timing
+
+
+def top_operators(prof: torch.profiler.profile, count: int) -> list[dict]:
+    """The `count` operators with the most self CPU time, with their share of the step's total."""
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [{"operator": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000, "calls": e.count,
+             "share": e.self_cpu_time_total / total} for e in events[:count]]
+
+
+def build_step(model: str, args: argparse.Namespace, configs: dict, samples: list[TrainSample],
+               device: torch.device, amp: str, channels_last: bool):
+    cfg = configs[model]
+    if model == "maskrcnn":
+        return MaskRCNNStep(args, cfg, samples, device, amp, channels_last)
+    net, loss_fn = (CondInst(cfg), compute_losses) if model == "condinst" else (SipMask(cfg), compute_sipmask_losses)
+    return DenseStep(net, loss_fn, cfg, collate(samples, cfg), device, amp, channels_last)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,32 +222,37 @@ def main(argv: list[str] | None = None) -> dict:
     device = setup(args)
     amps = args.amp or (["off", "bf16"] if device.type == "cuda" else ["off"])
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
-    cfg = condinst_config(args.preset, args.tiny)
+    cfg = condinst_config(args.preset, args.tiny) if args.tiny else load_config(args.preset)
+    configs = {"condinst": cfg, "maskrcnn": cfg}
+    if "sipmask" in args.models:
+        configs["sipmask"] = (sipmask_config(args.sipmask_config, tiny=True) if args.tiny
+                              else load_config(args.sipmask_config))
     env = environment(device)
     print(f"training step on {env['device_name']} ({device}), batch {args.batch_size} at "
           f"{args.image_size[0]}x{args.image_size[1]}, channels_last {channels_last}", flush=True)
     samples = synthetic_samples(cfg, args.batch_size, args.image_size, args.instances_per_image, args.seed)
-    batch = collate(samples, cfg)
     rows = []
     for amp in amps:
         for model in args.models:
             torch.manual_seed(args.seed)
-            step = (CondInstStep(cfg, batch, device, amp, channels_last) if model == "condinst"
-                    else MaskRCNNStep(args, cfg, samples, device, amp, channels_last))
+            step = build_step(model, args, configs, samples, device, amp, channels_last)
             timing = measure(step, args, device)
             del step
             gc.collect()
             release_memory(device)
-            row = {"model": model, "amp": amp, "channels_last": channels_last, "batch_size": args.batch_size,
-                   "image_size": list(args.image_size), **timing}
+            row = {"model": model, "config": configs[model].name, "amp": amp, "channels_last": channels_last,
+                   "batch_size": args.batch_size, "image_size": list(args.image_size), **timing}
             rows.append(row)
             note = "" if row["losses_finite"] else "  WARNING: non-finite loss"
-            print(f"  {model:9s} amp {amp:4s}: {row['median_ms']:.1f} ms/step  {row['images_per_s']:.2f} images/s"
-                  f"{note}", flush=True)
+            print(f"  {model:9s} amp {amp:4s}: {row['median_ms']:.1f} ms/step ({row['cpu_ms']:.1f} ms CPU)  "
+                  f"{row['images_per_s']:.2f} images/s{note}", flush=True)
+            for op in row.get("profile", []):
+                print(f"      {op['self_cpu_ms']:9.1f} ms  {100 * op['share']:5.1f}%  {op['calls']:5d} x  "
+                      f"{op['operator']}")
     comparisons = []
     for amp in amps:
         by_model = {r["model"]: r for r in rows if r["amp"] == amp}
-        if len(by_model) == 2:
+        if {"condinst", "maskrcnn"} <= set(by_model):
             ours, theirs = by_model["condinst"], by_model["maskrcnn"]
             comparisons.append({"amp": amp, "condinst_ms_per_step": ours["median_ms"],
                                 "maskrcnn_ms_per_step": theirs["median_ms"],
@@ -216,8 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
                "results": rows, "comparisons": comparisons}
     print()
     print(format_table(rows, [("model", "model", "{}"), ("amp", "amp", "{}"), ("batch", "batch_size", "{}"),
-                              ("ms/step", "median_ms", "{:.1f}"), ("p10", "p10_ms", "{:.1f}"),
-                              ("p90", "p90_ms", "{:.1f}"), ("IQR", "iqr_ms", "{:.1f}"),
+                              ("ms/step", "median_ms", "{:.1f}"), ("CPU ms", "cpu_ms", "{:.1f}"),
+                              ("p10", "p10_ms", "{:.1f}"), ("p90", "p90_ms", "{:.1f}"), ("IQR", "iqr_ms", "{:.1f}"),
                               ("images/s", "images_per_s", "{:.2f}"), ("peak MB", "peak_allocated_mb", "{:.0f}")]))
     if comparisons:
         print()

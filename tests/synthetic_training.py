@@ -9,6 +9,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from condinst.config import BackboneConfig, CondInstConfig, MaskBranchConfig, NeckConfig, SolverConfig
+from condinst.sipmask.config import SipMaskConfig
 
 CATEGORIES = ({"id": 1, "name": "ellipse"}, {"id": 3, "name": "rectangle"})  # gap in the ids on purpose
 
@@ -75,5 +76,19 @@ def tiny_train_config(max_iter: int = 6, **solver) -> CondInstConfig:
     cfg.input.min_size_train, cfg.input.max_size_train = (128, 160), 256
     cfg.input.min_size_test, cfg.input.max_size_test = 128, 256
     defaults = dict(ims_per_batch=2, base_lr=0.01, max_iter=max_iter, steps=(4,), warmup_iters=2, checkpoint_period=3)
+    cfg.solver = SolverConfig(**{**defaults, **solver})
+    return cfg.validate()
+
+
+def tiny_sipmask_config(max_iter: int = 2, **solver) -> SipMaskConfig:
+    """A narrow SipMask (GN, 32-channel FPN, 1 class + 2 box convs) at 128 px that trains in seconds on CPU."""
+    cfg = SipMaskConfig(name="tiny_sipmask")
+    cfg.backbone = BackboneConfig(stem_out_channels=8, res2_out_channels=32, width_per_group=8, norm="GN", freeze_at=0)
+    cfg.neck = NeckConfig(out_channels=32)
+    cfg.fcos.num_convs = 2
+    cfg.input.min_size_train, cfg.input.max_size_train = (128,), 256
+    cfg.input.min_size_test, cfg.input.max_size_test = 128, 256
+    defaults = dict(ims_per_batch=2, base_lr=0.01, max_iter=max_iter, steps=(max_iter,), warmup_iters=2,
+                    checkpoint_period=10**6)
     cfg.solver = SolverConfig(**{**defaults, **solver})
     return cfg.validate()

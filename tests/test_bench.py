@@ -159,6 +159,23 @@ def test_train_step(tmp_path):
     assert payload["comparisons"][0]["amp"] == "off"
 
 
+def test_train_step_sipmask_row_with_cpu_time_and_profile(tmp_path):
+    """--models sipmask adds a SipMask row (its official losses); --profile stores the top operators."""
+    out = tmp_path / "train_step.json"
+    payload = train_step.main(["--device", "cpu", "--iters", "1", "--warmup", "0", "--threads", "1", "--tiny",
+                               "--batch-size", "2", "--image-size", "128x160", "--instances-per-image", "3",
+                               "--models", "sipmask", "--sipmask-config", "sipmask_r50_caffe_fpn_gn_1x",
+                               "--profile", "5", "--out", str(out)])
+    (row,) = read(out)["results"]
+    assert row["model"] == "sipmask" and row["config"] == "sipmask_r50_caffe_fpn_gn_1x_tiny"
+    assert row["losses_finite"] and {"loss_cls", "loss_bbox", "loss_centerness", "loss_mask"} <= set(row["last_losses"])
+    assert 0 < row["cpu_ms"] and len(row["profile"]) == 5
+    shares = [op["share"] for op in row["profile"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    assert all(op["operator"] and op["calls"] >= 1 and op["self_cpu_ms"] > 0 for op in row["profile"])
+    assert payload["comparisons"] == []
+
+
 def test_cpu_latency_with_a_default_model(tmp_path):
     from bench.models import condinst_config, give_boxes_extent
     from condinst.checkpoint import save_checkpoint

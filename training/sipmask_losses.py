@@ -8,7 +8,8 @@
                      crop-split their 4 quadrant masks; BCE against the GT mask (bilinear x0.5, > 0.5) cropped
                      to the same box, summed over the box and divided by its area and the count, weighted by the
                      mask alignment weighting cls score x IoU(pred box, GT box) normalised to mean 1; mean
-                     over images
+                     over images; evaluated on a window around each box (the official code uses the whole
+                     map, where the BCE and its gradient are exactly 0 outside the box), all images at once
 
 Targets are FCOS's (training/targets.py) with box centres for centre sampling, as mmdetection.
 Not implemented: SipMask++'s mask re-scoring loss (its configs are refused by `python -m condinst train`).
@@ -20,7 +21,6 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from condinst.sipmask.crop_split import crop_box, crop_split
-from condinst.sipmask.postprocess import box_iou_legacy
 
 from .losses import flatten_levels
 from .targets import centerness_targets, fcos_targets
@@ -28,11 +28,13 @@ from .transforms import TrainBatch
 
 
 def aligned_iou_legacy(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """(N, 4), (N, 4) -> (N,) IoU of each pair, legacy +1 convention (mmdetection v1 `bbox_overlaps`)."""
-    if len(boxes) == 0:
-        return boxes.new_zeros(0)
-    return torch.diagonal(box_iou_legacy(boxes, others)) if len(boxes) <= 256 else torch.cat(
-        [torch.diagonal(box_iou_legacy(b, o)) for b, o in zip(boxes.split(256), others.split(256))])
+    """(N, 4), (N, 4) -> (N,) IoU of each pair, legacy +1 convention (mmdetection v1 `bbox_overlaps(...,
+    is_aligned=True)`; elementwise the same operations as `box_iou_legacy`, without its N x N matrix)."""
+    x1, y1 = torch.maximum(boxes[:, 0], others[:, 0]), torch.maximum(boxes[:, 1], others[:, 1])
+    x2, y2 = torch.minimum(boxes[:, 2], others[:, 2]), torch.minimum(boxes[:, 3], others[:, 3])
+    inter = (x2 - x1 + 1).clamp(min=0) * (y2 - y1 + 1).clamp(min=0)
+    area, area_o = ((b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1) for b in (boxes, others))
+    return inter / (area + area_o - inter)
 
 
 def decode(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
@@ -75,37 +77,92 @@ def compute_sipmask_losses(model, batch: TrainBatch) -> dict[str, torch.Tensor]:
 
 def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor, cls_logits: torch.Tensor,
               reg: torch.Tensor, points: torch.Tensor, gt_inds: torch.Tensor, im_inds: torch.Tensor) -> torch.Tensor:
-    """Sum over images of the weighted crop-split BCE (see the module docstring)."""
-    cofs = flatten_levels(out.cofs)[index]
+    """Sum over images of the weighted crop-split BCE (see the module docstring), all positives at once.
+
+    The official code evaluates every positive's mask over the whole stride-2 map; outside its box the
+    prediction and the cropped GT are both 0, so the BCE and its gradient are exactly 0 there. Here each
+    positive is evaluated on a window of the map that holds its box (`box_windows`), one window size for
+    each group of positives of similar extent (`window_groups`).
+    """
     boxes = (decode(points, reg[index]) / 2).detach()  # stride-2 basis pixels
-    scores = cls_logits[index, labels].sigmoid().detach()
-    first_gt = torch.cumsum(torch.tensor([0] + [len(t.gt_boxes) for t in batch.targets], device=index.device), 0)
+    keep = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 1.0).nonzero().squeeze(1)
     total = out.basis.sum() * 0
-    m = out.basis.shape[1]
-    for i, target in enumerate(batch.targets):
-        sel = (im_inds == i).nonzero().squeeze(1)
-        if len(sel) == 0:
-            continue
-        box = boxes[sel]
-        keep = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) > 1.0
-        sel, box = sel[keep], box[keep]
-        if len(sel) == 0:
-            continue
-        gt_local = gt_inds[sel] - first_gt[i]
-        iou = aligned_iou_legacy(target.gt_boxes[gt_local].float() / 2, box)
-        with torch.no_grad():
-            weighting = scores[sel] * iou
-            weighting = weighting / (weighting.sum() + 1e-4) * len(weighting)
-        basis = out.basis[i].float()
-        h, w = basis.shape[-2:]
-        gt = F.interpolate(target.gt_masks[None].float(), scale_factor=0.5, mode="bilinear", align_corners=False)[0]
-        gt_full = gt.new_zeros((len(gt), h, w))
-        gh, gw = min(h, gt.shape[1]), min(w, gt.shape[2])
-        gt_full[:, :gh, :gw] = gt[:, :gh, :gw]
-        gt_crop = crop_box((gt_full > 0.5).float()[gt_local], box)
-        quadrants = torch.sigmoid(cofs[sel].float().reshape(-1, 4, m) @ basis.reshape(m, -1)).reshape(-1, 4, h, w)
-        pred = crop_split(quadrants, box)
-        bce = F.binary_cross_entropy(pred, gt_crop, reduction="none").sum(dim=(1, 2))
-        bce = bce / (box[:, 2] - box[:, 0]) / (box[:, 3] - box[:, 1]) / len(sel)
-        total = total + (bce * weighting).sum()
-    return total
+    if len(keep) == 0:
+        return total
+    boxes, im, gt = boxes[keep], im_inds[keep], gt_inds[keep]
+    cofs = flatten_levels(out.cofs)[index[keep]].float()
+    gt_boxes = torch.cat([t.gt_boxes for t in batch.targets]).float()
+    with torch.no_grad():  # the mask alignment weighting: cls score x IoU, normalised to mean 1 per image
+        weighting = cls_logits[index[keep], labels[keep]].sigmoid() * aligned_iou_legacy(gt_boxes[gt] / 2, boxes)
+        num_images = len(batch.targets)
+        count = torch.bincount(im, minlength=num_images)[im]
+        weighting = weighting / (weighting.new_zeros(num_images).index_add_(0, im, weighting)[im] + 1e-4) * count
+    _, m, h, w = out.basis.shape
+    basis = out.basis.float().permute(0, 2, 3, 1).reshape(-1, m)  # (B*h*w, M): one row per pixel
+    gt_masks = downsampled_gt_masks(batch, h, w)
+    bce = torch.zeros_like(weighting)
+    for part in window_groups(boxes, h, w, m):
+        rows, cols, origin = box_windows(boxes[part], h, w)
+        local = boxes[part] - origin.repeat(1, 2)  # exact: integer shifts of float32 values below 2**23
+        offsets = rows[:, :, None] * w + cols[:, None, :]  # (n, Hw, Ww) pixel index in a map
+        window = basis.index_select(0, (im[part, None, None] * (h * w) + offsets).flatten())  # (n*Hw*Ww, M)
+        logits = window.view(len(part), -1, m) @ cofs[part].view(len(part), 4, m).transpose(1, 2)  # (n, Hw*Ww, 4)
+        quadrants = logits.transpose(1, 2).reshape(len(part), 4, *offsets.shape[1:]).sigmoid()
+        pred = crop_split(quadrants, local)
+        gt_window = gt_masks.flatten().index_select(0, (gt[part, None, None] * (h * w) + offsets).flatten())
+        target = crop_box(gt_window.view(offsets.shape).float(), local)
+        bce = bce.index_put((part,), F.binary_cross_entropy(pred, target, reduction="none").sum(dim=(1, 2)))
+    bce = bce / (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1]) / count
+    return total + (bce * weighting).sum()
+
+
+GROUP_SIZE = 32  # positives per window group
+GROUP_ELEMENTS = 1 << 23  # most basis values gathered at once (32 MB of float32)
+
+
+def window_groups(boxes: torch.Tensor, height: int, width: int, num_bases: int) -> list[torch.Tensor]:
+    """Indices of the boxes (N, 4) in groups of similar extent (smallest first, at most GROUP_SIZE, and at
+    most GROUP_ELEMENTS basis values in a group's windows), so that small boxes get small windows."""
+    extent = box_spans(boxes, height, width)[1]
+    order = (extent[:, 0] * extent[:, 1]).argsort()
+    groups = []
+    for group in order.split(GROUP_SIZE):
+        area = int(extent[group].amax(dim=0).prod())
+        groups += list(group.split(max(1, GROUP_ELEMENTS // (area * num_bases))))
+    return groups
+
+
+def downsampled_gt_masks(batch: TrainBatch, height: int, width: int) -> torch.Tensor:
+    """All GT masks of the batch (G, Hp, Wp) -> bilinear x0.5, > 0.5, on the (height, width) basis grid
+    (zero-padded or cut), as the official `F.interpolate(gt_masks, scale_factor=0.5)` -> (G, height, width) bool."""
+    masks = torch.cat([t.gt_masks for t in batch.targets]).float()
+    if len(masks) == 0:
+        return masks.new_zeros((0, height, width), dtype=torch.bool)
+    small = F.interpolate(masks[None], scale_factor=0.5, mode="bilinear", align_corners=False)[0]
+    out = small.new_zeros((len(small), height, width))
+    gh, gw = min(height, small.shape[1]), min(width, small.shape[2])
+    out[:, :gh, :gw] = small[:, :gh, :gw]
+    return out > 0.5
+
+
+def box_spans(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """boxes (N, 4) -> (first pixel (N, 2) x, y, number of pixels >= 1 (N, 2) w, h) of the pixel range
+    [floor(x1), ceil(x2)) x [floor(y1), ceil(y2)) cut to the (height, width) map, as floats."""
+    limit = boxes.new_tensor([width, height])
+    lo = boxes[:, :2].floor().clamp(0, None).minimum(limit)
+    hi = boxes[:, 2:].ceil().clamp(0, None).minimum(limit)
+    return lo, (hi - lo).clamp(min=1)
+
+
+def box_windows(boxes: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows of one common size, inside the (height, width) map, holding every pixel of each box.
+
+    boxes (N, 4) x1 y1 x2 y2 (a pixel x is inside when x1 <= x < x2) -> rows (N, Hw), cols (N, Ww) int64
+    pixel indices of each window, origin (N, 2) float (x, y) of its top-left pixel.
+    """
+    lo, extent = box_spans(boxes, height, width)
+    size = extent.amax(dim=0).long().tolist()  # [Ww, Hw]
+    origin = torch.minimum(lo, boxes.new_tensor([width - size[0], height - size[1]]))
+    cols = origin[:, 0:1].long() + torch.arange(size[0], device=boxes.device)
+    rows = origin[:, 1:2].long() + torch.arange(size[1], device=boxes.device)
+    return rows, cols, origin

@@ -7,23 +7,8 @@ import json
 import pytest
 import torch
 
-from condinst.config import BackboneConfig, NeckConfig, SolverConfig
-from condinst.sipmask.config import SipMaskConfig
 from condinst.sipmask.model import SipMask
-from synthetic_training import make_synthetic_coco
-
-
-def tiny_sipmask_config(max_iter: int = 2, **solver) -> SipMaskConfig:
-    cfg = SipMaskConfig(name="tiny_sipmask")
-    cfg.backbone = BackboneConfig(stem_out_channels=8, res2_out_channels=32, width_per_group=8, norm="GN", freeze_at=0)
-    cfg.neck = NeckConfig(out_channels=32)
-    cfg.fcos.num_convs = 2
-    cfg.input.min_size_train, cfg.input.max_size_train = (128,), 256
-    cfg.input.min_size_test, cfg.input.max_size_test = 128, 256
-    defaults = dict(ims_per_batch=2, base_lr=0.01, max_iter=max_iter, steps=(max_iter,), warmup_iters=2,
-                    checkpoint_period=10**6)
-    cfg.solver = SolverConfig(**{**defaults, **solver})
-    return cfg.validate()
+from synthetic_training import make_synthetic_coco, tiny_sipmask_config
 
 
 @pytest.fixture(scope="module")
