@@ -7,7 +7,6 @@ CUDA.
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -28,18 +27,6 @@ ENV_KEYS = {"device", "device_name", "torch", "torchvision", "cuda", "cpu_count"
 FAST = ["--iters", "2", "--warmup", "1", "--threads", "1"]
 # Small enough to be quick, large enough that the tiny models' P7 map has two cells (GroupNorm needs it).
 TINY_INFERENCE = ["--tiny", "--sizes", "96x128", "--min-size", "128", "--max-size", "192"]
-
-
-@pytest.fixture(autouse=True)
-def restore_torch_state():
-    """The scripts set torch's thread count and seeds; give the other tests theirs back."""
-    threads = torch.get_num_threads()
-    torch_rng, np_rng, py_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_num_threads(threads)
-    torch.set_rng_state(torch_rng)
-    np.random.set_state(np_rng)
-    random.setstate(py_rng)
 
 
 def read(path: Path) -> dict:
