@@ -110,6 +110,9 @@ def run_train(args: argparse.Namespace) -> int:
     return _run_reporting_errors(_train, args)
 
 
+RESCORING_MIN_SIZE = 254
+
+
 def _train(args: argparse.Namespace) -> int:
     existing_file(args.train_ann, "--train-ann")
     existing_dir(args.train_images, "--train-images")
@@ -133,7 +136,10 @@ def _train(args: argparse.Namespace) -> int:
                          "to continue it, or choose another folder")
     cfg = load_config(args.config)
     if getattr(cfg, "arch", "condinst") == "sipmask" and cfg.sipmask.rescoring:
-        raise UsageError(f"--config {args.config}: training SipMask++'s mask re-scoring branch is not implemented yet")
+        short = min(min(cfg.input.min_size_train), cfg.input.max_size_train)
+        if short < RESCORING_MIN_SIZE:  # six unpadded 3x3/2 convs need a stride-2 mask of >= 127 pixels a side
+            raise UsageError(f"--config {args.config}: SipMask++'s mask re-scoring trains on images of at least "
+                             f"{RESCORING_MIN_SIZE} px a side; input.min_size_train / max_size_train allow {short}")
     train_set = _open_dataset(args.train_ann, args.train_images, args.on_error)
     val_set = _open_dataset(args.val_ann, args.val_images, args.on_error) if args.val_ann else None
     from .engine import train

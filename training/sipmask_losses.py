@@ -10,11 +10,16 @@
                      mask alignment weighting cls score x IoU(pred box, GT box) normalised to mean 1; mean
                      over images; evaluated on a window around each box (the official code uses the whole
                      map, where the BCE and its gradient are exactly 0 outside the box), all images at once
+    loss_iou         SipMask++ only (`sipmask.rescoring`): the re-scoring branch's predicted mask IoU at the
+                     positive's class, regressed (squared error, summed) onto the IoU of its crop-split mask
+                     (> 0.4) with its whole GT mask, for the positives of the mask loss whose target IoU is in
+                     (0.1, 1] and whose GT mask holds >= 100 stride-2 pixels; x 10 / (0.1 + their count)
 
 Targets are FCOS's (training/targets.py) with box centres for centre sampling, as mmdetection.
-Not implemented: SipMask++'s mask re-scoring loss (its configs are refused by `python -m condinst train`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,14 +75,51 @@ def compute_sipmask_losses(model, batch: TrainBatch) -> dict[str, torch.Tensor]:
     else:
         loss_bbox, loss_ctr = reg[index].sum(), ctr[index].sum()
     losses = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
-    losses["loss_mask"] = mask_loss(out, batch, index, labels, cls_logits, reg, points, targets.gt_inds[index],
-                                    targets.im_inds[index]) / num_images
+    loss_mask, masks = mask_loss(out, batch, index, labels, cls_logits, reg, points, targets.gt_inds[index],
+                                 targets.im_inds[index])
+    losses["loss_mask"] = loss_mask / num_images
+    if model.bbox_head.rescoring is not None:
+        losses["loss_iou"] = rescoring_loss(model.bbox_head.rescoring, masks, out.basis.shape[-2:])
     return losses
 
 
+@dataclass
+class PositiveMasks:
+    """The mask loss's crop-split predictions, for the re-scoring loss: per window group, the indices of
+    its positives (n,) among the kept ones, their predicted masks on the window (n, Hw, Ww) (detached),
+    the window's pixel index in the stride-2 map (n, Hw, Ww), the overlap of mask > MASK_THRESHOLD with the
+    (uncropped) GT mask in the window (n,); for all kept positives their class (K,) and GT mask area (K,)."""
+
+    groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    labels: torch.Tensor
+    gt_areas: torch.Tensor
+
+
+def rescoring_loss(rescoring: torch.nn.Module, masks: PositiveMasks, map_size: tuple[int, int]) -> torch.Tensor:
+    """SipMask++'s loss_iou (see the module docstring). Each positive's window is pasted into a zero
+    (1, h, w) map: outside its box the crop-split mask is exactly 0, so the convs see the official input."""
+    h, w = map_size
+    total = sum(p.sum() for p in rescoring.parameters()) * 0
+    weight_sum = 0.1
+    for part, pred, offsets, overlap in masks.groups:
+        n = len(part)
+        whole = pred.new_zeros((n, h * w)).scatter_(1, offsets.reshape(n, -1), pred.reshape(n, -1))
+        pred_iou = rescoring(whole.view(n, 1, h, w)).gather(1, masks.labels[part, None])[:, 0]
+        with torch.no_grad():
+            area = (pred > MASK_THRESHOLD).sum(dim=(1, 2)).float()
+            gt_area = masks.gt_areas[part]
+            target = overlap / (area + gt_area - overlap + 0.1)
+            weight = ((target > 0.1) & (target <= 1.0) & (gt_area >= 100)).float()
+        total = total + (weight * (pred_iou - target) ** 2).sum()
+        weight_sum = weight_sum + weight.sum()
+    return total * 10 / weight_sum
+
+
 def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor, cls_logits: torch.Tensor,
-              reg: torch.Tensor, points: torch.Tensor, gt_inds: torch.Tensor, im_inds: torch.Tensor) -> torch.Tensor:
-    """Sum over images of the weighted crop-split BCE (see the module docstring), all positives at once.
+              reg: torch.Tensor, points: torch.Tensor, gt_inds: torch.Tensor,
+              im_inds: torch.Tensor) -> tuple[torch.Tensor, PositiveMasks]:
+    """Sum over images of the weighted crop-split BCE (see the module docstring), all positives at once,
+    and the positives' predicted masks.
 
     The official code evaluates every positive's mask over the whole stride-2 map; outside its box the
     prediction and the cropped GT are both 0, so the BCE and its gradient are exactly 0 there. Here each
@@ -88,7 +130,7 @@ def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor,
     keep = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 1.0).nonzero().squeeze(1)
     total = out.basis.sum() * 0
     if len(keep) == 0:
-        return total
+        return total, PositiveMasks([], labels[keep], boxes.new_zeros(0))
     boxes, im, gt = boxes[keep], im_inds[keep], gt_inds[keep]
     cofs = flatten_levels(out.cofs)[index[keep]].float()
     gt_boxes = torch.cat([t.gt_boxes for t in batch.targets]).float()
@@ -101,6 +143,7 @@ def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor,
     basis = out.basis.float().permute(0, 2, 3, 1).reshape(-1, m)  # (B*h*w, M): one row per pixel
     gt_masks = downsampled_gt_masks(batch, h, w)
     bce = torch.zeros_like(weighting)
+    masks = PositiveMasks([], labels[keep], gt_masks.flatten(1).sum(dim=1)[gt].float())
     for part in window_groups(boxes, h, w, m):
         rows, cols, origin = box_windows(boxes[part], h, w)
         local = boxes[part] - origin.repeat(1, 2)  # exact: integer shifts of float32 values below 2**23
@@ -110,10 +153,16 @@ def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor,
         quadrants = logits.transpose(1, 2).reshape(len(part), 4, *offsets.shape[1:]).sigmoid()
         pred = crop_split(quadrants, local)
         gt_window = gt_masks.flatten().index_select(0, (gt[part, None, None] * (h * w) + offsets).flatten())
-        target = crop_box(gt_window.view(offsets.shape).float(), local)
+        gt_window = gt_window.view(offsets.shape).float()
+        target = crop_box(gt_window, local)
         bce = bce.index_put((part,), F.binary_cross_entropy(pred, target, reduction="none").sum(dim=(1, 2)))
+        pred = pred.detach()
+        masks.groups.append((part, pred, offsets, ((pred > MASK_THRESHOLD) * gt_window).sum(dim=(1, 2))))
     bce = bce / (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1]) / count
-    return total + (bce * weighting).sum()
+    return total + (bce * weighting).sum(), masks
+
+
+MASK_THRESHOLD = 0.4  # the official re-scoring target binarises the predicted mask at 0.4
 
 
 GROUP_SIZE = 32  # positives per window group

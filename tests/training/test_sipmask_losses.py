@@ -1,7 +1,10 @@
 """SipMask's mask loss evaluated on windows around the boxes equals the official whole-map computation
-(loss and gradients), for small, image-sized, out-of-image and degenerate boxes; its helpers cover every
-pixel of every box; the aligned +1 IoU is the diagonal of the pairwise one."""
+(loss and gradients), for small, image-sized, out-of-image and degenerate boxes; so does SipMask++'s
+re-scoring loss (windows pasted into zero maps), which leaves the other four losses as they are; the
+window helpers cover every pixel of every box; the aligned +1 IoU is the diagonal of the pairwise one."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -17,13 +20,15 @@ from training.losses import flatten_levels
 
 def whole_map_mask_loss(out, batch, index, labels, cls_logits, reg, points, gt_inds, im_inds):
     """The official `SipMaskHead.loss` mask term as written there: per image, every positive's four quadrant
-    masks over the whole stride-2 map, crop-split, BCE against the cropped GT (the code before the windows)."""
+    masks over the whole stride-2 map, crop-split, BCE against the cropped GT (the code before the windows).
+    Also returns, per image, what the official re-scoring loss reads: (whole-map masks, labels, GT masks)."""
     cofs = flatten_levels(out.cofs)[index]
     boxes = (sipmask_losses.decode(points, reg[index]) / 2).detach()
     scores = cls_logits[index, labels].sigmoid().detach()
     first_gt = torch.cumsum(torch.tensor([0] + [len(t.gt_boxes) for t in batch.targets]), 0)
     total = out.basis.sum() * 0
     m = out.basis.shape[1]
+    per_image = []
     for i, target in enumerate(batch.targets):
         sel = (im_inds == i).nonzero().squeeze(1)
         box = boxes[sel]
@@ -40,9 +45,30 @@ def whole_map_mask_loss(out, batch, index, labels, cls_logits, reg, points, gt_i
         gt = F.interpolate(target.gt_masks[None].float(), scale_factor=0.5, mode="bilinear", align_corners=False)[0]
         gt_crop = crop_box((gt > 0.5).float()[gt_local], box)
         quadrants = torch.sigmoid(cofs[sel].float().reshape(-1, 4, m) @ basis.reshape(m, -1)).reshape(-1, 4, h, w)
-        bce = F.binary_cross_entropy(crop_split(quadrants, box), gt_crop, reduction="none").sum(dim=(1, 2))
+        pred = crop_split(quadrants, box)
+        bce = F.binary_cross_entropy(pred, gt_crop, reduction="none").sum(dim=(1, 2))
         total = total + (bce / (box[:, 2] - box[:, 0]) / (box[:, 3] - box[:, 1]) / len(sel) * weighting).sum()
-    return total
+        per_image.append((pred, labels[sel], (gt > 0.5).float()[gt_local]))
+    return total, per_image
+
+
+def whole_map_rescoring_loss(rescoring, per_image, map_size):
+    """The official `SipMaskHead.loss` re-scoring term as written there: per image, the positives' whole-map
+    masks (detached) through the convs, ReLU, global max pool, at their class; MSE (sum) onto the IoU of
+    mask > 0.4 with the whole GT mask, weighted by 0.1 < IoU <= 1 and GT area >= 100; x 10 / (0.1 + count)."""
+    loss_iou, num_iou = 0, 0.1
+    for pred_masks, labels, gt_mask in per_image:
+        pred_iou = F.relu(rescoring.mask_scoring(rescoring.convs_scoring(pred_masks.detach()[:, None])))
+        pred_iou = F.max_pool2d(pred_iou, kernel_size=pred_iou.shape[2:]).flatten(1)[range(len(labels)), labels]
+        with torch.no_grad():
+            mask_pred = (pred_masks > 0.4).float()
+            overlap = (mask_pred * gt_mask).sum((1, 2))
+            gt_area = gt_mask.sum((1, 2))
+            iou_targets = overlap / (mask_pred.sum((1, 2)) + gt_area - overlap + 0.1)
+            weights = ((iou_targets > 0.1) & (iou_targets <= 1.0) & (gt_area >= 10 * 10)).float()
+        loss_iou = loss_iou + (F.mse_loss(pred_iou, iou_targets, reduction="none") * weights).sum()
+        num_iou = num_iou + weights.sum()
+    return loss_iou * 10 / num_iou
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +114,68 @@ def test_windowed_mask_loss_equals_the_whole_map_computation(model_and_batch, bo
     for name, grad in official_grads.items():
         scale = grad.abs().max().clamp(min=1e-12)
         assert ((our_grads[name] - grad).abs().max() / scale) < 1e-5, name
+
+
+@pytest.fixture(scope="module")
+def rescoring_model_and_batch(tmp_path_factory):
+    """A tiny SipMask++ (no DCN backbone) at 256 px, the least size its six unpadded stride-2 convs take."""
+    from training.data import CocoInstances
+    from training.transforms import TrainTransform, collate
+
+    ann, images = make_synthetic_coco(tmp_path_factory.mktemp("shapes++"), num_images=2, size=(192, 256),
+                                      shapes_per_image=(2, 4))
+    dataset = CocoInstances(ann, images)
+    cfg = tiny_sipmask_config()
+    cfg.sipmask.rescoring = True
+    cfg.input.min_size_train, cfg.input.max_size_train = (256,), 352
+    cfg.fcos.num_classes = len(dataset.category_ids)
+    torch.manual_seed(0)
+    model = SipMask(cfg).train()
+    torch.nn.init.normal_(model.bbox_head.sip_cof.weight, std=0.05)
+    torch.nn.init.constant_(model.bbox_head.rescoring.mask_scoring.bias, 0.3)  # ReLU open: gradients everywhere
+    torch.manual_seed(1)
+    transform = TrainTransform(cfg)
+    return model, collate([transform(dataset[i]) for i in range(2)], cfg)
+
+
+@pytest.mark.parametrize("box_bias", [2.0, 6.0, 0.3])
+def test_rescoring_loss_equals_the_whole_map_computation(rescoring_model_and_batch, box_bias, monkeypatch):
+    model, batch = rescoring_model_and_batch
+    torch.nn.init.constant_(model.bbox_head.fcos_reg.bias, box_bias)
+    ours, our_grads = losses_and_grads(model, batch)
+    monkeypatch.setattr(sipmask_losses, "mask_loss", whole_map_mask_loss)
+    monkeypatch.setattr(sipmask_losses, "rescoring_loss", whole_map_rescoring_loss)
+    official, official_grads = losses_and_grads(model, batch)
+    assert set(ours) == set(official) == {"loss_cls", "loss_bbox", "loss_centerness", "loss_mask", "loss_iou"}
+    for name in ours:
+        assert torch.allclose(ours[name], official[name], rtol=1e-6, atol=1e-7), (name, ours[name], official[name])
+    if box_bias == 2.0:  # boxes of the instances' size: masks overlap their GT, IoU targets in (0.1, 1]
+        assert ours["loss_iou"] > 0
+    rescoring = [n for n in official_grads if n.startswith("bbox_head.rescoring.")]
+    assert len(rescoring) == 14 and set(our_grads) == set(official_grads)
+    for name in rescoring:
+        grad = official_grads[name]
+        scale = grad.abs().max().clamp(min=1e-12)
+        assert ((our_grads[name] - grad).abs().max() / scale) < 1e-5, name
+        if box_bias == 2.0:
+            assert grad.abs().max() > 0, name
+
+
+def test_rescoring_leaves_the_other_losses_and_gradients_as_they_are(rescoring_model_and_batch):
+    model, batch = rescoring_model_and_batch
+    torch.nn.init.constant_(model.bbox_head.fcos_reg.bias, 2.0)
+    plain_cfg = copy.deepcopy(model.cfg)
+    plain_cfg.sipmask.rescoring = False
+    plain = SipMask(plain_cfg).train()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("bbox_head.rescoring.") for k in unexpected)
+    with_iou, grads = losses_and_grads(model, batch)
+    without, plain_grads = losses_and_grads(plain, batch)
+    assert set(with_iou) - set(without) == {"loss_iou"} and with_iou["loss_iou"] > 0
+    for name, value in without.items():
+        assert torch.equal(with_iou[name], value), name
+    for name, grad in plain_grads.items():
+        assert torch.equal(grads[name], grad), name
 
 
 def test_windows_hold_every_pixel_of_every_box():
