@@ -118,16 +118,18 @@ def test_windowed_mask_loss_equals_the_whole_map_computation(model_and_batch, bo
 
 @pytest.fixture(scope="module")
 def rescoring_model_and_batch(tmp_path_factory):
-    """A tiny SipMask++ (no DCN backbone) at 256 px, the least size its six unpadded stride-2 convs take."""
+    """A tiny SipMask++ (no DCN backbone) at 384 x 512 px: its six unpadded stride-2 convs end on a 2 x 3 map,
+    so the global max pool chooses among positions (most see only the zeros outside the box, and tie); the
+    640 x 480 images shrink, so some GT masks hold fewer than the 100 stride-2 pixels the loss asks for."""
     from training.data import CocoInstances
     from training.transforms import TrainTransform, collate
 
-    ann, images = make_synthetic_coco(tmp_path_factory.mktemp("shapes++"), num_images=2, size=(192, 256),
-                                      shapes_per_image=(2, 4))
+    ann, images = make_synthetic_coco(tmp_path_factory.mktemp("shapes++"), num_images=2, size=(480, 640),
+                                      shapes_per_image=(4, 6))
     dataset = CocoInstances(ann, images)
     cfg = tiny_sipmask_config()
     cfg.sipmask.rescoring = True
-    cfg.input.min_size_train, cfg.input.max_size_train = (256,), 352
+    cfg.input.min_size_train, cfg.input.max_size_train = (384,), 512
     cfg.fcos.num_classes = len(dataset.category_ids)
     torch.manual_seed(0)
     model = SipMask(cfg).train()
@@ -141,6 +143,8 @@ def rescoring_model_and_batch(tmp_path_factory):
 @pytest.mark.parametrize("box_bias", [2.0, 6.0, 0.3])
 def test_rescoring_loss_equals_the_whole_map_computation(rescoring_model_and_batch, box_bias, monkeypatch):
     model, batch = rescoring_model_and_batch
+    h, w = (s // 2 for s in batch.images.shape[-2:])
+    assert model.bbox_head.rescoring.convs_scoring(torch.zeros(1, 1, h, w)).shape[-2:] == (2, 3)
     torch.nn.init.constant_(model.bbox_head.fcos_reg.bias, box_bias)
     ours, our_grads = losses_and_grads(model, batch)
     monkeypatch.setattr(sipmask_losses, "mask_loss", whole_map_mask_loss)
