@@ -110,9 +110,6 @@ def run_train(args: argparse.Namespace) -> int:
     return _run_reporting_errors(_train, args)
 
 
-RESCORING_MIN_SIZE = 254
-
-
 def _train(args: argparse.Namespace) -> int:
     existing_file(args.train_ann, "--train-ann")
     existing_dir(args.train_images, "--train-images")
@@ -136,8 +133,10 @@ def _train(args: argparse.Namespace) -> int:
                          "to continue it, or choose another folder")
     cfg = load_config(args.config)
     if getattr(cfg, "arch", "condinst") == "sipmask" and cfg.sipmask.rescoring:
+        from .sipmask_losses import RESCORING_MIN_SIZE
+
         short = min(min(cfg.input.min_size_train), cfg.input.max_size_train)
-        if short < RESCORING_MIN_SIZE:  # six unpadded 3x3/2 convs need a stride-2 mask of >= 127 pixels a side
+        if short < RESCORING_MIN_SIZE:
             raise UsageError(f"--config {args.config}: SipMask++'s mask re-scoring trains on images of at least "
                              f"{RESCORING_MIN_SIZE} px a side; input.min_size_train / max_size_train allow {short}")
     train_set = _open_dataset(args.train_ann, args.train_images, args.on_error)

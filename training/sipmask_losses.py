@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from condinst.config import ConfigError
 from condinst.sipmask.crop_split import crop_box, crop_split
 
 from .losses import flatten_levels
@@ -83,6 +84,9 @@ def compute_sipmask_losses(model, batch: TrainBatch) -> dict[str, torch.Tensor]:
     return losses
 
 
+RESCORING_MIN_SIZE = 254  # the re-scoring's six unpadded 3x3/2 convs need a stride-2 mask of >= 127 px a side
+
+
 @dataclass
 class PositiveMasks:
     """The mask loss's crop-split predictions, for the re-scoring loss: per window group, the indices of
@@ -99,6 +103,9 @@ def rescoring_loss(rescoring: torch.nn.Module, masks: PositiveMasks, map_size: t
     """SipMask++'s loss_iou (see the module docstring). Each positive's window is pasted into a zero
     (1, h, w) map: outside its box the crop-split mask is exactly 0, so the convs see the official input."""
     h, w = map_size
+    if min(h, w) < RESCORING_MIN_SIZE // 2:
+        raise ConfigError(f"SipMask++'s mask re-scoring trains on images of at least {RESCORING_MIN_SIZE} px a "
+                          f"side; a batch of {2 * h}x{2 * w} px came (raise input.min_size_train)")
     total = sum(p.sum() for p in rescoring.parameters()) * 0
     weight_sum = 0.1
     for part, pred, offsets, overlap in masks.groups:

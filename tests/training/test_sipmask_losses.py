@@ -182,6 +182,20 @@ def test_rescoring_leaves_the_other_losses_and_gradients_as_they_are(rescoring_m
         assert torch.equal(grads[name], grad), name
 
 
+def test_rescoring_refuses_batches_too_small_for_its_convs(model_and_batch):
+    """128 px images give 64 px masks, which six unpadded 3x3/2 convs cannot take: one clear error."""
+    from condinst.config import ConfigError
+
+    model, batch = model_and_batch
+    cfg = copy.deepcopy(model.cfg)
+    cfg.sipmask.rescoring = True
+    torch.nn.init.constant_(model.bbox_head.fcos_reg.bias, 2.0)
+    plus = SipMask(cfg).train()
+    plus.load_state_dict(model.state_dict(), strict=False)
+    with pytest.raises(ConfigError, match="at least 254 px"):
+        sipmask_losses.compute_sipmask_losses(plus, batch)
+
+
 def test_windows_hold_every_pixel_of_every_box():
     torch.manual_seed(0)
     h, w = 40, 56
