@@ -100,18 +100,39 @@ class PositiveMasks:
 
 
 def rescoring_loss(rescoring: torch.nn.Module, masks: PositiveMasks, map_size: tuple[int, int]) -> torch.Tensor:
-    """SipMask++'s loss_iou (see the module docstring). Each positive's window is pasted into a zero
-    (1, h, w) map: outside its box the crop-split mask is exactly 0, so the convs see the official input."""
+    """SipMask++'s loss_iou (see the module docstring).
+
+    The official code runs the convs on each positive's crop-split mask over the whole (h, w) map, zero
+    outside its box. A position of the last conv reads a RECEPTIVE_FIELD-pixel square starting at a
+    multiple of OUTPUT_STRIDE: the positions whose square meets the positive's window are computed here
+    on a crop of the map holding their squares (crops start on multiples of OUTPUT_STRIDE, so every conv
+    sees the same pixels as on the whole map); every other position reads only zeros and has the value
+    of an all-zero input, computed once and taken into the max when the crop leaves such positions out.
+    """
     h, w = map_size
     if min(h, w) < RESCORING_MIN_SIZE // 2:
         raise ConfigError(f"SipMask++'s mask re-scoring trains on images of at least {RESCORING_MIN_SIZE} px a "
                           f"side; a batch of {2 * h}x{2 * w} px came (raise input.min_size_train)")
     total = sum(p.sum() for p in rescoring.parameters()) * 0
     weight_sum = 0.1
+    if not masks.groups:
+        return total
+    zero = masks.groups[0][1].new_zeros((1, 1, RECEPTIVE_FIELD, RECEPTIVE_FIELD))
+    background = rescoring.score_map(zero).flatten(2)  # (1, K, 1): a position that sees no mask pixel
+    outputs = [(size - RECEPTIVE_FIELD) // OUTPUT_STRIDE + 1 for size in (h, w)]  # positions of the last conv
     for part, pred, offsets, overlap in masks.groups:
         n = len(part)
-        whole = pred.new_zeros((n, h * w)).scatter_(1, offsets.reshape(n, -1), pred.reshape(n, -1))
-        pred_iou = rescoring(whole.view(n, 1, h, w)).gather(1, masks.labels[part, None])[:, 0]
+        rows, cols = offsets // w, offsets % w
+        (y0, ny), (x0, nx) = (scoring_span(pixels, count) for pixels, count in ((rows, outputs[0]), (cols, outputs[1])))
+        crop_h, crop_w = ((k - 1) * OUTPUT_STRIDE + RECEPTIVE_FIELD for k in (ny, nx))
+        local_y, local_x = rows - y0[:, None, None], cols - x0[:, None, None]
+        seen = (local_y < crop_h) & (local_x < crop_w)  # pixels past the last square reach no position
+        index = torch.where(seen, local_y * crop_w + local_x, crop_h * crop_w).reshape(n, -1)
+        crop = pred.new_zeros((n, crop_h * crop_w + 1)).scatter_(1, index, pred.reshape(n, -1))
+        scores = rescoring.score_map(crop[:, :-1].view(n, 1, crop_h, crop_w)).flatten(2)  # (n, K, ny*nx)
+        if ny * nx < outputs[0] * outputs[1]:
+            scores = torch.cat([scores, background.expand(n, -1, -1)], dim=2)
+        pred_iou = scores.amax(dim=2).gather(1, masks.labels[part, None])[:, 0]
         with torch.no_grad():
             area = (pred > MASK_THRESHOLD).sum(dim=(1, 2)).float()
             gt_area = masks.gt_areas[part]
@@ -120,6 +141,21 @@ def rescoring_loss(rescoring: torch.nn.Module, masks: PositiveMasks, map_size: t
         total = total + (weight * (pred_iou - target) ** 2).sum()
         weight_sum = weight_sum + weight.sum()
     return total * 10 / weight_sum
+
+
+RECEPTIVE_FIELD, OUTPUT_STRIDE = 127, 64  # of the last re-scoring conv, in stride-2 mask pixels
+
+
+def scoring_span(pixels: torch.Tensor, outputs: int) -> tuple[torch.Tensor, int]:
+    """Pixel indices (n, ...) along one axis of each positive's window, `outputs` positions of the last
+    re-scoring conv on that axis -> (first pixel of each crop (n,) int64, positions per crop): the crops
+    hold every position whose receptive field meets the window, one count for all, inside the map."""
+    flat = pixels.flatten(1)
+    lo, hi = flat.amin(dim=1), flat.amax(dim=1) + 1
+    first = torch.div(lo - RECEPTIVE_FIELD, OUTPUT_STRIDE, rounding_mode="floor").add(1).clamp(min=0)
+    last = torch.div(hi + OUTPUT_STRIDE - 1, OUTPUT_STRIDE, rounding_mode="floor").clamp(max=outputs)  # excl.
+    count = max(1, int((last - first).amax()))  # 0: windows past the last square, seen by no position
+    return first.clamp(max=outputs - count) * OUTPUT_STRIDE, count
 
 
 def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor, cls_logits: torch.Tensor,

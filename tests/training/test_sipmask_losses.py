@@ -196,6 +196,63 @@ def test_rescoring_refuses_batches_too_small_for_its_convs(model_and_batch):
         sipmask_losses.compute_sipmask_losses(plus, batch)
 
 
+def test_rescoring_on_crops_equals_the_convs_on_the_whole_map():
+    """On a 300 x 420 mask map (3 x 5 positions of the last conv) with boxes anywhere, in and out of the map:
+    the convs on crops around the windows, plus the all-zero value, give the loss and the gradients of
+    the convs run on every positive's whole zero-padded map (as the official code)."""
+    from condinst.sipmask.head import MaskRescoring
+
+    torch.manual_seed(0)
+    h, w, k = 300, 420, 3
+    rescoring = MaskRescoring(k)
+    for conv in rescoring.convs_scoring:
+        torch.nn.init.normal_(conv.bias, std=0.05)
+    torch.nn.init.normal_(rescoring.mask_scoring.weight, std=0.3)
+    with torch.no_grad():  # class 0 falls where the features grow, class 1 rises
+        rescoring.mask_scoring.weight.abs_()[0] *= -1
+    torch.nn.init.constant_(rescoring.mask_scoring.bias, 0.2)  # the all-zero value wins for some positives
+    xy = torch.rand(60, 2) * torch.tensor([w + 60.0, h + 60.0]) - 30
+    boxes = torch.cat([xy, xy + torch.rand(60, 2) * torch.tensor([w, h]) * torch.rand(60, 1) ** 2 + 12], dim=1)
+    groups, gt_areas = [], torch.zeros(60)
+    # window groups, and single positives (their crops hold only positions that see their window)
+    for part in sipmask_losses.window_groups(boxes[:30], h, w, num_bases=32) + list(torch.arange(30, 60).split(1)):
+        rows, cols, _ = sipmask_losses.box_windows(boxes[part], h, w)
+        offsets = rows[:, :, None] * w + cols[:, None, :]
+        pred = torch.rand(offsets.shape) ** 2
+        gt_areas[part] = (pred > 0.4).sum(dim=(1, 2)).float()  # targets ~1/3: positives of 100+ pixels count
+        groups.append((part, pred, offsets, 0.5 * gt_areas[part]))
+    masks = sipmask_losses.PositiveMasks(groups, torch.randint(0, k, (60,)), gt_areas)
+
+    def loss_and_grads(fn):
+        rescoring.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in rescoring.parameters()]
+
+    def whole_map():
+        total, count, wins = 0, 0.1, 0
+        for part, pred, offsets, overlap in groups:
+            n = len(part)
+            whole = torch.zeros(n, h * w).scatter_(1, offsets.reshape(n, -1), pred.reshape(n, -1))
+            scores = rescoring.score_map(whole.view(n, 1, h, w))
+            assert scores.shape[-2:] == (3, 5)
+            pred_iou = scores.amax(dim=(2, 3)).gather(1, masks.labels[part, None])[:, 0]
+            area = (pred > 0.4).sum(dim=(1, 2)).float()
+            target = overlap / (area + masks.gt_areas[part] - overlap + 0.1)
+            weight = ((target > 0.1) & (target <= 1.0) & (masks.gt_areas[part] >= 100)).float()
+            total, count = total + (weight * (pred_iou - target) ** 2).sum(), count + weight.sum()
+            background = rescoring.score_map(torch.zeros(1, 1, h, w))[0, :, 1, 2][masks.labels[part]]
+            wins += int((weight * (pred_iou == background)).sum())
+        assert count > 30 and 0 < wins < count, (count, wins)  # the all-zero value is the max for some, not all
+        return total * 10 / count
+
+    ours, our_grads = loss_and_grads(lambda: sipmask_losses.rescoring_loss(rescoring, masks, (h, w)))
+    official, official_grads = loss_and_grads(whole_map)
+    assert torch.allclose(ours, official, rtol=1e-6, atol=0), (ours, official)
+    for mine, theirs in zip(our_grads, official_grads):
+        assert (mine - theirs).abs().max() <= 1e-5 * theirs.abs().max().clamp(min=1e-12)
+
+
 def test_windows_hold_every_pixel_of_every_box():
     torch.manual_seed(0)
     h, w = 40, 56
