@@ -23,12 +23,14 @@ if [ "$DEVICE" = "cpu" ]; then
         --out "$OUT/inference.json"
     "$PYTHON" -m bench.mask_head --device cpu --iters 20 --warmup 3 --out "$OUT/mask_head.json"
     "$PYTHON" -m bench.train_step --device cpu --batch-size 2 --iters 2 --warmup 1 --out "$OUT/train_step.json"
+    "$PYTHON" -m bench.sipmask_rescoring --device cpu --iters 3 --warmup 1 --out "$OUT/sipmask_rescoring.json"
 else
     "$PYTHON" -m bench.inference --device "$DEVICE" --out "$OUT/inference.json"
     # The public API from numpy images in host memory (fp32 = PIL resize on the host, the reference pipeline).
     "$PYTHON" -m bench.inference --device "$DEVICE" --input host --batch-sizes 1 --out "$OUT/inference_host.json"
     "$PYTHON" -m bench.mask_head --device "$DEVICE" --out "$OUT/mask_head.json"
     "$PYTHON" -m bench.train_step --device "$DEVICE" --batch-size 8 --amp off,bf16 --out "$OUT/train_step.json"
+    "$PYTHON" -m bench.sipmask_rescoring --device "$DEVICE" --out "$OUT/sipmask_rescoring.json"
 fi
 
 "$PYTHON" -m bench.cpu_latency --threads 2 --out "$OUT/cpu_latency.json"

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import common, cpu_latency, inference, mask_head, train_step, video  # noqa: E402
+from bench import common, cpu_latency, inference, mask_head, sipmask_rescoring, train_step, video  # noqa: E402
 
 TIMING_KEYS = {"iters", "batch_size", "median_ms", "p10_ms", "p90_ms", "iqr_ms", "mean_ms", "min_ms",
                "ms_per_image", "images_per_s", "times_ms"}
@@ -127,6 +127,17 @@ def test_mask_head(tmp_path):
         assert TIMING_KEYS <= set(row)
         assert row["mask_feats_shape"] == [1, 8, 8, 12]  # stride 8 of 64x96
         assert row["output_shape"] == [row["instances"], 1, 16, 24]  # stride 4
+
+
+def test_sipmask_rescoring_rows_for_both_methods(tmp_path):
+    out = tmp_path / "sipmask_rescoring.json"
+    payload = sipmask_rescoring.main(["--device", "cpu", *FAST, "--image-sizes", "320x416", "--positives", "4",
+                                      "--classes", "3", "--out", str(out)])
+    check_common(read(out), "sipmask_rescoring")
+    rows = payload["results"]
+    assert [(r["positives"], r["method"]) for r in rows] == [(4, "crops"), (4, "whole map")]
+    for row in rows:
+        assert TIMING_KEYS <= set(row) and row["mask_map"] == [160, 208]
 
 
 def test_train_step(tmp_path):

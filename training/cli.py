@@ -133,7 +133,12 @@ def _train(args: argparse.Namespace) -> int:
                          "to continue it, or choose another folder")
     cfg = load_config(args.config)
     if getattr(cfg, "arch", "condinst") == "sipmask" and cfg.sipmask.rescoring:
-        raise UsageError(f"--config {args.config}: training SipMask++'s mask re-scoring branch is not implemented yet")
+        from .sipmask_losses import RESCORING_MIN_SIZE
+
+        short = min(min(cfg.input.min_size_train), cfg.input.max_size_train)
+        if short < RESCORING_MIN_SIZE:
+            raise UsageError(f"--config {args.config}: SipMask++'s mask re-scoring trains on images of at least "
+                             f"{RESCORING_MIN_SIZE} px a side; input.min_size_train / max_size_train allow {short}")
     train_set = _open_dataset(args.train_ann, args.train_images, args.on_error)
     val_set = _open_dataset(args.val_ann, args.val_images, args.on_error) if args.val_ann else None
     from .engine import train

@@ -10,16 +10,22 @@
                      mask alignment weighting cls score x IoU(pred box, GT box) normalised to mean 1; mean
                      over images; evaluated on a window around each box (the official code uses the whole
                      map, where the BCE and its gradient are exactly 0 outside the box), all images at once
+    loss_iou         SipMask++ only (`sipmask.rescoring`): the re-scoring branch's predicted mask IoU at the
+                     positive's class, regressed (squared error, summed) onto the IoU of its crop-split mask
+                     (> 0.4) with its whole GT mask, for the positives of the mask loss whose target IoU is in
+                     (0.1, 1] and whose GT mask holds >= 100 stride-2 pixels; x 10 / (0.1 + their count)
 
 Targets are FCOS's (training/targets.py) with box centres for centre sampling, as mmdetection.
-Not implemented: SipMask++'s mask re-scoring loss (its configs are refused by `python -m condinst train`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from condinst.config import ConfigError
 from condinst.sipmask.crop_split import crop_box, crop_split
 
 from .losses import flatten_levels
@@ -70,14 +76,93 @@ def compute_sipmask_losses(model, batch: TrainBatch) -> dict[str, torch.Tensor]:
     else:
         loss_bbox, loss_ctr = reg[index].sum(), ctr[index].sum()
     losses = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
-    losses["loss_mask"] = mask_loss(out, batch, index, labels, cls_logits, reg, points, targets.gt_inds[index],
-                                    targets.im_inds[index]) / num_images
+    loss_mask, masks = mask_loss(out, batch, index, labels, cls_logits, reg, points, targets.gt_inds[index],
+                                 targets.im_inds[index])
+    losses["loss_mask"] = loss_mask / num_images
+    if model.bbox_head.rescoring is not None:
+        losses["loss_iou"] = rescoring_loss(model.bbox_head.rescoring, masks, out.basis.shape[-2:])
     return losses
 
 
+RESCORING_MIN_SIZE = 254  # the re-scoring's six unpadded 3x3/2 convs need a stride-2 mask of >= 127 px a side
+
+
+@dataclass
+class PositiveMasks:
+    """The mask loss's crop-split predictions, for the re-scoring loss: per window group, the indices of
+    its positives (n,) among the kept ones, their predicted masks on the window (n, Hw, Ww) (detached),
+    the window's pixel index in the stride-2 map (n, Hw, Ww), the overlap of mask > MASK_THRESHOLD with the
+    (uncropped) GT mask in the window (n,); for all kept positives their class (K,) and GT mask area (K,)."""
+
+    groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    labels: torch.Tensor
+    gt_areas: torch.Tensor
+
+
+def rescoring_loss(rescoring: torch.nn.Module, masks: PositiveMasks, map_size: tuple[int, int]) -> torch.Tensor:
+    """SipMask++'s loss_iou (see the module docstring).
+
+    The official code runs the convs on each positive's crop-split mask over the whole (h, w) map, zero
+    outside its box. A position of the last conv reads a RECEPTIVE_FIELD-pixel square starting at a
+    multiple of OUTPUT_STRIDE: the positions whose square meets the positive's window are computed here
+    on a crop of the map holding their squares (crops start on multiples of OUTPUT_STRIDE, so every conv
+    sees the same pixels as on the whole map); every other position reads only zeros and has the value
+    of an all-zero input, computed once and taken into the max when the crop leaves such positions out.
+    """
+    h, w = map_size
+    if min(h, w) < RESCORING_MIN_SIZE // 2:
+        raise ConfigError(f"SipMask++'s mask re-scoring trains on images of at least {RESCORING_MIN_SIZE} px a "
+                          f"side; a batch of {2 * h}x{2 * w} px came (raise input.min_size_train)")
+    total = sum(p.sum() for p in rescoring.parameters()) * 0
+    weight_sum = 0.1
+    if not masks.groups:
+        return total
+    zero = masks.groups[0][1].new_zeros((1, 1, RECEPTIVE_FIELD, RECEPTIVE_FIELD))
+    background = rescoring.score_map(zero).flatten(2)  # (1, K, 1): a position that sees no mask pixel
+    outputs = [(size - RECEPTIVE_FIELD) // OUTPUT_STRIDE + 1 for size in (h, w)]  # positions of the last conv
+    for part, pred, offsets, overlap in masks.groups:
+        n = len(part)
+        rows, cols = offsets // w, offsets % w
+        (y0, ny), (x0, nx) = (scoring_span(pixels, count) for pixels, count in ((rows, outputs[0]), (cols, outputs[1])))
+        crop_h, crop_w = ((k - 1) * OUTPUT_STRIDE + RECEPTIVE_FIELD for k in (ny, nx))
+        local_y, local_x = rows - y0[:, None, None], cols - x0[:, None, None]
+        seen = (local_y < crop_h) & (local_x < crop_w)  # pixels past the last square reach no position
+        index = torch.where(seen, local_y * crop_w + local_x, crop_h * crop_w).reshape(n, -1)
+        crop = pred.new_zeros((n, crop_h * crop_w + 1)).scatter_(1, index, pred.reshape(n, -1))
+        scores = rescoring.score_map(crop[:, :-1].view(n, 1, crop_h, crop_w)).flatten(2)  # (n, K, ny*nx)
+        if ny * nx < outputs[0] * outputs[1]:
+            scores = torch.cat([scores, background.expand(n, -1, -1)], dim=2)
+        pred_iou = scores.amax(dim=2).gather(1, masks.labels[part, None])[:, 0]
+        with torch.no_grad():
+            area = (pred > MASK_THRESHOLD).sum(dim=(1, 2)).float()
+            gt_area = masks.gt_areas[part]
+            target = overlap / (area + gt_area - overlap + 0.1)
+            weight = ((target > 0.1) & (target <= 1.0) & (gt_area >= 100)).float()
+        total = total + (weight * (pred_iou - target) ** 2).sum()
+        weight_sum = weight_sum + weight.sum()
+    return total * 10 / weight_sum
+
+
+RECEPTIVE_FIELD, OUTPUT_STRIDE = 127, 64  # of the last re-scoring conv, in stride-2 mask pixels
+
+
+def scoring_span(pixels: torch.Tensor, outputs: int) -> tuple[torch.Tensor, int]:
+    """Pixel indices (n, ...) along one axis of each positive's window, `outputs` positions of the last
+    re-scoring conv on that axis -> (first pixel of each crop (n,) int64, positions per crop): the crops
+    hold every position whose receptive field meets the window, one count for all, inside the map."""
+    flat = pixels.flatten(1)
+    lo, hi = flat.amin(dim=1), flat.amax(dim=1) + 1
+    first = torch.div(lo - RECEPTIVE_FIELD, OUTPUT_STRIDE, rounding_mode="floor").add(1).clamp(min=0)
+    last = torch.div(hi + OUTPUT_STRIDE - 1, OUTPUT_STRIDE, rounding_mode="floor").clamp(max=outputs)  # excl.
+    count = max(1, int((last - first).amax()))  # 0: windows past the last square, seen by no position
+    return first.clamp(max=outputs - count) * OUTPUT_STRIDE, count
+
+
 def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor, cls_logits: torch.Tensor,
-              reg: torch.Tensor, points: torch.Tensor, gt_inds: torch.Tensor, im_inds: torch.Tensor) -> torch.Tensor:
-    """Sum over images of the weighted crop-split BCE (see the module docstring), all positives at once.
+              reg: torch.Tensor, points: torch.Tensor, gt_inds: torch.Tensor,
+              im_inds: torch.Tensor) -> tuple[torch.Tensor, PositiveMasks]:
+    """Sum over images of the weighted crop-split BCE (see the module docstring), all positives at once,
+    and the positives' predicted masks.
 
     The official code evaluates every positive's mask over the whole stride-2 map; outside its box the
     prediction and the cropped GT are both 0, so the BCE and its gradient are exactly 0 there. Here each
@@ -88,7 +173,7 @@ def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor,
     keep = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 1.0).nonzero().squeeze(1)
     total = out.basis.sum() * 0
     if len(keep) == 0:
-        return total
+        return total, PositiveMasks([], labels[keep], boxes.new_zeros(0))
     boxes, im, gt = boxes[keep], im_inds[keep], gt_inds[keep]
     cofs = flatten_levels(out.cofs)[index[keep]].float()
     gt_boxes = torch.cat([t.gt_boxes for t in batch.targets]).float()
@@ -101,6 +186,7 @@ def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor,
     basis = out.basis.float().permute(0, 2, 3, 1).reshape(-1, m)  # (B*h*w, M): one row per pixel
     gt_masks = downsampled_gt_masks(batch, h, w)
     bce = torch.zeros_like(weighting)
+    masks = PositiveMasks([], labels[keep], gt_masks.flatten(1).sum(dim=1)[gt].float())
     for part in window_groups(boxes, h, w, m):
         rows, cols, origin = box_windows(boxes[part], h, w)
         local = boxes[part] - origin.repeat(1, 2)  # exact: integer shifts of float32 values below 2**23
@@ -110,10 +196,16 @@ def mask_loss(out, batch: TrainBatch, index: torch.Tensor, labels: torch.Tensor,
         quadrants = logits.transpose(1, 2).reshape(len(part), 4, *offsets.shape[1:]).sigmoid()
         pred = crop_split(quadrants, local)
         gt_window = gt_masks.flatten().index_select(0, (gt[part, None, None] * (h * w) + offsets).flatten())
-        target = crop_box(gt_window.view(offsets.shape).float(), local)
+        gt_window = gt_window.view(offsets.shape).float()
+        target = crop_box(gt_window, local)
         bce = bce.index_put((part,), F.binary_cross_entropy(pred, target, reduction="none").sum(dim=(1, 2)))
+        pred = pred.detach()
+        masks.groups.append((part, pred, offsets, ((pred > MASK_THRESHOLD) * gt_window).sum(dim=(1, 2))))
     bce = bce / (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1]) / count
-    return total + (bce * weighting).sum()
+    return total + (bce * weighting).sum(), masks
+
+
+MASK_THRESHOLD = 0.4  # the official re-scoring target binarises the predicted mask at 0.4
 
 
 GROUP_SIZE = 32  # positives per window group

@@ -138,6 +138,9 @@ class MaskRescoring(nn.Module):
         nn.init.normal_(self.mask_scoring.weight, std=0.001)
         nn.init.constant_(self.mask_scoring.bias, 0)
 
+    def score_map(self, masks: torch.Tensor) -> torch.Tensor:
+        """masks (N, 1, h, w) -> (N, K, h', w') IoU estimates before the global max pool."""
+        return F.relu(self.mask_scoring(self.convs_scoring(masks)))
+
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.mask_scoring(self.convs_scoring(masks)))
-        return x.amax(dim=(2, 3))
+        return self.score_map(masks).amax(dim=(2, 3))
