@@ -1,6 +1,6 @@
 """Who is acting, and which instance revisions they last saw: the context of one event.
 
-The event wrapper (`app.handlers.guarded`) sets both from Gradio's ``request.username`` and the
+The event wrapper (`app.guard.guarded`) sets both from Gradio's ``request.username`` and the
 session's `View`; storage reads them inside its write transaction (`app.history`), so every edit
 records its author and an edit of an instance changed meanwhile by someone else is refused
 (`StaleEdit`) instead of silently overwriting it. Outside an event (CLI, tests) nobody in

@@ -4,7 +4,7 @@ Layout, handlers and wiring of the tab, kept out of app.ui / app.handlers (one j
 page). Import goes through `app.imports.import_dataset` (checked first, one transaction); QA through
 `app.qa.run_qa` with the model the app serves. Clicking a QA row opens that image in the editor with
 the label selected (`Actions.go_to` + `Actions.select`, the navigation the page already uses).
-Errors reach the page through `app.handlers.guarded`: a toast and the status line.
+Errors reach the page through `app.guard.guarded`: a toast and the status line.
 """
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ class TeamPage:
         self._latest: OrderedDict[str, tuple[int, View]] = OrderedDict()  # session -> (version, last view sent)
         self._lock = threading.Lock()
 
-    # ---- the event context (app.handlers.guarded) ---------------------------------------------------
+    # ---- the event context (app.guard.guarded) ---------------------------------------------------
     def context(self, args, request):
         """Act as the logged-in person; edits are checked against what this session last saw."""
         user = getattr(request, "username", None) if request is not None else None

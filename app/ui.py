@@ -3,7 +3,7 @@
 Each event has an ``api_name`` so that ``gradio_client`` can drive the app exactly as the browser
 does. Clicks on pictures arrive as ``gr.SelectData``, which clients cannot send, so each clickable
 picture also has an API twin taking original-image pixel coordinates (``/click_image``,
-``/explain_point``). Every handler is wrapped by `app.handlers.guarded`: a user's mistake is a
+``/explain_point``). Every handler is wrapped by `app.guard.guarded`: a user's mistake is a
 warning toast and a status line, never an error overlay. Events that run the network share
 ``concurrency_id="model"`` with a limit of 1.
 """
@@ -15,7 +15,8 @@ from app.actions import View
 from app import interop_ui, video_ui
 from app.canvas import editor_files
 from app.explain_page import LABELS as EXPLAIN_LABELS
-from app.handlers import MODEL_CHOICE, Handlers, ap_frame, guarded, progress_html, table_frame
+from app.guard import guarded
+from app.handlers import MODEL_CHOICE, Handlers, ap_frame, progress_html, table_frame
 from app.service import Service
 from app.team_page import TeamPage
 

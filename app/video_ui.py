@@ -6,7 +6,7 @@ Layout, handlers and wiring kept out of app.ui / app.handlers (one job: videos i
 panel shows while the view is on a frame of a sequence (`app.sequences`); it is refreshed whenever
 the shown image changes (the image list's value is the frame's id) and after each track operation.
 Track operations go through `app.tracks.TrackEditor` (each one undo step on the shown frame);
-errors reach the page through `app.handlers.guarded`: a toast and the status line.
+errors reach the page through `app.guard.guarded`: a toast and the status line.
 Keys: `,` / `.` previous / next frame (ignored while typing in a field).
 """
 from __future__ import annotations

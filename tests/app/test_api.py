@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from pycocotools.coco import COCO
 
-from app.handlers import WARNING
+from app.guard import WARNING
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),  # gradio + pandas 3

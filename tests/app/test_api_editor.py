@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gradio_client import Client
 
-from app.handlers import WARNING
+from app.guard import WARNING
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),

@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.handlers import WARNING
+from app.guard import WARNING
 from app.service import ServiceError
 from app.workspace import DB_FILE_NAME
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from browserkit import (BROWSER_MARKS, SAVE_SCREENSHOTS, playwright_or_skip, CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure,
-                        show_click_view, wait_status, wait_text)
+                        wait_status, wait_text)
 from pycocotools.coco import COCO
 
 REPO = Path(__file__).resolve().parents[2]

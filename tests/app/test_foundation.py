@@ -20,7 +20,8 @@ import pytest
 
 from app.db import SCHEMA_VERSION
 from app.errors import AppError
-from app.handlers import WARNING, Handlers, guarded
+from app.guard import WARNING, guarded
+from app.handlers import Handlers
 from app.service import Service
 from app.workspace import DB_FILE_NAME, Workspace
 

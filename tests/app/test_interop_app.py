@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 from testutils import DATASETS
 
 from app.export import export_coco_zip
-from app.handlers import WARNING
+from app.guard import WARNING
 from app.imports import import_coco
 from app.workspace import Workspace
 

@@ -314,7 +314,7 @@ def test_a_poll_starts_from_the_sessions_latest_view_and_keeps_the_status(servic
     old = View(image_id=image_id)
     with h.team.context((old,), anna):
         out = h.on_select_instance(old, instance_id)
-        h.team.sent(out)  # (app.handlers.guarded does this after every event)
+        h.team.sent(out)  # (app.guard.guarded does this after every event)
         assert h.team.on_poll(old)[0].__class__ is not View  # nothing changed: all outputs skipped
     with acting("bob"):
         service.ws.set_category(instance_id, 2)  # someone else's change: the poll refreshes

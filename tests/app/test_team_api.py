@@ -22,7 +22,7 @@ from gradio_client import Client
 
 from app.accounts import Account, Accounts, hash_password
 from app.actor import acting
-from app.handlers import WARNING
+from app.guard import WARNING
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),

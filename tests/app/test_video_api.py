@@ -6,7 +6,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 import videokit
-from app.handlers import WARNING
+from app.guard import WARNING
 
 pytestmark = [pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found"),
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
