@@ -64,13 +64,13 @@ def test_cli_train_predict_evaluate(coco, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_sipmask_learns_the_synthetic_shapes(tmp_path):
-    """300 CPU iterations on 4 generated images: the loss falls and mask AP on them is above 0."""
+    """150 CPU iterations on 4 generated images: the loss falls and mask AP on them is above 0."""
     from training.data import CocoInstances
     from training.engine import train
 
     ann, images = make_synthetic_coco(tmp_path / "data", num_images=4)
     dataset = CocoInstances(ann, images)
-    cfg = tiny_sipmask_config(max_iter=300, steps=(240,), warmup_iters=50)
+    cfg = tiny_sipmask_config(max_iter=150, steps=(120,), warmup_iters=50)
     summary = train(cfg, dataset, tmp_path / "run", val_set=dataset, device="cpu", num_workers=0, log_period=20,
                     progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
