@@ -138,9 +138,9 @@ class Propagator:
                 if target is not None:
                     changes.append(history.update(conn, target[0], {**history.mask_fields(enc), "user_edited": 1}))
                     continue
-                new_id, _ = storage.insert_instance(conn, frame_id, pending.category_id, enc, "user", None, None)
-                conn.execute("UPDATE instances SET track_id = ?, user_edited = 1 WHERE id = ?", (track_id, new_id))
-                changes.append(history.created(conn, new_id))  # undo deletes it, redo brings it back
+                _, created = storage.insert_instance(conn, frame_id, pending.category_id, enc, "user", None, None,
+                                                     track_id=track_id, user_edited=True)
+                changes.append(created)  # undo deletes it, redo brings it back
             history.push(conn, pending.frame_id, f"propagate instance {pending.source}", changes, ws.history_limit)
         return (replace(view, propagation=None),
                 f"Propagated instance #{pending.source} to {len(pending.frames)} frame(s) (one undo step).")

@@ -223,9 +223,8 @@ class SequenceLibrary:
                 for row, (item, enc) in enumerate(zip(items, encs)):
                     if row not in tracks:  # a duplicate or low-score detection the tracker left out
                         continue
-                    instance_id, _ = storage.insert_instance(conn, image_id, item.category_id, enc, "model",
-                                                             item.score, item.meta)
-                    conn.execute("UPDATE instances SET track_id = ? WHERE id = ?", (tracks[row], instance_id))
+                    storage.insert_instance(conn, image_id, item.category_id, enc, "model", item.score, item.meta,
+                                            track_id=tracks[row])
                     count += 1
         n_tracks = len({t for *_, tracks in frames for t in tracks.values()})
         return VideoReport(sequence_id, first, len(frames), count, n_tracks)

@@ -47,8 +47,10 @@ def encode(mask: Any, height: int, width: int) -> EncodedMask:
 
 
 def insert_instance(conn, image_id: int, category_id: int, enc: EncodedMask, source: str, score: float | None,
-                    meta: Mapping[str, Any] | None, instance_id: int | None = None) -> tuple[int, tuple]:
-    """Insert one instance of `image_id`; returns (its id, the undo change that created it)."""
+                    meta: Mapping[str, Any] | None, instance_id: int | None = None, track_id: int | None = None,
+                    user_edited: bool = False) -> tuple[int, tuple]:
+    """Insert one instance of `image_id` (on video track `track_id`, if any); returns (its id, the undo change
+    that created it)."""
     if source not in INSTANCE_SOURCES:
         raise WorkspaceError(f"Instance source must be one of {INSTANCE_SOURCES}, got {source!r}")
     category_id = check_id(category_id, "Category id")
@@ -57,10 +59,10 @@ def insert_instance(conn, image_id: int, category_id: int, enc: EncodedMask, sou
     stamp = now()
     instance_id = int(conn.execute(
         "INSERT INTO instances (id, image_id, category_id, score, mask_rle, preview_rle, area, bbox, source,"
-        " hidden, deleted, user_edited, meta, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?)",
+        " hidden, deleted, user_edited, meta, created_at, updated_at, track_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?)",
         (instance_id, image_id, category_id, None if score is None else float(score), enc.counts, enc.preview, enc.area,
-         ",".join(map(repr, enc.bbox)), source, dump_meta(meta), stamp, stamp)).lastrowid)
+         ",".join(map(repr, enc.bbox)), source, int(user_edited), dump_meta(meta), stamp, stamp, track_id)).lastrowid)
     conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (stamp, image_id))
     return instance_id, history.created(conn, instance_id)
 
