@@ -1,0 +1,295 @@
+"""How long the hand waits: editor actions timed in Chromium, input event -> confirmed result on the canvas.
+
+The app runs in this process on the bundled model with a fresh workspace holding the same photo twice at each
+size (an 800x600 crop of a bundled sample and a 12-megapixel upscale of it), so that "next image" has somewhere
+to go. Playwright drives Debian's Chromium with the real mouse and keyboard; the page itself measures, with
+`performance.now()` against the input event's own `timeStamp`:
+
+    confirmed   input event -> the canvas holds the server's answer (a new scene `seq`) with every picture it
+                needs decoded (the photo and each mask crop), i.e. what the annotator sees is the result;
+    local       (strokes) pointer move -> the stroke is drawn on the canvas, before any answer;
+    server      the Gradio handlers' own time for that action (wrapped in this process), summed.
+
+Actions, repeated --repeats times at each size: select (click inside an instance), stroke (brush drag inside
+the selected instance: the eraser, so that it always changes the mask), undo, polygon (four clicks + Enter), delete (the polygon's instance), refine click
+(a positive click inside an object; Escape discards it, not timed), class change (dropdown option), next image.
+
+    python -m bench.editor_latency                       # 30 repeats at 800x600 and 12 MP
+    python -m bench.editor_latency --repeats 5 --sizes 800x600
+    # table + bench/results/editor_latency.json (p50 / p95 per action and size)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import functools
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from bench.common import REPO, RESULTS_DIR, environment, format_table, write_json
+
+SAMPLE = REPO / "assets" / "samples" / "fruits_nuts_7.jpg"
+SIZES = {"800x600": (800, 600), "12mp": (4000, 3000)}
+ACTIONS = ("select", "stroke", "undo", "polygon", "delete", "refine click", "class change", "next image")
+
+# Page-side instrumentation: the last input event of each kind, and when the canvas showed each scene.
+PROBE_JS = """() => {
+  if (window.__lat) return;
+  const lat = window.__lat = {input: {}, shown: 0, shownSeq: null, local: []};
+  const st = window.condinstEditor.state, canvas = document.querySelector('#editor canvas');
+  for (const type of ['pointerdown', 'pointerup', 'keydown', 'click'])
+    document.addEventListener(type, (ev) => { lat.input[type] = ev.timeStamp; }, true);
+  canvas.addEventListener('pointermove', (ev) => {  // runs after the editor's own handler has drawn
+    if (st.stroke) lat.local.push(performance.now() - ev.timeStamp);
+  });
+  const ready = () => st.img && st.img.complete && Array.from(st.masks.values()).every((m) => m.img.complete);
+  new MutationObserver(() => {
+    const seq = canvas.dataset.seq;
+    const check = () => { if (canvas.dataset.seq !== seq) return;
+                          if (ready()) { lat.shown = performance.now(); lat.shownSeq = seq; }
+                          else requestAnimationFrame(check); };
+    check();
+  }).observe(canvas, {attributes: true, attributeFilter: ['data-seq']});
+}"""
+
+
+class ServerClock:
+    """Wraps every `on_*` handler of the app's Handlers so that their time can be summed per action."""
+
+    def __init__(self):
+        self.lock, self.calls = threading.Lock(), []
+
+    def install(self, handlers_cls) -> None:
+        for name in [n for n in vars(handlers_cls) if n.startswith("on_")]:
+            setattr(handlers_cls, name, self._wrap(getattr(handlers_cls, name)))
+
+    def _wrap(self, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.calls.append(time.perf_counter() - start)
+        return timed
+
+    def take(self) -> float:
+        with self.lock:
+            total, self.calls = sum(self.calls), []
+        return total * 1000
+
+
+def make_images(folder: Path, sizes: list[str]) -> dict[str, Path]:
+    from PIL import Image
+
+    photo = Image.open(SAMPLE).convert("RGB")
+    paths = {}
+    for name in sizes:
+        w, h = SIZES[name]
+        scale = max(w / photo.width, h / photo.height)
+        resized = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BILINEAR)
+        left, top = (resized.width - w) // 2, (resized.height - h) // 2
+        for copy in (0, 1):
+            path = folder / f"{name}-{copy}.jpg"
+            resized.crop((left, top, left + w, top + h)).save(path, quality=92)
+            paths.setdefault(name, []).append(path)
+    return paths
+
+
+def interior_points(service, image_id: int) -> list[tuple[int, int, int]]:
+    """(instance id, x, y) at the deepest pixel of each shown instance, in original pixels."""
+    import cv2
+
+    from app.actions import DEFAULT_THRESHOLD
+
+    points = []
+    for inst in service.ws.instances(image_id):
+        if not inst.shown_at(DEFAULT_THRESHOLD):
+            continue
+        dist = cv2.distanceTransform(np.pad(inst.mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        y, x = np.unravel_index(int(dist.argmax()), dist.shape)
+        points.append((inst.id, int(x), int(y)))
+    return points
+
+
+class Page:
+    """The editor page with helpers that act as a person and wait for what the canvas shows."""
+
+    def __init__(self, page, url: str, clock: ServerClock):
+        self.page, self.url, self.clock = page, url, clock
+
+    def open(self, image_id: int) -> None:
+        self.page.goto(f"{self.url}?image={image_id}")
+        self.page.wait_for_function("id => window.condinstEditor && window.condinstEditor.state.img && "
+                                    "window.condinstEditor.state.img.complete && "
+                                    "window.condinstEditor.state.scene.image.id === id", arg=image_id)
+        self.page.evaluate(PROBE_JS)
+        self.box = self.page.locator("#editor canvas").bounding_box()
+
+    def at(self, x: float, y: float) -> tuple[float, float]:
+        """Page coordinates of original-image pixel (x, y)."""
+        s, ox, oy, k = self.page.evaluate("() => { const s = window.condinstEditor.state; const i = s.scene.image; "
+                                          "return [s.s, s.ox, s.oy, i.pw / i.width]; }")
+        return self.box["x"] + ox + (x + 0.5) * k * s, self.box["y"] + oy + (y + 0.5) * k * s
+
+    def tool(self, name: str) -> None:
+        self.page.locator(f"#editor button[data-tool={name}]").click()
+
+    def timed(self, act, event: str, until: str = "true", arg=None) -> dict:
+        """Run `act`, then wait for a new scene shown after the last `event` input that satisfies `until`."""
+        self.clock.take()
+        seq = self.page.evaluate("() => window.__lat.shownSeq")
+        self.page.evaluate("() => { window.__lat.local = []; }")
+        act()
+        self.page.wait_for_function(
+            "([seq, ev, arg]) => { const l = window.__lat, s = window.condinstEditor.state.scene; "
+            f"return l.shownSeq !== seq && l.input[ev] && l.shown > l.input[ev] && ({until}); }}",
+            arg=[seq, event, arg])
+        confirmed, local = self.page.evaluate(f"() => [window.__lat.shown - window.__lat.input['{event}'], "
+                                              "window.__lat.local]")
+        time.sleep(0.05)  # let the handler that produced this scene return before its time is read
+        return {"confirmed": confirmed, "local": max(local) if local else None, "server": self.clock.take()}
+
+
+def run_size(page: Page, service, image_ids: list[int], repeats: int, log) -> dict[str, list[dict]]:
+    mouse, keyboard = page.page.mouse, page.page.keyboard
+    samples = defaultdict(list)
+    first, second = image_ids
+    for r in range(repeats):
+        page.open(first)
+        points = interior_points(service, first)
+        inst_id, x, y = points[r % len(points)]
+        page.tool("select")
+        samples["select"].append(page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown",
+                                            "s.selected === arg", inst_id))
+        page.tool("erase")  # inside the instance, so that the stroke always changes its mask
+
+        def stroke():
+            mouse.move(*page.at(x - 6, y - 6))
+            mouse.down()
+            for dx in range(-6, 7, 2):
+                mouse.move(*page.at(x + dx, y + dx // 2))
+            mouse.up()
+        samples["stroke"].append(page.timed(stroke, "pointerup"))
+        samples["undo"].append(page.timed(lambda: page.page.locator("#undo").click(), "click"))
+
+        page.tool("polygon")
+        corner = (20 + 7 * r % 60, 20 + 5 * r % 40)
+
+        def polygon():
+            for dx, dy in ((0, 0), (30, 0), (30, 24), (0, 24)):
+                mouse.click(*page.at(corner[0] + dx, corner[1] + dy))
+            keyboard.press("Enter")
+        samples["polygon"].append(page.timed(polygon, "keydown", "s.selected !== null"))
+        samples["delete"].append(page.timed(lambda: page.page.locator("#delete").click(), "click",
+                                            "s.selected === null"))
+
+        page.tool("refine")
+        samples["refine click"].append(page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown",
+                                                  "!!(s.refine && s.refine.png)"))
+        page.timed(lambda: keyboard.press("Escape"), "keydown", "!s.refine")
+
+        page.tool("select")
+        page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown", "s.selected === arg", inst_id)
+        choices = [name for name, _ in service.categories()]
+        current = service.ws.get_instance(inst_id).category_id
+        target = next(name for name, cid in service.categories() if cid != current)
+        del choices
+
+        def class_change():
+            page.page.locator("#selected-class input").click()
+            page.page.get_by_role("option", name=target, exact=True).click()
+        samples["class change"].append(page.timed(class_change, "click"))
+        page.timed(lambda: page.page.locator("#undo").click(), "click")
+
+        samples["next image"].append(page.timed(lambda: page.page.locator("#next").click(), "click",
+                                                "s.image && s.image.id === arg", second))
+        log(f"  repeat {r + 1}/{repeats}")
+    return samples
+
+
+def summarise(samples: dict[str, list[dict]], size: str) -> list[dict]:
+    rows = []
+    for action in ACTIONS:
+        runs = samples.get(action, [])
+        if not runs:
+            continue
+        confirmed = np.array([s["confirmed"] for s in runs])
+        server = np.array([s["server"] for s in runs])
+        local = [s["local"] for s in runs if s["local"] is not None]
+        rows.append({"size": size, "action": action, "n": len(runs),
+                     "p50_ms": float(np.percentile(confirmed, 50)), "p95_ms": float(np.percentile(confirmed, 95)),
+                     "server_p50_ms": float(np.percentile(server, 50)),
+                     "overhead_p50_ms": float(np.percentile(confirmed - server, 50)),
+                     "local_max_ms": float(max(local)) if local else None})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default=None, help="checkpoint (default: the bundled model)")
+    parser.add_argument("--repeats", type=int, default=30, help="repeats of every action per size (default 30)")
+    parser.add_argument("--sizes", default="800x600,12mp", help="comma list of 800x600, 12mp")
+    parser.add_argument("--port", type=int, default=7871)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "editor_latency.json")
+    args = parser.parse_args(argv)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    if bad := [s for s in sizes if s not in SIZES]:
+        parser.error(f"unknown size {bad[0]!r}: choose from {', '.join(SIZES)}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from browserkit import CHROMIUM, CHROMIUM_ARGS
+
+    from app.__main__ import launch
+    from app.handlers import Handlers
+    from app.service import Service
+    from app.session import DEFAULT_WEIGHTS
+
+    clock = ServerClock()
+    clock.install(Handlers)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
+        images = make_images(Path(tmp), sizes)
+        service = Service.create(Path(tmp) / "ws", args.weights or DEFAULT_WEIGHTS)
+        demo = launch(service, "127.0.0.1", args.port, block=False)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(120_000)
+        try:
+            for size in sizes:
+                print(f"{size}: {args.repeats} repeats", flush=True)
+                ids = service.images.add_files(images[size]).image_ids
+                samples = run_size(Page(page, f"http://127.0.0.1:{args.port}/", clock), service, ids, args.repeats,
+                                   lambda text: print(text, flush=True))
+                rows += summarise(samples, size)
+        finally:
+            browser.close()
+            demo.close()
+            service.close()
+    print(format_table(rows, [("size", "size", "{}"), ("action", "action", "{}"), ("n", "n", "{}"),
+                              ("p50 ms", "p50_ms", "{:.0f}"), ("p95 ms", "p95_ms", "{:.0f}"),
+                              ("server p50", "server_p50_ms", "{:.0f}"), ("browser-server p50", "overhead_p50_ms", "{:.0f}"),
+                              ("local draw max", "local_max_ms", "{:.1f}")]))
+    write_json(args.out, {"benchmark": "editor_latency", "environment": environment(torch.device("cpu")), "load_average": os.getloadavg(), "repeats": args.repeats,
+                          "rows": rows})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
