@@ -11,6 +11,15 @@ Each test builds the official checkpoint's key set and shapes from these tables 
 functions of tests/official_layouts.py (checked against the key dumps of real official models in
 shared/reference/parity when present), converts it with our loader's renaming and compares it with the
 preset's model.
+
+What the presets cannot express (our config has no field for it), so not pinned here:
+  * SipMask high-accuracy configs warm up 'constant' (LR x 1/3 for 500 iterations; SM gn_1x.py:118), ours linearly;
+    their biases get 2x LR and no weight decay (gn_1x.py:113 paramwise_options), ours the base LR and decay;
+  * SipMask real-time configs train on 576x576 squashed images with photometric distortion, expand and min-IoU
+    crop (ssd_6x.py:67-82); our training keeps the ratio (short and long side <= 576) without them;
+  * mmdetection's CondInst trains the backbone BN affine parameters with frozen statistics (MMC:19-20,
+    requires_grad=True, norm_eval=True); ours are FrozenBN;
+  * AdelaiDet's BiFPN uses SyncBN (MS_*_BiFPN_*.yaml:11), ours BatchNorm (same keys, same in eval).
 """
 from __future__ import annotations
 
