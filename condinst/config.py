@@ -248,6 +248,9 @@ def _from_dict(cls: type, d: Any, where: str) -> Any:
 
 
 # ---- presets -------------------------------------------------------------------------------
+# One per official config file (aim-uofa/AdelaiDet configs/CondInst/*.yaml, open-mmlab/mmdetection
+# configs/condinst/condinst_r50_fpn_ms-poly-90k_coco_instance.py); tests/condinst/test_official_presets.py
+# pins each to the numbers of its file.
 
 _SCHEDULE_3X = dict(max_iter=270000, steps=(210000, 250000))
 
@@ -273,6 +276,9 @@ def _mmdet_r50() -> CondInstConfig:
     cfg.fcos.topk_ties = "exact"
     cfg.mask_head.max_proposals = 300
     cfg.mask_head.dice_eps = 5e-6
+    # mmengine's SGD decays every parameter, norms included; checkpoints every 10k iterations.
+    cfg.solver.weight_decay_norm = 1e-4
+    cfg.solver.checkpoint_period = 10000
     return cfg
 
 
@@ -280,6 +286,7 @@ PRESETS: dict[str, Any] = {
     "MS_R_50_1x": lambda: _adelaidet("MS_R_50_1x", 50, False, False, False),
     "MS_R_50_3x": lambda: _adelaidet("MS_R_50_3x", 50, False, True, False),
     "MS_R_50_3x_sem": lambda: _adelaidet("MS_R_50_3x_sem", 50, False, True, True),
+    "MS_R_101_1x": lambda: _adelaidet("MS_R_101_1x", 101, False, False, False),
     "MS_R_101_3x": lambda: _adelaidet("MS_R_101_3x", 101, False, True, False),
     "MS_R_101_3x_sem": lambda: _adelaidet("MS_R_101_3x_sem", 101, False, True, True),
     "MS_R_50_BiFPN_1x": lambda: _adelaidet("MS_R_50_BiFPN_1x", 50, True, False, False),

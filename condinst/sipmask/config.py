@@ -40,11 +40,12 @@ class SipMaskConfig:
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(freeze_at=2))
     neck: NeckConfig = field(default_factory=NeckConfig)
     fcos: FCOSConfig = field(default_factory=lambda: FCOSConfig(
-        num_convs=3, score_threshold=0.05, thresh_with_ctr=False, score_mode="product", nms_threshold=0.5,
+        num_convs=4, score_threshold=0.05, thresh_with_ctr=False, score_mode="product", nms_threshold=0.5,
         clip_boxes_at_decode=True, topk_ties="exact"))
     sipmask: SipMaskHeadConfig = field(default_factory=SipMaskHeadConfig)
     input: InputConfig = field(default_factory=lambda: InputConfig(
-        pixel_mean=SIPMASK_PIXEL_MEAN, min_size_test=800, max_size_test=1333, resize="mmcv_rescale"))
+        pixel_mean=SIPMASK_PIXEL_MEAN, min_size_test=800, max_size_test=1333, min_size_train=(800,),
+        resize="mmcv_rescale"))
     solver: SolverConfig = field(default_factory=SolverConfig)
     category_ids: tuple[int, ...] = ()
     class_names: tuple[str, ...] = ()

@@ -74,6 +74,15 @@ def test_final_detections_match(case, golden):
     _compare(result, golden)
 
 
+def test_config_named_after_the_official_file_gives_the_golden_detections(golden, golden_weights, case):
+    """`--config sipmask_r50_caffe_fpn_ssd_6x` (the golden data's config file) builds the network of its
+    checkpoint and the same settings as recognising the file from its keys."""
+    _, recognised, image = case
+    predictor = Predictor.from_weights(golden_weights, config="sipmask_r50_caffe_fpn_ssd_6x", optimize=False)
+    assert predictor.cfg == recognised.cfg
+    _compare(predictor(image)[0], golden)
+
+
 def test_predict_cli_on_the_official_checkpoint(golden, golden_weights, tmp_path):
     """`python -m condinst predict` without --config gives the golden detections as COCO results, for each
     image of a batch of two."""
