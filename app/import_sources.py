@@ -261,11 +261,12 @@ def yolo_to_coco(root: Path, workspace: Workspace, out: Path, skip_bad: bool = F
         relative = str(path.relative_to(root))
         coco["images"].append({"id": image_id, "file_name": relative, "width": width, "height": height})
         lines = label.read_text(encoding="utf-8", errors="replace").splitlines() if label.is_file() else []
+        label_name = label.relative_to(root)
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                cls, values = _polygon(line, len(names), f"{label.relative_to(root)} line {number}")
+                cls, values = _polygon(line, len(names), f"{label_name} line {number}")
             except DatasetError as exc:
                 if not skip_bad:
                     raise

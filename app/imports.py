@@ -201,15 +201,15 @@ def write_coco(workspace: Workspace, conn, plan: CocoPlan, progress: Progress | 
     for info in dataset.images:
         image_id = storage.insert_image(conn, workspace.root, plan.prepared.pop(info.id), None,
                                         image_id=plan.image_ids[info.id])
+        items = []
         for ann in info.annotations:
             crowd = bool(ann["iscrowd"])
-            enc = plan.masks.pop(ann["id"])
             meta = {"imported": plan.source_name, **({"iscrowd": 1} if crowd else {})}
-            instance_id = report.renumbered["annotations"].get(ann["id"], ann["id"])
-            storage.insert_instance(conn, image_id, ann["category_id"], enc, "user", None, meta,
-                                    instance_id=instance_id)
-            report.instances += 1
+            items.append((report.renumbered["annotations"].get(ann["id"], ann["id"]), ann["category_id"],
+                          plan.masks.pop(ann["id"]), meta))
             report.crowd += crowd
+        storage.insert_instances(conn, image_id, items, "user")
+        report.instances += len(items)
         report.images += 1
         if progress:
             progress("writing", report.images, len(dataset.images))

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from condinst.preprocess import header_orientation
+
 # How far (pixels) a box may reach past the image border: exported annotations often overshoot by
 # a rounding error (COCO has boxes ending at x = width + 0.01).
 BOX_TOLERANCE = 1.0
@@ -35,7 +37,7 @@ def check_image_file(path: Path, height: int, width: int, open_header: bool) -> 
     try:
         with Image.open(path) as im:
             w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = header_orientation(im)
     except UnidentifiedImageError:
         return f"{path} is not an image file (format not recognised)"
     except (OSError, ValueError, SyntaxError) as e:
@@ -61,7 +63,7 @@ def check_box(box: Any, height: int, width: int) -> str | None:
 
 
 def check_polygon_part(part: Any, height: int, width: int) -> str | None:
-    if not isinstance(part, (list, tuple)) or not all(is_number(v) for v in part):
+    if not _plain_finite(part) and (not isinstance(part, (list, tuple)) or not all(is_number(v) for v in part)):
         return f"must be a flat list of numbers [x1, y1, x2, y2, ...], got {describe(part)}"
     if len(part) % 2:
         return f"has an odd number of coordinates ({len(part)})"
@@ -162,7 +164,25 @@ def is_id(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond float range (JSON has no limit)
+        return False
+
+
+_PLAIN = {int, float}
+
+
+def _plain_finite(values: Any) -> bool:
+    """Fast path of a JSON list of numbers (C-speed passes): plain ints and floats, all finite."""
+    if type(values) is not list or not set(map(type, values)) <= _PLAIN:
+        return False
+    try:
+        return math.isfinite(sum(values))  # inf or nan anywhere makes the sum inf or nan
+    except OverflowError:
+        return False
 
 
 def describe(v: Any) -> str:
