@@ -115,11 +115,18 @@ def _image_folder(root: Path, ann: Path, data: dict) -> Path:
     candidates = [base / "images" / subset, base / "images", base, ann.parent, ann.parent / "images"]
     names = [str(img.get("file_name", "")) for img in data.get("images", [])[:1] if isinstance(img, dict)]
     for folder in candidates:  # a name that climbs out of the zip is not looked at (the loader refuses it)
-        if folder.is_dir() and all(is_inside(root, folder / name) and (folder / name).is_file() for name in names):
+        if folder.is_dir() and all(is_inside(root, folder / name) and _is_file(folder / name) for name in names):
             return folder
     looked = ", ".join(str(c.relative_to(root)) for c in candidates)
     raise DatasetError(f"{ann.relative_to(root)}: its images ({names[0] if names else '?'}) are not in the zip "
                        f"(looked in {looked})")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system
+        return False
 
 
 def coco_from_zip(root: Path, out: Path) -> Path:

@@ -187,7 +187,7 @@ class CocoInstances:
                 self._problem(f"{where} (id {entry.get('id')}): missing key(s) {missing}")
                 continue
             image_id, file_name, h, w = entry["id"], entry["file_name"], entry["height"], entry["width"]
-            where = f"{self.ann_file}: image id {image_id} ({file_name!r})"
+            where = f"{self.ann_file}: image id {image_id} ({describe(file_name)})"
             if not is_id(image_id) or not isinstance(file_name, str) or not file_name:
                 self._problem(f"{where}: 'id' must be an integer within 64 bits and 'file_name' a non-empty string")
                 continue

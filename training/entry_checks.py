@@ -30,7 +30,11 @@ ID_RANGE = (-2**63, 2**63 - 1)  # SQLite INTEGER, numpy int64
 # ---- entry checks (return an error message or None) ----------------------------------------------
 
 def check_image_file(path: Path, height: int, width: int, open_header: bool) -> str | None:
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # a name too long for the file system, a permission denied on the way
+        return f"image file cannot be looked up ({e.strerror})"
+    if not found:
         return f"image file not found: {path}"
     if not open_header:
         return None
