@@ -16,8 +16,9 @@ everything and `write_coco` (+ the workspace's prediction rule for results) writ
   name under another id, or an image already stored stops the import before anything is written.
 * Masks: polygons are rasterised by pycocotools (parts unioned), RLE (compressed or not) is kept
   exactly. Every number is checked by the loader before pycocotools sees it (coordinates finite and
-  near the image, RLE counts decoded and summed to height x width). ``iscrowd: 1`` regions become instances with ``meta["iscrowd"] = 1``: shown and
-  exported as crowd RLE, and the workspace refuses to edit their mask or class.
+  near the image, RLE counts decoded and summed to height x width, ids within 64 bits).
+  ``iscrowd: 1`` regions become instances with ``meta["iscrowd"] = 1``: shown and exported as
+  crowd RLE, and the workspace refuses to edit their mask or class.
 * Every path stays inside the dataset: a ``file_name`` that resolves outside the image folder or
   the extracted zip ('..', absolute, a symlink out of it) is refused by the loader, never opened.
 * One transaction: every image is decoded and every mask encoded while planning, so a bad entry
@@ -115,7 +116,8 @@ def _check_conflicts(workspace: Workspace, dataset: CocoInstances) -> dict[int, 
     new = {}
     for cid, name in zip(dataset.category_ids, dataset.class_names):
         if cid <= 0:
-            raise DatasetError(f"{dataset.ann_file}: category id {cid} ({name!r}): workspace class ids are positive")
+            raise DatasetError(f"{dataset.ann_file}: category id {cid} ({name!r}): workspace class ids are positive; "
+                               "renumber the classes")
         if cid in existing and existing[cid] != name:
             raise WorkspaceError(f"Category id {cid} is {existing[cid]!r} in the workspace but {name!r} in the file")
         if cid not in existing and name in by_name:

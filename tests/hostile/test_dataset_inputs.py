@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hostile.hostile_data import (H, SQUARE, W, annotation, bad_rle_counts, coco, coco_folder, coco_zip, deep_json,
+from hostile.hostile_data import (H, W, annotation, bad_rle_counts, coco, coco_folder, coco_zip, deep_json,
                                   files_under, good_coco, holds_bytes, image_entry, opened_under, sentinel,
                                   watch_opens, write_png, yolo_folder)
 from testutils import REPO
@@ -324,6 +324,15 @@ def test_ids_beyond_64_bits_are_one_line(where, tmp_path, capsys):
     assert_nothing_written(ws)
     with pytest.raises(DatasetError, match=str(huge)):
         CocoInstances(ann, images)
+
+
+def test_a_class_id_the_workspace_cannot_store_is_one_line_before_anything_is_written(tmp_path, capsys):
+    data = coco([image_entry(1, "a.png")], [annotation(1, 1, category_id=0)], [{"id": 0, "name": "zero"}])
+    ann, images = coco_folder(tmp_path / "ds", data)
+    code, _, err = run_import(capsys, tmp_path / "ws", "--ann", str(ann), "--images", str(images))
+    assert code == 2
+    one_error_line(err, "category id 0 ('zero')", "positive")
+    assert_nothing_written(tmp_path / "ws")
 
 
 def test_negative_and_zero_ids_are_renumbered_but_not_past_the_last_id(tmp_path, capsys):
