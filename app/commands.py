@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from condinst.errors import UserError
@@ -141,13 +142,26 @@ def check_import(args: argparse.Namespace) -> None:
     writable_dir(args.workspace, "--workspace")
 
 
+def progress_printer(every_s: float = 2.0):
+    """A `progress(stage, done, total)` that prints a line to stdout at most every ``every_s`` seconds
+    (nothing for a quick import)."""
+    last = [time.monotonic()]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            last[0] = now
+            print(f"import: {stage} {done}/{total}", flush=True)
+    return progress
+
+
 def run_import(args: argparse.Namespace) -> str:
     from app.imports import import_dataset
     from app.workspace import Workspace
 
     with Workspace.open(args.workspace) as workspace:
         return import_dataset(workspace, ann=args.ann, images=args.images, yolo=args.yolo, results=args.results,
-                              skip_bad=args.skip_bad).summary()
+                              skip_bad=args.skip_bad, progress=progress_printer()).summary()
 
 
 def check_qa(args: argparse.Namespace) -> None:

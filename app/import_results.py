@@ -15,16 +15,17 @@ the same import (`app.imports.CocoPlan`, whose image ids may be renumbered).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.imports import CocoPlan, annotation_mask
-from app.masks import encode_with_preview
+from app.imports import CocoPlan, annotation_rle
+from app.masks import encode_rle
 from app.workspace import Prediction, Workspace
+from condinst.untrusted import InputError, read_json
 from training.data import DatasetError
+from training.entry_checks import check_polygon_part, check_rle, describe
 
 
 @dataclass
@@ -38,11 +39,9 @@ class ResultsPlan:
 
 def _load(path: Path) -> list:
     try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such results file") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+        data = read_json(path, "results")
+    except InputError as exc:
+        raise DatasetError(str(exc)) from None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: a COCO results file is a list of detections, got a {type(data).__name__}"
                            + (" (a dataset file? import it with --ann)" if isinstance(data, dict) else ""))
@@ -101,12 +100,22 @@ def _prediction(entry: Any, sizes: dict, categories: set, planned: dict, name: s
     height, width = sizes[image_id]
     seg = entry["segmentation"]
     if isinstance(seg, dict) and list(seg.get("size", [])) != [height, width]:
-        raise DatasetError(f"mask size {seg.get('size')} is not the image's [{height}, {width}]")
-    try:
-        mask = annotation_mask(seg, height, width)
-    except Exception as exc:  # noqa: BLE001 - any undecodable segmentation is this entry's problem
-        raise DatasetError(f"segmentation cannot be decoded ({type(exc).__name__}: {str(exc)[:80]})") from None
-    if not mask.any():
+        raise DatasetError(f"mask size {describe(seg.get('size'))} is not the image's [{height}, {width}]")
+    error = _segmentation_error(seg, height, width)
+    if error:
+        raise DatasetError(f"segmentation {error}")
+    mask = encode_rle(annotation_rle(seg, height, width), height, width)
+    if mask.area == 0:
         raise DatasetError("empty mask")
     meta = {"results": name}
-    return int(image_id), Prediction(int(entry["category_id"]), float(score), encode_with_preview(mask), meta)
+    return int(image_id), Prediction(int(entry["category_id"]), float(score), mask, meta)
+
+
+def _segmentation_error(seg: Any, height: int, width: int) -> str | None:
+    """What is wrong with a results segmentation (the training loader's checks), before pycocotools sees it."""
+    if isinstance(seg, dict):
+        return check_rle(seg, height, width, iscrowd=True)
+    if not isinstance(seg, list) or not seg:
+        return f"must be a non-empty list of polygons or an RLE object, got {describe(seg)}"
+    return next((f"polygon part {k}: {error}" for k, part in enumerate(seg)
+                 if (error := check_polygon_part(part, height, width))), None)

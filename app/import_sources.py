@@ -19,6 +19,12 @@ follows), and stops at the first bad line without naming it. A bad line (class n
 coordinate count, a coordinate outside [0, 1], fewer than 3 points) is one message naming file and
 line; ``skip_bad`` leaves it out.
 
+Every path read stays inside the dataset (`condinst.untrusted.inside`): an image, label file or
+data.yaml that is a symlink out of the folder is refused (one line naming it; ``skip_bad`` leaves an
+image out), and a COCO ``file_name`` that climbs out of the zip ('..', absolute) is refused by the
+training loader's check. zipfile itself drops '..' and absolute member names and writes symlink
+members as plain files. JSON and YAML are read with bounded nesting (`condinst.untrusted.read_json`).
+
 A zip (CVAT / datumaro, Roboflow, or our own export) is extracted into the scratch folder; its COCO
 files are ``annotations/instances_<subset>.json`` (images in ``images/<subset>/`` or ``images/``) or any
 other COCO JSON (images beside it or in ``images/``). Several files (a train/val split) are merged
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import time
 import uuid
@@ -39,12 +46,14 @@ import yaml
 
 from app.ingest import image_header
 from app.workspace import Workspace
+from condinst.untrusted import InputError, inside, is_inside, parse_json, read_json
 from training.data import DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SCRATCH_PREFIX = ".import-"
 STALE_SCRATCH_S = 3600.0
 MAX_ZIP_BYTES = 20 * 2**30
+MAX_YAML_BYTES = 2**20
 
 
 @contextlib.contextmanager
@@ -92,8 +101,8 @@ def _coco_files(root: Path) -> list[Path]:
         return preferred
     found = []
     for candidate in sorted(root.rglob("*.json")):
-        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
-            data = json.loads(candidate.read_text(encoding="utf-8"))
+        with contextlib.suppress(InputError):
+            data = read_json(inside(root, candidate))
             if isinstance(data, dict) and {"images", "annotations", "categories"} <= set(data):
                 found.append(candidate)
     return found
@@ -105,12 +114,19 @@ def _image_folder(root: Path, ann: Path, data: dict) -> Path:
     base = ann.parent.parent if ann.parent.name == "annotations" else ann.parent
     candidates = [base / "images" / subset, base / "images", base, ann.parent, ann.parent / "images"]
     names = [str(img.get("file_name", "")) for img in data.get("images", [])[:1] if isinstance(img, dict)]
-    for folder in candidates:
-        if folder.is_dir() and all((folder / name).is_file() for name in names):
+    for folder in candidates:  # a name that climbs out of the zip is not looked at (the loader refuses it)
+        if folder.is_dir() and all(is_inside(root, folder / name) and _is_file(folder / name) for name in names):
             return folder
     looked = ", ".join(str(c.relative_to(root)) for c in candidates)
     raise DatasetError(f"{ann.relative_to(root)}: its images ({names[0] if names else '?'}) are not in the zip "
                        f"(looked in {looked})")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system
+        return False
 
 
 def coco_from_zip(root: Path, out: Path) -> Path:
@@ -124,9 +140,9 @@ def coco_from_zip(root: Path, out: Path) -> Path:
     seen: dict[str, dict[Any, str]] = {"images": {}, "annotations": {}}
     for ann in files:
         try:
-            data = json.loads(ann.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{ann.relative_to(root)}: not valid JSON ({exc})") from None
+            data = parse_json(inside(root, ann).read_bytes(), str(ann.relative_to(root)))
+        except InputError as exc:
+            raise DatasetError(str(exc)) from None
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
                                                  for k in ("images", "annotations", "categories")):
             raise DatasetError(f"{ann.relative_to(root)}: not a COCO instances file "
@@ -143,8 +159,9 @@ def coco_from_zip(root: Path, out: Path) -> Path:
                                        f"{seen[key][entry['id']]}; import the files one at a time")
                 if isinstance(entry, dict):
                     seen[key][entry.get("id")] = ann.name
-                    if key == "images":
-                        entry["file_name"] = str((folder / str(entry.get("file_name", ""))).relative_to(root))
+                    name = entry.get("file_name")
+                    if key == "images" and isinstance(name, str) and name:  # the loader checks it stays inside
+                        entry["file_name"] = str(folder.relative_to(root) / name)
                 merged[key].append(entry)
     out.write_text(json.dumps(merged), encoding="utf-8")
     return out
@@ -153,10 +170,15 @@ def coco_from_zip(root: Path, out: Path) -> Path:
 # ---- YOLO -------------------------------------------------------------------------------------------
 def _names(data_yaml: Path) -> tuple[list[str], list[int] | None]:
     """Class names in index order (and our exports' category ids) from data.yaml."""
+    if data_yaml.stat().st_size > MAX_YAML_BYTES:
+        raise DatasetError(f"{data_yaml}: {data_yaml.stat().st_size} bytes, more than a data.yaml needs "
+                           f"({MAX_YAML_BYTES} at most)")
     try:
         data = yaml.safe_load(data_yaml.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{data_yaml}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise DatasetError(f"{data_yaml}: YAML nested too deeply") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict) and all(isinstance(k, int) for k in names) and \
             sorted(names) == list(range(len(names))):
@@ -164,9 +186,10 @@ def _names(data_yaml: Path) -> tuple[list[str], list[int] | None]:
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
         raise DatasetError(f"{data_yaml}: 'names' must be a list of class names or a mapping 0..K-1 -> name")
     ids = data.get("category_ids")
-    if isinstance(ids, dict) and sorted(ids) == list(range(len(names))):
-        ids = [int(ids[k]) for k in range(len(names))]
-    else:
+    if isinstance(ids, dict) and all(isinstance(k, int) for k in ids) and sorted(ids) == list(range(len(names))) \
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**63 for v in ids.values()):
+        ids = [ids[k] for k in range(len(names))]
+    else:  # absent, or not positive 64-bit ids: the workspace chooses them
         ids = None
     return [str(n) for n in names], ids
 
@@ -186,7 +209,7 @@ def _polygon(line: str, num_classes: int, where: str) -> tuple[int, list[float]]
         cls, values = float(tokens[0]), [float(t) for t in tokens[1:]]
     except ValueError:
         raise DatasetError(f"{where}: not numbers ({line[:60]!r})") from None
-    if cls != int(cls) or not 0 <= cls < num_classes:
+    if not math.isfinite(cls) or not cls.is_integer() or not 0 <= cls < num_classes:
         raise DatasetError(f"{where}: class {tokens[0]} is not in data.yaml names (0..{num_classes - 1})")
     if len(values) == 4:
         raise DatasetError(f"{where}: a box (class x y w h), not a polygon: a detection label, not segmentation")
@@ -206,6 +229,8 @@ def yolo_to_coco(root: Path, workspace: Workspace, out: Path, skip_bad: bool = F
     yamls = sorted(root.rglob("data.yaml"), key=lambda p: len(p.parts))
     if not yamls:
         raise DatasetError(f"{root}: no data.yaml (a YOLO dataset names its classes there)")
+    if not is_inside(root, yamls[0]):
+        raise DatasetError(f"{yamls[0].relative_to(root)}: points outside the dataset folder (a link out of it)")
     names, ids = _names(yamls[0])
     known = {c.name: c.id for c in workspace.categories()}
     next_id = max([0, *known.values(), *(ids or [])]) + 1
@@ -225,6 +250,14 @@ def yolo_to_coco(root: Path, workspace: Workspace, out: Path, skip_bad: bool = F
                             "categories": [{"id": i, "name": n} for i, n in zip(ids, names)]}
     skipped: list[str] = []
     for path in images:
+        label = _label_path(path, root)
+        outside = next((p for p in (path, label) if not is_inside(root, p)), None)
+        if outside is not None:  # a symlink out of the dataset: never opened
+            message = f"{outside.relative_to(root)}: points outside the dataset folder (a link out of it)"
+            if not skip_bad:
+                raise DatasetError(message)
+            skipped.append(message)
+            continue
         try:
             _, _, width, height, orientation = image_header(path)
         except Exception:  # noqa: BLE001 - the importer's decode reports it with its message
@@ -234,13 +267,13 @@ def yolo_to_coco(root: Path, workspace: Workspace, out: Path, skip_bad: bool = F
         image_id += 1
         relative = str(path.relative_to(root))
         coco["images"].append({"id": image_id, "file_name": relative, "width": width, "height": height})
-        label = _label_path(path, root)
         lines = label.read_text(encoding="utf-8", errors="replace").splitlines() if label.is_file() else []
+        label_name = label.relative_to(root)
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                cls, values = _polygon(line, len(names), f"{label.relative_to(root)} line {number}")
+                cls, values = _polygon(line, len(names), f"{label_name} line {number}")
             except DatasetError as exc:
                 if not skip_bad:
                     raise

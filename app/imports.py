@@ -15,17 +15,24 @@ everything and `write_coco` (+ the workspace's prediction rule for results) writ
   next free id; the report lists every renumbering. An id the workspace already uses, a class
   name under another id, or an image already stored stops the import before anything is written.
 * Masks: polygons are rasterised by pycocotools (parts unioned), RLE (compressed or not) is kept
-  exactly. ``iscrowd: 1`` regions become instances with ``meta["iscrowd"] = 1``: shown and
-  exported as crowd RLE, and the workspace refuses to edit their mask or class.
-* One transaction: image files are written first (content-named, atomic; an interrupted import
-  leaves only unreferenced files that `Workspace.sweep` removes), then every row in one commit.
+  exactly. Every number is checked by the loader before pycocotools sees it (coordinates finite and
+  near the image, RLE counts decoded and summed to height x width, ids within 64 bits).
+  ``iscrowd: 1`` regions become instances with ``meta["iscrowd"] = 1``: shown and exported as
+  crowd RLE, and the workspace refuses to edit their mask or class.
+* Every path stays inside the dataset: a ``file_name`` that resolves outside the image folder or
+  the extracted zip ('..', absolute, a symlink out of it) is refused by the loader, never opened.
+* One transaction: every image is decoded and every mask encoded while planning, so a bad entry
+  stops the import before anything is written; then image files are written (content-named, atomic;
+  an interrupted import leaves only unreferenced files that `Workspace.sweep` removes), then every
+  row in one commit. The cost is linear in the annotations (no full-size mask per polygon), and
+  ``progress(stage, done, total)`` hears how far each stage is.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -33,9 +40,14 @@ from pycocotools import mask as mask_utils
 from app import predictions_store, storage
 from app.errors import WorkspaceError
 from app.ingest import PreparedImage
-from app.masks import encode_with_preview
+from app.masks import EncodedMask, encode_rle
+from app.records import MAX_ID
 from app.workspace import Workspace
-from training.data import CocoInstances
+from condinst.untrusted import inside
+from training.data import CocoInstances, DatasetError
+from training.entry_checks import compressed_rle_runs
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass
@@ -69,16 +81,32 @@ class ImportReport:
         return text
 
 
-def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """(H, W) bool of a COCO segmentation: polygons (unioned) or RLE (compressed or uncompressed)."""
+def annotation_rle(segmentation: Any, height: int, width: int) -> bytes:
+    """The exact, canonical compressed RLE counts of a CHECKED COCO segmentation (`training.entry_checks`:
+    coordinates in range, RLE counts valid): polygons rasterised by pycocotools (parts unioned), RLE
+    (compressed or not) re-encoded from its runs. No full-size mask is made."""
     if isinstance(segmentation, list):
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        counts = segmentation["counts"]
-        rle = {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(rle).astype(bool)
+        return bytes(rle["counts"])
+    counts = segmentation["counts"]
+    runs = [int(c) for c in counts] if isinstance(counts, list) else compressed_rle_runs(counts).tolist()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    if 0 in runs[1:]:  # an empty run inside: not canonical, so encode the mask it stands for
+        return bytes(mask_utils.encode(mask_utils.decode(rle))["counts"])
+    return bytes(rle["counts"])
+
+
+def _encode_annotations(dataset: CocoInstances, progress: Progress | None) -> dict[int, EncodedMask]:
+    """Annotation id -> its encoded mask, for every annotation of the (checked) dataset."""
+    total = sum(len(info.annotations) for info in dataset.images)
+    encoded = {}
+    for info in dataset.images:
+        for ann in info.annotations:
+            encoded[ann["id"]] = encode_rle(annotation_rle(ann["segmentation"], info.height, info.width),
+                                            info.height, info.width)
+        if progress:
+            progress("masks", len(encoded), total)
+    return encoded
 
 
 def _check_conflicts(workspace: Workspace, dataset: CocoInstances) -> dict[int, str]:
@@ -87,6 +115,9 @@ def _check_conflicts(workspace: Workspace, dataset: CocoInstances) -> dict[int, 
     by_name = {name: cid for cid, name in existing.items()}
     new = {}
     for cid, name in zip(dataset.category_ids, dataset.class_names):
+        if cid <= 0:
+            raise DatasetError(f"{dataset.ann_file}: category id {cid} ({name!r}): workspace class ids are positive; "
+                               "renumber the classes")
         if cid in existing and existing[cid] != name:
             raise WorkspaceError(f"Category id {cid} is {existing[cid]!r} in the workspace but {name!r} in the file")
         if cid not in existing and name in by_name:
@@ -103,18 +134,21 @@ def _check_conflicts(workspace: Workspace, dataset: CocoInstances) -> dict[int, 
     return new
 
 
-def _new_ids(ids: list[int], taken_max: int) -> dict[int, int]:
+def _new_ids(ids: list[int], taken_max: int, what: str) -> dict[int, int]:
     """Non-positive ids -> fresh ids after every id in use; positive ids are kept."""
     next_id = max([taken_max, *ids]) + 1
     mapping = {}
     for old in ids:
         if old <= 0:
+            if next_id > MAX_ID:
+                raise DatasetError(f"{what} id {old} needs a new positive id, but the ids in use reach 2**63 - 1 "
+                                   "(SQLite's largest); renumber the file")
             mapping[old], next_id = next_id, next_id + 1
     return mapping
 
 
 def _prepare(workspace: Workspace, dataset: CocoInstances, info) -> PreparedImage:
-    path = dataset.image_dir / info.file_name
+    path = inside(dataset.image_dir, info.file_name)  # checked by the loader too: nothing outside is opened
     prepared = workspace.prepare(path, Path(info.file_name).name)
     if prepared.size != (info.height, info.width):
         raise WorkspaceError(f"{dataset.ann_file}: image id {info.id}: {path} decodes to "
@@ -134,61 +168,70 @@ class CocoPlan:
     new_categories: dict[int, str]
     image_ids: dict[int, int]
     prepared: dict[int, PreparedImage]
+    masks: dict[int, EncodedMask]  # annotation id (as in the file) -> its mask
     report: ImportReport
 
 
 def plan_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: str | os.PathLike,
-              skip_bad: bool = False, source_name: str | None = None) -> CocoPlan:
-    """Check a COCO instances dataset against the workspace; nothing is written."""
+              skip_bad: bool = False, source_name: str | None = None, progress: Progress | None = None) -> CocoPlan:
+    """Check a COCO instances dataset against the workspace, decode its images and encode its masks;
+    nothing is written."""
     dataset = CocoInstances(ann_file, image_dir, on_error="skip" if skip_bad else "raise")
     report = ImportReport(skipped=list(dataset.skipped))
     new_categories = _check_conflicts(workspace, dataset)
     with workspace.db.read() as conn:
         max_image, max_instance = (conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
                                    for table in ("images", "instances"))
-    report.renumbered["images"] = _new_ids([info.id for info in dataset.images], max_image)
+    report.renumbered["images"] = _new_ids([info.id for info in dataset.images], max_image, "Image")
     report.renumbered["annotations"] = _new_ids(
-        [ann["id"] for info in dataset.images for ann in info.annotations], max_instance)
+        [ann["id"] for info in dataset.images for ann in info.annotations], max_instance, "Annotation")
     image_ids = {info.id: report.renumbered["images"].get(info.id, info.id) for info in dataset.images}
     prepared = {}
     for info in dataset.images:
         image = _prepare(workspace, dataset, info)  # only the bytes are kept until the commit, not the pixels
         prepared[info.id] = replace(image, rgb=np.empty((*image.size, 0), np.uint8))
-    return CocoPlan(dataset, source_name or Path(ann_file).name, new_categories, image_ids, prepared, report)
+        if progress:
+            progress("images", len(prepared), len(dataset.images))
+    masks = _encode_annotations(dataset, progress)
+    return CocoPlan(dataset, source_name or Path(ann_file).name, new_categories, image_ids, prepared, masks, report)
 
 
-def write_coco(workspace: Workspace, conn, plan: CocoPlan) -> ImportReport:
+def write_coco(workspace: Workspace, conn, plan: CocoPlan, progress: Progress | None = None) -> ImportReport:
     """Write a planned dataset inside the caller's write transaction; returns its report."""
     report, dataset = plan.report, plan.dataset
     conn.executemany("INSERT INTO categories (id, name) VALUES (?, ?)", list(plan.new_categories.items()))
     for info in dataset.images:
         image_id = storage.insert_image(conn, workspace.root, plan.prepared.pop(info.id), None,
                                         image_id=plan.image_ids[info.id])
+        items = []
         for ann in info.annotations:
             crowd = bool(ann["iscrowd"])
-            enc = encode_with_preview(annotation_mask(ann["segmentation"], info.height, info.width))
             meta = {"imported": plan.source_name, **({"iscrowd": 1} if crowd else {})}
-            instance_id = report.renumbered["annotations"].get(ann["id"], ann["id"])
-            storage.insert_instance(conn, image_id, ann["category_id"], enc, "user", None, meta,
-                                    instance_id=instance_id)
-            report.instances += 1
+            items.append((report.renumbered["annotations"].get(ann["id"], ann["id"]), ann["category_id"],
+                          plan.masks.pop(ann["id"]), meta))
             report.crowd += crowd
+        storage.insert_instances(conn, image_id, items, "user")
+        report.instances += len(items)
         report.images += 1
+        if progress:
+            progress("writing", report.images, len(dataset.images))
     report.categories = len(plan.new_categories)
     return report
 
 
 def import_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: str | os.PathLike,
-                skip_bad: bool = False, source_name: str | None = None) -> ImportReport:
+                skip_bad: bool = False, source_name: str | None = None, progress: Progress | None = None
+                ) -> ImportReport:
     """Import a COCO instances dataset (see the module docstring) in one transaction; returns the report."""
-    plan = plan_coco(workspace, ann_file, image_dir, skip_bad, source_name)
+    plan = plan_coco(workspace, ann_file, image_dir, skip_bad, source_name, progress)
     with workspace.db.write() as conn:
-        return write_coco(workspace, conn, plan)
+        return write_coco(workspace, conn, plan, progress)
 
 
 def import_dataset(workspace: Workspace, ann: str | os.PathLike | None = None,
                    images: str | os.PathLike | None = None, yolo: str | os.PathLike | None = None,
-                   results: str | os.PathLike | None = None, skip_bad: bool = False) -> ImportReport:
+                   results: str | os.PathLike | None = None, skip_bad: bool = False,
+                   progress: Progress | None = None) -> ImportReport:
     """Import any mix of a COCO dataset (``ann`` JSON + ``images``, or ``ann`` a zip), a YOLO dataset
     (``yolo`` folder or zip) and a COCO results file onto them or onto stored images: every input is
     checked first, then everything is written in ONE transaction (all of it or nothing)."""
@@ -214,10 +257,10 @@ def import_dataset(workspace: Workspace, ann: str | os.PathLike | None = None,
             coco, name = (ann_file, root), Path(ann).name
         elif ann is not None:
             coco = (ann, images)
-        plan = plan_coco(workspace, *coco, skip_bad=skip_bad, source_name=name) if coco else None
+        plan = plan_coco(workspace, *coco, skip_bad=skip_bad, source_name=name, progress=progress) if coco else None
         predicted = plan_results(workspace, results, plan, skip_bad) if results is not None else None
         with workspace.db.write() as conn:
-            report = write_coco(workspace, conn, plan) if plan else ImportReport()
+            report = write_coco(workspace, conn, plan, progress) if plan else ImportReport()
             report.skipped[:0] = skipped
             if predicted is not None:
                 report.skipped += predicted.skipped

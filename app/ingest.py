@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from app.errors import WorkspaceError
 from app.masks import PREVIEW_MAX_SIDE, preview_size
-from condinst.preprocess import ImageError, read_image, to_rgb_uint8
+from condinst.preprocess import ImageError, header_orientation, read_image, to_rgb_uint8
 
 DEFAULT_MAX_PIXELS = 50_000_000
 # Formats whose bytes are kept as uploaded: accepted extensions, first canonical.
@@ -106,7 +106,7 @@ def image_header(path: Path) -> tuple[str, str, int, int, int]:
     with Image.open(path) as img:
         orientation = 1
         try:
-            orientation = int(img.getexif().get(0x0112, 1) or 1)
+            orientation = header_orientation(img)
         except Exception:  # noqa: BLE001 - a broken EXIF block only means "no rotation"
             pass
         return str(img.format or ""), img.mode, img.size[0], img.size[1], orientation

@@ -78,6 +78,18 @@ def encode_with_preview(mask: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> E
     return EncodedMask(counts, preview, int(mask_utils.area(rle)), bbox, (height, width))
 
 
+def encode_rle(counts: bytes, height: int, width: int, max_side: int = PREVIEW_MAX_SIDE) -> EncodedMask:
+    """A mask given as its exact, canonical compressed RLE (as `encode_mask` writes it, e.g. a polygon
+    rasterised by pycocotools): area and box come from the RLE, and the full-size mask is decoded only
+    when the image needs a smaller preview. Equal to ``encode_with_preview(decode_mask(counts, ...))``."""
+    size = preview_size(height, width, max_side)
+    if size != (height, width):
+        return encode_with_preview(decode_mask(counts, height, width), max_side)
+    full = {"size": [int(height), int(width)], "counts": bytes(counts)}
+    bbox = tuple(float(v) for v in mask_utils.toBbox(full))
+    return EncodedMask(bytes(counts), None, int(mask_utils.area(full)), bbox, (int(height), int(width)))
+
+
 def encode_crop(rle: dict, crop: np.ndarray, y0: int, x0: int, max_side: int = PREVIEW_MAX_SIDE) -> EncodedMask:
     """A mask given as its exact RLE and its (h, w) crop at (y0, x0), e.g. the model's per-instance
     output (`condinst.postprocess.InstanceMasks`): nothing full-size is made. The preview shrinks the

@@ -18,6 +18,7 @@ import numpy as np
 from app import actor
 from app.errors import WorkspaceError
 from app.masks import decode_mask, preview_size
+from condinst.untrusted import OutsideError, inside
 
 MAX_ID = 2**63 - 1
 
@@ -165,12 +166,12 @@ def default_workspace_dir() -> Path:
 
 
 def resolve_inside(root: Path, relative: str | os.PathLike) -> Path:
-    """Resolve ``relative`` against ``root`` and refuse anything that escapes ``root``."""
-    root_resolved = Path(root).resolve()
-    candidate = (root_resolved / relative).resolve()
-    if candidate != root_resolved and root_resolved not in candidate.parents:
-        raise WorkspaceError(f"Path {str(relative)!r} points outside the folder {root_resolved}")
-    return candidate
+    """Resolve ``relative`` against ``root`` and refuse anything that escapes ``root`` (`condinst.untrusted.inside`,
+    the rule dataset paths follow too)."""
+    try:
+        return inside(root, relative)
+    except OutsideError as exc:
+        raise WorkspaceError(str(exc)[0].upper() + str(exc)[1:]) from None
 
 
 def check_id(value: Any, what: str = "id") -> int:

@@ -6,6 +6,7 @@ edit, import, video or propagation is stored whole or not at all. `app.workspace
 
     encode(mask, height, width)     a full-size mask (array, RLE dict or EncodedMask) -> EncodedMask, size-checked
     insert_instance(conn, ...)      a new instance row (+ its undo "created" change)
+    insert_instances(conn, ...)     many new instance rows of one image in one statement (an import: no undo)
     insert_image(conn, root, ...)   an image's files (atomic, named by content) + its row
     image_record / list_images / instances    rows read as records
     touch_review(conn, image_id)    an edit of a reviewed image sends it back for review
@@ -18,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from app import history
+from app import actor, history
 from app.db import now
 from app.errors import WorkspaceError
 from app.ingest import PreparedImage
@@ -65,6 +66,29 @@ def insert_instance(conn, image_id: int, category_id: int, enc: EncodedMask, sou
          ",".join(map(repr, enc.bbox)), source, int(user_edited), dump_meta(meta), stamp, stamp, track_id)).lastrowid)
     conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (stamp, image_id))
     return instance_id, history.created(conn, instance_id)
+
+
+def insert_instances(conn, image_id: int, items: list[tuple[int | None, int, EncodedMask, Mapping[str, Any] | None]],
+                     source: str) -> None:
+    """Insert many new instances of `image_id` at once: ``items`` are (instance id or None, category id,
+    mask, meta). The rows are what `insert_instance` writes (authored by the acting person), without undo
+    changes: a dataset import is not undone instance by instance."""
+    if source not in INSTANCE_SOURCES:
+        raise WorkspaceError(f"Instance source must be one of {INSTANCE_SOURCES}, got {source!r}")
+    for category_id in {category_id for _, category_id, _, _ in items}:
+        if not conn.execute("SELECT 1 FROM categories WHERE id = ?", (check_id(category_id, "Category id"),)).fetchone():
+            raise WorkspaceError(f"Category {category_id} does not exist; add it first")
+    stamp, user = now(), actor.current_user()
+    conn.executemany(
+        "INSERT INTO instances (id, image_id, category_id, score, mask_rle, preview_rle, area, bbox, source,"
+        " hidden, deleted, user_edited, meta, created_at, updated_at, created_by, updated_by)"
+        " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?, ?, ?)",
+        [(instance_id, image_id, category_id, enc.counts, enc.preview, enc.area, ",".join(map(repr, enc.bbox)),
+          source, dump_meta(meta), stamp, stamp, user, user) for instance_id, category_id, enc, meta in items])
+    for instance_id, *_ in items:
+        if instance_id is not None:
+            actor.saw(instance_id, 0)
+    conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (stamp, image_id))
 
 
 def insert_image(conn, root: Path, prepared: PreparedImage, segmented_by: str | None,

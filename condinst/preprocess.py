@@ -98,6 +98,17 @@ def _pil_to_rgb_uint8(im: Image.Image) -> np.ndarray:
     return out
 
 
+def header_orientation(im: Image.Image) -> int:
+    """EXIF orientation (1..8) of an opened image from its header, without decoding pixels.
+
+    PIL's ``getexif`` decodes a whole PNG to look for an eXIf chunk after the pixel data (an old PNG
+    extension allowed it there; the PNG specification does not); this reads the chunks before it.
+    `read_image` sees a late chunk, so a size check after decoding still catches such a file.
+    A broken EXIF block raises what PIL raises."""
+    exif = Image.Image.getexif(im) if im.format == "PNG" else im.getexif()
+    return int(exif.get(0x0112, 1) or 1)
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB, honouring EXIF orientation.
 

@@ -290,3 +290,14 @@ def test_memory_video_row_runs_the_video_command(tmp_path):
     assert read(out)["video_results"] == payload["video_results"] and payload["results"] == []
     (row,) = payload["video_results"]
     assert row["returncode"] == 0 and row["frames"] == 6 and row["peak_mb"] > 50 and row["masks"] > 0, row
+
+
+def test_import_throughput_runs_and_counts_every_annotation(tmp_path):
+    from bench import import_throughput
+
+    out = tmp_path / "import.json"
+    assert import_throughput.main(["--coco", "300", "--yolo", "200", "--per-image", "100", "--image-size", "40x60",
+                                   "--out", str(out)]) == 0
+    rows = read(out)["results"]
+    assert [(r["format"], r["annotations"], r["images"]) for r in rows] == [("coco", 300, 3), ("yolo", 200, 2)]
+    assert all(r["annotations_per_s"] > 0 and r["cpu_s"] > 0 for r in rows)

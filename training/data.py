@@ -6,9 +6,12 @@ folder; a YouTube-VIS JSON (`videos` instead of `images`) is read as one image p
 message naming the file and the annotation or image id:
 
     missing or unreadable image file, non-image file, image size different from the JSON,
-    malformed JSON or missing keys, unknown category id, polygon part with < 3 points,
-    polygon of zero area, box outside the image or with no extent, RLE of the wrong size,
-    duplicate image or annotation ids, the same image file listed under two image ids.
+    a file_name that resolves outside the image folder ('..', absolute, a symlink out of it),
+    malformed JSON, JSON nested deeper than `condinst.untrusted.MAX_JSON_DEPTH`, missing keys,
+    an id outside 64 bits, unknown category id, polygon part with < 3 points or a coordinate
+    not finite or far outside the image, polygon of zero area, box outside the image or with no
+    extent, RLE of the wrong size or whose counts are not COCO RLE, duplicate image or annotation
+    ids, the same image file listed under two image ids.
 
 With `on_error="raise"` (default) the first problem raises `DatasetError`; with `on_error="skip"`
 the bad annotation (or image, with its annotations) is left out, the message is appended to
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -48,9 +50,10 @@ import numpy as np
 
 from condinst.errors import UserError
 from condinst.preprocess import ImageError, read_image
+from condinst.untrusted import InputError, OutsideError, inside, read_json
 
-from .entry_checks import (box_area, check_box, check_image_file, check_polygon_part, check_rle, describe, is_int,
-                           is_number, polygon_area, short_list)
+from .entry_checks import (box_area, check_box, check_image_file, check_polygon_part, check_rle, describe, is_id,
+                           is_int, is_number, polygon_area, short_list)
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +176,7 @@ class CocoInstances:
         images: dict[int, dict[str, Any]] = {}
         files: dict[tuple[int, int], int] = {}  # (device, inode) of each accepted image file -> its image id
         for k, entry in enumerate(entries):
-            if isinstance(entry, dict) and is_int(entry.get("id")):
+            if isinstance(entry, dict) and is_id(entry.get("id")):
                 self._skipped_image_ids.add(entry["id"])  # until accepted below
             where = f"{self.ann_file}: images[{k}]"
             if not isinstance(entry, dict):
@@ -184,9 +187,9 @@ class CocoInstances:
                 self._problem(f"{where} (id {entry.get('id')}): missing key(s) {missing}")
                 continue
             image_id, file_name, h, w = entry["id"], entry["file_name"], entry["height"], entry["width"]
-            where = f"{self.ann_file}: image id {image_id} ({file_name!r})"
-            if not is_int(image_id) or not isinstance(file_name, str) or not file_name:
-                self._problem(f"{where}: 'id' must be an integer and 'file_name' a non-empty string")
+            where = f"{self.ann_file}: image id {image_id} ({describe(file_name)})"
+            if not is_id(image_id) or not isinstance(file_name, str) or not file_name:
+                self._problem(f"{where}: 'id' must be an integer within 64 bits and 'file_name' a non-empty string")
                 continue
             if not (is_int(h) and is_int(w) and h > 0 and w > 0):
                 self._problem(f"{where}: height/width must be positive integers, got {h!r}x{w!r}")
@@ -194,7 +197,11 @@ class CocoInstances:
             if image_id in images:
                 self._problem(f"{where}: duplicate image id (first used by {images[image_id]['file_name']!r})")
                 continue
-            path = self.image_dir / file_name
+            try:
+                path = inside(self.image_dir, file_name)
+            except OutsideError as e:
+                self._problem(f"{where}: {e}")
+                continue
             error = check_image_file(path, h, w, check_images)
             if error:
                 self._problem(f"{where}: {error}")
@@ -231,8 +238,8 @@ class CocoInstances:
         if missing:
             self._problem(f"{where} (annotations[{k}]): missing key(s) {missing}")
             return None
-        if not is_int(ann_id):
-            self._problem(f"{where} (annotations[{k}]): 'id' must be an integer")
+        if not is_id(ann_id):
+            self._problem(f"{where} (annotations[{k}]): 'id' must be an integer within 64 bits")
             return None
         image_id = entry["image_id"]
         if ann_id in seen_ids:
@@ -283,7 +290,7 @@ class CocoInstances:
             return None
         kept = []
         for part_index, part in enumerate(seg):
-            error = check_polygon_part(part)
+            error = check_polygon_part(part, h, w)
             if error:
                 self._problem(f"{where}: polygon part {part_index}: {error}")
                 continue
@@ -300,16 +307,9 @@ class CocoInstances:
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such annotation file") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a directory, expected a COCO JSON file") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not a text JSON file ({e.reason})") from None
+        data = read_json(path, "COCO annotation")
+    except InputError as e:
+        raise DatasetError(str(e)) from None
     from .ytvis import is_ytvis, ytvis_to_coco
 
     if is_ytvis(data):  # a YouTube-VIS file: every listed frame is an image
@@ -332,8 +332,8 @@ def _parse_categories(entries: list[Any], path: Path) -> tuple[tuple[int, ...], 
     for k, c in enumerate(entries):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise DatasetError(f"{path}: categories[{k}]: each category needs an 'id' and a 'name'")
-        if not is_int(c["id"]):
-            raise DatasetError(f"{path}: categories[{k}]: id must be an integer, got {c['id']!r}")
+        if not is_id(c["id"]):
+            raise DatasetError(f"{path}: categories[{k}]: id must be an integer within 64 bits, got {describe(c['id'])}")
         if c["id"] in names:
             raise DatasetError(f"{path}: categories[{k}]: duplicate category id {c['id']}")
         names[c["id"]] = str(c["name"])

@@ -1,7 +1,11 @@
 """Checks of single COCO entries (image file, box, polygon, RLE) for `training.data.CocoInstances`.
 
 Each check returns the problem as one line, or None when the entry is usable; the dataset decides
-whether to raise or skip.
+whether to raise or skip. Every number is checked before native code (pycocotools' rasteriser and
+RLE decoder) sees it: coordinates finite and within `COORD_MARGIN` image sizes of the image (1e30
+made the rasteriser crash the process), ids within 64 bits (SQLite, numpy), compressed RLE decoded
+here and its run lengths summed to height x width (pycocotools decodes a short one into
+uninitialised memory).
 """
 from __future__ import annotations
 
@@ -12,22 +16,32 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from condinst.preprocess import header_orientation
+
 # How far (pixels) a box may reach past the image border: exported annotations often overshoot by
 # a rounding error (COCO has boxes ending at x = width + 0.01).
 BOX_TOLERANCE = 1.0
+# How far (in image sizes) a polygon vertex may lie beyond the image border: generous for real
+# annotations, small enough that rasterising stays cheap and inside what pycocotools handles.
+COORD_MARGIN = 1.0
+ID_RANGE = (-2**63, 2**63 - 1)  # SQLite INTEGER, numpy int64
 
 
 # ---- entry checks (return an error message or None) ----------------------------------------------
 
 def check_image_file(path: Path, height: int, width: int, open_header: bool) -> str | None:
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # a name too long for the file system, a permission denied on the way
+        return f"image file cannot be looked up ({e.strerror})"
+    if not found:
         return f"image file not found: {path}"
     if not open_header:
         return None
     try:
         with Image.open(path) as im:
             w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = header_orientation(im)
     except UnidentifiedImageError:
         return f"{path} is not an image file (format not recognised)"
     except (OSError, ValueError, SyntaxError) as e:
@@ -52,19 +66,23 @@ def check_box(box: Any, height: int, width: int) -> str | None:
     return None
 
 
-def check_polygon_part(part: Any) -> str | None:
-    if not isinstance(part, (list, tuple)) or not all(is_number(v) for v in part):
+def check_polygon_part(part: Any, height: int, width: int) -> str | None:
+    if not _plain_finite(part) and (not isinstance(part, (list, tuple)) or not all(is_number(v) for v in part)):
         return f"must be a flat list of numbers [x1, y1, x2, y2, ...], got {describe(part)}"
     if len(part) % 2:
         return f"has an odd number of coordinates ({len(part)})"
     if len(part) < 6:
         return f"degenerate polygon: {len(part) // 2} point(s), a polygon needs at least 3"
+    for k, (limit, values) in enumerate(((width, part[0::2]), (height, part[1::2]))):
+        low, high = min(values), max(values)
+        if low < -COORD_MARGIN * limit or high > (1 + COORD_MARGIN) * limit:
+            bad = low if low < -COORD_MARGIN * limit else high
+            return (f"{'xy'[k]} coordinate {bad:g} lies far outside the {width}x{height} image (more than "
+                    f"{COORD_MARGIN:g} image size beyond its border)")
     return None
 
 
 def check_rle(seg: dict[str, Any], height: int, width: int, iscrowd: bool) -> str | None:
-    from pycocotools import mask as mask_util
-
     if "counts" not in seg or "size" not in seg:
         return f"RLE segmentation needs 'counts' and 'size', got keys {sorted(seg)}"
     size = seg["size"]
@@ -80,15 +98,50 @@ def check_rle(seg: dict[str, Any], height: int, width: int, iscrowd: bool) -> st
             return f"uncompressed RLE counts sum to {sum(counts)}, expected height*width = {height * width}"
         area = sum(counts[1::2])
     elif isinstance(counts, (str, bytes)):
-        try:
-            area = int(mask_util.area({"size": [height, width], "counts": counts}))
-        except Exception as e:  # noqa: BLE001 - pycocotools raises plain exceptions
-            return f"compressed RLE cannot be decoded ({e})"
+        runs = compressed_rle_runs(counts)
+        if isinstance(runs, str):
+            return f"compressed RLE 'counts' is not COCO RLE: {runs}"
+        if int(runs.sum()) != height * width:
+            return (f"compressed RLE 'counts' cover {int(runs.sum())} pixels, expected height*width = "
+                    f"{height * width}")
+        area = int(runs[1::2].sum())
     else:
         return f"RLE 'counts' must be a list (uncompressed) or a string (compressed), got {describe(counts)}"
     if area == 0 and not iscrowd:
         return "empty RLE mask (zero area)"
     return None
+
+
+def compressed_rle_runs(counts: str | bytes) -> np.ndarray | str:
+    """The run lengths of a COCO compressed RLE string (pycocotools' rleFrString, vectorised), or what
+    is wrong with it: a character outside '0'..'o', a cut-off number, a number too long, a negative run."""
+    if isinstance(counts, str):
+        if not counts.isascii():
+            return "not ASCII"
+        counts = counts.encode("ascii")
+    if not counts:
+        return "empty"
+    c = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
+    if c.min() < 0 or c.max() > 63:
+        return f"character {chr(int(c[(c < 0) | (c > 63)][0]) + 48)!r} is not an RLE digit ('0'..'o')"
+    more = (c & 0x20) != 0
+    if more[-1]:
+        return "the last number is cut off"
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 7:  # 35 bits: no run of a real image is longer
+        return "a number longer than 7 characters"
+    shift = 5 * (np.arange(len(c)) - np.repeat(starts, lengths))
+    values = np.add.reduceat((c & 0x1F) << shift, starts)
+    negative = (c[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * lengths[negative])
+    runs = values.copy()  # runs after the first two are differences to the run two before
+    runs[2::2] = np.cumsum(values[2::2])
+    runs[3::2] = values[1] + np.cumsum(values[3::2]) if len(values) > 1 else runs[3::2]
+    if runs.min() < 0:
+        return "a negative run length"
+    return runs
 
 
 # ---- small helpers ------------------------------------------------------------------------------
@@ -109,8 +162,31 @@ def is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def is_id(v: Any) -> bool:
+    """An integer id that fits 64 bits (what SQLite and numpy store)."""
+    return is_int(v) and ID_RANGE[0] <= v <= ID_RANGE[1]
+
+
 def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond float range (JSON has no limit)
+        return False
+
+
+_PLAIN = {int, float}
+
+
+def _plain_finite(values: Any) -> bool:
+    """Fast path of a JSON list of numbers (C-speed passes): plain ints and floats, all finite."""
+    if type(values) is not list or not set(map(type, values)) <= _PLAIN:
+        return False
+    try:
+        return math.isfinite(sum(values))  # inf or nan anywhere makes the sum inf or nan
+    except OverflowError:
+        return False
 
 
 def describe(v: Any) -> str:

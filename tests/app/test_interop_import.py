@@ -106,15 +106,15 @@ def test_a_bad_annotation_stops_the_import_with_the_loaders_message_and_nothing_
 def test_a_failure_inside_the_transaction_leaves_nothing(tmp_path: Path, monkeypatch):
     ann, images = source("fruits_nuts")
     calls = {"n": 0}
-    real = imports.encode_with_preview
+    real = imports.storage.insert_instances
 
-    def failing(mask):
+    def failing(*args, **kwargs):  # the instances of the third image
         calls["n"] += 1
-        if calls["n"] == 30:
+        if calls["n"] == 3:
             raise WorkspaceError("disk full (simulated)")
-        return real(mask)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(imports, "encode_with_preview", failing)
+    monkeypatch.setattr(imports.storage, "insert_instances", failing)
     with Workspace.open(tmp_path / "ws") as ws:
         with pytest.raises(WorkspaceError, match="simulated"):
             import_coco(ws, ann, images)
