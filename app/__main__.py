@@ -141,9 +141,8 @@ def create_service(args: argparse.Namespace):
     except (CheckpointError, ConfigError) as exc:
         raise SystemExit(f"error: cannot load the model: {exc}") from None
     if service.workspace_error:
-        print(f"warning: the workspace cannot be opened: {service.workspace_error}\n"
-              "The app starts anyway: use 'Recover workspace' in the page, or restart with --recover.",
-              file=sys.stderr)
+        print(f"warning: the workspace cannot be opened (the app starts anyway): {service.workspace_error}",
+              file=sys.stderr)  # one line: the error says what to do (--recover or the page's 'Recover workspace')
     for notice in service.notices:
         print(f"note: {notice}", file=sys.stderr)
     return service

@@ -32,13 +32,12 @@ class Recovery:
     def message(self) -> str:
         """One line: what was salvaged, that the photos were kept, and what to do next."""
         name, files = self.moved_to.name, self.unreferenced_files
-        restore = (f"To get the annotations back, stop the app and put a backup copy of workspace.sqlite in its "
-                   f"place, or import your last export ('python -m app import'); delete {name} only once you no "
+        restore = (f"To get the annotations back, stop the app and copy a backup of workspace.sqlite over the new "
+                   f"one, or import your last export ('python -m app import'); delete {name} only once you no "
                    "longer need it.")
         if not self.kept.get("images"):
-            kept = f"; all {files} image files in images/ were kept" if files else ""
-            return (f"Nothing could be salvaged from the damaged database (moved aside to {name}): the workspace "
-                    f"starts empty{kept}. {restore}")
+            kept = f" (the workspace starts empty; all {files} image files in images/ were kept)" if files else ""
+            return f"The damaged database was moved aside to {name}; nothing could be salvaged from it{kept}. {restore}"
         kept = ", ".join(f"{self.kept.get(t, 0)} {t}" for t in ("images", "instances", "categories"))
         lost = sum(self.lost.values())
         text = (f"The damaged database was moved aside to {name}; salvaged {kept}"

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 LEGACY_SCRATCH_PREFIX = ".import-"
 LEGACY_SCRATCH_AGE_S = 3600.0
 BUSY_TIMEOUT_S = 1.0
+STALE_LOCK_TEMPORARY_S = 60.0
 
 
 @dataclass
@@ -53,10 +54,12 @@ class References:
 
     names: set[str] = field(default_factory=set)
     unreadable: list[Path] = field(default_factory=list)
+    stems: set[str] = field(default_factory=set)  # of `names`: previews are named by their image's stem
 
-    @property
-    def stems(self) -> set[str]:
-        return {Path(name).stem for name in self.names}
+    def add(self, names: Iterable[str]) -> None:
+        names = set(names)
+        self.names |= names
+        self.stems |= {Path(name).stem for name in names}
 
     def refers_to(self, relative: str) -> bool:
         """Whether ``images/<name>`` or ``previews/<stem>.jpg`` belongs to an image some database holds;
@@ -106,7 +109,7 @@ def references(root: Path, db_name: str) -> References:
         if names is None:
             refs.unreadable.append(path)
         else:
-            refs.names |= names
+            refs.add(names)
     return refs
 
 
@@ -126,7 +129,7 @@ def discard(workspace: "Workspace", claimed: Iterable[str], refs: References | N
         return 0
     removed, refs = 0, refs or references(workspace.root, workspace.db_path.name)
     with workspace.db.write(busy_timeout=BUSY_TIMEOUT_S) as conn:
-        refs.names |= file_names(conn)
+        refs.add(file_names(conn))
         if refs.unreadable:
             return 0
         for relative in sorted(claimed):
@@ -166,17 +169,15 @@ def _unclaimed_strays(workspace: "Workspace", conn, refs: References, claimed: s
     for folder in (workspace.images_dir, workspace.previews_dir):
         for path in folder.iterdir():
             relative = f"{folder.name}/{path.name}"
-            if not path.is_file() or relative in claimed:
+            temporary = path.name.startswith(".") and path.name.endswith(".tmp")  # never a finished file
+            if relative in claimed or not (temporary or (not refs.unreadable and since is not None
+                                                         and not refs.refers_to(relative))):
                 continue
             try:
-                mtime = path.stat().st_mtime
+                mtime = path.stat().st_mtime if path.is_file() else None
             except OSError:
                 continue
-            if mtime > cutoff:
-                continue
-            temporary = path.name.startswith(".") and path.name.endswith(".tmp")
-            if temporary or (not refs.unreadable and since is not None and mtime >= since
-                             and not refs.refers_to(relative)):
+            if mtime is not None and mtime <= cutoff and (temporary or mtime >= since):
                 removed += _unlink(path)
     return removed
 
@@ -184,6 +185,9 @@ def _unclaimed_strays(workspace: "Workspace", conn, refs: References, claimed: s
 def _stale_lock_temporaries(base: Path) -> None:
     """Lock files a writer killed while creating its staging left under their temporary name."""
     for path in base.glob(f".*{LOCK_SUFFIX}.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime < STALE_LOCK_TEMPORARY_S:
+                continue  # perhaps a writer between creating and locking it
         handle = _try_lock(path)
         if handle is not None:
             with contextlib.closing(handle):
@@ -208,7 +212,7 @@ def sweep(workspace: "Workspace", min_age: float = 300.0) -> int:
         settled = False
         with contextlib.suppress(WorkspaceError):  # another process's long write transaction: next start
             with workspace.db.write(busy_timeout=BUSY_TIMEOUT_S) as conn:
-                refs.names |= file_names(conn)
+                refs.add(file_names(conn))
                 live = {c for w in found if not w.dead for c in w.claims()}
                 mine = set(own.claimed) if own is not None else set()  # none in flight: we hold the write lock
                 dead_claims = {c for w in dead for c in w.claims()} | mine
