@@ -200,7 +200,8 @@ class Workspace:
             existing = conn.execute("SELECT id FROM images WHERE sha256 = ?", (prepared.sha256,)).fetchone()
             if existing:
                 return int(existing[0])
-            image_id = storage.insert_image(conn, self.stage, prepared, segmented_by if predictions is not None else None)
+            image_id = storage.insert_image(conn, self.stage, prepared,
+                                            segmented_by if predictions is not None else None)
             for item, enc in zip(items, encoded):
                 storage.insert_instance(conn, image_id, item.category_id, enc, "model", item.score, item.meta)
             return image_id
