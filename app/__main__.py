@@ -6,11 +6,14 @@
     python -m app export|import|users ...         # dataset and account commands, see app.commands
 
 One app process serves a workspace (`app.process_lock`); CLI export / import work alongside it.
+SIGTERM and SIGINT (Ctrl+C) stop it cleanly: the server closes, the workspace is closed and its lock
+released, so the next start has nothing to take over.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -99,9 +102,12 @@ def check_arguments(args: argparse.Namespace) -> Path:
         raise SystemExit("error: use --users FILE or --auth user:password, not both")
     try:
         if args.users:
-            from app.accounts import read_users
+            from app.accounts import check_permissions, read_users
 
             read_users(args.users)
+            warning = check_permissions(args.users)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
         check_backend(args.backend, str(weights))
         check_device(args.device)
         writable_dir(args.workspace, "--workspace")
@@ -135,9 +141,8 @@ def create_service(args: argparse.Namespace):
     except (CheckpointError, ConfigError) as exc:
         raise SystemExit(f"error: cannot load the model: {exc}") from None
     if service.workspace_error:
-        print(f"warning: the workspace cannot be opened: {service.workspace_error}\n"
-              "The app starts anyway: use 'Recover workspace' in the page, or restart with --recover.",
-              file=sys.stderr)
+        print(f"warning: the workspace cannot be opened (the app starts anyway): {service.workspace_error}",
+              file=sys.stderr)  # one line: the error says what to do (--recover or the page's 'Recover workspace')
     for notice in service.notices:
         print(f"note: {notice}", file=sys.stderr)
     return service
@@ -179,18 +184,35 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     auth = parse_auth(args.auth)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    service = create_service(args)
-    if args.users:
-        from app.accounts import Accounts
-
-        auth = Accounts.from_file(args.users)
-    print(f"CondInst Studio on http://{args.host}:{args.port} - workspace {service.workspace_dir}")
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGTERM, stop_on_signal), (signal.SIGINT, signal.default_int_handler))}  # SIGTERM = Ctrl+C
+    args.lock, service = None, None
     try:
-        launch(service, args.host, args.port, auth, args.max_file_size, block=True)
+        service = create_service(args)
+        if args.users:
+            from app.accounts import Accounts
+
+            auth = Accounts.from_file(args.users)
+        print(f"CondInst Studio on http://{args.host}:{args.port} - workspace {service.workspace_dir}", flush=True)
+        launch(service, args.host, args.port, auth, args.max_file_size, block=True)  # returns on SIGINT / SIGTERM
+    except KeyboardInterrupt:
+        pass  # stopped before the server was up
     finally:
-        service.close()
-        args.lock.release()
+        for sig in previous:  # a second signal does not cut the shutdown short
+            signal.signal(sig, signal.SIG_IGN)
+        if service is not None:
+            service.close()
+        if args.lock is not None:
+            args.lock.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("CondInst Studio stopped; the workspace was closed cleanly.", file=sys.stderr)
     return 0
+
+
+def stop_on_signal(signum: int, frame) -> None:
+    """SIGTERM handler: stop the app the way Ctrl+C does (the server loop closes on KeyboardInterrupt)."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

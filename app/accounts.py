@@ -124,6 +124,28 @@ def read_users(path: str | os.PathLike) -> dict[str, Account]:
     return accounts
 
 
+def check_permissions(path: str | os.PathLike) -> str | None:
+    """What the users file's mode means for the team, as ssh judges a key file.
+
+    Writable by other users of the machine: AccountsError (anyone who can write it can make themselves
+    an admin). Readable by them: a warning line to print (they can copy the hashes and guess the
+    passwords offline). None when only its owner can read it (0600, what `add_user` writes)."""
+    path = Path(path).expanduser()
+    if os.name != "posix":
+        return None
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None  # read_users says what is wrong with it
+    if mode & 0o022:
+        raise AccountsError(f"--users {path} is writable by other users of this machine (mode {mode:04o}): anyone "
+                            f"who can change it can give themselves an account; run 'chmod 600 {path}'")
+    if mode & 0o044:
+        return (f"--users {path} is readable by other users of this machine (mode {mode:04o}): they can copy the "
+                f"password hashes and guess passwords offline; run 'chmod 600 {path}'")
+    return None
+
+
 def add_user(path: str | os.PathLike, name: str, role: str, password: str, replace: bool = False) -> str:
     """Add (or with `replace`, update) one account in a users file, written atomically (mode 0600)."""
     path = Path(path).expanduser()

@@ -4,9 +4,12 @@ One SQLite file (``workspace.sqlite``, WAL mode, ``synchronous=FULL``). ``Databa
 one ``BEGIN IMMEDIATE ... COMMIT`` transaction and ``read()`` one consistent read, both under a
 re-entrant lock, so callers on any thread see whole edits or none.
 
-A damaged file (SQLite's ``quick_check`` fails, or it is not a workspace) is never deleted: with
-``recover=True`` it is moved aside as ``workspace.sqlite.corrupt-<time>`` and every row SQLite
-can still read is copied into a new database (``salvage``); ``recovered`` says how much was kept.
+A new database is built under a temporary name and linked into place whole, so ``workspace.sqlite``
+is never an empty file; an empty (0-byte) file, or one without tables, is therefore never taken for a
+new workspace: it is refused like a damaged one. A damaged file (SQLite's ``quick_check`` fails, or it
+is not a workspace) is never deleted: with ``recover=True`` it is moved aside as
+``workspace.sqlite.corrupt-<time>`` and every row SQLite can still read is copied into a new database
+(``salvage``); ``recovery`` says how much was kept.
 The tables and migrations live in `app.schema`, the row-by-row salvage in `app.salvage`.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +29,7 @@ from app.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, migrate, run_script, tab
 from condinst.io import fsync_dir
 
 __all__ = ["Database", "DatabaseError", "Recovery", "SCHEMA_VERSION", "now", "salvage"]
+BUSY_TIMEOUT_S = 10.0
 HINT = "start the app with --recover (or press 'Recover workspace') to move it aside and salvage what it holds"
 
 
@@ -56,8 +61,13 @@ class Database:
 
     # ---- opening ------------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            self._create()
+        elif self.path.is_file() and self.path.stat().st_size == 0:
+            raise DatabaseError(f"The workspace database {self.path} is empty (0 bytes): the workspace's records are "
+                                f"gone, its image files are still there; {HINT}")
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
             raise DatabaseError(f"Cannot open the workspace database {self.path}: {exc}") from exc
         try:
@@ -69,7 +79,8 @@ class Database:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             if not tables(conn):
-                run_script(conn, SCHEMA + f";INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION})")
+                raise DatabaseError(f"The workspace database {self.path} holds no tables: it is not a CondInst Studio "
+                                    f"workspace; {HINT}")
             self._check_schema(conn)
         except sqlite3.Error as exc:
             conn.close()
@@ -79,6 +90,30 @@ class Database:
             conn.close()
             raise
         return conn
+
+    def _create(self) -> None:
+        """A new, empty workspace database: built under a temporary name, then linked into place whole (a
+        concurrent creator's database is never replaced; a killed creation leaves no empty file)."""
+        temporary = self.path.with_name(f".{self.path.name}.new-{uuid.uuid4().hex[:12]}")
+        try:
+            conn = sqlite3.connect(temporary, isolation_level=None)
+            try:
+                run_script(conn, SCHEMA + f";INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION})")
+            finally:
+                conn.close()
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+            try:
+                os.link(temporary, self.path)
+            except FileExistsError:
+                pass  # another process created it meanwhile: use theirs
+            fsync_dir(self.path.parent)
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseError(f"Cannot create the workspace database {self.path}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         if "schema_version" not in tables(conn):
@@ -128,12 +163,21 @@ class Database:
         return self._conn
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back on any exception."""
+    def write(self, busy_timeout: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back on any exception.
+
+        `busy_timeout`: how long to wait for another process's write transaction (default 10 s);
+        DatabaseError ("database is locked") after that."""
         with self.lock:
             conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if busy_timeout is not None:
+                    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                finally:
+                    if busy_timeout is not None:
+                        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
                 try:
                     yield conn
                     conn.execute("COMMIT")

@@ -36,8 +36,6 @@ import contextlib
 import json
 import math
 import shutil
-import time
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -50,25 +48,16 @@ from condinst.untrusted import InputError, inside, is_inside, parse_json, read_j
 from training.data import DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-SCRATCH_PREFIX = ".import-"
-STALE_SCRATCH_S = 3600.0
 MAX_ZIP_BYTES = 20 * 2**30
 MAX_YAML_BYTES = 2**20
 
 
 @contextlib.contextmanager
 def scratch_dir(workspace: Workspace) -> Iterator[Path]:
-    """A temporary folder inside the workspace, removed afterwards (and any a killed import left)."""
-    for old in workspace.root.glob(SCRATCH_PREFIX + "*"):
-        with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > STALE_SCRATCH_S:
-                shutil.rmtree(old)
-    folder = workspace.root / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
-    folder.mkdir()
-    try:
+    """A temporary folder in this process's staging of the workspace (`app.staging`), removed afterwards;
+    a killed import's is removed by the next start's sweep, a running import's never."""
+    with workspace.stage.folder("import") as folder:
         yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- zips -------------------------------------------------------------------------------------------

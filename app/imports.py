@@ -201,7 +201,7 @@ def write_coco(workspace: Workspace, conn, plan: CocoPlan, progress: Progress | 
     report, dataset = plan.report, plan.dataset
     conn.executemany("INSERT INTO categories (id, name) VALUES (?, ?)", list(plan.new_categories.items()))
     for info in dataset.images:
-        image_id = storage.insert_image(conn, workspace.root, plan.prepared.pop(info.id), None,
+        image_id = storage.insert_image(conn, workspace.stage, plan.prepared.pop(info.id), None,
                                         image_id=plan.image_ids[info.id])
         items = []
         for ann in info.annotations:

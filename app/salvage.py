@@ -20,18 +20,31 @@ if TYPE_CHECKING:
 
 @dataclass
 class Recovery:
-    """What recovery did: where the damaged file went and how many rows of each table were kept."""
+    """What recovery did: where the damaged file went, how many rows of each table were kept, and how many
+    image files no kept row refers to (kept too: the moved-aside database may refer to them)."""
 
     moved_to: Path
     kept: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
+    unreferenced_files: int = 0
 
     @property
     def message(self) -> str:
+        """One line: what was salvaged, that the photos were kept, and what to do next."""
+        name, files = self.moved_to.name, self.unreferenced_files
+        restore = (f"To get the annotations back, stop the app and copy a backup of workspace.sqlite over the new "
+                   f"one, or import your last export ('python -m app import'); delete {name} only once you no "
+                   "longer need it.")
+        if not self.kept.get("images"):
+            kept = f" (the workspace starts empty; all {files} image files in images/ were kept)" if files else ""
+            return f"The damaged database was moved aside to {name}; nothing could be salvaged from it{kept}. {restore}"
         kept = ", ".join(f"{self.kept.get(t, 0)} {t}" for t in ("images", "instances", "categories"))
         lost = sum(self.lost.values())
-        return (f"The damaged database was moved aside to {self.moved_to.name}; salvaged {kept}"
+        text = (f"The damaged database was moved aside to {name}; salvaged {kept}"
                 + (f" ({lost} unreadable or orphaned rows could not be kept)." if lost else "."))
+        if files:
+            text += (f" {files} image files no salvaged row refers to were kept in images/. " + restore)
+        return text
 
 
 def _readable_rows(conn: sqlite3.Connection, table: str, columns: list[str], low: int, high: int) -> Iterator[tuple]:

@@ -14,13 +14,16 @@ tracks in the YouTube-VIS export and noise to delete on every frame (app/README.
 
 The frames are segmented and linked by the library (`condinst.video`: reader, segmenter, CondInst's
 own tracker) with the app's model, one batch at a time under the model lock. All or nothing: each
-frame's file is written (atomically) as it is decoded, the rows (sequence, frames, instances) in ONE
-transaction after the last frame. A failing or killed upload leaves only unreferenced frame files
-(removed at once on a failure, else by `Workspace.sweep`). Memory: one batch of frames plus the
-predictions' RLEs, whatever the length; at most `max_frames` frames (`--max-video-frames`).
+frame's file is written (atomically) into this process's staging folder (`app.staging`) as it is
+decoded; after the last frame, ONE transaction moves them into images/ and adds the rows (sequence,
+frames, instances). A failing upload removes its frames at once; a killed one leaves them in its
+staging folder, which the next start's sweep removes (and never a running upload's). Memory: one
+batch of frames plus the predictions' RLEs, whatever the length; at most `max_frames` frames
+(`--max-video-frames`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -29,10 +32,10 @@ from typing import TYPE_CHECKING, Callable
 
 from app import storage
 from app.db import now
-from app.errors import ServiceError
+from app.errors import AppError, ServiceError
 from app.ingest import prepare_array, sanitize_file_name
 from app.records import ImageRecord, check_id
-from condinst.io import atomic_write_bytes
+from condinst.io import atomic_write_bytes, fsync_dir
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -145,19 +148,16 @@ class SequenceLibrary:
             row = conn.execute("SELECT id, num_frames FROM sequences WHERE sha256 = ?", (sha,)).fetchone()
         if row is not None:
             return VideoReport(row[0], self.frame_ids(row[0])[0], row[1], 0, 0, existed=True)
-        written: list[Path] = []
-        try:
-            frames = self._segment(source, sha[:16], name, written, progress)
-        except VideoError as exc:
-            self._remove(written)
-            raise ServiceError(f"{name}: {_reason(exc, path)}") from None
-        except BaseException:
-            self._remove(written)
-            raise
-        return self._store(name, sha, info, frames)
+        with self.ws.stage.folder("video") as folder:  # removed afterwards, whatever happens
+            try:
+                frames = self._segment(source, sha[:16], name, folder, progress)
+            except VideoError as exc:
+                raise ServiceError(f"{name}: {_reason(exc, path)}") from None
+            return self._store(name, sha, info, frames, folder)
 
-    def _segment(self, source, token: str, name: str, written: list[Path], progress: Progress | None) -> list:
-        """[(frame file, PreparedImage without pixels, predictions, {detection row: track id})] per frame."""
+    def _segment(self, source, token: str, name: str, folder: Path, progress: Progress | None) -> list:
+        """[(frame file, its preview or None, name, digest, predictions, {detection row: track id})] per frame,
+        the files written into the staging `folder`."""
         from condinst.video.pipeline import make_tracker
         from condinst.video.segmenter import segment_frames
         from condinst.video.tracker import TrackerConfig
@@ -180,15 +180,15 @@ class SequenceLibrary:
             predictions = session.to_predictions(frame.result)
             prepared = prepare_array(frame.image, ws.max_pixels, f"{stem}_{frame.index:05d}.png")
             relative = f"{ws.images_dir.name}/{token}-{frame.index:05d}.png"
+            preview = f"{ws.previews_dir.name}/{token}-{frame.index:05d}.jpg" if prepared.preview_jpeg else None
             try:
-                atomic_write_bytes(ws.root / relative, prepared.data)
-                written.append(ws.root / relative)
-                if prepared.preview_jpeg is not None:
-                    atomic_write_bytes(ws.previews_dir / f"{token}-{frame.index:05d}.jpg", prepared.preview_jpeg)
-                    written.append(ws.previews_dir / f"{token}-{frame.index:05d}.jpg")
+                atomic_write_bytes(folder / Path(relative).name, prepared.data)
+                if preview is not None:
+                    atomic_write_bytes(folder / Path(preview).name, prepared.preview_jpeg)
             except OSError as exc:
-                raise ServiceError(f"Cannot write into {ws.images_dir}: {exc.strerror}") from None
-            out.append((relative, prepared.name, f"{prepared.sha256}@{token}/{frame.index}", predictions, tracks))
+                raise ServiceError(f"Cannot write into {folder}: {exc.strerror}") from None
+            out.append((relative, preview, prepared.name, f"{prepared.sha256}@{token}/{frame.index}", predictions,
+                        tracks))
             if progress is not None:
                 progress(frame.index, max(total, frame.index + 1))  # frame.index + 1 of total done
         return out
@@ -201,41 +201,51 @@ class SequenceLibrary:
                                    f"{self.max_frames} frames (--max-video-frames): cut it or raise the limit.")
             yield frame
 
-    def _store(self, name: str, sha: str, info, frames: list) -> VideoReport:
-        """Insert the sequence, its frames and their instances in one transaction."""
-        ws, session = self.ws, self.service.session
-        height, width = info.height, info.width
-        encoded = [ws.encode_predictions(predictions, height, width) for _, _, _, predictions, _ in frames]
-        stamp, count = now(), 0
-        with ws.db.write() as conn:
-            sequence_id = int(conn.execute(
-                "INSERT INTO sequences (name, sha256, fps, num_frames, width, height, tracker, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, sha, float(info.fps), len(frames), width, height, "condinst", stamp)).lastrowid)
-            first = None
-            for index, ((relative, frame_name, digest, _, tracks), (items, encs)) in enumerate(zip(frames, encoded)):
-                image_id = int(conn.execute(
-                    "INSERT INTO images (file_path, sha256, original_name, width, height, reviewed, created_at,"
-                    " updated_at, segmented_by, sequence_id, frame_index) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                    (relative, digest, frame_name, width, height, stamp, stamp, session.key, sequence_id,
-                     index)).lastrowid)
-                first = image_id if first is None else first
-                for row, (item, enc) in enumerate(zip(items, encs)):
-                    if row not in tracks:  # a duplicate or low-score detection the tracker left out
-                        continue
-                    storage.insert_instance(conn, image_id, item.category_id, enc, "model", item.score, item.meta,
-                                            track_id=tracks[row])
-                    count += 1
+    def _store(self, name: str, sha: str, info, frames: list, folder: Path) -> VideoReport:
+        """Move the frames' files from the staging `folder` into place and insert the sequence, its frames and
+        their instances, in one transaction (the moved files are removed again if it fails)."""
+        ws = self.ws
+        encoded = [ws.encode_predictions(predictions, info.height, info.width) for *_, predictions, _ in frames]
+        stamp, moved = now(), []
+        try:
+            with ws.db.write() as conn:
+                for relative, preview, *_ in frames:
+                    for target in (relative, preview) if preview else (relative,):
+                        moved.append(target)
+                        ws.stage.move_in(folder / Path(target).name, target)
+                fsync_dir(ws.images_dir)
+                fsync_dir(ws.previews_dir)
+                sequence_id, first, count = self._insert_rows(conn, name, sha, info, frames, encoded, stamp)
+        except BaseException:
+            with contextlib.suppress(AppError):
+                ws.discard(moved)
+            raise
         n_tracks = len({t for *_, tracks in frames for t in tracks.values()})
         return VideoReport(sequence_id, first, len(frames), count, n_tracks)
 
-    @staticmethod
-    def _remove(paths: list[Path]) -> None:
-        for path in paths:
-            try:
-                path.unlink()
-            except OSError:
-                pass
+    def _insert_rows(self, conn, name: str, sha: str, info, frames: list, encoded: list,
+                     stamp: str) -> tuple[int, int, int]:
+        """The sequence, frame and instance rows; returns (sequence id, first frame's image id, instances)."""
+        session, height, width, count = self.service.session, info.height, info.width, 0
+        sequence_id = int(conn.execute(
+            "INSERT INTO sequences (name, sha256, fps, num_frames, width, height, tracker, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, sha, float(info.fps), len(frames), width, height, "condinst", stamp)).lastrowid)
+        first = None
+        for index, ((relative, _, frame_name, digest, _, tracks), (items, encs)) in enumerate(zip(frames, encoded)):
+            image_id = int(conn.execute(
+                "INSERT INTO images (file_path, sha256, original_name, width, height, reviewed, created_at,"
+                " updated_at, segmented_by, sequence_id, frame_index) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                (relative, digest, frame_name, width, height, stamp, stamp, session.key, sequence_id,
+                 index)).lastrowid)
+            first = image_id if first is None else first
+            for row, (item, enc) in enumerate(zip(items, encs)):
+                if row not in tracks:  # a duplicate or low-score detection the tracker left out
+                    continue
+                storage.insert_instance(conn, image_id, item.category_id, enc, "model", item.score, item.meta,
+                                        track_id=tracks[row])
+                count += 1
+        return sequence_id, first, count
 
 
 def _reason(exc: Exception, path: Path) -> str:

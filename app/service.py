@@ -133,7 +133,8 @@ class Service:
             self.notices.append(f"Removed {removed} unfinished export file(s) left by an interrupted export.")
         swept = self.workspace.sweep()
         if swept:
-            self.notices.append(f"Removed {swept} image file(s) left by an interrupted upload (nothing referred to them).")
+            self.notices.append(f"Removed {swept} image file(s) left by an interrupted upload, import or video "
+                                "(no database referred to them).")
 
     def close(self) -> None:
         """Stop a running retrain job and close the workspace."""

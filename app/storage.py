@@ -7,13 +7,12 @@ edit, import, video or propagation is stored whole or not at all. `app.workspace
     encode(mask, height, width)     a full-size mask (array, RLE dict or EncodedMask) -> EncodedMask, size-checked
     insert_instance(conn, ...)      a new instance row (+ its undo "created" change)
     insert_instances(conn, ...)     many new instance rows of one image in one statement (an import: no undo)
-    insert_image(conn, root, ...)   an image's files (atomic, named by content) + its row
+    insert_image(conn, stage, ...)  an image's files (claimed, atomic, named by content) + its row
     image_record / list_images / instances    rows read as records
     touch_review(conn, image_id)    an edit of a reviewed image sends it back for review
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,7 +25,7 @@ from app.ingest import PreparedImage
 from app.masks import EncodedMask, encode_with_preview
 from app.records import (IMAGE_COLUMNS, INSTANCE_COLUMNS, ImageRecord, Instance, check_id, dump_meta,
                          image_from_row, instance_from_row, resolve_inside)
-from condinst.io import atomic_write_bytes
+from app.staging import Staging
 
 IMAGES_DIR_NAME = "images"
 PREVIEWS_DIR_NAME = "previews"
@@ -91,17 +90,18 @@ def insert_instances(conn, image_id: int, items: list[tuple[int | None, int, Enc
     conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (stamp, image_id))
 
 
-def insert_image(conn, root: Path, prepared: PreparedImage, segmented_by: str | None,
+def insert_image(conn, stage: Staging, prepared: PreparedImage, segmented_by: str | None,
                  image_id: int | None = None) -> int:
-    """Write the image's files under workspace `root` (atomically, named by content) and insert its row."""
-    digest = prepared.sha256
+    """Write the image's files into the workspace through `stage` (the writer's staging: claimed, atomic,
+    named by content) and insert its row, inside the caller's transaction."""
+    digest, root = prepared.sha256, stage.root
     relative = f"{IMAGES_DIR_NAME}/{digest}{prepared.extension}"
     target = resolve_inside(root, relative)
     try:
         if not target.exists():
-            atomic_write_bytes(target, prepared.data)
+            stage.place(prepared.data, relative)
         if prepared.preview_jpeg is not None:
-            atomic_write_bytes(root / PREVIEWS_DIR_NAME / f"{digest}.jpg", prepared.preview_jpeg)
+            stage.place(prepared.preview_jpeg, f"{PREVIEWS_DIR_NAME}/{digest}.jpg")
     except OSError as exc:
         raise WorkspaceError(f"Cannot write into {root / IMAGES_DIR_NAME}: {exc.strerror}") from None
     stamp = now()

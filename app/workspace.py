@@ -7,6 +7,7 @@ and re-runs) in `app.predictions_store`.
     <root>/workspace.sqlite          categories, images, instances, undo history (app.db)
     <root>/images/<sha256><ext>      the stored images, named by content hash
     <root>/previews/<sha256>.jpg     display-size copies of large images
+    <root>/staging/                  writers' files in progress (app.staging), swept at start (app.sweep)
 
 Rules that keep people's work:
   * An image is stored together with its predictions in one transaction, or not at all.
@@ -15,6 +16,9 @@ Rules that keep people's work:
   * Reviewing freezes the image's score threshold (`review_threshold`); editing a reviewed image
     keeps the edit and marks the image "changed after review" (no longer reviewed).
   * Instances are never removed: deletion is a flag, so it can be undone.
+  * Image files are placed through this process's `stage` (claimed, then renamed into place inside
+    the transaction adding their row), so a killed writer's files are known as such; the start-up
+    sweep never removes a file any database (current or moved aside) refers to (`app.sweep`).
 """
 from __future__ import annotations
 
@@ -25,11 +29,12 @@ from typing import Any, Mapping, Sequence, Union
 import cv2
 import numpy as np
 
-from app import history, predictions_store, storage
+from app import history, predictions_store, storage, sweep
 from app.db import Database, now
 from app.errors import AppError, WorkspaceError
 from app.ingest import DEFAULT_MAX_PIXELS, PreparedImage, prepare_array, prepare_file
 from app.masks import decode_mask, encode_with_preview, preview_size
+from app.staging import Staging
 from app.records import (INSTANCE_COLUMNS, Category, ImageRecord, Instance, Prediction, PredictionReport,
                          WorkspaceSnapshot, check_id, check_label, default_workspace_dir, instance_from_row,
                          refuse_crowd, resolve_inside)
@@ -62,9 +67,12 @@ class Workspace:
             self.previews_dir.mkdir(exist_ok=True)
         except OSError as exc:
             raise WorkspaceError(f"Cannot create the workspace folder {self.root}: {exc.strerror}") from None
+        self._stage: Staging | None = None
         self.db = Database(self.db_path, recover=recover)
         self.recovery = self.db.recovery
         self.recovered_from = self.recovery.moved_to if self.recovery else None
+        if self.recovery is not None:
+            self.recovery.unreferenced_files = sweep.unreferenced_files(self)
         self._fill_derived()
 
     @classmethod
@@ -72,6 +80,9 @@ class Workspace:
         return cls(root, **kwargs)
 
     def close(self) -> None:
+        """Settle this process's staging (files of failed writes removed) and close the database."""
+        if self.open_stage is not None and not self.db.closed and sweep.settle(self, self._stage.claimed):
+            self._stage.close()  # else the folder stays claimed: the next start's sweep settles it
         self.db.close()
 
     def __enter__(self) -> "Workspace":
@@ -80,11 +91,28 @@ class Workspace:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def stage(self) -> Staging:
+        """This process's staging in the workspace (made on first use): every image file is placed through it."""
+        if self._stage is None or self._stage.closed:
+            try:
+                self._stage = Staging(self.root)
+            except OSError as exc:
+                raise WorkspaceError(f"Cannot write into {self.root}: {exc.strerror}") from None
+        return self._stage
+
+    @property
+    def open_stage(self) -> Staging | None:
+        """This process's staging if it made one (without making one)."""
+        return self._stage if self._stage is not None and not self._stage.closed else None
+
     def _fill_derived(self) -> None:
         """Area, box and preview of instances that lack them (after a v1 migration or a salvage)."""
         with self.db.read() as conn:
             todo = conn.execute("SELECT i.id, i.mask_rle, m.height, m.width FROM instances i JOIN images m"
                                 " ON m.id = i.image_id WHERE i.bbox IS NULL").fetchall()
+        if not todo and self.db.migrated_from != 1:
+            return  # no write: opening never waits for another process's transaction (a CLI import)
         with self.db.write() as conn:
             for iid, counts, height, width in todo:
                 enc = encode_with_preview(decode_mask(bytes(counts), height, width))
@@ -96,26 +124,13 @@ class Workspace:
                 conn.execute("UPDATE images SET review_threshold = 0.3 WHERE reviewed = 1")
 
     def sweep(self, min_age: float = 300.0) -> int:
-        """Remove what killed writes left in images/ and previews/: temporary files, and image files no
-        row refers to (a crash between writing the file and its row). Only files older than `min_age`
-        seconds, so another process's upload in flight is left alone. Returns how many were removed."""
-        import time
+        """Remove what killed writers left in the workspace, only what is known to be a leftover and never a
+        file any database (current or moved aside) refers to (`app.sweep`). Returns how many files."""
+        return sweep.sweep(self, min_age)
 
-        with self.db.read() as conn:
-            stored = {Path(row[0]).name for row in conn.execute("SELECT file_path FROM images")}
-        stems = {Path(name).stem for name in stored}
-        removed, cutoff = 0, time.time() - min_age
-        for folder, keep in ((self.images_dir, lambda p: p.name in stored),
-                             (self.previews_dir, lambda p: p.stem in stems)):
-            for path in folder.iterdir():
-                if not path.is_file() or keep(path) or path.stat().st_mtime > cutoff:
-                    continue
-                try:
-                    path.unlink()
-                    removed += 1
-                except OSError:
-                    pass
-        return removed
+    def discard(self, claimed: Sequence[str]) -> int:
+        """Remove files this process placed (``images/<name>``...) whose rows were not committed."""
+        return sweep.discard(self, claimed)
 
     # ---- categories ------------------------------------------------------------------------------
     def add_category(self, name: str, category_id: int | None = None, supercategory: str = "object") -> int:
@@ -136,6 +151,10 @@ class Workspace:
     def ensure_categories(self, names: Mapping[int, str]) -> None:
         """Add every ``id -> name`` that is missing (existing categories keep their names)."""
         items = [(check_id(cid, "Category id"), check_label(name)) for cid, name in names.items()]
+        with self.db.read() as conn:
+            present = {row[0] for row in conn.execute("SELECT id FROM categories")}
+        if all(cid in present for cid, _ in items):
+            return  # no write: starting the app beside a CLI import's transaction does not wait for it
         with self.db.write() as conn:
             conn.executemany("INSERT OR IGNORE INTO categories (id, name) VALUES (?, ?)", items)
 
@@ -181,7 +200,8 @@ class Workspace:
             existing = conn.execute("SELECT id FROM images WHERE sha256 = ?", (prepared.sha256,)).fetchone()
             if existing:
                 return int(existing[0])
-            image_id = storage.insert_image(conn, self.root, prepared, segmented_by if predictions is not None else None)
+            image_id = storage.insert_image(conn, self.stage, prepared,
+                                            segmented_by if predictions is not None else None)
             for item, enc in zip(items, encoded):
                 storage.insert_instance(conn, image_id, item.category_id, enc, "model", item.score, item.meta)
             return image_id
