@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from app.retrain import RetrainError, RetrainJobs
+from condinst.errors import UserError
 from app.retrain_data import mask_ap
 from app.ml_backend.client import FetchError, LabelStudio
 from app.ml_backend.interop import latest_annotation, task_image_url, tasks_to_coco
@@ -44,24 +45,34 @@ class Trainer:
         return self.jobs.status()
 
     def start(self, project_id: int, config: LabelConfig, match: LabelMatch) -> str:
-        """Start fine-tuning on the project's annotations; a message (RetrainError / FetchError on refusal)."""
+        """Check, then start fine-tuning in the background; a message (RetrainError / FetchError on refusal).
+
+        The project's export is read here (a refusal names what is missing); downloading its images
+        and the job itself run in a thread, so Label Studio's webhook gets its answer at once.
+        """
         if self.session.weights is None or str(self.session.weights).endswith(".onnx"):
             raise RetrainError("Training needs the PyTorch checkpoint: start the backend with a .pth --weights.")
-        if self.jobs.status().active:
+        if self.jobs.status().active or (self._watcher is not None and self._watcher.is_alive()):
             raise RetrainError("A training job is already running; wait for it (see the backend log).")
         tasks = [t for t in self.studio.export(project_id) if latest_annotation(t) is not None]
         if not tasks:
             raise RetrainError(f"Project {project_id} has no submitted annotations to train on.")
-
-        def export(folder: Path) -> Path:
-            return self.write_dataset(tasks, config, match, Path(folder))
-
-        message = self.jobs.start(export, self.session.weights, self.session.predictor.cfg.to_dict(),
-                                  self.iterations, self.batch_size, self.device)
-        log.info("training on project %s: %s", project_id, message)
-        self._watcher = threading.Thread(target=self._watch, name="ml-backend-train", daemon=True)
+        self._watcher = threading.Thread(target=self._run, args=(project_id, tasks, config, match),
+                                         name="ml-backend-train", daemon=True)
         self._watcher.start()
-        return message
+        return f"Training on the {len(tasks)} annotated tasks of project {project_id} starts; see the backend log."
+
+    def _run(self, project_id: int, tasks: list[dict], config: LabelConfig, match: LabelMatch) -> None:
+        """Download, start the retrain job, follow it, switch the model when it is done."""
+        try:
+            message = self.jobs.start(lambda folder: self.write_dataset(tasks, config, match, Path(folder)),
+                                      self.session.weights, self.session.predictor.cfg.to_dict(), self.iterations,
+                                      self.batch_size, self.device)
+        except (UserError, OSError) as exc:  # RetrainError, FetchError, ...
+            log.error("training on project %s did not start: %s", project_id, exc)
+            return
+        log.info("training on project %s: %s", project_id, message)
+        self._watch()
 
     def write_dataset(self, tasks: list[dict], config: LabelConfig, match: LabelMatch, folder: Path) -> Path:
         """The tasks' images (downloaded from Label Studio) and their masks as folder/images + a COCO file."""

@@ -79,6 +79,25 @@ def test_brush_rle_round_trips_including_runs_longer_than_2_16():
         assert np.array_equal(rle.decode(rle.encode(mask), *mask.shape), mask)
 
 
+def test_brush_rle_is_byte_for_byte_the_label_studio_sdks(tmp_path):
+    """Our encoder writes what the SDK's mask2rle writes; the SDK decodes it to the same mask."""
+    from tests.labelstudiokit import built_label_studio_venv, sdk_driver
+
+    rng = np.random.default_rng(1)
+    big = np.zeros((300, 400), bool)
+    big[150:, 7:] = True
+    masks = [blob_mask(), rng.random((31, 17)) > 0.3, big, np.ones((2, 3), bool)]
+    paths = []
+    for k, mask in enumerate(masks):
+        paths.append(str(tmp_path / f"m{k}.npy"))
+        np.save(paths[-1], mask)
+    with sdk_driver(built_label_studio_venv()) as sdk:
+        assert sdk.call("encode", masks=paths)["rle"] == [rle.encode(m) for m in masks]
+        streams = [{"rle": rle.encode(m), "height": m.shape[0], "width": m.shape[1]} for m in masks]
+        decoded = sdk.call("decode", streams=streams, folder=str(tmp_path))["masks"]
+    assert all(np.array_equal(np.load(path), mask) for path, mask in zip(decoded, masks))
+
+
 def test_brush_rle_reads_literal_chunks_as_the_editor_writes_them():
     # header: 2*1*4 = 8 values, word 8, sizes 3/4/8/16; one literal chunk of 8 values (alpha 0 then 255)
     values = [0, 0, 0, 0, 255, 255, 255, 255]
@@ -404,3 +423,33 @@ def test_coco_becomes_label_studio_tasks_with_predictions():
     [prediction] = item["predictions"]
     assert prediction["model_version"] == "v1" and prediction["score"] == 0.8
     assert np.array_equal(region_mask(prediction["result"][0]), mask)
+
+
+def test_training_data_comes_from_the_projects_newest_annotations(backend, image_paths, tmp_path):
+    from PIL import Image
+
+    from app.ml_backend.trainer import Trainer
+    from app.retrain import RetrainError
+
+    image = image_paths[0]
+    w, h = Image.open(image).size
+    mask = np.zeros((h, w), bool)
+    mask[5:30, 8:40] = True
+    tasks = ls_export(image, mask)  # a "fig" brush region and a "nut" polygon (no such class)
+
+    class Studio(LocalStudio):
+        def export(self, project_id):
+            return tasks if project_id == 1 else [tasks[1]]
+
+    trainer = Trainer(tmp_path / "retrain", backend.session, Studio(image.parent), 1, 1, "cpu")
+    config = parse_label_config(BRUSH.replace("Fig", "fig"))
+    match = match_labels(config.labels + ("nut",), backend.class_names())
+    path = trainer.write_dataset(tasks, config, match, tmp_path / "dataset")
+    coco = json.loads(path.read_text())
+    assert [c["name"] for c in coco["categories"]] == ["date", "fig", "hazelnut"]  # every class, in order
+    [image_entry] = coco["images"]
+    assert (tmp_path / "dataset" / "images" / image_entry["file_name"]).is_file()
+    [annotation] = coco["annotations"]  # the "nut" polygon is left out (logged)
+    assert annotation["category_id"] == 2 and annotation["area"] == mask.sum()
+    with pytest.raises(RetrainError, match="no submitted annotations"):
+        trainer.start(2, config, match)
