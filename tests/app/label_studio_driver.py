@@ -29,7 +29,7 @@ class Driver:
 
     def op_upload(self, project: int, files: list[str]) -> dict:
         """Upload image files (Label Studio stores them under /data/upload/)."""
-        handles = [("file", (Path(f).name, open(f, "rb"), "image/jpeg")) for f in files]
+        handles = [(f"file{k}", (Path(f).name, open(f, "rb"), "image/jpeg")) for k, f in enumerate(files)]
         try:
             answer = requests.post(f"{self.url}/api/projects/{project}/import", headers=self.headers, files=handles,
                                    timeout=120)

@@ -10,6 +10,7 @@ our COCO export imports into Label Studio as predictions; a screenshot of Label 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -68,6 +69,7 @@ def studio(tmp_path_factory):
             sdk_driver(venv, ls) as sdk:
         project = sdk.call("create_project", title="CondInst fruits", label_config=CONFIG)["id"]
         tasks = sdk.call("upload", project=project, files=[str(FRUITS / name) for name in IMAGES])["tasks"]
+        assert len(tasks) == len(IMAGES), tasks
         ml = sdk.call("add_backend", project=project, url=backend.url, user=backend.auth[0],
                       password=backend.auth[1])
         yield {"ls": ls, "backend": backend, "sdk": sdk, "project": project, "ml": ml, "tmp": tmp,
@@ -121,6 +123,7 @@ def test_label_studio_shows_condinsts_masks(studio):
 
     sync_api = playwright_or_skip()
     ls = studio["ls"]
+    studio["sdk"].call("retrieve_predictions", project=studio["project"], tasks=[studio["tasks"]["0.jpg"]])
     with chromium(sync_api) as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 720})
         with screenshot_on_failure(page, "label-studio"):
@@ -128,9 +131,10 @@ def test_label_studio_shows_condinsts_masks(studio):
             page.fill("input[name=email]", ls.username)
             page.fill("input[name=password]", ls.password)
             page.click("button[type=submit]")
-            page.wait_for_url("**/projects/**", timeout=120_000)
+            page.wait_for_url(lambda url: "/user/login" not in url, timeout=120_000)
             page.goto(f"{ls.url}/projects/{studio['project']}/data?task={studio['tasks']['0.jpg']}")
-            page.get_by_text("condinst-").first.wait_for(timeout=120_000)  # the prediction's model_version tab
+            page.get_by_text(re.compile(r"\d+\.\d+%")).first.wait_for(timeout=120_000)  # the prediction's tab, its score
+            page.get_by_text("Regions", exact=True).first.wait_for(timeout=120_000)
             page.locator("canvas").first.wait_for(timeout=120_000)
             page.wait_for_load_state("networkidle", timeout=120_000)
             page.screenshot(path=str(studio["tmp"] / "label-studio.png"))
@@ -219,7 +223,8 @@ def test_label_studio_export_imports_into_a_workspace_and_trains(studio, correct
     studio["sdk"].call("export", project=studio["project"], path=str(export))
     workspace = tmp_path / "ws"
     summary = run("-m", "app", "import", "--workspace", str(workspace), "--ann", str(export), "--images", str(FRUITS))
-    assert "imported 2 images, 3 instances" in summary, summary
+    expected = sum(len(regions) for regions in corrections.values())
+    assert f"imported 2 images, {expected} instances" in summary, summary
     with Workspace.open(workspace) as ws:
         stored = {record.original_name: [inst.mask for inst in ws.instances(record.id)] for record in ws.list_images()}
     for name, regions in corrections.items():
@@ -229,7 +234,8 @@ def test_label_studio_export_imports_into_a_workspace_and_trains(studio, correct
             assert max(iou(expected, m) for m in masks) >= 0.999
     out = tmp_path / "coco"
     run("-m", "app", "export", "--workspace", str(workspace), "--format", "coco", "--out", str(out))
-    run("-m", "condinst", "train", "--weights", str(WEIGHTS), "--train-ann", str(out / "annotations" /
+    run("-m", "condinst", "train", "--config", str(REPO / "configs" / "fruits_nuts_default.json"), "--weights",
+        str(WEIGHTS), "--train-ann", str(out / "annotations" /
         "instances_default.json"), "--train-images", str(out / "images"), "--output-dir", str(tmp_path / "train"),
         "--max-iter", "1", "--batch-size", "1", "--device", "cpu", "--num-workers", "0", "--no-progress")
     assert (tmp_path / "train" / "model_final.pth").is_file()
