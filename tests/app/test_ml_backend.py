@@ -453,3 +453,45 @@ def test_training_data_comes_from_the_projects_newest_annotations(backend, image
     assert annotation["category_id"] == 2 and annotation["area"] == mask.sum()
     with pytest.raises(RetrainError, match="no submitted annotations"):
         trainer.start(2, config, match)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--label-studio-url", "ftp://x"], {"LABEL_STUDIO_API_KEY": "k"}, "give Label Studio's address"),
+    ([], {}, "set LABEL_STUDIO_API_KEY"),
+    (["--host", "0.0.0.0"], {"LABEL_STUDIO_API_KEY": "k"}, "set BASIC_AUTH_USER and BASIC_AUTH_PASS"),
+    ([], {"LABEL_STUDIO_API_KEY": "k", "BASIC_AUTH_USER": "u"}, "both BASIC_AUTH_USER and BASIC_AUTH_PASS"),
+    (["--weights", "missing.pth"], {"LABEL_STUDIO_API_KEY": "k"}, "no such file"),
+    (["--port", "70000"], {"LABEL_STUDIO_API_KEY": "k"}, "must be a TCP port"),
+])
+def test_the_backend_refuses_to_start_with_one_line(monkeypatch, capsys, tmp_path, tiny_weights, args, env, message):
+    from app.ml_backend.cli import main
+
+    for name in ("LABEL_STUDIO_API_KEY", "BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    weights = [] if "--weights" in args else ["--weights", str(tiny_weights)]
+    assert main(["ml-backend", *weights, "--workdir", str(tmp_path / "work"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("error:")
+
+
+def test_ls_predictions_writes_tasks_for_label_studio(tmp_path, capsys):
+    from pycocotools import mask as mask_utils
+
+    from app.ml_backend.cli import main
+
+    encoded = mask_utils.encode(np.asfortranarray(blob_mask().astype(np.uint8)))
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 60, "width": 80}], "categories": [{"id": 1,
+            "name": "date"}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": {
+                "size": [60, 80], "counts": encoded["counts"].decode()}}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    (tmp_path / "config.xml").write_text(POLYGON)
+    assert main(["ls-predictions", "--coco", str(tmp_path / "coco.json"), "--image-url", "/data/{file_name}",
+                 "--label-config", str(tmp_path / "config.xml"), "--out", str(tmp_path / "tasks.json")]) == 0
+    [item] = json.loads((tmp_path / "tasks.json").read_text())
+    assert item["data"] == {"photo": "/data/a.jpg"}
+    assert item["predictions"][0]["result"][0]["type"] == "polygonlabels"
+    assert main(["ls-predictions", "--coco", str(tmp_path / "coco.json"), "--image-url", "/x", "--out",
+                 str(tmp_path / "t.json")]) == 2
+    assert "must contain {file_name}" in capsys.readouterr().err
