@@ -35,7 +35,7 @@ from condinst.errors import UserError
 from condinst.preprocess import read_image
 
 log = logging.getLogger("condinst.ml_backend")
-MAX_TASKS = 64  # tasks in one /predict request
+MAX_BATCH = 4  # default: more tasks in one /predict and the first is answered; Label Studio asks for the rest one by one
 MAX_CLICKS = 64
 TRAIN_EVENTS = ("START_TRAINING", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 
@@ -48,10 +48,11 @@ class CondInstBackend:
     """See the module docstring."""
 
     def __init__(self, session, studio: LabelStudio, trainer: Trainer | None, score_threshold: float = 0.5,
-                 train_after: int = 0):
+                 train_after: int = 0, max_batch: int = MAX_BATCH):
         self.session, self.studio, self.trainer = session, studio, trainer
         self.score_threshold = float(score_threshold)
         self.train_after = int(train_after)
+        self.max_batch = int(max_batch)
         self._new_annotations: dict[int, int] = {}
 
     @property
@@ -93,9 +94,11 @@ class CondInstBackend:
     def predict(self, tasks, label_config, context=None) -> list[dict]:
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
             raise RequestError("'tasks' must be a non-empty list of task objects.")
-        if len(tasks) > MAX_TASKS:
-            raise RequestError(f"{len(tasks)} tasks in one request; at most {MAX_TASKS}.")
         config, match = self.project(label_config)
+        if len(tasks) > self.max_batch:  # Label Studio's fallback for a single answer: one request per task, each
+            log.info("predict: %d tasks in one request; answering the first, Label Studio asks for the others one "
+                     "by one", len(tasks))  # within its own timeout (a CPU model needs seconds per image)
+            tasks = tasks[:1]
         clicks = (context or {}).get("result") if isinstance(context, dict) else None
         if clicks:
             return [self.refine(tasks[0], config, match, clicks)]

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--train-batch-size", type=positive_int, default=None, help="images per training step")
     ml.add_argument("--train-after", type=int, default=0,
                     help="also start training after this many new annotations (default 0: only on 'Start Training')")
+    ml.add_argument("--max-batch", type=positive_int, default=4,
+                    help="tasks predicted in one request; with more, Label Studio is made to ask for each task on its "
+                         "own, within its own timeout (default %(default)s)")
     ml.add_argument("--max-request-mb", type=positive_int, default=64, help="largest request body (default 64)")
     conv = sub.add_parser("ls-predictions", help="COCO instances (e.g. our export) -> Label Studio tasks with "
                           "predictions, to import into a project")
@@ -130,7 +133,7 @@ def run_backend(args: argparse.Namespace) -> int:
     device, iterations, batch = RetrainJobs.defaults(args.device)
     trainer = Trainer(Path(args.workdir) / "retrain", session, studio, args.train_iterations or iterations,
                       args.train_batch_size or batch, device)
-    backend = CondInstBackend(session, studio, trainer, args.score_threshold, args.train_after)
+    backend = CondInstBackend(session, studio, trainer, args.score_threshold, args.train_after, args.max_batch)
     app = create_app(backend, auth, max_body=args.max_request_mb * 2**20)
     print(f"CondInst ML backend on http://{args.host}:{args.port} - model_version {backend.model_version}, "
           f"images from {studio.url}, training jobs in {args.workdir}", flush=True)

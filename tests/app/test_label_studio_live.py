@@ -10,6 +10,7 @@ our COCO export imports into Label Studio as predictions; a screenshot of Label 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(*args: str, cwd: Path = REPO, timeout: float = 600) -> str:
     done = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, f"{' '.join(args[:3])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -65,7 +66,7 @@ def studio(tmp_path_factory):
     venv = label_studio_venv()
     tmp = tmp_path_factory.mktemp("label-studio")
     with label_studio(venv, tmp, FRUITS.parents[2]) as ls, \
-            ml_backend(ls, tmp, "--train-iterations", "2", "--train-batch-size", "1") as backend, \
+            ml_backend(ls, tmp, "--train-iterations", "2", "--train-batch-size", "1", "--max-batch", "1") as backend, \
             sdk_driver(venv, ls) as sdk:
         project = sdk.call("create_project", title="CondInst fruits", label_config=CONFIG)["id"]
         tasks = sdk.call("upload", project=project, files=[str(FRUITS / name) for name in IMAGES])["tasks"]
@@ -102,9 +103,11 @@ def test_backend_connects_with_its_model_version(studio):
 
 
 def test_pre_annotations_decode_to_the_masks_condinst_predict_writes(studio, predicted):
+    """(--max-batch 1: Label Studio's request for three tasks gets one answer, and it asks for each task.)"""
     sdk = studio["sdk"]
     sdk.call("retrieve_predictions", project=studio["project"])
     version = health(studio["backend"])["model_version"]
+    assert "3 tasks in one request; answering the first" in studio["backend"].log.read_text()
     for name, task in studio["tasks"].items():
         predictions = sdk.call("predictions", task=task, folder=str(studio["tmp"]))["predictions"]
         assert [p["model_version"] for p in predictions] == [version]

@@ -320,6 +320,13 @@ def test_pre_annotations_are_the_models_instances_in_the_projects_labels(backend
     assert got == sorted(int(decode_mask(p.mask.counts, h, w).sum()) for p in expected)
 
 
+def test_a_large_batch_is_answered_one_task_at_a_time(backend, image_paths):
+    """Label Studio sends every selected task at once; one answer makes it ask for each (its own timeout)."""
+    answers = backend.predict([task(image_paths[0])] * 5, BRUSH)
+    assert len(answers) == 1 and answers[0]["result"]
+    assert len(backend.predict([task(image_paths[0])] * 2, BRUSH)) == 2
+
+
 def test_a_keypoint_context_gives_one_refined_mask(backend, image_paths):
     [pre] = backend.predict([task(image_paths[0])], BRUSH)
     target = region_mask(pre["result"][0])
