@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SHARED ?= ../shared
 RUN_DIR ?= runs/default_model
 
-.PHONY: venv run test test-fast browser-deps default-model clean
+.PHONY: venv run test test-fast browser-deps label-studio-env default-model clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ browser-deps:
 		echo "installing chromium for the browser tests"; \
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium install failed: browser tests will skip"; \
 	else echo "chromium not found: browser tests will skip (sudo apt-get install chromium)"; fi
+
+# The real Label Studio of tests/app/test_label_studio_live.py: its own venv under the user's cache (its pins clash
+# with ours), built once; the test builds it too when missing, and skips only if it cannot be built.
+label-studio-env: venv
+	$(PY) tools/label_studio_env.py
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -4,6 +4,7 @@
     python -m app --weights my.pth --port 7861 --auth anna:secret --workspace ~/fruit-ws
     python -m app --users team.users              # a team: name:role:hash lines (python -m app users add)
     python -m app export|import|users ...         # dataset and account commands, see app.commands
+    python -m app ml-backend --port 9090          # Label Studio ML backend, see app.ml_backend
 
 One app process serves a workspace (`app.process_lock`); CLI export / import work alongside it.
 SIGTERM and SIGINT (Ctrl+C) stop it cleanly: the server closes, the workspace is closed and its lock
@@ -176,7 +177,12 @@ def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=Non
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from app.commands import COMMANDS
+    from app.ml_backend.cli import COMMANDS as LABEL_STUDIO_COMMANDS
 
+    if argv and argv[0] in LABEL_STUDIO_COMMANDS:  # python -m app ml-backend | ls-predictions (app.ml_backend)
+        from app.ml_backend.cli import main as label_studio_main
+
+        return label_studio_main(argv)
     if argv and argv[0] in COMMANDS:  # python -m app export|import ... (app.commands)
         from app.commands import main as command_main
 

@@ -237,6 +237,7 @@ def import_dataset(workspace: Workspace, ann: str | os.PathLike | None = None,
     checked first, then everything is written in ONE transaction (all of it or nothing)."""
     from app.import_results import plan_results
     from app.import_sources import coco_from_zip, extract_zip, is_yolo, scratch_dir, yolo_to_coco
+    from app.ml_backend.interop import export_to_coco_file, read_export
 
     if ann is not None and yolo is not None:
         raise WorkspaceError("Import either a COCO dataset (--ann) or a YOLO dataset (--yolo), not both at once")
@@ -255,6 +256,9 @@ def import_dataset(workspace: Workspace, ann: str | os.PathLike | None = None,
             else:
                 ann_file = coco_from_zip(root, scratch / "merged.json")
             coco, name = (ann_file, root), Path(ann).name
+        elif ann is not None and images is not None and read_export(ann) is not None:  # Label Studio's JSON
+            ann_file, skipped = export_to_coco_file(ann, images, workspace, scratch / "label-studio.json", skip_bad)
+            coco, name = (ann_file, images), Path(ann).name
         elif ann is not None:
             coco = (ann, images)
         plan = plan_coco(workspace, *coco, skip_bad=skip_bad, source_name=name, progress=progress) if coco else None

@@ -179,6 +179,38 @@ def local_update(prior: np.ndarray, proposal: np.ndarray, fresh, clicks) -> np.n
     return mask
 
 
+def refine_mask(session, explainer, positive, negative, prior: np.ndarray | None = None,
+                done=()) -> tuple[np.ndarray, int | None]:
+    """(H, W) bool proposal for the clicks and the model class under the positive clicks (None without any).
+
+    session: the `app.session.ModelSession` (its lock and mask threshold); explainer: its Explainer of
+    the image; positive / negative: [(x, y)] original pixels; prior: the mask being refined (a later
+    click then changes it only locally, see `local_update`); done: the ((x, y), value) clicks the prior
+    already answers.
+    """
+    pos, neg = [tuple(p) for p in positive], [tuple(p) for p in negative]
+    with session.lock:
+        cands = explainer.candidates(pos + neg)
+        blend = propose(cands, pos, neg, prior)
+        threshold = session.predictor.cfg.mask_head.mask_threshold
+        full = explainer.candidate_to_image(blend) > threshold
+        clicks = [(p, True) for p in pos] + [(p, False) for p in neg]
+        if prior is not None and prior.any():
+            done = {(tuple(p), bool(v)) for p, v in done}
+            fresh = [c for c in clicks if (tuple(c[0]), c[1]) not in done]
+            full = local_update(prior, full, fresh, clicks)
+        reach = max(8, int(REACH * max(full.shape)))
+        for (x, y), value in clicks:
+            if full[y, x] != value:
+                click_disc(full, x, y, value, reach)
+        class_index = None
+        if pos:
+            k = int(torch.argmax(click_terms(cands.probs, *_grid_points(pos, cands.scale, cands.stride,
+                                                                          cands.probs.shape[1:]), True)))
+            class_index = int(cands.detections.classes[k])
+    return full, class_index
+
+
 class Refiner:
     """Refine / accept / discard on a View (see the module docstring)."""
 
@@ -208,25 +240,11 @@ class Refiner:
             prior = self.service.ws.get_instance(target).mask if target is not None else None
         session = self.service.session
         explainer = session.explainer(images.image_key(image_id), lambda: self.service.ws.get_image(image_id))
-        with session.lock:
-            cands = explainer.candidates(pos + neg)
-            blend = propose(cands, pos, neg, prior)
-            threshold = session.predictor.cfg.mask_head.mask_threshold
-            full = explainer.candidate_to_image(blend) > threshold
-            clicks = [(p, True) for p in pos] + [(p, False) for p in neg]
-            if prior is not None and prior.any():
-                done = set() if pending is None else ({(tuple(p), True) for p in pending.positive}
-                                                      | {(tuple(p), False) for p in pending.negative})
-                fresh = [c for c in clicks if (tuple(c[0]), c[1]) not in done]
-                full = local_update(prior, full, fresh, clicks)
-            reach = max(8, int(REACH * max(full.shape)))
-            for (x, y), value in clicks:
-                if full[y, x] != value:
-                    click_disc(full, x, y, value, reach)
-            if target is None and category is None:  # (pos is not empty here)
-                k = int(torch.argmax(click_terms(cands.probs, *_grid_points(pos, cands.scale, cands.stride,
-                                                                              cands.probs.shape[1:]), True)))
-                category = session.category_id(int(cands.detections.classes[k]))
+        done = () if pending is None else ([(tuple(p), True) for p in pending.positive]
+                                           + [(tuple(p), False) for p in pending.negative])
+        full, class_index = refine_mask(session, explainer, pos, neg, prior, done)
+        if target is None and category is None:  # (pos is not empty here)
+            category = session.category_id(class_index)
         if not full.any():
             raise ServiceError("The clicks select no pixels; click inside the object.")
         record = self.service.ws.get_image_record(image_id)

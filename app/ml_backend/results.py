@@ -1,0 +1,135 @@
+"""Masks <-> Label Studio result regions (``brushlabels`` with RLE, ``polygonlabels`` in percent).
+
+A region is one dict of a prediction's or annotation's ``result`` list::
+
+    {"from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": W, "original_height": H,
+     "value": {"format": "rle", "rle": [...], "brushlabels": ["fig"]}, "score": 0.93}
+    {... "type": "polygonlabels", "value": {"points": [[x%, y%], ...], "closed": true, "polygonlabels": ["fig"]}}
+
+Polygons are the outer contours of `app.export.mask_to_polygons` (holes filled), simplified by
+``cv2.approxPolyDP`` to within `POLYGON_TOLERANCE` pixels; a mask in several parts gives one polygon
+region per part. Reading, polygons are rasterised by pycocotools like every COCO polygon here.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from app.errors import AppError
+from app.export import mask_to_polygons
+from app.ml_backend import rle as brush_rle
+from app.ml_backend.label_config import LabelConfig
+
+POLYGON_TOLERANCE = 1.0  # pixels
+MAX_POLYGON_POINTS = 100_000
+MAX_IMAGE_PIXELS = 200_000_000
+
+
+class ResultError(AppError):
+    """A result region that cannot be read as a mask; the message names what is wrong."""
+
+
+def region_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def simplify(polygon: list[float], tolerance: float = POLYGON_TOLERANCE) -> np.ndarray:
+    """A flat [x1, y1, ...] polygon simplified to within `tolerance` px, as (N, 2) (N >= 3 when possible)."""
+    points = np.asarray(polygon, np.float32).reshape(-1, 1, 2)
+    approx = cv2.approxPolyDP(points, tolerance, True).reshape(-1, 2)
+    return approx if len(approx) >= 3 else points.reshape(-1, 2)
+
+
+def mask_regions(mask: np.ndarray, label: str, config: LabelConfig, score: float | None = None) -> list[dict]:
+    """The regions of one instance mask in the project's kind (one brush region, or a polygon per part)."""
+    height, width = mask.shape
+    base: dict[str, Any] = {"from_name": config.from_name, "to_name": config.image, "type": config.result_type,
+                            "original_width": int(width), "original_height": int(height), "image_rotation": 0,
+                            "origin": "prediction"}
+    if score is not None:
+        base["score"] = round(float(score), 4)
+    if config.kind == "brush":
+        value = {"format": "rle", "rle": brush_rle.encode(mask), "brushlabels": [label]}
+        return [{**base, "id": region_id(), "value": value}]
+    regions = []
+    for polygon in mask_to_polygons(mask):
+        points = simplify(polygon)
+        percent = [[round(float(x) * 100.0 / width, 4), round(float(y) * 100.0 / height, 4)] for x, y in points]
+        regions.append({**base, "id": region_id(),
+                        "value": {"points": percent, "closed": True, "polygonlabels": [label]}})
+    return regions
+
+
+def _size(region: dict) -> tuple[int, int]:
+    try:
+        height, width = int(region["original_height"]), int(region["original_width"])
+    except (KeyError, TypeError, ValueError):
+        raise ResultError("a region has no original_width / original_height") from None
+    if height < 1 or width < 1 or height * width > MAX_IMAGE_PIXELS:
+        raise ResultError(f"a region's image size {width}x{height} is out of range")
+    return height, width
+
+
+def region_label(region: dict) -> str | None:
+    """The label of a brush or polygon region (None for other region types)."""
+    value = region.get("value")
+    kind = region.get("type")
+    if not isinstance(value, dict) or kind not in ("brushlabels", "polygonlabels"):
+        return None
+    labels = value.get(kind)
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+        raise ResultError(f"a {kind} region has no label")
+    return labels[0]
+
+
+def region_mask(region: dict) -> np.ndarray:
+    """(H, W) bool mask of a brush (RLE) or polygon region; ResultError if it cannot be read."""
+    height, width = _size(region)
+    value = region.get("value") or {}
+    if region.get("type") == "brushlabels":
+        if value.get("format", "rle") != "rle" or "rle" not in value:
+            raise ResultError("a brush region has no RLE (value.format 'rle', value.rle)")
+        try:
+            return brush_rle.decode(value["rle"], height, width)
+        except brush_rle.RLEError as exc:
+            raise ResultError(str(exc)) from None
+    if region.get("type") == "polygonlabels":
+        points = value.get("points")
+        if not isinstance(points, list) or not 3 <= len(points) <= MAX_POLYGON_POINTS:
+            raise ResultError("a polygon region needs 3 or more points")
+        flat = []
+        for point in points:
+            if not (isinstance(point, (list, tuple)) and len(point) == 2
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) and -1 <= v <= 101 for v in point)):
+                raise ResultError("a polygon point is not [x%, y%] within the image")
+            flat += [point[0] * width / 100.0, point[1] * height / 100.0]
+        rle = mask_utils.merge(mask_utils.frPyObjects([flat], height, width))
+        return mask_utils.decode(rle).astype(bool)
+    raise ResultError(f"a {region.get('type')!r} region is not a mask")
+
+
+def percent_point(region: dict, height: int, width: int) -> tuple[int, int]:
+    """A keypoint region's (x, y) in pixels (clamped into the image)."""
+    value = region.get("value") or {}
+    x, y = value.get("x"), value.get("y")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x, y)):
+        raise ResultError("a keypoint has no finite x / y")
+    return (min(max(int(x * width / 100.0), 0), width - 1), min(max(int(y * height / 100.0), 0), height - 1))
+
+
+def percent_box(region: dict, height: int, width: int) -> tuple[int, int, int, int]:
+    """A rectangle region's (x0, y0, x1, y1) in pixels (clamped into the image, x1 > x0, y1 > y0)."""
+    value = region.get("value") or {}
+    numbers = [value.get(k) for k in ("x", "y", "width", "height")]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+        raise ResultError("a rectangle has no finite x / y / width / height")
+    x, y, w, h = numbers
+    x0, y0 = min(max(int(x * width / 100.0), 0), width - 1), min(max(int(y * height / 100.0), 0), height - 1)
+    x1 = min(max(int(math.ceil((x + w) * width / 100.0)), x0 + 1), width)
+    y1 = min(max(int(math.ceil((y + h) * height / 100.0)), y0 + 1), height)
+    return x0, y0, x1, y1
