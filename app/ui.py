@@ -34,6 +34,10 @@ document.addEventListener("keydown", (event) => {
   const buttons = {n: "next", p: "previous", u: "next-unreviewed", r: "reviewed input", Delete: "delete",
                    z: "undo", y: "redo", h: "hide", o: "solo"};
   const tools = {s: "select", b: "brush", e: "erase", a: "point", w: "paint"};
+  const editor = window.condinstEditor, channel = {z: "undo", y: "redo", Delete: "delete"};
+  if (channel[event.key] && editor && editor.shown()) {  // queued behind an edit still on its way
+    editor.send({action: channel[event.key]}); event.preventDefault(); return;
+  }
   let target = null;
   if (buttons[event.key]) target = document.querySelector("#" + buttons[event.key]);
   else if (tools[event.key]) target = document.querySelector('#tool input[value="' + tools[event.key] + '"]');
@@ -318,7 +322,7 @@ class AppUI:
         on(a["picture"].select, h.on_image_select, click_in, annotate + [a["tool"]], api_visibility="private", **MODEL)
         on(a["api_click"].click, h.on_click, [state, a["api_x"], a["api_y"], a["tool"], a["size"], a["new_class"],
                                               a["join"]], annotate + [a["tool"]], api_name="click_image", **MODEL)
-        on(a["editor"].change, h.on_panels, [state], annotate, api_visibility="private", show_progress="hidden",
+        on(a["editor"].submit, h.on_panels, [state], annotate, api_visibility="private", show_progress="hidden",
            trigger_mode="always_last")
         self.channel.bind(demo, state)
         api, buttons = a["api"], a["api_buttons"]

@@ -3,7 +3,7 @@
 // channel: edits go to `server.edit({action: "stroke" | "polygon" | "pick" | ...})` (app/edit_channel.py), one
 // after another, geometry in ORIGINAL-image pixels. The canvas draws a stroke or polygon at once and shows the
 // server's answer when it comes (a refused edit is dropped, with the reason); then it asks the page to refresh
-// its side panels (trigger("change")) without waiting for them.
+// its side panels (trigger("submit")) without waiting for them.
 const root = element.querySelector(".ce-root");
 const canvas = element.querySelector(".ce-canvas");
 const ctx = canvas.getContext("2d");
@@ -41,7 +41,7 @@ function send(data) {
     for (const id of ["undo", "redo"]) {  // at once: a key pressed right after this edit must find them enabled
       const button = document.getElementById(id); if (button && id in answer) button.disabled = !answer[id];
     }
-    trigger("change", {message: answer.message || "", ok: !!answer.ok});
+    trigger("submit", {message: answer.message || "", ok: !!answer.ok});
   }).catch((err) => { st.pending = []; st.poly = []; say("The server did not answer: " + err, false); draw(); });
   return queue;
 }
@@ -280,7 +280,8 @@ $(".ce-fit").addEventListener("click", fit);
 $(".ce-one").addEventListener("click", oneToOne);
 new ResizeObserver(() => (st.unfitted && canvas.clientWidth ? fit() : draw())).observe(canvas);
 
-window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize};
+// `send` queues an edit behind those in flight (the page's z / y / Delete keys use it, whatever the buttons show).
+window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize, send, shown: () => !!canvas.offsetParent};
 setTool("brush");
 watch("value", () => setScene(props.value));
 if (props.value) setScene(props.value);
