@@ -2,20 +2,22 @@
 
 The editor (`app/editor/editor.html|.css|.js`, hosted by a `gr.HTML`) draws the picture and the
 masks itself, at any zoom. The server is the single source of truth: after every event it sends
-a *scene* (the component's value, JSON text):
+a *scene* (the component's value, JSON text; or the answer of the edit channel, `app.edit_channel`):
 
     {"seq", "image": {"id", "width", "height", "pw", "ph", "src"?}, "selected", "opacity",
-     "instances": [{"id", "color", "label", "box": [x, y, w, h], "png"}], "refine": {...} | null}
+     "instances": [{"id", "color", "label", "box": [x, y, w, h], "key", "png"}], "refine": {...} | null}
 
 Masks travel as display-size crops (preview pixels, `box`) in colour PNG data URLs (a few hundred
-bytes each); the picture's JPEG data URL only when the canvas does not hold that image yet
-(`View.canvas_image`). Edits come back as event data: geometry in original-image pixels.
+bytes each; `key` names the picture, and the edit channel leaves out, ``"png": null``, the pictures the
+canvas holds); the picture's JPEG data URL only when the canvas does not hold that image yet
+(`View.canvas_image`). Edits go to the edit channel: geometry in original-image pixels.
 """
 from __future__ import annotations
 
 import base64
 import itertools
 import json
+import zlib
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -78,7 +80,7 @@ class CanvasScenes:
         self.cache_size = cache_size
 
     def instance_png(self, inst, scale: float):
-        """(box, PNG data URL) of an instance's display-size mask; unchanged masks are not encoded again."""
+        """(box, PNG data URL, key) of an instance's display-size mask; unchanged masks are not encoded again."""
         key = (inst.id, inst.preview_counts or inst.rle_counts)
         if key in self._pngs:
             self._pngs.move_to_end(key)
@@ -89,7 +91,8 @@ class CanvasScenes:
         y1, x1 = int(np.ceil((by + bh) * scale)) + 1, int(np.ceil((bx + bw) * scale)) + 1
         drawn = mask_png(preview[y0:y1, x0:x1], *((CROWD_COLOR, True) if is_crowd(inst) else (color_of(inst.id),)))
         if drawn is not None:
-            drawn = ([drawn[0][0] + x0, drawn[0][1] + y0, drawn[0][2], drawn[0][3]], drawn[1])
+            box, url = drawn
+            drawn = ([box[0] + x0, box[1] + y0, box[2], box[3]], url, "%08x" % zlib.crc32(url.encode("ascii")))
         self._pngs[key] = drawn
         if len(self._pngs) > self.cache_size:
             self._pngs.popitem(last=False)
@@ -97,9 +100,15 @@ class CanvasScenes:
 
     def scene(self, view: View) -> tuple[View, str]:
         """(the view, noting that the canvas holds its image; the scene JSON)."""
-        service = self.service
+        view, scene = self.scene_dict(view)
+        return view, json.dumps(scene)
+
+    def scene_dict(self, view: View, have: dict[int, str] | None = None) -> tuple[View, dict]:
+        """(the view, noting that the canvas holds its image; the scene). ``have``: {instance id: key} of the
+        masks the canvas holds already: their pictures are left out (``"png": None``)."""
+        service, have = self.service, have or {}
         if service.workspace is None or view.image_id is None:
-            return replace(view, canvas_image=None), json.dumps({"seq": next(_SEQ), "image": None, "instances": []})
+            return replace(view, canvas_image=None), {"seq": next(_SEQ), "image": None, "instances": []}
         ws = service.ws
         record = ws.get_image_record(view.image_id)
         ph, pw = preview_size(record.height, record.width)
@@ -116,14 +125,15 @@ class CanvasScenes:
                 continue
             label = f"#{inst.id} {names.get(inst.category_id, inst.category_id)}" + (" crowd" if is_crowd(inst) else "")
             color = CROWD_COLOR if is_crowd(inst) else color_of(inst.id)
-            instances.append({"id": inst.id, "color": "#%02x%02x%02x" % color, "label": label,
-                              "box": drawn[0],
-                              "png": drawn[1]})
+            box, url, key = drawn
+            instances.append({"id": inst.id, "color": "#%02x%02x%02x" % color, "label": label, "box": box,
+                              "key": key, "png": None if have.get(inst.id) == key else url})
         refine = None
         if view.refine is not None:
             drawn = mask_png(shrink_mask(view.refine.mask, (ph, pw)), REFINE_COLOR)
             refine = {"positive": view.refine.positive, "negative": view.refine.negative, "target": view.refine.target,
                       "box": drawn[0] if drawn else None, "png": drawn[1] if drawn else None}
         scene = {"seq": next(_SEQ), "image": image, "instances": instances, "selected": view.selected,
-                 "opacity": view.opacity, "labels": view.labels, "refine": refine}
-        return replace(view, canvas_image=record.id), json.dumps(scene)
+                 "opacity": view.opacity, "labels": view.labels, "refine": refine,
+                 "classes": [[name, cid] for cid, name in names.items()]}
+        return replace(view, canvas_image=record.id), scene

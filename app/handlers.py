@@ -193,38 +193,14 @@ class Handlers:
         return (*self.annotate(result.view, result.message), result.tool)
 
     # ---- canvas editor ------------------------------------------------------------------------------
-    def on_canvas(self, view: View, new_class, evt: gr.EventData):
-        """An edit from the canvas editor: its event data names the action, geometry in image pixels. A refused
-        edit (e.g. on a crowd region) is a toast + status line AND a fresh scene, so the canvas drops the
-        stroke it drew while waiting instead of showing it as if it had been applied."""
-        try:
-            return self._canvas_action(view, new_class, getattr(evt, "_data", None) or {})
-        except UserError as exc:
-            message = user_message(exc)
-            gr.Warning(message)
-            return self.annotate(view, WARNING + message)
-
-    def _canvas_action(self, view: View, new_class, data: dict):
-        action, category = data.get("action"), int(new_class) if new_class else None
-        if action == "stroke":
-            view, message = self.service.edits.stroke(view, data.get("tool"), data.get("points"), data.get("width"),
-                                                      data.get("overlap", "overlap"), category)
-        elif action == "polygon":
-            view, message = self.service.edits.polygon(view, data.get("points"), data.get("mode", "new"), category,
-                                                       data.get("overlap", "overlap"))
-        elif action == "pick":
-            view, message = self.actions.select_at(view, data.get("x"), data.get("y"))
-        elif action == "refine":
-            view, message = self.service.refiner.refine(view, data.get("positive"), data.get("negative"), category)
-        elif action == "refine_accept":
-            view, message = self.service.refiner.accept(view)
-        elif action == "refine_discard":
-            view, message = self.service.refiner.discard(view)
-        elif action == "resend":
-            view, message = replace(view, canvas_image=None), ""
-        else:
-            raise AppError(f"Unknown editor action {str(action)[:40]!r}.")
-        return self.annotate(view, message)
+    def on_panels(self, view: View, evt: gr.EventData):
+        """After an edit through the canvas's own channel (`app.edit_channel`): the side panels and the status
+        line, not the canvas (it shows the edit already) and not the view (the channel stored it)."""
+        data = getattr(evt, "_data", None) or {}
+        message = str(data.get("message", ""))[:500]
+        outputs = list(self.annotate(view, message if data.get("ok", True) else self.warning(message)))
+        outputs[0] = outputs[-1] = gr.skip()  # the view (a newer edit may have stored one) and the canvas
+        return tuple(outputs)
 
     def on_view_tab(self, view: View, picture: bool):
         """The page shows the canvas editor (no overlay picture is drawn) or the Click view (it is)."""

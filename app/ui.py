@@ -14,6 +14,7 @@ import gradio as gr
 from app.actions import View
 from app import interop_ui, video_ui
 from app.canvas import editor_files
+from app.edit_channel import EditChannel
 from app.explain_page import LABELS as EXPLAIN_LABELS
 from app.guard import guarded
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, progress_html, table_frame
@@ -33,6 +34,10 @@ document.addEventListener("keydown", (event) => {
   const buttons = {n: "next", p: "previous", u: "next-unreviewed", r: "reviewed input", Delete: "delete",
                    z: "undo", y: "redo", h: "hide", o: "solo"};
   const tools = {s: "select", b: "brush", e: "erase", a: "point", w: "paint"};
+  const editor = window.condinstEditor, channel = {z: "undo", y: "redo", Delete: "delete"};
+  if (channel[event.key] && editor && editor.shown()) {  // queued behind an edit still on its way
+    editor.send({action: channel[event.key]}); event.preventDefault(); return;
+  }
   let target = null;
   if (buttons[event.key]) target = document.querySelector("#" + buttons[event.key]);
   else if (tools[event.key]) target = document.querySelector('#tool input[value="' + tools[event.key] + '"]');
@@ -66,6 +71,7 @@ class AppUI:
     def __init__(self, service: Service):
         self.service = service
         self.h = Handlers(service)
+        self.channel = EditChannel(service.actions, service.edits, service.refiner, service.canvas, self.h.team)
 
     def categories(self) -> list[tuple[str, int]]:
         return self.service.categories() if self.service.workspace is not None else []
@@ -115,7 +121,8 @@ class AppUI:
             with gr.Column(scale=3):
                 with gr.Tabs(elem_id="views"):
                     with gr.Tab("Editor", id="editor-tab", elem_id="editor-tab") as p["editor_tab"]:
-                        p["editor"] = gr.HTML("", elem_id="editor", apply_default_css=False, **editor_files())
+                        p["editor"] = gr.HTML("", elem_id="editor", apply_default_css=False,
+                                              server_functions=[self.channel.server_function()], **editor_files())
                     with gr.Tab("Click view", id="picture-tab", elem_id="picture-tab") as p["picture_tab"]:
                         p["picture"] = gr.Image(label="Click: selects / paints, per the tool", type="numpy",
                                                 format="jpeg", interactive=False, elem_id="main-image", height=640,
@@ -315,7 +322,9 @@ class AppUI:
         on(a["picture"].select, h.on_image_select, click_in, annotate + [a["tool"]], api_visibility="private", **MODEL)
         on(a["api_click"].click, h.on_click, [state, a["api_x"], a["api_y"], a["tool"], a["size"], a["new_class"],
                                               a["join"]], annotate + [a["tool"]], api_name="click_image", **MODEL)
-        on(a["editor"].submit, h.on_canvas, [state, a["new_class"]], annotate, api_visibility="private", **MODEL)
+        on(a["editor"].submit, h.on_panels, [state], annotate, api_visibility="private", show_progress="hidden",
+           trigger_mode="always_last")
+        self.channel.bind(demo, state)
         api, buttons = a["api"], a["api_buttons"]
         on(buttons["stroke"].click, h.on_stroke, [state, api["tool"], api["points"], api["width"], api["overlap"],
                                                   a["new_class"]], annotate, api_name="stroke")

@@ -48,7 +48,7 @@ PROBE_JS = """() => {
   const lat = window.__lat = {input: {}, shown: 0, shownSeq: null, local: []};
   const st = window.condinstEditor.state, canvas = document.querySelector('#editor canvas');
   for (const type of ['pointerdown', 'pointerup', 'keydown', 'click'])
-    document.addEventListener(type, (ev) => { lat.input[type] = ev.timeStamp; }, true);
+    window.addEventListener(type, (ev) => { lat.input[type] = ev.timeStamp; }, true);  // before any page listener
   canvas.addEventListener('pointermove', (ev) => {  // runs after the editor's own handler has drawn
     if (st.stroke) lat.local.push(performance.now() - ev.timeStamp);
   });

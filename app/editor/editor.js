@@ -1,6 +1,9 @@
-// CondInst Studio canvas editor (runs as js_on_load of a gr.HTML; `element`, `trigger`, `props`, `watch`).
-// The server sends a scene (props.value, JSON: see app/canvas.py); edits go back as event data with
-// geometry in ORIGINAL-image pixels: trigger("submit", {action: "stroke" | "polygon" | "pick" | ...}).
+// CondInst Studio canvas editor (runs as js_on_load of a gr.HTML; `element`, `trigger`, `props`, `watch`, `server`).
+// Scenes (JSON: see app/canvas.py) arrive as props.value from the page's events, or as the answer of the edit
+// channel: edits go to `server.edit({action: "stroke" | "polygon" | "pick" | ...})` (app/edit_channel.py), one
+// after another, geometry in ORIGINAL-image pixels. The canvas draws a stroke or polygon at once and shows the
+// server's answer when it comes (a refused edit is dropped, with the reason); then it asks the page to refresh
+// its side panels (trigger("submit")) without waiting for them.
 const root = element.querySelector(".ce-root");
 const canvas = element.querySelector(".ce-canvas");
 const ctx = canvas.getContext("2d");
@@ -17,7 +20,31 @@ function toImage(cx, cy) {  // canvas CSS pixels -> original-image pixel indices
 }
 function toScreen(x, y) { return [st.ox + x * k() * st.s, st.oy + y * k() * st.s]; }
 function local(ev) { const r = canvas.getBoundingClientRect(); return [ev.clientX - r.left, ev.clientY - r.top]; }
-function send(data) { trigger("submit", data); }
+let queue = Promise.resolve();  // edits are sent one after another, in the order they were made
+function held() { const have = {}; st.masks.forEach((m, id) => { have[id] = m.key; }); return have; }
+function newClass() {  // the page's "class for new instances" dropdown, as a class id (0: the model's choice)
+  const input = document.querySelector("#new-class input"), classes = (st.scene && st.scene.classes) || [];
+  const hit = input && classes.find((c) => c[0] === input.value);
+  return hit ? hit[1] : 0;
+}
+function say(text, ok) {
+  const box = $(".ce-msg"); if (!box) return;
+  box.textContent = text || ""; box.classList.toggle("ce-refused", !ok);
+  clearTimeout(say.timer); if (text) say.timer = setTimeout(() => { box.textContent = ""; }, ok ? 4000 : 8000);
+}
+function send(data) {
+  data.class = newClass();
+  queue = queue.then(() => server.edit({...data, have: held()})).then((answer) => {
+    if (!answer) return;
+    if (answer.scene) setScene(answer.scene);
+    say(answer.message, answer.ok);
+    for (const id of ["undo", "redo"]) {  // at once: a key pressed right after this edit must find them enabled
+      const button = document.getElementById(id); if (button && id in answer) button.disabled = !answer[id];
+    }
+    trigger("submit", {message: answer.message || "", ok: !!answer.ok});
+  }).catch((err) => { st.pending = []; st.poly = []; say("The server did not answer: " + err, false); draw(); });
+  return queue;
+}
 
 function loadImage(src, onload) { const im = new Image(); im.onload = () => { onload && onload(); draw(); }; im.src = src; return im; }
 
@@ -47,18 +74,22 @@ function oneToOne() {
 }
 
 function setScene(text) {
-  let scene; try { scene = JSON.parse(text); } catch (e) { return; }
+  let scene = text;
+  if (typeof text === "string") { try { scene = JSON.parse(text); } catch (e) { return; } }
   if (!scene || typeof scene !== "object") return;
+  if (st.scene && st.scene.seq > scene.seq) return;  // an older answer overtaken by a newer one
   const im = scene.image;
   st.scene = scene; st.pending = [];
   if (!im) { st.img = null; st.imgId = null; draw(); return; }
   if (im.src) { st.img = loadImage(im.src); const fresh = st.imgId !== im.id; st.imgId = im.id; if (fresh) { st.poly = []; fit(); } }
   else if (st.imgId !== im.id || !st.img) { send({action: "resend"}); return; }
   const seen = new Set();
+  let missing = false;
   for (const inst of scene.instances) {
     seen.add(inst.id);
     const old = st.masks.get(inst.id);
-    if (!old || old.png !== inst.png) st.masks.set(inst.id, {png: inst.png, img: loadImage(inst.png)});
+    if (inst.png == null) { missing = missing || !old || old.key !== inst.key; continue; }  // held already
+    if (!old || old.key !== inst.key) st.masks.set(inst.id, {key: inst.key, img: loadImage(inst.png)});
   }
   for (const id of Array.from(st.masks.keys())) if (!seen.has(id)) st.masks.delete(id);
   const r = scene.refine;
@@ -67,6 +98,7 @@ function setScene(text) {
   if (typeof scene.opacity === "number" && !st.opacityTouched) { st.opacity = scene.opacity; $(".ce-opacity").value = scene.opacity; }
   canvas.dataset.seq = String(scene.seq);
   draw();
+  if (missing) send({action: "scene"});  // a picture the server thought held was replaced meanwhile
 }
 
 function strokePath(points, width, color, alpha) {
@@ -207,6 +239,19 @@ canvas.addEventListener("wheel", (ev) => {
   zoomAt(cx, cy, Math.pow(1.0015, -ev.deltaY));
 }, {passive: false});
 
+// The page's Undo / Redo / Delete buttons (and their keys z / y / Delete, which click them) go through the edit
+// channel while the canvas is shown; their Gradio events stay for the API and the Click view.
+const CHANNEL_BUTTONS = {undo: "undo", redo: "redo", delete: "delete"};
+if (window.condinstEditorClicks) document.removeEventListener("click", window.condinstEditorClicks, true);
+window.condinstEditorClicks = (ev) => {
+  const button = ev.target && ev.target.closest ? ev.target.closest("button[id]") : null;
+  const action = button && CHANNEL_BUTTONS[button.id];
+  if (!action || !canvas.offsetParent || button.disabled) return;
+  ev.preventDefault(); ev.stopImmediatePropagation();
+  send({action});
+};
+document.addEventListener("click", window.condinstEditorClicks, true);
+
 const TOOL_KEYS = {s: "select", b: "brush", e: "erase", g: "polygon", c: "refine"};
 root.addEventListener("keydown", (ev) => {
   const tag = (ev.target.tagName || "").toLowerCase();
@@ -235,7 +280,8 @@ $(".ce-fit").addEventListener("click", fit);
 $(".ce-one").addEventListener("click", oneToOne);
 new ResizeObserver(() => (st.unfitted && canvas.clientWidth ? fit() : draw())).observe(canvas);
 
-window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize};
+// `send` queues an edit behind those in flight (the page's z / y / Delete keys use it, whatever the buttons show).
+window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize, send, shown: () => !!canvas.offsetParent};
 setTool("brush");
 watch("value", () => setScene(props.value));
 if (props.value) setScene(props.value);

@@ -1,0 +1,117 @@
+"""The canvas's edit channel (`app.edit_channel`), in process: the same edits and team rules as the page's
+events, on the session's latest view, answering only what the canvas lacks.
+
+A launched app's channel is called as Gradio calls a server function, with a request naming the person and the
+page's session; the session is one the server knows (as after a page load).
+"""
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from app.actions import View
+from app.actor import acting
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def running(app_factory, image_paths):
+    app = app_factory()
+    app.service.images.add_files(image_paths[:1])
+    return app
+
+
+def channel_of(app):
+    fns = [fn for block in app.demo.blocks.values() for fn in getattr(block, "server_fns", [])]
+    assert [fn.__name__ for fn in fns] == ["edit"]
+    return fns[0]
+
+
+def session(app, name: str, view: View | None = None) -> gr.Request:
+    """A page session the server knows, showing the first image (or `view`), for the person `name`."""
+    holder = app.demo.state_holder
+    hash_ = f"test-{name}-{len(holder.session_data)}"
+    state = next(b for b in app.demo.blocks.values() if isinstance(b, gr.State))
+    image = app.service.ws.list_images()[0].id
+    holder[hash_][state._id] = view or View(image_id=image)
+    return gr.Request(username=name, session_hash=hash_)
+
+
+def stored_view(app, request) -> View:
+    state = next(b for b in app.demo.blocks.values() if isinstance(b, gr.State))
+    return app.demo.state_holder[request.session_hash][state._id]
+
+
+def interior(mask: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero(mask)
+    k = len(xs) // 2
+    return int(xs[k]), int(ys[k])
+
+
+def test_an_edit_answers_the_scene_without_the_pictures_the_canvas_holds(running):
+    edit, ws = channel_of(running), running.service.ws
+    request = session(running, "anna")
+    target = max(ws.instances(ws.list_images()[0].id), key=lambda inst: inst.area)
+    x, y = interior(target.mask)
+    first = edit({"action": "pick", "x": x, "y": y}, request)
+    assert first["ok"] and first["scene"]["selected"] == target.id
+    assert first["scene"]["image"]["src"].startswith("data:image/jpeg")  # the canvas holds no picture yet
+    have = {str(i["id"]): i["key"] for i in first["scene"]["instances"]}
+    assert all(i["png"] for i in first["scene"]["instances"])
+    stroke = edit({"action": "stroke", "tool": "erase", "points": [[x - 3, y], [x + 3, y]], "width": 5,
+                   "have": have}, request)
+    assert stroke["ok"] and stroke["message"].startswith("Erased") and stroke["undo"] is True
+    rows = {i["id"]: i for i in stroke["scene"]["instances"]}
+    assert "src" not in stroke["scene"]["image"]  # the photo is not sent again
+    assert rows[target.id]["png"] and rows[target.id]["key"] != have[str(target.id)]  # the changed mask is sent
+    assert all(i["png"] is None for i in rows.values() if i["id"] != target.id)  # the others are held
+    assert not ws.get_instance(target.id).mask[y, x]  # stored, as the person
+    assert ws.get_instance(target.id).updated_by == "anna"
+    assert stored_view(running, request).selected == target.id  # the page's next event starts from it
+    undone = edit({"action": "undo", "have": {}}, request)
+    assert undone["ok"] and undone["message"].startswith("Undid") and undone["redo"] is True
+    assert ws.get_instance(target.id).mask[y, x]
+
+
+def test_someone_elses_change_refuses_the_edit_and_answers_the_image_as_it_is(running):
+    edit, ws = channel_of(running), running.service.ws
+    image = ws.list_images()[0].id
+    target = max(ws.instances(image), key=lambda inst: inst.area)
+    x, y = interior(target.mask)
+    request = session(running, "anna")
+    assert edit({"action": "pick", "x": x, "y": y}, request)["ok"]  # anna's page shows the instance
+    with acting("bob"):
+        ws.set_category(target.id, ws.categories()[-1].id if ws.categories()[-1].id != target.category_id
+                        else ws.categories()[0].id)
+    before = ws.get_instance(target.id).rle_counts
+    answer = edit({"action": "stroke", "tool": "erase", "points": [[x, y]], "width": 9}, request)
+    assert not answer["ok"] and "bob" in answer["message"]
+    assert ws.get_instance(target.id).rle_counts == before  # nothing applied
+    assert answer["scene"]["image"]["id"] == image  # the canvas redraws the image as it is now
+
+
+@pytest.mark.parametrize("payload, words", [
+    ("stroke", "JSON object"),
+    ({"action": "teleport"}, "Unknown editor action"),
+    ({"action": "pick", "x": float("nan"), "y": 3}, None),
+    ({"action": "pick", "x": "x", "y": 3}, None),
+    ({"action": "stroke", "tool": "brush", "points": "[[1e308, 2]]", "width": 5}, None),
+    ({"action": "polygon", "points": [[1, 1]], "mode": "new"}, None),
+    ({"action": "stroke", "tool": "brush", "points": [[5, 5]], "width": 5, "class": "cat"}, "class"),
+])
+def test_a_bad_edit_is_one_message_and_changes_nothing(running, payload, words):
+    edit, ws = channel_of(running), running.service.ws
+    image = ws.list_images()[0].id
+    before = sorted((i.id, i.rle_counts) for i in ws.instances(image))
+    answer = edit(payload, session(running, "anna"))
+    assert answer["ok"] is False and answer["message"] and "Traceback" not in answer["message"]
+    if words:
+        assert words in answer["message"]
+    assert sorted((i.id, i.rle_counts) for i in ws.instances(image)) == before
+
+
+def test_an_unknown_session_is_refused(running):
+    answer = channel_of(running)({"action": "undo"}, gr.Request(username="anna", session_hash="never-loaded"))
+    assert answer["ok"] is False and "reload" in answer["message"]
