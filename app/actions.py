@@ -87,6 +87,13 @@ class Annotator:
 
     def step(self, view: View, delta: int, unreviewed: bool = False) -> tuple[View, str]:
         """Previous (-1) / next (+1) image, wrapping around; `unreviewed` skips reviewed images."""
+        image_id = self.neighbour(view, delta, unreviewed)
+        if image_id is None:
+            return view, "Every image is reviewed."
+        return self.go_to(view, image_id), ""
+
+    def neighbour(self, view: View, delta: int, unreviewed: bool = False) -> int | None:
+        """The image previous (-1) / next (+1) would show, wrapping around (None: every image is reviewed)."""
         images = representatives([img for img in self.ws.list_images()  # a video sequence is one item
                                   if view.state_filter is None or img.review_state == view.state_filter], view.image_id)
         if not images:
@@ -97,8 +104,8 @@ class Annotator:
         for offset in range(1, len(ids) + 1):
             candidate = images[(start + delta * offset) % len(ids)]
             if not unreviewed or not candidate.reviewed:
-                return self.go_to(view, candidate.id), ""
-        return view, "Every image is reviewed."
+                return candidate.id
+        return None
 
     def set_reviewed(self, view: View, reviewed: bool) -> tuple[View, str]:
         """"Reviewed" on = accepted (a reviewer's transition, freezing the threshold); off = annotated again."""

@@ -103,19 +103,29 @@ class CanvasScenes:
         view, scene = self.scene_dict(view)
         return view, json.dumps(scene)
 
-    def scene_dict(self, view: View, have: dict[int, str] | None = None) -> tuple[View, dict]:
+    def picture(self, image_id: int, with_src: bool = True) -> dict:
+        """An image as the canvas needs it: ids, sizes, preview size and (``with_src``) its JPEG data URL."""
+        ws = self.service.ws
+        record = ws.get_image_record(image_id)
+        ph, pw = preview_size(record.height, record.width)
+        image = {"id": record.id, "width": record.width, "height": record.height, "pw": pw, "ph": ph}
+        if with_src:
+            ok, jpeg = cv2.imencode(".jpg", ws.get_preview(record.id)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            image["src"] = data_url("jpeg", jpeg.tobytes())
+        return image
+
+    def scene_dict(self, view: View, have: dict[int, str] | None = None,
+                   pictures: set[int] | None = None) -> tuple[View, dict]:
         """(the view, noting that the canvas holds its image; the scene). ``have``: {instance id: key} of the
-        masks the canvas holds already: their pictures are left out (``"png": None``)."""
+        masks the canvas holds already: their pictures are left out (``"png": None``); ``pictures``: the
+        images whose picture the canvas holds (prefetched), also left out."""
         service, have = self.service, have or {}
         if service.workspace is None or view.image_id is None:
             return replace(view, canvas_image=None), {"seq": next(_SEQ), "image": None, "instances": []}
         ws = service.ws
         record = ws.get_image_record(view.image_id)
-        ph, pw = preview_size(record.height, record.width)
-        image = {"id": record.id, "width": record.width, "height": record.height, "pw": pw, "ph": ph}
-        if view.canvas_image != record.id:
-            ok, jpeg = cv2.imencode(".jpg", ws.get_preview(record.id)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
-            image["src"] = data_url("jpeg", jpeg.tobytes())
+        image = self.picture(record.id, with_src=view.canvas_image != record.id and record.id not in (pictures or ()))
+        pw = image["pw"]
         names = {c.id: c.name for c in ws.categories()}
         instances = []
         scale = pw / record.width
@@ -130,7 +140,7 @@ class CanvasScenes:
                               "key": key, "png": None if have.get(inst.id) == key else url})
         refine = None
         if view.refine is not None:
-            drawn = mask_png(shrink_mask(view.refine.mask, (ph, pw)), REFINE_COLOR)
+            drawn = mask_png(shrink_mask(view.refine.mask, (image["ph"], pw)), REFINE_COLOR)
             refine = {"positive": view.refine.positive, "negative": view.refine.negative, "target": view.refine.target,
                       "box": drawn[0] if drawn else None, "png": drawn[1] if drawn else None}
         scene = {"seq": next(_SEQ), "image": image, "instances": instances, "selected": view.selected,

@@ -9,8 +9,11 @@ image pixels, as the event data of the editor has always been):
     {"action": "pick", "x": x, "y": y}
     {"action": "refine", "positive": [[x, y], ...], "negative": [...]}  |  {"action": "refine_accept" | "refine_discard"}
     {"action": "delete" | "undo" | "redo" | "resend" | "scene"}
+    {"action": "next" | "previous" | "next_unreviewed"}      (the page's image navigation)
+    {"action": "prefetch"} -> {"pictures": [image, ...]}  the next / previous images' pictures, the view unchanged
     + "class": id of the class for a new instance (0 or absent: the model's choice)
     + "have": {instance id: key} of the masks the canvas holds (their pictures are not sent again)
+    + "pictures": [image id, ...] whose pictures the canvas holds (prefetched: not sent again)
 
 Answer: {"ok": true | false, "message": text, "scene": scene, "undo": bool, "redo": bool} where the scene is `app.canvas`'s, with the picture
 of an unchanged mask left out (``"png": null``). A refused edit (``ok: false``: someone else changed the instance,
@@ -69,6 +72,8 @@ class EditChannel:
     def edit(self, payload, request: gr.Request) -> dict:
         if not isinstance(payload, dict):
             return {"ok": False, "message": "An edit must be a JSON object.", "scene": None}
+        if payload.get("action") == "prefetch":
+            return self.prefetch(payload, request)
         if request.session_hash is None or request.session_hash not in self.blocks.state_holder:
             return {"ok": False, "message": "This page's session is unknown to the server: reload the page.",
                     "scene": None}
@@ -88,12 +93,30 @@ class EditChannel:
                         raise
                     ok, message = False, text
                 view = self.team.observe(view)
-                view, scene = self.canvas.scene_dict(view, have=_have(payload.get("have")))
+                view, scene = self.canvas.scene_dict(view, have=_have(payload.get("have")),
+                                                     pictures=_ids(payload.get("pictures")))
                 self._store(request, view)
                 image_id, ws = view.image_id, self.actions.ws
                 can_undo = image_id is not None and ws.can_undo(image_id)
                 can_redo = image_id is not None and ws.can_redo(image_id)
         return {"ok": ok, "message": message, "scene": scene, "undo": can_undo, "redo": can_redo}
+
+    def prefetch(self, payload: dict, request: gr.Request) -> dict:
+        """The pictures of the images next / previous would show that the canvas does not hold yet (the view is
+        not changed: nothing is segmented, nobody is marked as viewing them)."""
+        if request.session_hash is None or request.session_hash not in self.blocks.state_holder:
+            return {"ok": False, "message": "", "pictures": []}
+        held = _ids(payload.get("pictures"))
+        with self.team.context((None,), request):
+            _, sent = self.team._sent()
+            view = sent or self._stored(request)
+            try:
+                ids = {self.actions.neighbour(view, delta) for delta in (+1, -1)}
+            except (UserError, OSError):
+                ids = set()
+            ids -= held | {view.image_id, None}
+            pictures = [self.canvas.picture(image_id) for image_id in sorted(ids)]
+        return {"ok": True, "message": "", "pictures": pictures}
 
     def _apply(self, view: View, data: dict) -> tuple[View, str]:
         action, category = data.get("action"), _category(data.get("class"))
@@ -117,6 +140,8 @@ class EditChannel:
             return self.actions.undo(view)
         if action == "redo":
             return self.actions.redo(view)
+        if action in ("next", "previous", "next_unreviewed"):
+            return self.actions.step(view, -1 if action == "previous" else +1, unreviewed=action == "next_unreviewed")
         if action == "scene":  # the canvas lost a picture it was told it holds: the scene again, pictures included
             return view, ""
         if action == "resend":
@@ -150,6 +175,13 @@ def _category(value) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value:
         raise AppError(f"The class must be a class id, not {str(value)[:40]!r}.")
     return int(value) if value >= 1 else None
+
+
+def _ids(value) -> set[int]:
+    """The images whose pictures the canvas holds: a short list of ids; anything malformed counts as none."""
+    if not isinstance(value, list) or len(value) > 64:
+        return set()
+    return {v for v in value if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _have(value) -> dict[int, str]:

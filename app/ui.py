@@ -34,7 +34,8 @@ document.addEventListener("keydown", (event) => {
   const buttons = {n: "next", p: "previous", u: "next-unreviewed", r: "reviewed input", Delete: "delete",
                    z: "undo", y: "redo", h: "hide", o: "solo"};
   const tools = {s: "select", b: "brush", e: "erase", a: "point", w: "paint"};
-  const editor = window.condinstEditor, channel = {z: "undo", y: "redo", Delete: "delete"};
+  const editor = window.condinstEditor, channel = {z: "undo", y: "redo", Delete: "delete", n: "next", p: "previous",
+                                                   u: "next_unreviewed"};
   if (channel[event.key] && editor && editor.shown()) {  // queued behind an edit still on its way
     editor.send({action: channel[event.key]}); event.preventDefault(); return;
   }

@@ -9,7 +9,7 @@ const canvas = element.querySelector(".ce-canvas");
 const ctx = canvas.getContext("2d");
 const $ = (sel) => element.querySelector(sel);
 const st = {
-  scene: null, img: null, imgId: null, masks: new Map(), refineImg: null,
+  scene: null, img: null, imgId: null, masks: new Map(), refineImg: null, pictures: new Map(),
   tool: "brush", size: 21, opacity: 0.45, s: 1, ox: 0, oy: 0,
   stroke: null, pending: [], poly: [], pos: [], neg: [], mouse: null, space: false, pan: null,
 };
@@ -34,7 +34,8 @@ function say(text, ok) {
 }
 function send(data) {
   data.class = newClass();
-  queue = queue.then(() => server.edit({...data, have: held()})).then((answer) => {
+  queue = queue.then(() => server.edit({...data, have: held(), pictures: Array.from(st.pictures.keys())}))
+    .then((answer) => {
     if (!answer) return;
     if (answer.scene) setScene(answer.scene);
     say(answer.message, answer.ok);
@@ -73,6 +74,17 @@ function oneToOne() {
   zoomAt(cw, ch, 1 / k() / st.s);
 }
 
+// Pictures of the images next / previous would show, fetched while the annotator works on this one.
+function keepPicture(id, img) {
+  st.pictures.delete(id); st.pictures.set(id, img);
+  while (st.pictures.size > 6) st.pictures.delete(st.pictures.keys().next().value);
+}
+function prefetch() {  // beside the edit queue: an edit never waits for it
+  server.edit({action: "prefetch", pictures: Array.from(st.pictures.keys())})
+    .then((answer) => { for (const im of (answer && answer.pictures) || []) keepPicture(im.id, loadImage(im.src)); })
+    .catch(() => {});
+}
+
 function setScene(text) {
   let scene = text;
   if (typeof text === "string") { try { scene = JSON.parse(text); } catch (e) { return; } }
@@ -81,8 +93,12 @@ function setScene(text) {
   const im = scene.image;
   st.scene = scene; st.pending = [];
   if (!im) { st.img = null; st.imgId = null; draw(); return; }
-  if (im.src) { st.img = loadImage(im.src); const fresh = st.imgId !== im.id; st.imgId = im.id; if (fresh) { st.poly = []; fit(); } }
-  else if (st.imgId !== im.id || !st.img) { send({action: "resend"}); return; }
+  const fresh = st.imgId !== im.id;
+  if (im.src) { st.img = loadImage(im.src); keepPicture(im.id, st.img); }
+  else if (fresh && st.pictures.has(im.id)) st.img = st.pictures.get(im.id);
+  else if (fresh || !st.img) { send({action: "resend"}); return; }
+  st.imgId = im.id;
+  if (fresh) { st.poly = []; fit(); prefetch(); }
   const seen = new Set();
   let missing = false;
   for (const inst of scene.instances) {
@@ -239,9 +255,10 @@ canvas.addEventListener("wheel", (ev) => {
   zoomAt(cx, cy, Math.pow(1.0015, -ev.deltaY));
 }, {passive: false});
 
-// The page's Undo / Redo / Delete buttons (and their keys z / y / Delete, which click them) go through the edit
+// The page's Undo / Redo / Delete and image navigation buttons (and their keys) go through the edit
 // channel while the canvas is shown; their Gradio events stay for the API and the Click view.
-const CHANNEL_BUTTONS = {undo: "undo", redo: "redo", delete: "delete"};
+const CHANNEL_BUTTONS = {undo: "undo", redo: "redo", delete: "delete", next: "next", previous: "previous",
+                         "next-unreviewed": "next_unreviewed"};
 if (window.condinstEditorClicks) document.removeEventListener("click", window.condinstEditorClicks, true);
 window.condinstEditorClicks = (ev) => {
   const button = ev.target && ev.target.closest ? ev.target.closest("button[id]") : null;

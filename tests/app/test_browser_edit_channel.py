@@ -94,3 +94,38 @@ def test_a_refused_edit_is_dropped_from_the_canvas_with_its_reason(app, page):
         assert page.evaluate("() => window.condinstEditor.state.pending.length") == 0  # the drawn stroke is gone
         wait_status(page, "Not done")  # the status line says it too
         assert sorted((i.id, i.rle_counts) for i in ws.instances(image)) == before
+
+
+@pytest.fixture(scope="module")
+def gallery(app_factory, image_paths):
+    running = app_factory()
+    running.service.images.add_files(image_paths[:3])
+    return running
+
+
+def test_n_and_p_show_prefetched_images_through_the_channel(gallery, page, monkeypatch):
+    ws = gallery.service.ws
+    first, second, third = [img.id for img in ws.list_images()][:3]
+    answers, edit = [], EditChannel.edit
+
+    def recorded(self, payload, request):
+        answer = edit(self, payload, request)
+        if isinstance(payload, dict) and payload.get("action") in ("next", "previous"):
+            answers.append(answer["scene"]["image"])
+        return answer
+    monkeypatch.setattr(EditChannel, "edit", recorded)
+    with screenshot_on_failure(page, "edit-channel-navigation"):
+        open_editor(page, gallery.url, first)
+        page.wait_for_function("ids => ids.every((id) => window.condinstEditor.state.pictures.has(id))",
+                               arg=[second, third])  # both neighbours fetched while the annotator looks
+        page.locator("#editor canvas").click(position={"x": 5, "y": 5})  # focus the page, not a field
+        page.keyboard.press("n")
+        page.wait_for_function("id => window.condinstEditor.state.scene.image.id === id && "
+                               "window.condinstEditor.state.img.complete", arg=second)
+        page.keyboard.press("p")
+        page.wait_for_function("id => window.condinstEditor.state.scene.image.id === id", arg=first)
+        assert [a["id"] for a in answers] == [second, first]
+        assert all("src" not in a for a in answers)  # the pictures came from the prefetch, not the answers
+        wait_status(page, "")  # the page's side panels follow (the image list shows the image)
+        page.wait_for_function("t => document.querySelector('#image-choice input').value.startsWith(t)",
+                               arg=f"{first}:")

@@ -115,3 +115,30 @@ def test_a_bad_edit_is_one_message_and_changes_nothing(running, payload, words):
 def test_an_unknown_session_is_refused(running):
     answer = channel_of(running)({"action": "undo"}, gr.Request(username="anna", session_hash="never-loaded"))
     assert answer["ok"] is False and "reload" in answer["message"]
+
+
+@pytest.fixture(scope="module")
+def three_images(app_factory, image_paths):
+    app = app_factory()
+    app.service.images.add_files(image_paths[:3])
+    return app
+
+
+def test_next_and_previous_go_through_the_channel_with_prefetched_pictures(three_images):
+    edit, ws = channel_of(three_images), three_images.service.ws
+    first, second, third = [img.id for img in ws.list_images()][:3]
+    request = session(three_images, "anna", View(image_id=first))
+    shown = edit({"action": "scene"}, request)
+    assert shown["scene"]["image"]["id"] == first and "src" in shown["scene"]["image"]
+    ahead = edit({"action": "prefetch", "pictures": [first]}, request)
+    assert sorted(p["id"] for p in ahead["pictures"]) == [second, third]  # next, and previous (wrapping)
+    assert all(p["src"].startswith("data:image/jpeg") for p in ahead["pictures"])
+    assert stored_view(three_images, request).image_id == first  # prefetching changes nothing
+    again = edit({"action": "prefetch", "pictures": [first, second, third]}, request)
+    assert again["pictures"] == []  # nothing the canvas holds is sent again
+    step = edit({"action": "next", "pictures": [first, second, third]}, request)
+    assert step["ok"] and step["scene"]["image"]["id"] == second and "src" not in step["scene"]["image"]
+    assert stored_view(three_images, request).image_id == second
+    back = edit({"action": "previous"}, request)  # a canvas that holds no pictures gets the JPEG
+    assert back["scene"]["image"]["id"] == first and "src" in back["scene"]["image"]
+    assert edit({"action": "prefetch", "pictures": "all"}, request)["ok"]  # malformed: holds none
