@@ -1,22 +1,47 @@
-"""Shared test fixtures: where the reference data lives, GPU skipping, and torch state kept per test."""
+"""Shared test fixtures: where the reference data lives, GPU skipping, torch state kept per test, and the
+timeout scale of every wait (tests/testutils.py)."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from testutils import PARITY
+from testutils import PARITY, TIMEOUT_SCALE_ENV, timeout_scale
+
+
+def pytest_configure(config):
+    """Measure the timeout scale once per session and export it: pytest-xdist's workers (started after this)
+    and the tests' subprocesses read the same value instead of measuring again."""
+    os.environ.setdefault(TIMEOUT_SCALE_ENV, str(timeout_scale()))
+
+
+def pytest_report_header(config):
+    return f"wait limits x{timeout_scale()} ({TIMEOUT_SCALE_ENV}; measured once per session unless set)"
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # a test that drives Chromium is a browser test (and slow), whatever its module says
+        if "browser" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Close the shared Chromium (tests/browserkit.py) after the last of a run of browser tests."""
+    if item.get_closest_marker("browser") and (nextitem is None or not nextitem.get_closest_marker("browser")):
+        from browserkit import close_shared_chromium
+
+        close_shared_chromium()
 
 
 @pytest.fixture(scope="session")

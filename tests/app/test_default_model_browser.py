@@ -32,7 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from browserkit import README_SCREENSHOTS, ROWS, SAVE_SCREENSHOTS, click_image, pick_option, playwright_or_skip, show_click_view, wait_status, wait_text
+from browserkit import (README_SCREENSHOTS, ROWS, SAVE_SCREENSHOTS, click_image, new_page, pick_option, playwright_or_skip,
+                        show_click_view, wait_status, wait_text)
+from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "assets" / "default_model" / "model.pth"
@@ -69,13 +71,15 @@ class Server:
 
 
 def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
-    """Poll the URL until it answers 200; fail with the server's log if it exits or times out."""
+    """Poll the URL until it answers 200; fail with the server's log if it exits, or after `timeout` s on an
+    idle machine (scaled)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"`python -m app` exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=scaled(10)) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -90,11 +94,11 @@ def stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=scaled(15))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+            proc.wait(timeout=scaled(15))
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +123,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
+    context, page = new_page(browser, height=1000, timeout_s=60, accept_downloads=True)
     yield page
     context.close()
 

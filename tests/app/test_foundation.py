@@ -24,6 +24,7 @@ from app.guard import WARNING, guarded
 from app.handlers import Handlers
 from app.service import Service
 from app.workspace import DB_FILE_NAME, Workspace
+from testutils import scaled
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ def test_kill_during_an_upload_leaves_only_whole_images(tmp_path, tiny_weights, 
     assert process.stdout.readline().strip() == "stored"
     time.sleep(0.15)
     os.kill(process.pid, signal.SIGKILL)
-    process.wait(10)
+    process.wait(scaled(10))
     with Workspace.open(workspace) as ws:
         images = ws.list_images()
         assert 1 <= len(images) < 6

@@ -24,6 +24,7 @@ from app.presence import Presence
 from app.process_lock import LockError, WorkspaceLock
 from app.service import Service, View
 from app.workspace import DB_FILE_NAME, Workspace
+from testutils import scaled
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 REPO = Path(__file__).resolve().parents[2]
@@ -118,7 +119,7 @@ def test_failed_logins_are_locked_out_per_user_and_per_address():
 
 def run_app(*args, stdin=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, capture_output=True, text=True,
-                          input=stdin, timeout=120)
+                          input=stdin, timeout=scaled(120))
 
 
 def test_cli_users_add_reads_the_password_from_stdin_and_a_bad_users_file_is_one_error_line(tmp_path,

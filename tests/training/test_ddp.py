@@ -12,6 +12,7 @@ import torch
 from condinst.checkpoint import read_checkpoint
 
 from synthetic_training import make_synthetic_coco, tiny_train_config
+from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ def test_torchrun_two_processes_match_one_process_and_resume_exactly(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "training.cli", *common, "--output-dir", str(ddp_dir)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled(600))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     threads = torch.get_num_threads()
@@ -72,7 +73,7 @@ def test_torchrun_two_processes_match_one_process_and_resume_exactly(tmp_path):
     (resumed / "last_checkpoint").write_text("model_0000004.pth")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "training.cli", *common, "--output-dir", str(resumed), "--resume"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled(600))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     a, b = read_checkpoint(ddp_dir / "model_final.pth")["model"], read_checkpoint(resumed / "model_final.pth")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -24,6 +24,7 @@ from training.engine import train
 from training.run_state import LAST_CHECKPOINT, find_last_checkpoint
 
 from synthetic_training import make_synthetic_coco, tiny_train_config
+from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -318,7 +319,7 @@ def test_cli_bad_config_exits_2_with_one_line(coco, tmp_path):
     _, ann, images = coco
     proc = subprocess.run([sys.executable, "-m", "training.cli", "train", "--config", "NO_SUCH_PRESET",
                            "--train-ann", str(ann), "--train-images", str(images), "--output-dir", str(tmp_path / "o")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          cwd=REPO, capture_output=True, text=True, timeout=scaled(300), env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "NO_SUCH_PRESET" in lines[0], proc.stderr
