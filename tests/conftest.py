@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,21 +14,53 @@ import torch
 from testutils import PARITY, TIMEOUT_SCALE_ENV, timeout_scale
 
 
+def _xdist_worker_count(config) -> int:
+    """How many pytest-xdist workers share the machine (0: this process runs every test itself)."""
+    return int(getattr(config, "workerinput", {}).get("workercount", 0))
+
+
+def _xdist_controller(config) -> bool:
+    return getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config):
     """Measure the timeout scale once per session and export it: pytest-xdist's workers (started after this)
-    and the tests' subprocesses read the same value instead of measuring again."""
+    and the tests' subprocesses read the same value instead of measuring again. Each process that runs tests
+    gets its own Gradio file cache (GRADIO_TEMP_DIR, else /tmp/gradio is shared with every other test run on
+    the machine); an xdist worker gets its share of the cores for torch (and its subprocesses)."""
     os.environ.setdefault(TIMEOUT_SCALE_ENV, str(timeout_scale()))
+    if not _xdist_controller(config) and "GRADIO_TEMP_DIR" not in os.environ:
+        config._gradio_temp_dir = tempfile.mkdtemp(prefix="condinst-tests-gradio-")
+        os.environ["GRADIO_TEMP_DIR"] = config._gradio_temp_dir
+    workers = _xdist_worker_count(config)
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_gradio_temp_dir", None):
+        shutil.rmtree(config._gradio_temp_dir, ignore_errors=True)
 
 
 def pytest_report_header(config):
     return f"wait limits x{timeout_scale()} ({TIMEOUT_SCALE_ENV}; measured once per session unless set)"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:  # a test that drives Chromium is a browser test (and slow), whatever its module says
         if "browser" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.browser)
             item.add_marker(pytest.mark.slow)
+    if _xdist_worker_count(config):
+        # `--dist loadgroup` hands out the browser tests as one unit (one Chromium, in one worker), then every
+        # other test in this order: the slow ones first, so that no long test starts last.
+        for item in items:
+            if item.get_closest_marker("browser"):
+                item.add_marker(pytest.mark.xdist_group("browser"))
+        items.sort(key=lambda item: not item.get_closest_marker("slow"))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
