@@ -98,7 +98,7 @@ def test_kill_during_an_upload_leaves_only_whole_images(tmp_path, tiny_weights, 
     assert process.stdout.readline().strip() == "stored"
     time.sleep(0.15)
     os.kill(process.pid, signal.SIGKILL)
-    process.wait(scaled(10))
+    process.wait(scaled(60))
     with Workspace.open(workspace) as ws:
         images = ws.list_images()
         assert 1 <= len(images) < 6

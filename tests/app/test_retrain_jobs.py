@@ -110,8 +110,8 @@ def test_killing_the_app_kills_training_and_a_restart_reports_the_interrupted_jo
             other.start(exporter(coco_source), tiny_weights, {}, 2, 1, "cpu")
 
         app.send_signal(signal.SIGKILL)
-        app.wait(scaled(10))
-        wait_until(lambda: not running(record.pid), 5, "the training process to die with its app")
+        app.wait(scaled(60))
+        wait_until(lambda: not running(record.pid), 60, "the training process to die with its app")
     finally:
         app.kill()
         app.wait()

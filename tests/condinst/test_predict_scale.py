@@ -184,7 +184,7 @@ def test_a_killed_run_resumes_to_the_same_single_file(job, reference):
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher's group, as a crash or `kill -9` would
     proc.wait()
     assert len(workers) == 2 and not out.exists()
-    wait_until(lambda: not any(_alive(w) for w in workers), 5, "the workers to die with their launcher (no orphans)",
+    wait_until(lambda: not any(_alive(w) for w in workers), 60, "the workers to die with their launcher (no orphans)",
                0.01)
     done = store.done()  # every part file there parses: a kill mid-write leaves at most a temporary file
     assert 1 <= len(done) < 14 and all(p.name.endswith(".tmp") for p in store.folder.glob(".part-*"))
