@@ -82,6 +82,7 @@ def test_parse_size():
 
 # ---- the scripts on CPU -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_inference_device_input(tmp_path):
     out = tmp_path / "inference.json"
     payload = inference.main(["--device", "cpu", *FAST, *TINY_INFERENCE, "--batch-sizes", "1,2",
@@ -259,6 +260,7 @@ def test_train_step_cuda_amp(tmp_path):
         assert row["channels_last"] is True and row["peak_allocated_mb"] > 0
 
 
+@pytest.mark.slow
 def test_memory_per_size_in_subprocesses(tmp_path):
     from bench import memory
 
@@ -283,6 +285,7 @@ def test_memory_guard_stops_a_process_past_the_limit(tmp_path):
     assert run["killed_at_mb"] > 100 and run["returncode"] == -9
 
 
+@pytest.mark.slow
 def test_memory_video_row_runs_the_video_command(tmp_path):
     from bench import memory
 

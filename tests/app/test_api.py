@@ -233,6 +233,7 @@ def test_samples_and_segment_all(app, client):
 
 @pytest.mark.skipif(not __import__("app.service").service.Service.retrain_available(),
                     reason="training library not installed")
+@pytest.mark.slow
 def test_retrain_start_refuses_a_second_job_and_cancels(app, client, image_ids):
     go(client, image_ids[0])
     progress, message, *_ = client.predict(5000, 1, False, api_name="/retrain_start")

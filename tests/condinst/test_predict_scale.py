@@ -142,6 +142,7 @@ def _assert_same(a: list[dict], b: list[dict], exact: bool) -> None:
         assert np.abs(np.array([r["score"] for r in ra]) - np.array([r["score"] for r in rb])).max(initial=0) <= 1e-5
 
 
+@pytest.mark.slow
 def test_batches_give_the_batch_size_1_results(job, reference):
     out = job["root"] / "batched.json"
     proc = _predict(job, out, "--batch-size", "4", "--workers", "3")
@@ -149,6 +150,7 @@ def test_batches_give_the_batch_size_1_results(job, reference):
     _assert_same(json.loads(out.read_text()), reference, exact=False)
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_inputs_into_one_file(job, reference):
     out = job["root"] / "two.json"
     proc = _predict(job, out, nproc=2)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from condinst.checkpoint import read_checkpoint
@@ -22,6 +23,7 @@ def _losses(run_dir: Path) -> list[float]:
     return [r["total_loss"] for r in lines if "total_loss" in r]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_and_resume_exactly(tmp_path):
     from training.data import CocoInstances
     from training.engine import train
