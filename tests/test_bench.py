@@ -142,6 +142,7 @@ def test_sipmask_rescoring_rows_for_both_methods(tmp_path):
         assert TIMING_KEYS <= set(row) and row["mask_map"] == [160, 208]
 
 
+@pytest.mark.slow
 def test_train_step(tmp_path):
     out = tmp_path / "train_step.json"
     payload = train_step.main(["--device", "cpu", *FAST, "--tiny", "--batch-size", "2", "--image-size", "128x160",
@@ -159,6 +160,7 @@ def test_train_step(tmp_path):
     assert payload["comparisons"][0]["amp"] == "off"
 
 
+@pytest.mark.slow
 def test_train_step_sipmask_row_with_cpu_time_and_profile(tmp_path):
     """--models sipmask adds a SipMask row (its official losses); --profile stores the top operators."""
     out = tmp_path / "train_step.json"
