@@ -8,9 +8,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PYTEST_ARGS ?=
-# pytest-xdist workers (0: every test in one process); the browser tests run as one group in one worker
+# pytest-xdist workers (0: every test in one process); whole modules go to a worker, the browser and slow ones
+# first (tests/conftest.py)
 JOBS ?= 2
-XDIST := -n $(JOBS) --dist loadgroup
+XDIST := -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 SHARED ?= ../shared
 RUN_DIR ?= runs/default_model

@@ -48,19 +48,18 @@ def pytest_report_header(config):
     return f"wait limits x{timeout_scale()} ({TIMEOUT_SCALE_ENV}; measured once per session unless set)"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:  # a test that drives Chromium is a browser test (and slow), whatever its module says
         if "browser" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.browser)
             item.add_marker(pytest.mark.slow)
     if _xdist_worker_count(config):
-        # `--dist loadgroup` hands out the browser tests as one unit (one Chromium, in one worker), then every
-        # other test in this order: the slow ones first, so that no long test starts last.
-        for item in items:
-            if item.get_closest_marker("browser"):
-                item.add_marker(pytest.mark.xdist_group("browser"))
-        items.sort(key=lambda item: not item.get_closest_marker("slow"))
+        # `--dist loadfile --no-loadscope-reorder` hands out whole modules (their module fixtures and the order of
+        # their tests as in one process) in this order: the browser modules (together: one Chromium per worker),
+        # the modules with slow tests, the rest; so no long test starts last.
+        slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: 0 if item.get_closest_marker("browser") else
+                   1 if item.nodeid.split("::")[0] in slow_modules else 2)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -2,7 +2,7 @@
 # The test suite on a busy machine: one spinning Python process per core (the load of a shared CI worker) runs
 # for as long as pytest does; they are started here and stopped here by pid, whatever way pytest ends.
 #
-#   bash tools/busy_suite.sh -n 2 --dist loadgroup      # what `make test-busy` runs; arguments go to pytest
+#   bash tools/busy_suite.sh -n 2 --dist loadfile --no-loadscope-reorder   # `make test-busy`; arguments go to pytest
 #
 # BUSY_LOOPS: how many spinning processes (default: one per core); PY: the Python (default .venv/bin/python).
 # Prints the load average at the start, every minute's sample (min / mean / max) and pytest's exit code at the end.
