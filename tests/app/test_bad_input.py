@@ -175,6 +175,7 @@ def run_here(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, "", err.getvalue())
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_arguments_clearly(tmp_path):
     result = run_here("--weights", str(tmp_path / "nope.pth"))
     assert result.returncode != 0 and "nope.pth: no such file" in result.stderr

@@ -76,6 +76,7 @@ def test_a_model_failure_stores_nothing_for_that_file(service, image_paths, monk
     assert service.ws.list_images() == []
 
 
+@pytest.mark.slow
 def test_kill_during_an_upload_leaves_only_whole_images(tmp_path, tiny_weights, image_paths):
     """Observed: kill -9 during a 6-image upload left 2 images stored with 0 instances."""
     workspace = tmp_path / "ws"

@@ -122,6 +122,7 @@ def test_export_command_writes_every_format(ws, tmp_path: Path, capsys):
         assert (tmp_path / fmt / produced).is_file()
 
 
+@pytest.mark.slow
 def test_python_m_app_export_end_to_end(ws, tmp_path: Path):
     """The command as a user runs it (every format in-process above): a refusal's exit code and line, then a
     COCO export."""

@@ -122,6 +122,7 @@ def run_app(*args, stdin=None) -> subprocess.CompletedProcess:
                           input=stdin, timeout=scaled(120))
 
 
+@pytest.mark.slow
 def test_cli_users_add_reads_the_password_from_stdin_and_a_bad_users_file_is_one_error_line(tmp_path,
                                                                                              tiny_weights):
     users = tmp_path / "team.users"
@@ -284,6 +285,7 @@ def test_a_read_only_viewer_cannot_store_an_edit(service, image):
 
 # ---- one app per workspace ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_app_on_the_workspace_is_refused_and_a_stale_lock_is_taken_over(tmp_path, tiny_weights):
     root = tmp_path / "ws"
     held = WorkspaceLock(root)

@@ -20,6 +20,7 @@ def header(out) -> str:
     return next(o for o in out[STATUS + 1:] if isinstance(o, str) and o.startswith("**Video**"))
 
 
+@pytest.mark.slow
 def test_video_endpoints(app_factory, crossing_mp4, tmp_path):
     app = app_factory()
     client = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), download_files=str(tmp_path), analytics_enabled=False)
