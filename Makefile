@@ -1,16 +1,22 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 + the system packages in the README):
-#   make run    virtual environment + pinned requirements, then the app on the default model (http://127.0.0.1:7860)
-#   make test   same environment, then the whole test suite
+#   make run        virtual environment + pinned requirements, then the app on the default model (http://127.0.0.1:7860)
+#   make test       same environment, then the whole test suite (what CI runs)
+#   make test-fast  every module's fast tests: no browser, no training (a few minutes)
+#   make test-busy  the whole suite with every core kept busy by a spinning process (tools/busy_suite.sh)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PYTEST_ARGS ?=
+# pytest-xdist workers (0: every test in one process); whole modules go to a worker, the browser and slow ones
+# first (tests/conftest.py)
+JOBS ?= 2
+XDIST := -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 SHARED ?= ../shared
 RUN_DIR ?= runs/default_model
 
-.PHONY: venv run test test-fast browser-deps label-studio-env default-model clean
+.PHONY: venv run test test-fast test-busy browser-deps label-studio-env default-model clean
 
 venv: $(STAMP)
 
@@ -27,7 +33,7 @@ run: venv
 	$(PY) -m app
 
 test: venv browser-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Chromium for the browser tests (Debian's package; Playwright drives it, nothing is downloaded by Playwright).
 # Installed when running as root with apt-get; otherwise the browser tests skip themselves.
@@ -44,7 +50,11 @@ label-studio-env: venv
 	$(PY) tools/label_studio_env.py
 
 test-fast: venv
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not browser" $(XDIST) $(PYTEST_ARGS)
+
+# Proof that the suite does not race the clock: `make test` while one spinning process per core runs.
+test-busy: venv browser-deps
+	PY=$(PY) bash tools/busy_suite.sh $(XDIST) $(PYTEST_ARGS)
 
 # Retrain the bundled default model on fruits_nuts (3 held-out images) and package it with its model card.
 default-model: venv

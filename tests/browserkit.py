@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from testutils import scaled_ms
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless and offline: without the networking flags Chromium keeps trying hosts this machine cannot reach.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -62,13 +64,24 @@ def click_image(page, selector: str, x: float, y: float) -> None:
 
 
 def wait_text(page, selector: str, text: str, timeout: float = 60_000) -> None:
-    """Wait until the element matching `selector` shows `text`."""
+    """Wait until the element matching `selector` shows `text`; `timeout`: ms on an idle machine (scaled by
+    testutils.timeout_scale())."""
     page.wait_for_function("([sel, t]) => { const e = document.querySelector(sel); "
-                           "return e && e.innerText.includes(t); }", arg=[selector, text], timeout=timeout)
+                           "return e && e.innerText.includes(t); }", arg=[selector, text],
+                           timeout=scaled_ms(timeout / 1000))
 
 
 def wait_status(page, text: str, timeout: float = 60_000) -> None:
     wait_text(page, "#status", text, timeout)
+
+
+def new_page(browser, width: int = 1400, height: int = 900, timeout_s: float = 30, **context_options):
+    """(context, page): a fresh browser context (own cookies and storage) and its page, whose actions wait at
+    most `timeout_s` seconds on an idle machine (scaled)."""
+    context = browser.new_context(viewport={"width": width, "height": height}, **context_options)
+    page = context.new_page()
+    page.set_default_timeout(scaled_ms(timeout_s))
+    return context, page
 
 
 def pick_option(page, dropdown: str, option: str) -> None:
@@ -99,3 +112,34 @@ def chromium(sync_api):
             yield browser
         finally:
             browser.close()
+
+
+# One Chromium per test process: started by the first browser test, closed by tests/conftest.py after the last
+# browser test of a run of them (they are contiguous: tests/app/test_browser*.py, test_default_model_browser.py).
+# Each test gets its own browser context. Playwright's sync API marks an asyncio loop as running in the main
+# thread while it is open, so it must not stay open under the tests that follow.
+_shared: list = []  # [the sync_playwright context manager, the Browser] while open
+
+
+def shared_chromium(sync_api):
+    """The process's Chromium, launched on first use (again after `close_shared_chromium`)."""
+    if not _shared:
+        manager = sync_api.sync_playwright()
+        playwright = manager.__enter__()
+        try:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except BaseException:
+            manager.__exit__(None, None, None)
+            raise
+        _shared.extend([manager, browser])
+    return _shared[1]
+
+
+def close_shared_chromium() -> None:
+    if _shared:
+        manager, browser = _shared
+        _shared.clear()
+        try:
+            browser.close()
+        finally:
+            manager.__exit__(None, None, None)

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from pycocotools import mask as mask_utils
 
-from testutils import DATASETS, REPO
+from testutils import DATASETS, REPO, scaled
 
 MODEL = REPO / "assets" / "default_model" / "model.pth"
 SAMPLE = "assets/samples/fruits_nuts_9.jpg"  # image id 17 of fruits_nuts, held out from training
@@ -31,12 +31,12 @@ def test_fresh_clone_sets_up_and_finds_the_fruits(tmp_path):
     # The README's test command builds its environment with `make venv`; do exactly that, from scratch.
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     setup = subprocess.run(["make", "venv", f"VENV={tmp_path / 'venv'}"], cwd=clone, env=env,
-                           capture_output=True, text=True, timeout=1800)
+                           capture_output=True, text=True, timeout=scaled(1800))
     assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
     out = tmp_path / "results.json"
     proc = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-m", "condinst", "predict",
                            "--weights", "assets/default_model/model.pth", "--input", SAMPLE, "--output", str(out),
-                           "--score-threshold", "0.3"], cwd=clone, capture_output=True, text=True, timeout=600)
+                           "--score-threshold", "0.3"], cwd=clone, capture_output=True, text=True, timeout=scaled(600))
     assert proc.returncode == 0, proc.stderr
 
     gt = json.loads(ann.read_text())

@@ -83,6 +83,7 @@ def test_outputs_are_at_original_size_and_sorted(predictor, photo):
     assert (r.boxes[:, 2:] > r.boxes[:, :2]).all()
 
 
+@pytest.mark.slow
 def test_batch_of_different_sizes_equals_single_images(predictor, photo):
     """Images of different sizes whose padded input size is the same alone and in the batch
     (padding to the batch maximum changes border responses, in the official code too)."""
@@ -100,6 +101,7 @@ def test_batch_of_different_sizes_equals_single_images(predictor, photo):
         assert iou.min() > 0.98
 
 
+@pytest.mark.slow
 def test_grayscale_and_rgba_arrays_are_accepted(predictor, photo):
     assert len(predictor(photo[..., 0])[0]) >= 0
     rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
@@ -110,6 +112,7 @@ def test_grayscale_and_rgba_arrays_are_accepted(predictor, photo):
 @pytest.mark.parametrize("knobs", [dict(coords="none"), dict(coords="absolute"), dict(mask_out_stride=2),
                                    dict(num_layers=2, channels=16), dict(num_layers=4, channels=4),
                                    dict(nms="mask")])
+@pytest.mark.slow
 def test_ablation_knobs_run_end_to_end(knobs, photo):
     cfg = tiny_config(**knobs)
     model = randomize_(CondInst(cfg), seed=0).eval()
@@ -138,6 +141,7 @@ def test_mask_nms_suppresses_overlapping_masks_of_a_class(photo):
 
 # ---- explanations ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_explainer_matches_predictor_and_segments_at_a_point(predictor, photo):
     ex = Explainer(predictor, photo)
     result = ex.result()
@@ -181,6 +185,7 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "condinst", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_predict_writes_coco_results(tmp_path, photo):
     cfg = tiny_config(num_classes=3)
     cfg.class_names, cfg.category_ids = ("date", "fig", "hazelnut"), (1, 2, 7)

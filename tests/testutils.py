@@ -1,13 +1,93 @@
 """Helpers shared by the tests (importable: `tests/` is on pytest's pythonpath)."""
 from __future__ import annotations
 
+import functools
 import os
+import statistics
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CONDINST_SHARED", REPO.parent / "shared"))
 PARITY = SHARED / "reference" / "parity"
 DATASETS = SHARED / "datasets"
+
+# ---- waiting for events, never racing the clock --------------------------------------------------------
+# A test waits for an event (a file, a line, a state) and gives up only after a generous limit. Every limit
+# is written for an idle 2-core machine and multiplied by `timeout_scale()`: CONDINST_TEST_TIMEOUT_SCALE if
+# set, else how much slower than on that machine a fixed CPU workload runs now, or the load average per core if
+# larger (measured once per session by tests/conftest.py, which exports the value so pytest-xdist workers and
+# subprocesses share it). Base limits are generous: they only turn a hang into a failure.
+TIMEOUT_SCALE_ENV = "CONDINST_TEST_TIMEOUT_SCALE"
+_WORKLOAD_STEPS = 1_000_000
+_WORKLOAD_REFERENCE_S = 0.1  # wall time of _workload() on an idle 2-core machine (CPU time: 0.09-0.1 s)
+_MAX_SCALE = 50.0
+
+
+def _workload() -> float:
+    """Seconds of wall time a fixed pure-Python loop takes now."""
+    start, total = time.perf_counter(), 0
+    for k in range(_WORKLOAD_STEPS):
+        total += k * k % 7
+    return time.perf_counter() - start
+
+
+def measure_timeout_scale() -> float:
+    """1 when idle; when busy, the larger of (median of 3 workload timings / the reference) and the load average
+    per core (a lucky moment of the workload does not hide a busy machine)."""
+    ratio = statistics.median(_workload() for _ in range(3)) / _WORKLOAD_REFERENCE_S
+    load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else 0.0
+    return round(min(_MAX_SCALE, max(1.0, ratio, load)), 1)
+
+
+@functools.cache
+def timeout_scale() -> float:
+    """The factor every wait limit of the tests is multiplied by (>= 1)."""
+    value = os.environ.get(TIMEOUT_SCALE_ENV, "").strip()
+    if not value:
+        return measure_timeout_scale()
+    try:
+        scale = float(value)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_SCALE_ENV}={value!r}: expected a number >= 1") from None
+    if not 1.0 <= scale <= 1000.0:
+        raise ValueError(f"{TIMEOUT_SCALE_ENV}={value!r}: expected a number from 1 to 1000")
+    return scale
+
+
+def scaled(seconds: float) -> float:
+    """A wait limit of `seconds` on an idle machine, for this machine now."""
+    return seconds * timeout_scale()
+
+
+def scaled_ms(seconds: float) -> float:
+    """`scaled(seconds)` in milliseconds (Playwright's timeouts)."""
+    return 1000.0 * scaled(seconds)
+
+
+def http_timeout() -> dict:
+    """`gradio_client.Client(..., httpx_kwargs=http_timeout())`: each request may take scaled(60) s (httpx's
+    default, 5 s, is a race on a busy machine)."""
+    return {"timeout": scaled(60)}
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], seconds: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition()` until it returns a true value (returned); AssertionError naming `what` after
+    `scaled(seconds)`. The condition decides: a limit only turns a hang into a failure."""
+    limit = scaled(seconds)
+    deadline = time.monotonic() + limit
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"gave up waiting for {what} after {limit:.0f} s "
+                                 f"(timeout scale {timeout_scale()}; set {TIMEOUT_SCALE_ENV} on a slow machine)")
+        time.sleep(interval)
 
 
 def tiny_config(num_classes: int = 80, **mask_head):

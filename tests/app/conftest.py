@@ -7,9 +7,11 @@ size set by its FPN level, which makes clicks, edits and explanations testable.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from condinst.checkpoint import save_checkpoint
 from condinst.config import (BackboneConfig, CondInstConfig, FCOSConfig, InputConfig, MaskBranchConfig,
                              NeckConfig)
 from condinst.model import CondInst
+from testutils import timeout_scale
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -142,6 +145,20 @@ class RunningApp:
         self.url, self.service, self.demo = url, service, demo
 
 
+@contextlib.contextmanager
+def patient_server_start():
+    """Gradio gives its uvicorn thread a fixed 5 s (gradio.http_server's clock) to start serving, a race on a busy
+    machine: while an app launches, that module's clock runs timeout_scale() times slower."""
+    import gradio.http_server as http_server
+
+    scale, real = timeout_scale(), http_server.time
+    http_server.time = types.SimpleNamespace(time=lambda: real.time() / scale, sleep=real.sleep)
+    try:
+        yield
+    finally:
+        http_server.time = real
+
+
 @pytest.fixture(scope="module")
 def app_factory(tiny_weights, samples_dir, tmp_path_factory):
     """Start apps on free 127.0.0.1 ports; every one is closed at the end of the module."""
@@ -155,7 +172,8 @@ def app_factory(tiny_weights, samples_dir, tmp_path_factory):
         workspace = workspace or tmp_path_factory.mktemp("ws")
         service = Service.create(workspace, weights or tiny_weights, samples_dir=samples_dir, **service_kwargs)
         port = free_port()
-        demo = launch(service, "127.0.0.1", port, auth=auth, max_file_size=max_file_size, block=False)
+        with patient_server_start():
+            demo = launch(service, "127.0.0.1", port, auth=auth, max_file_size=max_file_size, block=False)
         started.append((demo, service))
         return RunningApp(f"http://127.0.0.1:{port}/", service, demo)
 
@@ -167,20 +185,19 @@ def app_factory(tiny_weights, samples_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium driven by Playwright (browser tests; skipped without either)."""
-    from browserkit import chromium, playwright_or_skip
+    """Headless Chromium driven by Playwright (browser tests; skipped without either): one per test process,
+    shared by the browser tests (browserkit.shared_chromium; each test opens its own context)."""
+    from browserkit import playwright_or_skip, shared_chromium
 
-    sync_api = playwright_or_skip()
-    with chromium(sync_api) as browser:
-        yield browser
+    return shared_chromium(playwright_or_skip())
 
 
 @pytest.fixture
 def page(browser):
     """A 1400x900 page in its own browser context."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
+    from browserkit import new_page
+
+    context, page = new_page(browser)
     yield page
     context.close()
 

@@ -17,6 +17,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from app.guard import WARNING
+from testutils import http_timeout, scaled
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),  # gradio + pandas 3
@@ -33,13 +34,13 @@ def app(app_factory):
 
 @pytest.fixture
 def client(app, tmp_path) -> Client:
-    return Client(app.url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    return Client(app.url, verbose=False, httpx_kwargs=http_timeout(), download_files=str(tmp_path), analytics_enabled=False)
 
 
 @pytest.fixture(scope="module")
 def image_ids(app, image_paths):
     """Upload the test images once (through the API) and return their ids."""
-    client = Client(app.url, verbose=False, analytics_enabled=False)
+    client = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False)
     out = client.predict([handle_file(str(p)) for p in image_paths[:2]], api_name="/upload")
     assert "Added 2 new image(s)" in out[STATUS]
     return [img.id for img in app.service.ws.list_images()]
@@ -187,8 +188,8 @@ def test_exports(app, client, image_ids, tmp_path):
 
 
 def test_sessions_keep_their_own_view(app, image_ids):
-    first = Client(app.url, verbose=False, analytics_enabled=False)
-    second = Client(app.url, verbose=False, analytics_enabled=False)
+    first = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False)
+    second = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False)
     go(first, image_ids[0])
     go(second, image_ids[1])
     a = first.predict(api_name="/next_image")
@@ -232,6 +233,7 @@ def test_samples_and_segment_all(app, client):
 
 @pytest.mark.skipif(not __import__("app.service").service.Service.retrain_available(),
                     reason="training library not installed")
+@pytest.mark.slow
 def test_retrain_start_refuses_a_second_job_and_cancels(app, client, image_ids):
     go(client, image_ids[0])
     progress, message, *_ = client.predict(5000, 1, False, api_name="/retrain_start")
@@ -240,7 +242,7 @@ def test_retrain_start_refuses_a_second_job_and_cancels(app, client, image_ids):
     assert message.startswith(WARNING) and "already running" in message
     progress, message, *_ = client.predict(api_name="/retrain_cancel")
     assert "Cancel" in message
-    app.service.jobs.wait(60)
+    app.service.jobs.wait(scaled(60))
     progress, message, losses, ap, *_ = client.predict(api_name="/retrain_status")
     assert "cancelled" in progress and [row[0] for row in ap["data"]][:2] == ["box AP", "box AP50"]
     out = client.predict(api_name="/retrain_use")

@@ -9,6 +9,7 @@ import pytest
 from gradio_client import Client
 
 from app.guard import WARNING
+from testutils import http_timeout
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
@@ -26,7 +27,7 @@ def app(app_factory, image_paths):
 
 @pytest.fixture
 def client(app, tmp_path):
-    client = Client(app.url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    client = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), download_files=str(tmp_path), analytics_enabled=False)
     client.predict(api_name="/load")
     return client
 

@@ -18,6 +18,7 @@ from PIL import Image
 from app.guard import WARNING
 from app.service import ServiceError
 from app.workspace import DB_FILE_NAME
+from testutils import http_timeout, scaled
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
@@ -34,7 +35,7 @@ def app(app_factory):
 
 
 def connect(app, tmp_path=None, **kwargs) -> Client:
-    client = Client(app.url, verbose=False, analytics_enabled=False,
+    client = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False,
                     download_files=str(tmp_path) if tmp_path else "/tmp/gradio", **kwargs)
     client.predict(api_name="/load")
     return client
@@ -117,7 +118,7 @@ def test_corrupt_workspace_starts_with_a_message_and_recovers(app_factory, tmp_p
     ws_dir.mkdir()
     (ws_dir / DB_FILE_NAME).write_bytes(b"garbage, not SQLite " * 200)
     broken = app_factory(workspace=ws_dir)
-    client = Client(broken.url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+    client = Client(broken.url, verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False, download_files=str(tmp_path))
     loaded = client.predict(api_name="/load")
     banner = loaded[-2]["value"]
     assert "cannot be opened" in banner and "Recover workspace" in banner
@@ -133,15 +134,15 @@ def test_corrupt_workspace_starts_with_a_message_and_recovers(app_factory, tmp_p
 def test_login_is_required_when_auth_is_set(app_factory, tmp_path):
     secured = app_factory(auth=("anna", "s3cret"))
     with pytest.raises(Exception):
-        Client(secured.url, verbose=False, analytics_enabled=False).predict(api_name="/load")
-    client = Client(secured.url, verbose=False, analytics_enabled=False, auth=("anna", "s3cret"),
+        Client(secured.url, verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False).predict(api_name="/load")
+    client = Client(secured.url, verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False, auth=("anna", "s3cret"),
                     download_files=str(tmp_path))
     assert client.predict(api_name="/load")
 
 
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=scaled(120))
 
 
 def test_cli_without_the_default_model_exits_with_a_clear_message(tmp_path):
@@ -154,22 +155,44 @@ def test_cli_without_the_default_model_exits_with_a_clear_message(tmp_path):
     assert "default model" in result.stderr and "--weights" in result.stderr
 
 
+def run_here(*args: str) -> subprocess.CompletedProcess:
+    """`python -m app <args>` in this process, as a subprocess would end (SystemExit("error: ...") prints its
+    message and exits 1); the server must not start."""
+    import contextlib
+    import io
+
+    import app.__main__ as app_main
+
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(err):
+        patch.setattr(app_main, "launch", lambda *a, **k: pytest.fail(f"the app started with {args}"))
+        try:
+            code = app_main.main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
+
+
+@pytest.mark.slow
 def test_cli_rejects_bad_arguments_clearly(tmp_path):
-    result = run_cli("--weights", str(tmp_path / "nope.pth"))
+    result = run_here("--weights", str(tmp_path / "nope.pth"))
     assert result.returncode != 0 and "nope.pth: no such file" in result.stderr
-    result = run_cli("--auth", "no-colon", "--weights", str(tmp_path / "x.pth"))
+    result = run_here("--auth", "no-colon", "--weights", str(tmp_path / "x.pth"))
     assert result.returncode != 0 and "user:password" in result.stderr
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    result = run_cli("--weights", str(bad), "--workspace", str(tmp_path / "ws"))
-    assert result.returncode != 0 and "cannot load the model" in result.stderr
     # checked before the model loads: one line each, no traceback
     afile = tmp_path / "afile"
     afile.write_text("x")
     for args, expected in ((["--port", "70000"], "TCP port"), (["--port", "x"], "integer"),
                            (["--workspace", str(afile)], "not a folder"), (["--device", "cuda:7"], "--device"),
                            (["--samples", str(tmp_path / "none")], "--samples")):
-        result = run_cli("--weights", str(bad), *args)
+        result = run_here("--weights", str(bad), *args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(lines) == 1 and expected in lines[0], (args, result.stderr)
         assert "cannot load the model" not in result.stderr and "Traceback" not in result.stderr
+    # end to end, as a user starts it (the checks above ran in this process): a model that cannot load
+    result = run_cli("--weights", str(bad), "--workspace", str(tmp_path / "ws"))
+    assert result.returncode != 0 and "cannot load the model" in result.stderr

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browserkit import (BROWSER_MARKS, SAVE_SCREENSHOTS, playwright_or_skip, CHROMIUM, CHROMIUM_ARGS, ROWS, click_image, pick_option, screenshot_on_failure,
-                        wait_status, wait_text)
+from browserkit import (BROWSER_MARKS, SAVE_SCREENSHOTS, playwright_or_skip, ROWS, click_image, new_page, pick_option,
+                        screenshot_on_failure, wait_status, wait_text)
 from pycocotools.coco import COCO
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,14 +41,10 @@ def app(app_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        yield page
-        browser.close()
+def page(app, browser):
+    context, page = new_page(browser, height=1000, accept_downloads=True)
+    yield page
+    context.close()
 
 
 def keep_screenshot(page, name: str) -> None:

@@ -7,7 +7,10 @@ import re
 import pytest
 
 from app.accounts import Account, Accounts, hash_password
-from browserkit import BROWSER_MARKS, ROWS, playwright_or_skip, readme_screenshot, screenshot_on_failure, wait_status, wait_text
+from app.presence import DEFAULT_TTL
+from browserkit import (BROWSER_MARKS, ROWS, new_page, playwright_or_skip, readme_screenshot, screenshot_on_failure,
+                        wait_status, wait_text)
+from testutils import scaled, scaled_ms
 
 pytestmark = BROWSER_MARKS
 
@@ -22,13 +25,12 @@ def app(app_factory, image_paths):
     running = app_factory(auth=Accounts({"anna": Account("anna", "annotator", secret),
                                          "bob": Account("bob", "annotator", secret)}))
     running.service.images.add_files(image_paths[:1])
+    running.service.presence.ttl = scaled(DEFAULT_TTL)  # a page's poll that a busy machine delays keeps its place
     return running
 
 
 def person(browser, name: str, url: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
+    context, page = new_page(browser, timeout_s=60)
     page.goto(url)
     page.locator("input[type=password]").wait_for()
     page.locator("input:not([type=password])").first.fill(name)
@@ -68,7 +70,7 @@ def test_two_people_see_who_edits_take_over_and_changes_appear(app, browser):
             wait_status(anna, f"Deleted instance #{first.id}")
             bob.wait_for_function("id => ![...document.querySelectorAll('#instances div.virtual-row')].some("
                                   "r => r.innerText.trim().split(/\\s+/)[0] == String(id))", arg=first.id,
-                                  timeout=15_000)
+                                  timeout=scaled_ms(15))
             assert bob.locator("#selected input").input_value() == str(second.id)
             # bob takes over: his edit goes through; anna's page then says bob edits
             bob.locator("#take-over").click()

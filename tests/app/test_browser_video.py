@@ -77,7 +77,6 @@ def test_upload_a_video_step_through_frames_and_fix_a_track_class(app_factory, p
         wait_text(page, "#tracks", names[target.id])
         # one undo on this frame takes the whole change back
         page.locator("#undo").click()
-        page.wait_for_timeout(300)
         wait_text(page, "#status", "Undid")
         members = [i for f in frames for i in ws.instances(f) if i.track_id == chosen.id]
         assert {i.category_id for i in members} != {target.id}

@@ -8,7 +8,7 @@ until it serves, then driven in the browser:
   find real fruit instances (>= 5 rows of date / fig / hazelnut) and the overlay picture.
 * test_readme_screenshots: the README's views with the real model: segment (a fruit selected),
   explain (that fruit), correct (the gold-foil fig the model misses, painted in as a fig), export,
-  retrain (a finished 8-iteration run). The flow is checked on every run; the pictures are
+  retrain (a finished run, 8 iterations for the picture). The flow is checked on every run; the pictures are
   written to docs/screenshots/ only with CONDINST_SAVE_SCREENSHOTS=1:
 
       CONDINST_SAVE_SCREENSHOTS=1 python -m pytest tests/app/test_default_model_browser.py
@@ -32,7 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from browserkit import README_SCREENSHOTS, ROWS, SAVE_SCREENSHOTS, click_image, pick_option, playwright_or_skip, show_click_view, wait_status, wait_text
+from browserkit import (README_SCREENSHOTS, ROWS, SAVE_SCREENSHOTS, click_image, new_page, pick_option, playwright_or_skip,
+                        show_click_view, wait_status, wait_text)
+from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "assets" / "default_model" / "model.pth"
@@ -69,13 +71,15 @@ class Server:
 
 
 def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
-    """Poll the URL until it answers 200; fail with the server's log if it exits or times out."""
+    """Poll the URL until it answers 200; fail with the server's log if it exits, or after `timeout` s on an
+    idle machine (scaled)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"`python -m app` exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=scaled(10)) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -90,11 +94,11 @@ def stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=scaled(15))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+            proc.wait(timeout=scaled(15))
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +123,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
+    context, page = new_page(browser, height=1000, timeout_s=60, accept_downloads=True)
     yield page
     context.close()
 
@@ -276,12 +278,12 @@ def test_readme_screenshots(server, page):
         page.locator("#export-file a").first.wait_for(state="visible")
         keep_screenshot(page, "export")
 
-        # retrain: a finished 8-iteration fine-tuning run with AP before / after
+        # retrain: a finished fine-tuning run with AP before / after (8 iterations for the README's picture)
         page.get_by_role("tab", name="Retrain").click()
         if not Service.retrain_available():
             keep_screenshot(page, "retrain")
             return
-        page.locator("#retrain-iterations input").fill("8")
+        page.locator("#retrain-iterations input").fill("8" if SAVE_SCREENSHOTS else "2")  # the README shows 8
         page.locator("#retrain-batch input").fill("1")
         page.locator("#retrain-start").click()
         wait_text(page, "#retrain-message", "Started fine-tuning")

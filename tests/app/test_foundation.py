@@ -24,6 +24,7 @@ from app.guard import WARNING, guarded
 from app.handlers import Handlers
 from app.service import Service
 from app.workspace import DB_FILE_NAME, Workspace
+from testutils import scaled
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +76,7 @@ def test_a_model_failure_stores_nothing_for_that_file(service, image_paths, monk
     assert service.ws.list_images() == []
 
 
+@pytest.mark.slow
 def test_kill_during_an_upload_leaves_only_whole_images(tmp_path, tiny_weights, image_paths):
     """Observed: kill -9 during a 6-image upload left 2 images stored with 0 instances."""
     workspace = tmp_path / "ws"
@@ -97,7 +99,7 @@ def test_kill_during_an_upload_leaves_only_whole_images(tmp_path, tiny_weights, 
     assert process.stdout.readline().strip() == "stored"
     time.sleep(0.15)
     os.kill(process.pid, signal.SIGKILL)
-    process.wait(10)
+    process.wait(scaled(60))
     with Workspace.open(workspace) as ws:
         images = ws.list_images()
         assert 1 <= len(images) < 6

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from pycocotools import mask as mask_utils
-from testutils import DATASETS
+from testutils import DATASETS, http_timeout
 
 from app.export import export_coco_zip
 from app.guard import WARNING
@@ -46,7 +46,7 @@ def dataset_zip(tmp_path_factory) -> Path:
 
 def test_import_a_zip_then_qa_rows_open_the_editor_on_the_label(app_factory, dataset_zip, tmp_path):
     app = app_factory()
-    client = Client(app.url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    client = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), download_files=str(tmp_path), analytics_enabled=False)
     client.predict(api_name="/load")
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"not a zip")
@@ -69,7 +69,7 @@ def test_import_a_zip_then_qa_rows_open_the_editor_on_the_label(app_factory, dat
 
 def test_crowd_regions_are_marked_and_edits_say_why_they_are_refused(app_factory, dataset_zip, tmp_path):
     app = app_factory()
-    client = Client(app.url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    client = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), download_files=str(tmp_path), analytics_enabled=False)
     client.predict(api_name="/load")
     client.predict(handle_file(str(dataset_zip)), False, api_name="/import_dataset")
     ws = app.service.ws

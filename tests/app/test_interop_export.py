@@ -16,6 +16,7 @@ from app.export import ExportError, export_coco, export_coco_zip
 from app.workspace import Workspace
 from interopkit import H, W, build_workspace, disk
 from training.data import CocoInstances
+from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -27,7 +28,7 @@ def datumaro_dataset():
         return importlib.import_module("datumaro").Dataset
     except ImportError:
         done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-r",
-                               str(REPO / "requirements-datumaro.txt")], capture_output=True, text=True, timeout=600)
+                               str(REPO / "requirements-datumaro.txt")], capture_output=True, text=True, timeout=scaled(600))
         if done.returncode:
             pytest.skip(f"cannot install datumaro from the registry: {done.stderr.strip()[-300:]}")
         importlib.invalidate_caches()

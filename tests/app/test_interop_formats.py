@@ -16,6 +16,7 @@ from app.commands import main as command_main
 from app.export import mask_to_polygons
 from app.formats import export_png, export_yolo
 from interopkit import H, W, build_workspace, disk
+from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -110,16 +111,26 @@ def test_export_command_refuses_a_non_workspace_and_an_existing_export(ws, tmp_p
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_python_m_app_export_end_to_end(ws, tmp_path: Path):
+def test_export_command_writes_every_format(ws, tmp_path: Path, capsys):
     for fmt, produced in (("coco", "annotations/instances_train.json"), ("yolo", "data.yaml"),
                           ("png", "masks/index.json")):
-        split = ["--split", "0.25"] if fmt != "png" else []
-        done = subprocess.run([sys.executable, "-m", "app", "export", "--workspace", str(ws.root), "--format", fmt,
-                               "--out", str(tmp_path / fmt), "--reviewed-only", *split],
-                              capture_output=True, text=True, cwd=REPO, timeout=120)
-        assert done.returncode == 2 and "no reviewed images" in done.stderr  # nothing reviewed yet
-        done = subprocess.run([sys.executable, "-m", "app", "export", "--workspace", str(ws.root), "--format", fmt,
-                               "--out", str(tmp_path / fmt), *split], capture_output=True, text=True, cwd=REPO,
-                              timeout=120)
-        assert done.returncode == 0, done.stderr
+        args = ["export", "--workspace", str(ws.root), "--format", fmt, "--out", str(tmp_path / fmt),
+                *(["--split", "0.25"] if fmt != "png" else [])]
+        assert run_cli([*args, "--reviewed-only"]) == 2  # nothing reviewed yet
+        assert "no reviewed images" in capsys.readouterr().err
+        assert run_cli(args) == 0, capsys.readouterr().err
         assert (tmp_path / fmt / produced).is_file()
+
+
+@pytest.mark.slow
+def test_python_m_app_export_end_to_end(ws, tmp_path: Path):
+    """The command as a user runs it (every format in-process above): a refusal's exit code and line, then a
+    COCO export."""
+    args = [sys.executable, "-m", "app", "export", "--workspace", str(ws.root), "--format", "coco", "--out",
+            str(tmp_path / "coco"), "--split", "0.25"]
+    done = subprocess.run([*args, "--reviewed-only"], capture_output=True, text=True, cwd=REPO, timeout=scaled(120))
+    assert done.returncode == 2 and done.stderr.strip().startswith("error:") and "no reviewed images" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=scaled(120))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "coco" / "annotations" / "instances_train.json").is_file()

@@ -20,6 +20,7 @@ def onnx_weights(tiny_weights, tmp_path_factory):
     return export_onnx(model.optimize_for_inference(), cfg, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
 
+@pytest.mark.slow
 def test_the_app_segments_with_the_onnx_graph_like_with_the_checkpoint(tmp_path, tiny_weights, onnx_weights,
                                                                           image_paths):
     by_graph = Service.create(tmp_path / "a", onnx_weights)

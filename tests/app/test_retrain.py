@@ -14,6 +14,7 @@ from app.retrain import (FinishedJob, JobStatus, RetrainError, RetrainJobs, fine
                          read_metrics, split_dataset)
 from app.retrain_data import JobRecord
 from app.retrain_process import process_alive, process_started
+from testutils import scaled
 
 
 def dataset(n_images: int) -> dict:
@@ -150,7 +151,7 @@ def test_a_live_training_process_of_a_dead_app_is_adopted_and_blocks_a_second_jo
     assert other.status().active and "another app" in other.status().owner
     assert "already running in another app" in refused_start(other, tmp_path)
     assert jobs.cancel() == "Cancelled at iteration 3 of 40."
-    assert step.wait(5) is not None  # the whole group got the signal
+    assert step.wait(scaled(60)) is not None  # the whole group got the signal
     assert (jobs.status().state, jobs.status().iteration) == ("cancelled", 3)
     assert other.status().state == "cancelled"
     assert not (root / "job-1" / "cancel.request").exists()
@@ -163,7 +164,7 @@ def test_an_adopted_process_that_ends_without_output_leaves_the_job_interrupted(
     assert jobs.status().active
     step.kill()
     step.wait()
-    status = jobs.wait(10)
+    status = jobs.wait(scaled(60))
     assert status.state == "interrupted" and status.iteration == 5 and "no app was watching" in status.message
 
 
@@ -172,7 +173,7 @@ def test_shutdown_stops_an_adopted_process_group(tmp_path, dead_pid, sleeper):
     step = orphan_job(root, sleeper, dead_pid)
     jobs = RetrainJobs(root, poll_seconds=0.05)
     jobs.shutdown()
-    assert step.wait(5) is not None
+    assert step.wait(scaled(60)) is not None
     assert RetrainJobs(root).status().state == "interrupted"
 
 

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from PIL import Image
 from app.retrain import RetrainError, RetrainJobs
 from app.retrain_data import JobRecord, last_iteration, read_metrics
 from condinst.checkpoint import read_checkpoint
+from testutils import scaled, wait_until
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.skipif(not RetrainJobs.available(), reason="training library not installed")]
@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:Deprec
 REPO = Path(__file__).resolve().parents[2]
 LONG = 300  # iterations of a job that is stopped long before it ends (metrics logged every 3)
 
-# The "app": starts a job, says so, and sleeps until it is killed.
+# The "app": starts a job, says so, and waits until it is killed (however long the machine takes to get there).
 OWNER = """
-import shutil, sys, time
+import shutil, sys, threading
 from pathlib import Path
 from condinst.checkpoint import read_checkpoint
 from app.retrain import RetrainJobs
@@ -35,7 +35,7 @@ def export(folder):
     return folder / "annotations" / "instances.json"
 jobs = RetrainJobs(root, poll_seconds=0.2)
 print(jobs.start(export, weights, read_checkpoint(weights)["config"], iterations, 1, "cpu"), flush=True)
-time.sleep(600)
+threading.Event().wait()
 """
 
 
@@ -78,16 +78,6 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def training_with_iterations(job_dir: Path, at_least: int):
     """The job's record once its training step runs and has logged `at_least` iterations, else None."""
     record = JobRecord.load(job_dir)
@@ -111,7 +101,7 @@ def test_killing_the_app_kills_training_and_a_restart_reports_the_interrupted_jo
     try:
         assert "Started fine-tuning" in app.stdout.readline()
         job_dir = next(p for p in root.iterdir() if p.is_dir())
-        record = wait_until(lambda: training_with_iterations(job_dir, 1), 120, "training to log an iteration")
+        record = wait_until(lambda: training_with_iterations(job_dir, 1), 120, "training to log an iteration", 0.2)
         assert running(record.pid) and record.owner_pid == app.pid
 
         other = RetrainJobs(root)  # a second app on the same workspace: sees the job, may not start another
@@ -120,8 +110,8 @@ def test_killing_the_app_kills_training_and_a_restart_reports_the_interrupted_jo
             other.start(exporter(coco_source), tiny_weights, {}, 2, 1, "cpu")
 
         app.send_signal(signal.SIGKILL)
-        app.wait(10)
-        wait_until(lambda: not running(record.pid), 5, "the training process to die with its app")
+        app.wait(scaled(60))
+        wait_until(lambda: not running(record.pid), 60, "the training process to die with its app")
     finally:
         app.kill()
         app.wait()
@@ -141,8 +131,8 @@ def test_cancel_reports_and_keeps_the_iteration_reached(tmp_path, coco_source, t
     jobs.start(exporter(coco_source), tiny_weights, read_checkpoint(tiny_weights)["config"], LONG, 1, "cpu")
     try:
         job_dir = jobs.status().job_dir
-        record = wait_until(lambda: training_with_iterations(job_dir, 3), 120, "training to log 3 iterations")
-        message = jobs.cancel()
+        record = wait_until(lambda: training_with_iterations(job_dir, 3), 120, "training to log 3 iterations", 0.2)
+        message = jobs.cancel(wait=scaled(20))
     finally:
         jobs.shutdown()
     logged = last_iteration(read_metrics(job_dir / "train" / "metrics.jsonl"))
@@ -165,7 +155,7 @@ def test_two_finished_jobs_keep_both_checkpoints(tmp_path, coco_source, tiny_wei
             assert "Started fine-tuning tiny.pth" in message and "held out" in message
             with pytest.raises(RetrainError, match="already running"):
                 jobs.start(exporter(coco_source), tiny_weights, config, iterations, 1, "cpu")
-            status = jobs.wait(300)
+            status = jobs.wait(scaled(300))
             assert status.state == "done", (status.message, status.log_tail)
             assert status.iteration == iterations and status.losses
             for metrics in (status.before, status.after):

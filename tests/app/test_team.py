@@ -24,6 +24,7 @@ from app.presence import Presence
 from app.process_lock import LockError, WorkspaceLock
 from app.service import Service, View
 from app.workspace import DB_FILE_NAME, Workspace
+from testutils import scaled
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 REPO = Path(__file__).resolve().parents[2]
@@ -118,9 +119,10 @@ def test_failed_logins_are_locked_out_per_user_and_per_address():
 
 def run_app(*args, stdin=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, capture_output=True, text=True,
-                          input=stdin, timeout=120)
+                          input=stdin, timeout=scaled(120))
 
 
+@pytest.mark.slow
 def test_cli_users_add_reads_the_password_from_stdin_and_a_bad_users_file_is_one_error_line(tmp_path,
                                                                                              tiny_weights):
     users = tmp_path / "team.users"
@@ -283,6 +285,7 @@ def test_a_read_only_viewer_cannot_store_an_edit(service, image):
 
 # ---- one app per workspace ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_app_on_the_workspace_is_refused_and_a_stale_lock_is_taken_over(tmp_path, tiny_weights):
     root = tmp_path / "ws"
     held = WorkspaceLock(root)

@@ -23,6 +23,7 @@ from gradio_client import Client
 from app.accounts import Account, Accounts, hash_password
 from app.actor import acting
 from app.guard import WARNING
+from testutils import http_timeout, scaled
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),
@@ -47,7 +48,7 @@ def team_app(app_factory, image_paths):
 def login(app, name: str, tmp_path, download: bool = False) -> Client:
     """A logged-in session. Pictures are not downloaded: eight sessions showing the same image make Gradio
     write the same cached picture file at once, and a download racing that rewrite comes back short."""
-    client = Client(app.url, auth=(name, PASSWORD), verbose=False, analytics_enabled=False,
+    client = Client(app.url, auth=(name, PASSWORD), verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False,
                     download_files=str(tmp_path) if download else False)
     client.predict(api_name="/load")
     return client
@@ -58,13 +59,13 @@ def stroke_at(client: Client, x: int, y: int, width: int = 7):
 
 
 def test_nothing_about_the_api_is_served_before_login(team_app):
-    page = requests.get(team_app.url, timeout=30).text
+    page = requests.get(team_app.url, timeout=scaled(30)).text
     assert "window.gradio_api_info = {};" in page and "stroke" not in page
     for path in ("config", "gradio_api/info", "gradio_api/openapi.json"):
-        assert requests.get(team_app.url + path, timeout=30).status_code == 401
-    assert requests.get(team_app.url + "openapi.json", timeout=30).status_code == 404
+        assert requests.get(team_app.url + path, timeout=scaled(30)).status_code == 401
+    assert requests.get(team_app.url + "openapi.json", timeout=scaled(30)).status_code == 404
     with pytest.raises(Exception):
-        Client(team_app.url, verbose=False, analytics_enabled=False)  # no API description without a login
+        Client(team_app.url, verbose=False, httpx_kwargs=http_timeout(), analytics_enabled=False)  # no API description without a login
 
 
 def test_two_people_undo_only_their_own_edits_and_see_who_edits(team_app, tmp_path):
@@ -135,7 +136,7 @@ def test_eight_people_edit_one_instance_at_once_and_no_acknowledged_edit_is_lost
         client.predict(image_id, api_name="/go_to_image")
         client.predict(shared, api_name="/select_instance")
         started, mine = time.monotonic(), False
-        while turn[0] < 8 and time.monotonic() - started < 300:
+        while turn[0] < 8 and time.monotonic() - started < scaled(300):
             if turn[0] == k and not mine:
                 client.predict(api_name="/take_over")
             out = stroke_at(client, *spots[k])
@@ -153,7 +154,7 @@ def test_eight_people_edit_one_instance_at_once_and_no_acknowledged_edit_is_lost
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=600)
+        thread.join(timeout=scaled(600))
     assert not errors and turn[0] == 8 and sorted({k for k, _ in acks}) == list(range(8))
     mask = ws.get_instance(shared).mask
     assert all(mask[spots[k][1], spots[k][0]] for k, _ in acks), "an acknowledged stroke was lost"
@@ -240,10 +241,10 @@ def test_cli_import_and_export_work_alongside_the_running_app(team_app, tmp_path
                     ["export", "--workspace", str(root), "--format", "coco", "--out", str(tmp_path / "out")]]
         runs = [subprocess.Popen([sys.executable, "-m", "app", *c], cwd=REPO, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for c in commands]
-        results = [(run.wait(timeout=300), run.stdout.read(), run.stderr.read()) for run in runs]
+        results = [(run.wait(timeout=scaled(300)), run.stdout.read(), run.stderr.read()) for run in runs]
     finally:
         stop.set()
-        editor.join(timeout=120)
+        editor.join(timeout=scaled(120))
     assert [code for code, _, _ in results] == [0, 0], results
     assert statuses and not [s for s in statuses if str(s).startswith(WARNING)]
     out = anna.predict(500, api_name="/go_to_image")  # the app sees the imported image at once

@@ -7,6 +7,7 @@ from gradio_client import Client, handle_file
 
 import videokit
 from app.guard import WARNING
+from testutils import http_timeout
 
 pytestmark = [pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found"),
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -19,9 +20,10 @@ def header(out) -> str:
     return next(o for o in out[STATUS + 1:] if isinstance(o, str) and o.startswith("**Video**"))
 
 
+@pytest.mark.slow
 def test_video_endpoints(app_factory, crossing_mp4, tmp_path):
     app = app_factory()
-    client = Client(app.url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    client = Client(app.url, verbose=False, httpx_kwargs=http_timeout(), download_files=str(tmp_path), analytics_enabled=False)
     client.predict(api_name="/load")
     out = client.predict([handle_file(str(crossing_mp4))], api_name="/upload")
     assert "Added video sequence 1: 8 frames" in out[STATUS]

@@ -18,6 +18,7 @@ from app import commands
 from app.export import ExportError, build_coco
 from app.service import Service
 from condinst.video.ytvis import load_dataset
+from testutils import scaled
 
 pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found")
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def service(video_service, crossing_mp4, image_paths):
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=scaled(300))
 
 
 def test_ytvis_folder_export_loads_back_and_scores_itself_perfectly(service, tmp_path, capsys):

@@ -18,6 +18,7 @@ from app.db import SCHEMA_VERSION
 from app.ingest import sanitize_file_name
 from app.workspace import DB_FILE_NAME, Prediction, Workspace, WorkspaceError, resolve_inside
 from condinst.io import atomic_write_bytes
+from testutils import scaled
 
 H, W = 48, 64
 
@@ -123,7 +124,7 @@ ws.add_instance(image_id, 1, mask)
 ws.set_hidden(1)
 os._exit(0)
 """
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=scaled(60))
     with Workspace.open(ws_dir) as reopened:
         (inst,) = reopened.instances(1)
         assert inst.hidden and inst.mask.sum() == 18

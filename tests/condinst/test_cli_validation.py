@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import subprocess
@@ -20,6 +22,7 @@ from condinst.config import ConfigError
 from condinst.errors import UserError, run_reporting_errors, user_message
 from condinst.preprocess import ImageError
 from condinst.validate import ArgumentError
+from testutils import scaled
 from training.cli import UsageError
 from training.data import DatasetError
 
@@ -136,7 +139,7 @@ def test_devices_that_exist():
         validate.check_device(name)
 
 
-# ---- every command, every bad value, in a subprocess -----------------------------------------------
+# ---- every command, every bad value (in this process; one of each through `python -m condinst`) -----
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -198,19 +201,37 @@ def _battery(f) -> list[list[str]]:
     return cases
 
 
+class _ModelLoaded(BaseException):
+    """Raised by torch.load during the in-process battery: a model was read before the arguments were checked
+    (a BaseException, so no `except Exception` on the way can turn it into a message)."""
+
+
+def _no_model_load(*args, **kwargs):
+    raise _ModelLoaded(f"torch.load{args} before the arguments were checked")
+
+
+def _run_here(argv: list[str]) -> subprocess.CompletedProcess:
+    """`condinst <argv>` in this process: (exit code, stdout, stderr) as from a subprocess. A crash raises."""
+    from condinst.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "condinst", *argv], cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=scaled(120))
 
 
-def test_every_command_refuses_bad_values_in_one_line_before_any_work(files):
-    """Garbage weights (a file that is not a checkpoint) make the point: were any model loaded before
-    the argument check, the message would be about the checkpoint instead."""
-    cases = _battery(files)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(_run, cases))
+def _assert_refused(cases: list[list[str]], results: list[subprocess.CompletedProcess]) -> None:
+    """Each case: non-zero exit, one `error:` line on stderr, no traceback, no model loaded, no image processed."""
     for argv, proc in zip(cases, results):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0, argv
@@ -218,6 +239,18 @@ def test_every_command_refuses_bad_values_in_one_line_before_any_work(files):
         assert len(lines) == 1 and lines[0].startswith("error: "), (argv, proc.stderr)
         assert "not a readable PyTorch checkpoint" not in lines[0], (argv, lines[0])  # no model was loaded
         assert "instances in" not in proc.stdout, (argv, proc.stdout)  # no image was processed
+
+
+def test_every_command_refuses_bad_values_in_one_line_before_any_work(files, monkeypatch):
+    """Garbage weights (a file that is not a checkpoint) make the point: were any model loaded before
+    the argument check, the message would be about the checkpoint instead. Parsing and validation run in
+    this process (torch.load refuses to run); `python -m condinst` itself: the test below."""
+    import torch
+
+    cases = _battery(files)
+    monkeypatch.setattr(torch, "load", _no_model_load)
+    results = [_run_here(argv) for argv in cases]
+    _assert_refused(cases, results)
     messages = [proc.stderr for proc in results]
     assert sum("--score-threshold" in m for m in messages) == 5
     assert any("--output" in m and "is a folder" in m for m in messages)
@@ -225,3 +258,15 @@ def test_every_command_refuses_bad_values_in_one_line_before_any_work(files):
     assert sum("predict: argument --batch-size" in m for m in messages) == 2 and any("--workers" in m for m in messages)
     assert any("--resume: nothing to resume" in m for m in messages)
     assert any("other settings (" in m and "weights" in m for m in messages) and any("not a parts folder" in m for m in messages)
+
+
+def test_python_m_condinst_refuses_bad_values_of_every_command(files):
+    """End to end, one bad value per command (and an unknown command) through `python -m condinst`: the
+    exit code, one stderr line and no traceback of a real process."""
+    battery = _battery(files)
+    cases = [next(argv for argv in battery if argv[0] == command)
+             for command in ("predict", "train", "evaluate", "export", "nonsense-command")]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(_run, cases))
+    _assert_refused(cases, results)
+    assert all(proc.returncode == 2 for proc in results), [(p.args, p.returncode) for p in results]

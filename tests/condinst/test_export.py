@@ -46,6 +46,7 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
+@pytest.mark.slow
 def test_whole_graph_gives_the_reference_detections(exported):
     folder, path = exported
     model = onnx.load(str(path))
@@ -88,6 +89,7 @@ def _same_instances(a, b, match: bool = False):
     assert a.mask_logits.shape == b.mask_logits.shape
 
 
+@pytest.mark.slow
 def test_three_image_sizes_zero_detections_and_settings_at_run_time(exported):
     folder, path = exported
     ref, graph = Predictor.from_weights(folder / "state_dict.pth"), OnnxModel(path)
@@ -106,6 +108,7 @@ def test_three_image_sizes_zero_detections_and_settings_at_run_time(exported):
     assert len(none) == 0 and none.masks.shape == (0, 50, 70)
 
 
+@pytest.mark.slow
 def test_a_batch_of_two_images_of_different_sizes(parity_dir, tmp_path):
     folder = parity_dir / "tiny"
     path = _export(folder, tmp_path / "model.onnx")
@@ -120,6 +123,7 @@ def test_a_batch_of_two_images_of_different_sizes(parity_dir, tmp_path):
         assert _mask_iou(x.masks.numpy(), y.masks[order].numpy()).min() >= 0.99
 
 
+@pytest.mark.slow
 def test_dense_only_export_and_predict_refuses_it(parity_dir, tmp_path):
     folder = parity_dir / "tiny"
     path = _export(folder, tmp_path / "dense.onnx", "--dense-only")
@@ -140,6 +144,7 @@ def test_dense_only_export_and_predict_refuses_it(parity_dir, tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_predict_writes_the_same_coco_results_as_pytorch(parity_dir, tmp_path):
     from pycocotools import mask as mask_utils
 
@@ -166,6 +171,7 @@ def test_predict_writes_the_same_coco_results_as_pytorch(parity_dir, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: --config") and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_openvino_backend_gives_the_same_instances(exported):
     pytest.importorskip("openvino")
     folder, path = exported
@@ -189,6 +195,7 @@ def test_backend_flag_errors_are_one_line_before_loading(parity_dir, tmp_path, w
     assert proc.returncode == 2 and proc.stderr.startswith(message) and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_int8_export_calibrated_on_a_folder(parity_dir, tmp_path):
     """INT8 is reported, not held to the fp32 tolerances: it runs, keeps the metadata and the settings
     inputs, and most detections survive with a small score drift."""

@@ -71,6 +71,7 @@ def _sizes(predictor, image):
     return tuple(batch.shape[-2:]), sizes, [image.shape[:2]]
 
 
+@pytest.mark.slow
 def test_test_settings_do_not_touch_the_model_or_the_callers_config(tmp_path, photo):
     cfg = tiny_config()
     path = save_checkpoint(tmp_path / "m.pth", randomize_(CondInst(cfg), seed=0), cfg)
@@ -136,6 +137,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+@pytest.mark.slow
 def test_the_library_never_imports_the_trainer_or_the_app():
     offenders = {p.name: _imports(p) & {"training", "app"} for p in (REPO / "condinst").glob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}

@@ -18,7 +18,7 @@ from condinst.checkpoint import save_checkpoint
 from condinst.model import CondInst
 from condinst.preprocess import ImageError
 from condinst.scale import PartsError, PartStore, SizeBatcher, decoded, shard
-from testutils import REPO, randomize_, tiny_config
+from testutils import REPO, randomize_, scaled, tiny_config, wait_until
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 SMALL = ["--min-size", "128", "--max-size", "256"]
@@ -54,7 +54,7 @@ def _predict(job, output, *extra, nproc: int = 1, **popen) -> subprocess.Complet
             "--output", str(output), *SMALL, *extra]
     if popen:
         return subprocess.Popen(argv, cwd=REPO, env=_env(), **popen)
-    proc = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=scaled(300))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -142,6 +142,7 @@ def _assert_same(a: list[dict], b: list[dict], exact: bool) -> None:
         assert np.abs(np.array([r["score"] for r in ra]) - np.array([r["score"] for r in rb])).max(initial=0) <= 1e-5
 
 
+@pytest.mark.slow
 def test_batches_give_the_batch_size_1_results(job, reference):
     out = job["root"] / "batched.json"
     proc = _predict(job, out, "--batch-size", "4", "--workers", "3")
@@ -149,6 +150,7 @@ def test_batches_give_the_batch_size_1_results(job, reference):
     _assert_same(json.loads(out.read_text()), reference, exact=False)
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_inputs_into_one_file(job, reference):
     out = job["root"] / "two.json"
     proc = _predict(job, out, nproc=2)
@@ -177,18 +179,15 @@ def test_a_killed_run_resumes_to_the_same_single_file(job, reference):
     out = job["root"] / "killed.json"
     store = PartStore(out)
     proc = _predict(job, out, nproc=2, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + scaled(240)
     while not list(store.folder.glob("part-*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)
     workers = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher's group, as a crash or `kill -9` would
     proc.wait()
     assert len(workers) == 2 and not out.exists()
-    for _ in range(500):  # the workers die with their launcher (no orphans)
-        if not any(_alive(w) for w in workers):
-            break
-        time.sleep(0.01)
-    assert not any(_alive(w) for w in workers)
+    wait_until(lambda: not any(_alive(w) for w in workers), 60, "the workers to die with their launcher (no orphans)",
+               0.01)
     done = store.done()  # every part file there parses: a kill mid-write leaves at most a temporary file
     assert 1 <= len(done) < 14 and all(p.name.endswith(".tmp") for p in store.folder.glob(".part-*"))
 

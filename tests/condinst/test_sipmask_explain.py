@@ -47,6 +47,7 @@ def check_reassembly(explainer: SipMaskExplainer) -> int:
     return len(result)
 
 
+@pytest.mark.slow
 def test_golden_instances_reassemble_exactly(golden_explainer):
     explainer, golden = golden_explainer
     assert check_reassembly(explainer) == 100
@@ -73,6 +74,7 @@ def test_at_point_assembles_the_location_under_the_point(golden_explainer):
 
 @pytest.mark.parametrize("preset, size", [("sipmask_r50_caffe_fpn_gn_1x", 128),
                                           ("sipmask++_r101_caffe_fpn_ssd_gn_10x", 256)])
+@pytest.mark.slow
 def test_small_random_sipmask_reassembles_exactly(preset, size):
     """The high-accuracy preset keeps the ratio (mmcv imrescale: one float factor) and uses class-wise NMS;
     SipMask++ re-scores (its re-scoring convs need a basis grid of 127+ cells); on a non-square image."""

@@ -72,6 +72,7 @@ def golden_onnx(tmp_path_factory):
     return folder / "model.onnx", dict(np.load(GOLDEN / "outputs.npz"))
 
 
+@pytest.mark.slow
 def test_onnx_runtime_gives_the_official_detections(golden_onnx):
     path, golden = golden_onnx
     model = onnx.load(str(path))
@@ -173,6 +174,7 @@ def tiny(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("size", [(200, 300), (347, 251)])
+@pytest.mark.slow
 def test_small_models_match_pytorch_at_any_size(tiny, size):
     """Images of other sizes than the traced 320x320 (and of another aspect for the ratio-keeping
     models): the graph's detections are PyTorch's, class-wise +1 NMS and re-scoring included."""
@@ -212,6 +214,7 @@ def test_sampled_deform_conv_equals_torchvision():
         assert torch.allclose(sampled_deform_conv2d(x, offset, w, stride=stride, padding=1), ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_cli_refuses_what_sipmask_does_not_have_in_one_line(tmp_path):
     from PIL import Image
 

@@ -69,6 +69,7 @@ def test_arguments_and_inputs_are_checked_before_the_model_loads(tmp_path, capsy
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_video_then_evaluate_video(tmp_path, capsys, videos):
     root, ann = videos
     results, vis, metrics = tmp_path / "r.json", tmp_path / "vis.mp4", tmp_path / "m.json"
@@ -94,6 +95,7 @@ def test_video_then_evaluate_video(tmp_path, capsys, videos):
     assert "AP 100.0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_truncated_video_is_reported_and_the_others_written(tmp_path, capsys, videos):
     root, _ = videos
     frames = list(open_video(root / "crossing").frames())

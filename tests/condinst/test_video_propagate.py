@@ -49,6 +49,7 @@ def iou(a, b) -> float:
     return float(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
 
 
+@pytest.mark.slow
 def test_propagated_masks_follow_a_moving_object(crossing, predictor):
     """The hazelnut moves down 20 px a frame: over 5 frames the propagated masks keep close to the
     truth (measured IoU 0.78-0.89) while the unchanged frame-0 mask falls to nothing (0.32 -> 0)."""
@@ -68,6 +69,7 @@ def test_propagated_masks_follow_a_moving_object(crossing, predictor):
     assert all(b > a + 10 for a, b in zip(ys, ys[1:]))  # it moves down, frame after frame
 
 
+@pytest.mark.slow
 def test_propagation_stops_when_the_object_leaves(camera, predictor):
     """The camera pans right: object 4 of the photo is last in view on frame 7. Propagation stops
     there with the reason, instead of inventing masks for the frames it is gone."""

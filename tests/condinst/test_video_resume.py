@@ -22,7 +22,7 @@ from condinst.cli import build_parser, main
 from condinst.postprocess import ImageResult
 from condinst.video.parts import VideoParts
 from condinst.video.vis_results import VideoTracks
-from testutils import REPO
+from testutils import REPO, scaled
 
 WEIGHTS = str(REPO / "assets" / "default_model" / "model.pth")
 
@@ -133,7 +133,7 @@ def _run(argv, **popen):
     cmd = [sys.executable, "-m", "condinst", "video", "--weights", WEIGHTS, *argv, "--no-progress"]
     if popen:
         return subprocess.Popen(cmd, cwd=REPO, env=env, **popen)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled(600))
 
 
 @pytest.mark.slow
@@ -153,7 +153,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_file(tmp_path):
     out = tmp_path / "killed.json"
     store = VideoParts(out)
     proc = _run(inputs + ["--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + scaled(300)
     while not list(store.folder.glob("part-*.jsonl")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)

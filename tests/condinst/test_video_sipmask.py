@@ -75,6 +75,7 @@ def test_tracks_keep_their_ids_on_a_still_video(sipmask, videos):
     assert all(p == per_frame[0] for p in per_frame[1:])
 
 
+@pytest.mark.slow
 def test_video_and_evaluate_video_with_a_sipmask_checkpoint(sipmask, videos, tmp_path, capsys):
     weights, _ = sipmask
     root, ann = videos

@@ -63,6 +63,7 @@ def as_loaded(entries, dataset):
     return load_results_from_entries(entries, dataset)
 
 
+@pytest.mark.slow
 def test_filters_recentred_at_the_new_location_segment_the_moved_object(crossing, predictor):
     """The hazelnut moves down ~20 input pixels a frame: its frame-0 filters, moved by that shift and
     applied to frame 1's features, segment it there; left where they were, they miss half of it."""
@@ -101,6 +102,7 @@ def test_condinst_tracks_follow_objects_through_the_crossing(crossing, predictor
     assert {r["category_id"] for r in full} >= {1, 3}
 
 
+@pytest.mark.slow
 def test_same_class_objects_keep_their_ids_through_an_occlusion(dates, predictor):
     dataset, frames = dates
     ours = as_loaded(run_tracker("condinst", predictor, frames), dataset)

@@ -41,6 +41,7 @@ def test_losses_are_finite_and_reach_every_head_part(coco):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_cli_train_predict_evaluate(coco, tmp_path):
     from training.cli import main
 
@@ -90,6 +91,7 @@ def tiny_sipmask_plus_plus_config(max_iter: int = 2, **solver):
     return cfg.validate()
 
 
+@pytest.mark.slow
 def test_cli_trains_sipmask_plus_plus_and_refuses_too_small_inputs(tmp_path, capsys):
     from training.cli import main
 

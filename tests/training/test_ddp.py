@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from condinst.checkpoint import read_checkpoint
 
 from synthetic_training import make_synthetic_coco, tiny_train_config
+from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,6 +23,7 @@ def _losses(run_dir: Path) -> list[float]:
     return [r["total_loss"] for r in lines if "total_loss" in r]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_and_resume_exactly(tmp_path):
     from training.data import CocoInstances
     from training.engine import train
@@ -38,7 +41,7 @@ def test_torchrun_two_processes_match_one_process_and_resume_exactly(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "training.cli", *common, "--output-dir", str(ddp_dir)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled(600))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     threads = torch.get_num_threads()
@@ -72,7 +75,7 @@ def test_torchrun_two_processes_match_one_process_and_resume_exactly(tmp_path):
     (resumed / "last_checkpoint").write_text("model_0000004.pth")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "training.cli", *common, "--output-dir", str(resumed), "--resume"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled(600))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     a, b = read_checkpoint(ddp_dir / "model_final.pth")["model"], read_checkpoint(resumed / "model_final.pth")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

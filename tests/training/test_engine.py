@@ -24,6 +24,7 @@ from training.engine import train
 from training.run_state import LAST_CHECKPOINT, find_last_checkpoint
 
 from synthetic_training import make_synthetic_coco, tiny_train_config
+from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +62,7 @@ def _assert_same_tensors(a: dict, b: dict, what: str) -> None:
 
 # ---- checkpoints and resume --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_checkpoint_contents(coco, tmp_path):
     dataset = coco[0]
     summary = _train(tiny_train_config(max_iter=4, checkpoint_period=2), dataset, tmp_path / "run", tensorboard=True)
@@ -97,6 +99,7 @@ def test_checkpoint_contents(coco, tmp_path):
     assert "images / s" in summary.table()
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical_to_an_uninterrupted_run(coco, tmp_path):
     """Stop at N/2 (a checkpoint), resume in a new engine call to N: same weights as one N-iteration run."""
     dataset = coco[0]
@@ -125,6 +128,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(coco, tmp_path):
     assert again.iterations == 0
 
 
+@pytest.mark.slow
 def test_resume_after_a_periodic_checkpoint_truncates_the_metrics(coco, tmp_path):
     """A run killed after iteration 5 resumes from its iteration-4 checkpoint and logs 5.. again once."""
     dataset = coco[0]
@@ -138,6 +142,7 @@ def test_resume_after_a_periodic_checkpoint_truncates_the_metrics(coco, tmp_path
     assert iterations == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_starts_fresh(coco, tmp_path):
     summary = _train(tiny_train_config(max_iter=1), coco[0], tmp_path / "new", resume=True)
     assert summary.start_iter == 0 and summary.end_iter == 1
@@ -155,6 +160,7 @@ def test_batch_size_and_lr_scaling(coco, tmp_path):
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.slow
 def test_amp_and_gradient_clipping_run(coco, tmp_path, amp):
     summary = _train(tiny_train_config(max_iter=2, clip_gradients=1.0), coco[0], tmp_path / amp, amp=amp)
     assert summary.end_iter == 2 and np.isfinite(summary.final_losses["total_loss"])
@@ -303,6 +309,7 @@ def test_fine_tuning_reinitialises_class_layers(tmp_path):
         apply_init_weights(CondInst(other), init)
 
 
+@pytest.mark.slow
 def test_train_from_imagenet_pickle(coco, tmp_path):
     cfg = tiny_train_config(max_iter=1)
     blobs = _write_c2_pickle(tmp_path / "R-50.pkl", cfg)
@@ -318,7 +325,7 @@ def test_cli_bad_config_exits_2_with_one_line(coco, tmp_path):
     _, ann, images = coco
     proc = subprocess.run([sys.executable, "-m", "training.cli", "train", "--config", "NO_SUCH_PRESET",
                            "--train-ann", str(ann), "--train-images", str(images), "--output-dir", str(tmp_path / "o")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          cwd=REPO, capture_output=True, text=True, timeout=scaled(300), env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "NO_SUCH_PRESET" in lines[0], proc.stderr
@@ -354,6 +361,7 @@ def test_cli_reports_bad_input_in_one_line(coco, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], (argv, err)
 
 
+@pytest.mark.slow
 def test_cli_train_then_evaluate(coco, tmp_path):
     from training.cli import main
 
@@ -404,6 +412,7 @@ def test_tiny_model_learns_the_synthetic_shapes(tmp_path):
     assert summary.metrics["bbox"]["AP"] > 0.5, summary.metrics
 
 
+@pytest.mark.slow
 def test_data_workers_do_not_change_the_run(coco, tmp_path):
     """Seeded per-sample augmentation: the same losses with 0 or 2 loader processes."""
     cfg = tiny_train_config(max_iter=3)

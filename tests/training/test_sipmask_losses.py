@@ -96,6 +96,7 @@ def losses_and_grads(model, batch):
 
 
 @pytest.mark.parametrize("box_bias", [0.3, 2.0, 6.0, -0.5])
+@pytest.mark.slow
 def test_windowed_mask_loss_equals_the_whole_map_computation(model_and_batch, box_bias, monkeypatch):
     """box_bias sets every predicted distance to box_bias strides: boxes of a few pixels (0.3), of the
     instances' size (2), larger than the image (6), and inverted (-0.5: x2 < x1, y2 < y1, area > 1)."""
@@ -141,6 +142,7 @@ def rescoring_model_and_batch(tmp_path_factory):
 
 
 @pytest.mark.parametrize("box_bias", [2.0, 6.0, 0.3])
+@pytest.mark.slow
 def test_rescoring_loss_equals_the_whole_map_computation(rescoring_model_and_batch, box_bias, monkeypatch):
     model, batch = rescoring_model_and_batch
     h, w = (s // 2 for s in batch.images.shape[-2:])
@@ -165,6 +167,7 @@ def test_rescoring_loss_equals_the_whole_map_computation(rescoring_model_and_bat
             assert grad.abs().max() > 0, name
 
 
+@pytest.mark.slow
 def test_rescoring_leaves_the_other_losses_and_gradients_as_they_are(rescoring_model_and_batch):
     model, batch = rescoring_model_and_batch
     torch.nn.init.constant_(model.bbox_head.fcos_reg.bias, 2.0)
@@ -196,6 +199,7 @@ def test_rescoring_refuses_batches_too_small_for_its_convs(model_and_batch):
         sipmask_losses.compute_sipmask_losses(plus, batch)
 
 
+@pytest.mark.slow
 def test_rescoring_on_crops_equals_the_convs_on_the_whole_map():
     """On a 300 x 420 mask map (3 x 5 positions of the last conv) with boxes anywhere, in and out of the map:
     the convs on crops around the windows, plus the all-zero value, give the loss and the gradients of

@@ -55,6 +55,7 @@ def test_bad_ytvis_files_are_one_line_dataset_errors(ytvis, tmp_path):
         CocoInstances(bad, root)
 
 
+@pytest.mark.slow
 def test_condinst_train_takes_a_ytvis_file(ytvis, tmp_path):
     from training.cli import main
 
