@@ -15,7 +15,6 @@ the same import (`app.imports.CocoPlan`, whose image ids may be renumbered).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from app.masks import encode_rle
 from app.workspace import Prediction, Workspace
 from condinst.untrusted import InputError, read_json
 from training.data import DatasetError
-from training.entry_checks import check_polygon_part, check_rle, describe
+from training.entry_checks import check_polygon_part, check_rle, describe, is_number
 
 
 @dataclass
@@ -93,15 +92,15 @@ def _prediction(entry: Any, sizes: dict, categories: set, planned: dict, name: s
         raise DatasetError(f"image_id {entry['image_id']!r} is not an image of the workspace")
     if entry["category_id"] not in categories:
         raise DatasetError(f"category_id {entry['category_id']!r} is not a class of the workspace")
+    error = score_error(entry["score"])
+    if error:
+        raise DatasetError(error)
     score = entry["score"]
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) \
-            or not 0.0 <= score <= 1.0:
-        raise DatasetError(f"score must be a number in [0, 1], got {str(score)[:20]!r}")
     height, width = sizes[image_id]
     seg = entry["segmentation"]
     if isinstance(seg, dict) and list(seg.get("size", [])) != [height, width]:
         raise DatasetError(f"mask size {describe(seg.get('size'))} is not the image's [{height}, {width}]")
-    error = _segmentation_error(seg, height, width)
+    error = segmentation_error(seg, height, width)
     if error:
         raise DatasetError(f"segmentation {error}")
     mask = encode_rle(annotation_rle(seg, height, width), height, width)
@@ -111,7 +110,14 @@ def _prediction(entry: Any, sizes: dict, categories: set, planned: dict, name: s
     return int(image_id), Prediction(int(entry["category_id"]), float(score), mask, meta)
 
 
-def _segmentation_error(seg: Any, height: int, width: int) -> str | None:
+def score_error(score: Any) -> str | None:
+    """What is wrong with a detection's score (a number in [0, 1]), or None."""
+    if not is_number(score) or not 0.0 <= score <= 1.0:
+        return f"score must be a number in [0, 1], got {str(score)[:20]!r}"
+    return None
+
+
+def segmentation_error(seg: Any, height: int, width: int) -> str | None:
     """What is wrong with a results segmentation (the training loader's checks), before pycocotools sees it."""
     if isinstance(seg, dict):
         return check_rle(seg, height, width, iscrowd=True)

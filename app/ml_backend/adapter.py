@@ -33,6 +33,7 @@ from app.ml_backend.trainer import Trainer, model_version
 from app.refine import refine_mask
 from condinst.errors import UserError
 from condinst.preprocess import read_image
+from training.entry_checks import describe, is_id
 
 log = logging.getLogger("condinst.ml_backend")
 MAX_BATCH = 4  # default: more tasks in one /predict and the first is answered; Label Studio asks for the rest one by one
@@ -108,14 +109,16 @@ class CondInstBackend:
         """(content key, RGB pixels) of a task's image, fetched from Label Studio."""
         url = task_image_url(task, config.value)
         if url is None:
-            raise RequestError(f"task {task.get('id')}: no {config.value!r} field with the image URL in its data")
+            raise RequestError(f"task {describe(task.get('id'))}: no {config.value!r} field with the image URL in "
+                               "its data")
         with tempfile.TemporaryDirectory(prefix="condinst-ls-") as folder:
             path = self.studio.download(url, task.get("id"), Path(folder), "image")
             key = hashlib.sha1(path.read_bytes()).hexdigest()
             try:
                 rgb = read_image(path)
             except UserError as exc:
-                raise RequestError(f"task {task.get('id')}: {str(exc).replace(str(path), url[:200])}") from None
+                message = str(exc).replace(str(path), url[:200])
+                raise RequestError(f"task {describe(task.get('id'))}: {message}") from None
         return key, rgb
 
     def pre_annotate(self, task: dict, config: LabelConfig, match: LabelMatch) -> dict:
@@ -151,10 +154,11 @@ class CondInstBackend:
                     box = percent_box(region, height, width)
                 else:
                     continue
-                labels = (region.get("value") or {}).get(kind)
+                value = region.get("value")
+                labels = value.get(kind) if isinstance(value, dict) else None
                 wanted = labels[0] if isinstance(labels, list) and labels and isinstance(labels[0], str) else wanted
         except ResultError as exc:
-            raise RequestError(f"task {task.get('id')}: {exc}") from None
+            raise RequestError(f"task {describe(task.get('id'))}: {exc}") from None
         if box is not None and not positive:
             positive.append(((box[0] + box[2] - 1) // 2, (box[1] + box[3] - 1) // 2))
         if not positive:
@@ -178,7 +182,7 @@ class CondInstBackend:
         if event not in TRAIN_EVENTS:
             return {"status": "ignored", "event": event}
         project = payload.get("project") if isinstance(payload, dict) else None
-        if not isinstance(project, dict) or not isinstance(project.get("id"), int):
+        if not isinstance(project, dict) or not is_id(project.get("id")):
             raise RequestError(f"{event}: the payload has no project id")
         project_id = project["id"]
         if event != "START_TRAINING":

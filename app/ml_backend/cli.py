@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
 import os
 import sys
@@ -151,26 +150,36 @@ def run_predictions(args: argparse.Namespace) -> int:
     from app.ml_backend.interop import coco_to_tasks
     from app.ml_backend.label_config import parse_label_config
     from condinst.io import atomic_write_json
+    from condinst.untrusted import read_json
 
     existing_file(args.coco, "--coco")
     writable_file(args.out, "--out")
     if "{file_name}" not in args.image_url:
         raise ArgumentError("--image-url must contain {file_name}")
-    xml = (Path(existing_file(args.label_config, "--label-config")).read_text(encoding="utf-8")
-           if args.label_config else
+    xml = (read_label_config(args.label_config) if args.label_config else
            '<View><Image name="image" value="$image"/><BrushLabels name="label" toName="image"><Label value="x"/>'
            '</BrushLabels></View>')
     config = parse_label_config(xml)
-    try:
-        coco = json.loads(Path(args.coco).read_text(encoding="utf-8"))
-        images, annotations = coco["images"], coco["annotations"]
-    except (ValueError, KeyError, TypeError):
-        raise ArgumentError(f"--coco {args.coco}: not a COCO instances JSON (images, annotations)") from None
-    tasks = coco_to_tasks(coco, lambda name: args.image_url.replace("{file_name}", name), config, args.model_version)
+    coco = read_json(args.coco, "COCO")  # bounded nesting; every entry is checked by coco_to_tasks
+    tasks = coco_to_tasks(coco, lambda name: args.image_url.replace("{file_name}", name), config, args.model_version,
+                          name=args.coco)
     atomic_write_json(args.out, tasks)
-    print(f"wrote {len(tasks)} tasks ({len(annotations)} masks as {config.kind} predictions of {len(images)} images) "
-          f"to {args.out}")
+    print(f"wrote {len(tasks)} tasks ({len(coco['annotations'])} masks as {config.kind} predictions of "
+          f"{len(coco['images'])} images) to {args.out}")
     return 0
+
+
+def read_label_config(path: str) -> str:
+    """The text of a labeling config XML file; ArgumentError if it is too large or not UTF-8 text."""
+    from app.ml_backend.label_config import MAX_CONFIG_BYTES
+
+    path = Path(existing_file(path, "--label-config"))
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ArgumentError(f"--label-config {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArgumentError(f"--label-config {path}: not UTF-8 text ({exc.reason})") from None
 
 
 def main(argv: list[str]) -> int:

@@ -21,7 +21,6 @@ token, exchanged at ``/api/token/refresh/`` for a short-lived access token, rene
 from __future__ import annotations
 
 import base64
-import json
 import os
 import threading
 from pathlib import Path
@@ -30,11 +29,14 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from app.errors import AppError
+from condinst.untrusted import InputError, parse_json
+from training.entry_checks import describe, is_id
 
 TIMEOUT_S = 30.0
 MAX_IMAGE_BYTES = 200 * 2**20
 MAX_EXPORT_BYTES = 1 * 2**30
 MAX_REDIRECTS = 3
+MAX_TOKEN_BYTES = 64 * 1024
 STORAGE_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi", "gcs")
 
 
@@ -87,7 +89,7 @@ class LabelStudio:
                 response = self._send("POST", self.url + "/api/token/refresh/", json={"refresh": self.api_key})
                 if response.status_code != 200:
                     raise FetchError(f"Label Studio refused the personal access token (HTTP {response.status_code}).")
-                self._access = response.json().get("access")
+                self._access = _access_token(response.content)
             return {"Authorization": f"Bearer {self._access}"}
 
     # ---- requests -----------------------------------------------------------------------------
@@ -111,8 +113,9 @@ class LabelStudio:
         url = url.strip()
         scheme = urlsplit(url).scheme.lower()
         if scheme in STORAGE_SCHEMES:
-            if task_id is None:
-                raise FetchError(f"{url}: a cloud-storage image needs its task id to be resolved by Label Studio")
+            if not is_id(task_id):
+                raise FetchError(f"{url[:200]}: a cloud-storage image needs its task's integer id to be resolved by "
+                                 f"Label Studio, got {describe(task_id)}")
             token = base64.urlsafe_b64encode(url.encode()).decode()
             return f"{self.url}/tasks/{int(task_id)}/resolve/?fileuri={token}"
         if url.startswith("/") and not url.startswith("//"):
@@ -171,9 +174,23 @@ class LabelStudio:
         url = f"{self.url}/api/projects/{int(project_id)}/export?exportType=JSON"
         data = self.get(url, MAX_EXPORT_BYTES)
         try:
-            tasks = json.loads(data)
-        except ValueError:
-            raise FetchError(f"Label Studio's export of project {project_id} is not JSON") from None
+            tasks = parse_json(data, f"Label Studio's export of project {project_id}")
+        except InputError as exc:  # not JSON, or nested deeper than MAX_JSON_DEPTH
+            raise FetchError(str(exc)) from None
         if not isinstance(tasks, list):
             raise FetchError(f"Label Studio's export of project {project_id} is not a list of tasks")
-        return tasks
+        return [task for task in tasks if isinstance(task, dict)]
+
+
+def _access_token(body: bytes) -> str:
+    """The access token of Label Studio's /api/token/refresh/ answer; FetchError if it has none."""
+    if len(body) > MAX_TOKEN_BYTES:
+        raise FetchError(f"Label Studio's answer to the personal access token is over {MAX_TOKEN_BYTES} bytes.")
+    try:
+        answer = parse_json(body, "Label Studio's answer to the personal access token")
+    except InputError as exc:
+        raise FetchError(str(exc)) from None
+    access = answer.get("access") if isinstance(answer, dict) else None
+    if not isinstance(access, str) or not access or not access.isascii() or not access.isprintable():
+        raise FetchError("Label Studio's answer to the personal access token holds no access token.")
+    return access

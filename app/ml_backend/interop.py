@@ -14,6 +14,10 @@ Image references are matched to files of a local folder by name: Label Studio pr
 8 hex digits and a dash (``/data/upload/3/5f2a1b3c-0.jpg`` is ``0.jpg``); a local-files URL
 (``/data/local-files/?d=fruits/images/0.jpg``) is tried as a path inside the folder, then by name.
 Nothing outside the folder is read.
+
+Both directions read JSON from outside (`condinst.untrusted`: bounded nesting). Region numbers are
+checked by `app.ml_backend.results`; a COCO file's ids, image sizes, scores, polygons and RLE by the
+importer's checks (`app.import_results`, `training.entry_checks`) before pycocotools sees them.
 """
 from __future__ import annotations
 
@@ -26,9 +30,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from app.import_results import score_error, segmentation_error
+from app.imports import annotation_rle
+from app.masks import decode_mask
 from app.ml_backend.label_config import LabelConfig
 from app.ml_backend.results import ResultError, mask_regions, region_label, region_mask
+from condinst.preprocess import MAX_IMAGE_PIXELS
+from condinst.untrusted import InputError, parse_json
 from training.data import DatasetError
+from training.entry_checks import describe, is_id, is_int, is_number
 
 MAX_EXPORT_BYTES = 1 * 2**30
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
@@ -36,10 +46,13 @@ UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 def latest_annotation(task: dict) -> dict | None:
     """The task's newest annotation that was not cancelled (None if it has none)."""
-    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    found = task.get("annotations") if isinstance(task, dict) else None
+    annotations = [a for a in found if isinstance(a, dict) and not a.get("was_cancelled")] \
+        if isinstance(found, list) else []
     if not annotations:
         return None
-    return max(annotations, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+    return max(annotations, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""),
+                                           a["id"] if is_number(a.get("id")) else 0))
 
 
 def task_image_url(task: dict, key: str | None = None) -> str | None:
@@ -76,13 +89,14 @@ def tasks_to_coco(tasks: list[dict], image_of: Callable[[dict], dict | None],
             skipped.append("an entry of the export is not a task object")
             continue
         annotation = latest_annotation(task)
-        name = f"task {task.get('id')}"
+        name = f"task {describe(task.get('id'))}"
         if annotation is None:
             continue
         image = image_of(task)
         if image is None:
             continue
-        regions = [r for r in annotation.get("result") or [] if isinstance(r, dict)]
+        result = annotation.get("result")
+        regions = [r for r in result if isinstance(r, dict)] if isinstance(result, list) else []
         entries = []
         for number, region in enumerate(regions, start=1):
             where = f"{name} region {number} ({region.get('type')})"
@@ -127,8 +141,8 @@ def read_export(path: str | Path) -> list[dict] | None:
     if not head.startswith(b"["):
         return None
     try:
-        tasks = json.loads(path.read_bytes())
-    except ValueError:
+        tasks = parse_json(path.read_bytes(), str(path))
+    except InputError:  # not JSON, or nested too deep: the COCO reader says which, in one line
         return None
     if not isinstance(tasks, list) or not tasks:
         return None
@@ -190,7 +204,7 @@ def export_to_coco_file(export: str | Path, images_dir: str | Path, workspace, o
         url = task_image_url(task)
         path = find_image(url, images_dir) if url else None
         if path is None:
-            problems.append(f"task {task.get('id')}: no image for {str(url)[:120]!r} in {images_dir}")
+            problems.append(f"task {describe(task.get('id'))}: no image for {str(url)[:120]!r} in {images_dir}")
             return None
         try:
             _, _, width, height, orientation = image_header(path)
@@ -212,27 +226,86 @@ def export_to_coco_file(export: str | Path, images_dir: str | Path, workspace, o
 
 # ---- COCO -> Label Studio tasks with predictions ---------------------------------------------------------
 
-def coco_to_tasks(coco: dict, image_url: Callable[[str], str], config: LabelConfig,
-                  model_version: str) -> list[dict]:
+def _checked_images(entries: Any, name: str) -> dict[int, dict]:
+    """Image id -> its entry; DatasetError naming the first entry without a 64-bit id, a file name, or a
+    size in range (masks of these sizes are made below, so the size is bounded like a readable image's)."""
+    images: dict[int, dict] = {}
+    for k, image in enumerate(entries):
+        where = f"{name}: images[{k}]"
+        if not isinstance(image, dict) or not is_id(image.get("id")) or not isinstance(image.get("file_name"), str) \
+                or not image["file_name"]:
+            raise DatasetError(f"{where}: each image needs an integer 'id' within 64 bits and a 'file_name'")
+        height, width = image.get("height"), image.get("width")
+        if not (is_int(height) and is_int(width) and 0 < height and 0 < width
+                and height * width <= MAX_IMAGE_PIXELS):
+            raise DatasetError(f"{where} (id {image['id']}): height/width must be positive integers of at most "
+                               f"{MAX_IMAGE_PIXELS} pixels in all, got {describe(height)}x{describe(width)}")
+        if image["id"] in images:
+            raise DatasetError(f"{where}: duplicate image id {image['id']}")
+        images[image["id"]] = image
+    return images
+
+
+def _category_names(entries: Any, name: str) -> dict[int, str]:
+    names = {}
+    for k, category in enumerate(entries):
+        if not isinstance(category, dict) or not is_id(category.get("id")) or not isinstance(category.get("name"), str):
+            raise DatasetError(f"{name}: categories[{k}]: each category needs an integer 'id' and a 'name'")
+        names[category["id"]] = category["name"]
+    return names
+
+
+def _checked_annotation(k: int, ann: Any, images: dict[int, dict], name: str) -> tuple[int, int, Any, float | None]:
+    """(image id, category id, segmentation, score) of annotations[k], each checked before pycocotools sees
+    it (`app.import_results`: the training loader's polygon and RLE checks); DatasetError naming it."""
+    where = f"{name}: annotations[{k}]"
+    if not isinstance(ann, dict):
+        raise DatasetError(f"{where}: expected an object, got {type(ann).__name__}")
+    where += f" (id {describe(ann.get('id'))})"
+    missing = [key for key in ("image_id", "category_id", "segmentation") if key not in ann]
+    if missing:
+        raise DatasetError(f"{where}: missing key(s) {missing}")
+    image = images.get(ann["image_id"]) if is_int(ann["image_id"]) else None
+    if image is None:
+        raise DatasetError(f"{where}: image_id {describe(ann['image_id'])} is not an image of the file")
+    if not is_id(ann["category_id"]):
+        raise DatasetError(f"{where}: category_id must be an integer within 64 bits, got "
+                           f"{describe(ann['category_id'])}")
+    score = ann.get("score")
+    error = score_error(score) if score is not None else None
+    error = error or segmentation_error(ann["segmentation"], image["height"], image["width"])
+    if error:
+        raise DatasetError(f"{where}: " + (error if error.startswith("score") else f"segmentation {error}"))
+    return image["id"], ann["category_id"], ann["segmentation"], None if score is None else float(score)
+
+
+def coco_to_tasks(coco: Any, image_url: Callable[[str], str], config: LabelConfig, model_version: str,
+                  name: str = "COCO") -> list[dict]:
     """One Label Studio task per COCO image, its annotations as one prediction (regions of the config's kind).
 
-    image_url(file_name) -> the URL Label Studio shows the image by (e.g. a local-files URL).
+    image_url(file_name) -> the URL Label Studio shows the image by (e.g. a local-files URL). Every entry
+    is checked first (ids, image sizes, scores, polygons and RLE as the importer checks them): the first
+    bad one is a DatasetError naming it (``name`` names the file), before any mask is made.
     """
-    from app.imports import annotation_mask
-
-    names = {c["id"]: c["name"] for c in coco.get("categories", [])}
-    by_image: dict[int, list[dict]] = {}
-    for ann in coco.get("annotations", []):
-        by_image.setdefault(ann["image_id"], []).append(ann)
+    if not isinstance(coco, dict) or not all(isinstance(coco.get(key), list) for key in ("images", "annotations")) \
+            or not isinstance(coco.get("categories", []), list):
+        raise DatasetError(f"{name}: not a COCO instances JSON (an object with 'images' and 'annotations' lists)")
+    images = _checked_images(coco["images"], name)
+    names = _category_names(coco.get("categories", []), name)
+    by_image: dict[int, list[tuple]] = {}
+    for k, ann in enumerate(coco["annotations"]):
+        image_id, *entry = _checked_annotation(k, ann, images, name)
+        by_image.setdefault(image_id, []).append(entry)
     tasks = []
-    for image in coco.get("images", []):
-        height, width = int(image["height"]), int(image["width"])
+    for image in images.values():
+        height, width = image["height"], image["width"]
         regions, scores = [], []
-        for ann in by_image.get(image["id"], []):
-            mask = annotation_mask(ann["segmentation"], height, width)
-            score = ann.get("score")
-            regions += mask_regions(mask, names.get(ann["category_id"], str(ann["category_id"])), config, score)
-            scores.append(1.0 if score is None else float(score))
+        for category_id, segmentation, score in by_image.get(image["id"], []):
+            mask = decode_mask(annotation_rle(segmentation, height, width), height, width)
+            if not mask.any():
+                continue
+            regions += mask_regions(mask, names.get(category_id, str(category_id)), config, score)
+            scores.append(1.0 if score is None else score)
         prediction = {"model_version": model_version, "result": regions}
         if scores:
             prediction["score"] = round(float(np.mean(scores)), 4)

@@ -24,10 +24,12 @@ from app.errors import AppError
 from app.export import mask_to_polygons
 from app.ml_backend import rle as brush_rle
 from app.ml_backend.label_config import LabelConfig
+from condinst.preprocess import MAX_IMAGE_PIXELS
+from training.entry_checks import describe, is_number
 
 POLYGON_TOLERANCE = 1.0  # pixels
 MAX_POLYGON_POINTS = 100_000
-MAX_IMAGE_PIXELS = 200_000_000
+PERCENT_RANGE = (-1.0, 101.0)
 
 
 class ResultError(AppError):
@@ -66,10 +68,10 @@ def mask_regions(mask: np.ndarray, label: str, config: LabelConfig, score: float
 
 
 def _size(region: dict) -> tuple[int, int]:
-    try:
-        height, width = int(region["original_height"]), int(region["original_width"])
-    except (KeyError, TypeError, ValueError):
-        raise ResultError("a region has no original_width / original_height") from None
+    numbers = region.get("original_height"), region.get("original_width")
+    if not all(is_number(v) for v in numbers):
+        raise ResultError("a region has no original_width / original_height")
+    height, width = (int(v) for v in numbers)
     if height < 1 or width < 1 or height * width > MAX_IMAGE_PIXELS:
         raise ResultError(f"a region's image size {width}x{height} is out of range")
     return height, width
@@ -90,7 +92,7 @@ def region_label(region: dict) -> str | None:
 def region_mask(region: dict) -> np.ndarray:
     """(H, W) bool mask of a brush (RLE) or polygon region; ResultError if it cannot be read."""
     height, width = _size(region)
-    value = region.get("value") or {}
+    value = _value(region)
     if region.get("type") == "brushlabels":
         if value.get("format", "rle") != "rle" or "rle" not in value:
             raise ResultError("a brush region has no RLE (value.format 'rle', value.rle)")
@@ -104,8 +106,7 @@ def region_mask(region: dict) -> np.ndarray:
             raise ResultError("a polygon region needs 3 or more points")
         flat = []
         for point in points:
-            if not (isinstance(point, (list, tuple)) and len(point) == 2
-                    and all(isinstance(v, (int, float)) and math.isfinite(v) and -1 <= v <= 101 for v in point)):
+            if not (isinstance(point, (list, tuple)) and len(point) == 2 and all(map(_percent, point))):
                 raise ResultError("a polygon point is not [x%, y%] within the image")
             flat += [point[0] * width / 100.0, point[1] * height / 100.0]
         rle = mask_utils.merge(mask_utils.frPyObjects([flat], height, width))
@@ -113,21 +114,32 @@ def region_mask(region: dict) -> np.ndarray:
     raise ResultError(f"a {region.get('type')!r} region is not a mask")
 
 
+def _value(region: dict) -> dict:
+    value = region.get("value")
+    return value if isinstance(value, dict) else {}
+
+
+def _percent(v: Any) -> bool:
+    """A position or extent in percent of the image (Label Studio's unit), allowing a rounding error."""
+    return is_number(v) and PERCENT_RANGE[0] <= v <= PERCENT_RANGE[1]
+
+
 def percent_point(region: dict, height: int, width: int) -> tuple[int, int]:
     """A keypoint region's (x, y) in pixels (clamped into the image)."""
-    value = region.get("value") or {}
+    value = _value(region)
     x, y = value.get("x"), value.get("y")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x, y)):
-        raise ResultError("a keypoint has no finite x / y")
+    if not (_percent(x) and _percent(y)):
+        raise ResultError(f"a keypoint needs x / y in percent of the image, got {describe(x)} / {describe(y)}")
     return (min(max(int(x * width / 100.0), 0), width - 1), min(max(int(y * height / 100.0), 0), height - 1))
 
 
 def percent_box(region: dict, height: int, width: int) -> tuple[int, int, int, int]:
     """A rectangle region's (x0, y0, x1, y1) in pixels (clamped into the image, x1 > x0, y1 > y0)."""
-    value = region.get("value") or {}
+    value = _value(region)
     numbers = [value.get(k) for k in ("x", "y", "width", "height")]
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
-        raise ResultError("a rectangle has no finite x / y / width / height")
+    if not all(map(_percent, numbers)):
+        raise ResultError("a rectangle needs x / y / width / height in percent of the image, got "
+                          + " / ".join(describe(v) for v in numbers))
     x, y, w, h = numbers
     x0, y0 = min(max(int(x * width / 100.0), 0), width - 1), min(max(int(y * height / 100.0), 0), height - 1)
     x1 = min(max(int(math.ceil((x + w) * width / 100.0)), x0 + 1), width)

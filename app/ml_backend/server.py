@@ -18,8 +18,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import logging
+import re
 import threading
 
 from starlette.applications import Starlette
@@ -33,6 +33,7 @@ from app.ml_backend.adapter import CondInstBackend, RequestError
 from app.ml_backend.client import FetchError
 from app.ml_backend.label_config import LabelConfigError
 from app.retrain import RetrainError
+from condinst.untrusted import InputError, parse_json
 
 log = logging.getLogger("condinst.ml_backend")
 MAX_BODY = 64 * 2**20
@@ -113,9 +114,9 @@ async def read_json(request: Request, limit: int) -> dict:
         if len(body) > limit:
             raise TooLarge(f"the request body is larger than {limit} bytes")
     try:
-        data = json.loads(bytes(body) or b"{}")
-    except ValueError:
-        raise RequestError("the request body is not JSON") from None
+        data = parse_json(bytes(body) or b"{}", "the request body")
+    except InputError as exc:  # not JSON, or nested deeper than MAX_JSON_DEPTH
+        raise RequestError(str(exc)) from None
     if not isinstance(data, dict):
         raise RequestError("the request body is not a JSON object")
     return data
@@ -125,8 +126,8 @@ def project_id(value) -> int:
     """Label Studio's project reference ("<id>.<created timestamp>", an int, or {"id": ...})."""
     if isinstance(value, dict):
         value = value.get("id")
-    text = str(value).split(".", 1)[0]
-    if not text.isdigit():
+    text = str(value)[:40].split(".", 1)[0]
+    if not re.fullmatch(r"[0-9]{1,18}", text):
         raise RequestError(f"no project id in {str(value)[:60]!r}")
     return int(text)
 

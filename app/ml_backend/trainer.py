@@ -25,6 +25,7 @@ from app.retrain_data import mask_ap
 from app.ml_backend.client import FetchError, LabelStudio
 from app.ml_backend.interop import latest_annotation, task_image_url, tasks_to_coco
 from app.ml_backend.label_config import LabelConfig, LabelMatch
+from training.entry_checks import is_id
 
 log = logging.getLogger("condinst.ml_backend")
 
@@ -82,8 +83,10 @@ class Trainer:
 
         def image_of(task: dict) -> dict | None:
             try:
-                path = self.studio.download(task_image_url(task, config.value), task.get("id"), images,
-                                            f"task-{int(task.get('id') or 0)}")
+                if not is_id(task.get("id")):
+                    raise FetchError("the task has no integer id")
+                path = self.studio.download(task_image_url(task, config.value), task["id"], images,
+                                            f"task-{task['id']}")
                 _, _, width, height, orientation = image_header(path)
             except (FetchError, OSError, ValueError) as exc:
                 log.warning("training: task %s skipped: %s", task.get("id"), exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -256,7 +257,8 @@ def test_bad_requests_get_one_line_errors(client):
     auth = ("ls", "secret")
     too_big = http.post("/predict", content=b"[" + b"1," * 2000 + b"1]", auth=auth)
     assert too_big.status_code == 413 and "at most 2000" in too_big.json()["error"]
-    assert http.post("/predict", content=b"not json", auth=auth).json()["error"] == "the request body is not JSON"
+    assert http.post("/predict", content=b"not json", auth=auth).json()["error"].startswith(
+        "the request body: not valid JSON (line 1, column 1")
     setup = http.post("/setup", json={"schema": "<View/>"}, auth=auth)
     assert setup.status_code == 422 and "no <Image>" in setup.json()["error"]
     bug = http.post("/predict", json={"tasks": "boom"}, auth=auth)
@@ -502,3 +504,83 @@ def test_ls_predictions_writes_tasks_for_label_studio(tmp_path, capsys):
     assert main(["ls-predictions", "--coco", str(tmp_path / "coco.json"), "--image-url", "/x", "--out",
                  str(tmp_path / "t.json")]) == 2
     assert "must contain {file_name}" in capsys.readouterr().err
+
+
+# ---- ls-predictions on a hostile COCO file: one line naming the entry, before pycocotools sees it ----------
+
+SQUARE = [10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]
+
+
+def hostile_coco(annotation: dict | None = None, image: dict | None = None) -> dict:
+    """A one-annotation COCO file for a 80x60 image, with some fields replaced."""
+    return {"images": [{"id": 1, "file_name": "a.jpg", "height": 60, "width": 80, **(image or {})}],
+            "categories": [{"id": 1, "name": "x"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [SQUARE], **(annotation or {})}]}
+
+
+def rle_coco(counts) -> dict:
+    return hostile_coco({"segmentation": {"size": [60, 80], "counts": counts}})
+
+
+HOSTILE_COCO = [
+    *[(hostile_coco({"segmentation": [SQUARE[:2] + [v, 10.0, 30.0, 30.0]]}), "annotations[0] (id 1): segmentation "
+       "polygon part 0") for v in (1e30, 1e308, -1e30, 5e6, float("nan"), float("inf"), 10**400, True)],
+    *[(rle_coco(counts), "compressed RLE 'counts'") for counts in
+      ("not rle at all ~~~", "é unicode", "", "00000", "P" * 40, "1" * 200, "\x00\x01")],
+    (rle_coco([2**40, 4800 - 2**40]), "uncompressed RLE 'counts' must be non-negative"),
+    (rle_coco([1, 2]), "counts sum to 3"),
+    (hostile_coco({"segmentation": {"size": [10**6, 80], "counts": "PP"}}), "RLE size"),
+    (hostile_coco({"segmentation": "x"}), "must be a non-empty list of polygons"),
+    (hostile_coco({"score": float("nan")}), "score must be a number in [0, 1]"),
+    (hostile_coco({"score": 1e308}), "score must be a number in [0, 1]"),
+    (hostile_coco({"category_id": 2**64}), "category_id must be an integer within 64 bits"),
+    (hostile_coco({"image_id": 7}), "image_id 7 is not an image of the file"),
+    (hostile_coco(image={"height": 10**6, "width": 10**6}), "images[0] (id 1): height/width"),
+    (hostile_coco(image={"width": float("inf")}), "images[0] (id 1): height/width"),
+    (hostile_coco(image={"id": 2**63}), "images[0]: each image needs an integer 'id' within 64 bits"),
+    ({"images": {}, "annotations": []}, "not a COCO instances JSON"),
+    ([], "not a COCO instances JSON"),
+]
+
+
+@pytest.mark.parametrize("coco, message", HOSTILE_COCO)
+def test_ls_predictions_refuses_a_hostile_coco_file_in_one_line(tmp_path, capsys, coco, message):
+    from app.ml_backend.cli import main
+
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps(coco))
+    out = tmp_path / "tasks.json"
+    assert main(["ls-predictions", "--coco", str(path), "--image-url", "/d/{file_name}", "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {path}: ") and message in line, line
+    assert not out.exists()
+
+
+def test_ls_predictions_refuses_deep_nesting_and_huge_coordinates_in_one_line(tmp_path):
+    """Before the checks, 1e30 made pycocotools kill the process (exit 139): run it as the command."""
+    import subprocess
+    import sys
+
+    from testutils import REPO
+
+    hostile = {"deep.json": b'{"images": [' + b"[" * 100_000 + b"]" * 100_000 + b'], "annotations": []}',
+               "huge.json": json.dumps(hostile_coco({"segmentation": [[1e30, 10, 30, 10, 30, 30]]})).encode()}
+    for name, text in hostile.items():
+        (tmp_path / name).write_bytes(text)
+        run = subprocess.run([sys.executable, "-m", "app", "ls-predictions", "--coco", str(tmp_path / name),
+                              "--image-url", "/d/{file_name}", "--out", str(tmp_path / "tasks.json")], cwd=REPO,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 2, run.stderr[-2000:]
+        [line] = run.stderr.strip().splitlines()
+        assert line.startswith(f"error: {tmp_path / name}") and ("nested deeper" in line or "1e+30" in line), line
+    assert not (tmp_path / "tasks.json").exists()
+
+
+def test_ls_predictions_keeps_scores_and_leaves_empty_masks_out(tmp_path):
+    coco = hostile_coco({"score": 0.25})
+    coco["annotations"].append({"id": 2, "image_id": 1, "category_id": 1, "score": 0.75,
+                                "segmentation": {"size": [60, 80], "counts": [4800]}, "iscrowd": 1})
+    [item] = coco_to_tasks(coco, lambda name: name, parse_label_config(BRUSH), "v")
+    [prediction] = item["predictions"]
+    [region] = prediction["result"]  # the empty crowd mask gives no region
+    assert region["score"] == 0.25 and prediction["score"] == 0.25 and region_mask(region).sum() == 400

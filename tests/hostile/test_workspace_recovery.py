@@ -157,19 +157,19 @@ def video_writer(root: Path, weights: Path, video: Path) -> Writer:
 
 
 def import_writer(root: Path, archive: Path) -> Writer:
-    """`python -m app import --ann fruits.zip` stopped inside its transaction, image files written."""
+    """`python -m app import --ann fruits.zip` stopped inside its transaction, two images' files written."""
     return Writer(f"""
         import sys
         from app import storage
         from app.commands import main
-        real, calls = storage.insert_instance, []
-        def insert_instance(*args, **kwargs):
+        real, calls = storage.insert_instances, []
+        def insert_instances(*args, **kwargs):  # one call per image, after its file is written
             calls.append(1)
-            if len(calls) == 12:
+            if len(calls) == 2:
                 print("mid-import", flush=True)
                 sys.stdin.readline()
             return real(*args, **kwargs)
-        storage.insert_instance = insert_instance
+        storage.insert_instances = insert_instances
         sys.exit(main(["import", "--workspace", {str(root)!r}, "--ann", {str(archive)!r}]))
     """, "mid-import")
 
