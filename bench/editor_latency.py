@@ -1,7 +1,7 @@
 """How long the hand waits: editor actions timed in Chromium, input event -> confirmed result on the canvas.
 
 The app runs in this process on the bundled model with a fresh workspace holding the same photo twice at each
-size (an 800x600 crop of a bundled sample and a 12-megapixel upscale of it), so that "next image" has somewhere
+size (an 800x600 crop of a bundled sample and a 12-megapixel upscale of it, and each mirrored), so that "next image" has somewhere
 to go. Playwright drives Debian's Chromium with the real mouse and keyboard; the page itself measures, with
 `performance.now()` against the input event's own `timeStamp`:
 
@@ -100,9 +100,10 @@ def make_images(folder: Path, sizes: list[str]) -> dict[str, Path]:
         scale = max(w / photo.width, h / photo.height)
         resized = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BILINEAR)
         left, top = (resized.width - w) // 2, (resized.height - h) // 2
-        for copy in (0, 1):
+        for copy in (0, 1):  # two different photos (the second mirrored), so that "next image" has one to show
             path = folder / f"{name}-{copy}.jpg"
-            resized.crop((left, top, left + w, top + h)).save(path, quality=92)
+            crop = resized.crop((left, top, left + w, top + h))
+            (crop.transpose(Image.FLIP_LEFT_RIGHT) if copy else crop).save(path, quality=92)
             paths.setdefault(name, []).append(path)
     return paths
 
@@ -147,76 +148,99 @@ class Page:
         self.page.locator(f"#editor button[data-tool={name}]").click()
 
     def timed(self, act, event: str, until: str = "true", arg=None) -> dict:
-        """Run `act`, then wait for a new scene shown after the last `event` input that satisfies `until`."""
+        """Run `act`, then wait for a new scene shown after the last `event` input that satisfies `until`
+        (a wait past the page's limit is a `Stuck` action: the page never showed the result)."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
         self.clock.take()
         seq = self.page.evaluate("() => window.__lat.shownSeq")
         self.page.evaluate("() => { window.__lat.local = []; }")
         act()
-        self.page.wait_for_function(
-            "([seq, ev, arg]) => { const l = window.__lat, s = window.condinstEditor.state.scene; "
-            f"return l.shownSeq !== seq && l.input[ev] && l.shown > l.input[ev] && ({until}); }}",
-            arg=[seq, event, arg])
+        try:
+            self._wait(seq, event, until, arg)
+        except PlaywrightTimeout:
+            raise Stuck() from None
         confirmed, local = self.page.evaluate(f"() => [window.__lat.shown - window.__lat.input['{event}'], "
                                               "window.__lat.local]")
         time.sleep(0.05)  # let the handler that produced this scene return before its time is read
         return {"confirmed": confirmed, "local": max(local) if local else None, "server": self.clock.take()}
 
+    def _wait(self, seq, event: str, until: str, arg) -> None:
+        self.page.wait_for_function(
+            "([seq, ev, arg]) => { const l = window.__lat, s = window.condinstEditor.state.scene; "
+            f"return l.shownSeq !== seq && l.input[ev] && l.shown > l.input[ev] && ({until}); }}",
+            arg=[seq, event, arg])
 
-def run_size(page: Page, service, image_ids: list[int], repeats: int, log) -> dict[str, list[dict]]:
-    mouse, keyboard = page.page.mouse, page.page.keyboard
+
+class Stuck(Exception):
+    """An action whose result the page did not show within its limit."""
+
+
+def run_size(page: Page, service, image_ids: list[int], repeats: int, log) -> dict[str, list]:
     samples = defaultdict(list)
-    first, second = image_ids
     for r in range(repeats):
-        page.open(first)
-        points = interior_points(service, first)
-        inst_id, x, y = points[r % len(points)]
-        page.tool("select")
-        samples["select"].append(page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown",
-                                            "s.selected === arg", inst_id))
-        page.tool("erase")  # inside the instance, so that the stroke always changes its mask
-
-        def stroke():
-            mouse.move(*page.at(x - 6, y - 6))
-            mouse.down()
-            for dx in range(-6, 7, 2):
-                mouse.move(*page.at(x + dx, y + dx // 2))
-            mouse.up()
-        samples["stroke"].append(page.timed(stroke, "pointerup"))
-        samples["undo"].append(page.timed(lambda: page.page.locator("#undo").click(), "click"))
-
-        page.tool("polygon")
-        corner = (20 + 7 * r % 60, 20 + 5 * r % 40)
-
-        def polygon():
-            for dx, dy in ((0, 0), (30, 0), (30, 24), (0, 24)):
-                mouse.click(*page.at(corner[0] + dx, corner[1] + dy))
-            keyboard.press("Enter")
-        samples["polygon"].append(page.timed(polygon, "keydown", "s.selected !== null"))
-        samples["delete"].append(page.timed(lambda: page.page.locator("#delete").click(), "click",
-                                            "s.selected === null"))
-
-        page.tool("refine")
-        samples["refine click"].append(page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown",
-                                                  "!!(s.refine && s.refine.png)"))
-        page.timed(lambda: keyboard.press("Escape"), "keydown", "!s.refine")
-
-        page.tool("select")
-        page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown", "s.selected === arg", inst_id)
-        choices = [name for name, _ in service.categories()]
-        current = service.ws.get_instance(inst_id).category_id
-        target = next(name for name, cid in service.categories() if cid != current)
-        del choices
-
-        def class_change():
-            page.page.locator("#selected-class input").click()
-            page.page.get_by_role("option", name=target, exact=True).click()
-        samples["class change"].append(page.timed(class_change, "click"))
-        page.timed(lambda: page.page.locator("#undo").click(), "click")
-
-        samples["next image"].append(page.timed(lambda: page.page.locator("#next").click(), "click",
-                                                "s.image && s.image.id === arg", second))
+        try:
+            one_repeat(page, service, image_ids, r, samples)
+        except Stuck:
+            action = next((a for a in ACTIONS if len(samples[a]) <= r), "?")
+            samples["stuck"].append(action)
+            log(f"  repeat {r + 1}/{repeats}: {action} never showed its result (page limit): counted as stuck")
+            continue
         log(f"  repeat {r + 1}/{repeats}")
     return samples
+
+
+def one_repeat(page: Page, service, image_ids: list[int], r: int, samples) -> None:
+    mouse, keyboard = page.page.mouse, page.page.keyboard
+    first, second = image_ids
+    page.open(first)
+    points = interior_points(service, first)
+    inst_id, x, y = points[r % len(points)]
+    page.tool("select")
+    samples["select"].append(page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown",
+                                        "s.selected === arg", inst_id))
+    page.tool("erase")  # inside the instance, so that the stroke always changes its mask
+
+    def stroke():
+        mouse.move(*page.at(x - 6, y - 6))
+        mouse.down()
+        for dx in range(-6, 7, 2):
+            mouse.move(*page.at(x + dx, y + dx // 2))
+        mouse.up()
+    samples["stroke"].append(page.timed(stroke, "pointerup"))
+    samples["undo"].append(page.timed(lambda: page.page.locator("#undo").click(), "click"))
+
+    page.tool("polygon")
+    corner = (20 + 7 * r % 60, 20 + 5 * r % 40)
+
+    def polygon():
+        for dx, dy in ((0, 0), (30, 0), (30, 24), (0, 24)):
+            mouse.click(*page.at(corner[0] + dx, corner[1] + dy))
+        keyboard.press("Enter")
+    samples["polygon"].append(page.timed(polygon, "keydown", "s.selected !== null"))
+    samples["delete"].append(page.timed(lambda: page.page.locator("#delete").click(), "click",
+                                        "s.selected === null"))
+
+    page.tool("refine")
+    samples["refine click"].append(page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown",
+                                              "!!(s.refine && s.refine.png)"))
+    page.timed(lambda: keyboard.press("Escape"), "keydown", "!s.refine")
+
+    page.tool("select")
+    page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown", "s.selected === arg", inst_id)
+    choices = [name for name, _ in service.categories()]
+    current = service.ws.get_instance(inst_id).category_id
+    target = next(name for name, cid in service.categories() if cid != current)
+    del choices
+
+    def class_change():
+        page.page.locator("#selected-class input").click()
+        page.page.get_by_role("option", name=target, exact=True).click()
+    samples["class change"].append(page.timed(class_change, "click"))
+    page.timed(lambda: page.page.locator("#undo").click(), "click")
+
+    samples["next image"].append(page.timed(lambda: page.page.locator("#next").click(), "click",
+                                            "s.image && s.image.id === arg", second))
 
 
 def summarise(samples: dict[str, list[dict]], size: str) -> list[dict]:
@@ -228,7 +252,7 @@ def summarise(samples: dict[str, list[dict]], size: str) -> list[dict]:
         confirmed = np.array([s["confirmed"] for s in runs])
         server = np.array([s["server"] for s in runs])
         local = [s["local"] for s in runs if s["local"] is not None]
-        rows.append({"size": size, "action": action, "n": len(runs),
+        rows.append({"size": size, "action": action, "n": len(runs), "stuck": samples.get("stuck", []).count(action),
                      "p50_ms": float(np.percentile(confirmed, 50)), "p95_ms": float(np.percentile(confirmed, 95)),
                      "server_p50_ms": float(np.percentile(server, 50)),
                      "overhead_p50_ms": float(np.percentile(confirmed - server, 50)),
@@ -281,7 +305,7 @@ def main(argv=None) -> int:
             browser.close()
             demo.close()
             service.close()
-    print(format_table(rows, [("size", "size", "{}"), ("action", "action", "{}"), ("n", "n", "{}"),
+    print(format_table(rows, [("size", "size", "{}"), ("action", "action", "{}"), ("n", "n", "{}"), ("stuck", "stuck", "{}"),
                               ("p50 ms", "p50_ms", "{:.0f}"), ("p95 ms", "p95_ms", "{:.0f}"),
                               ("server p50", "server_p50_ms", "{:.0f}"), ("browser-server p50", "overhead_p50_ms", "{:.0f}"),
                               ("local draw max", "local_max_ms", "{:.1f}")]))
