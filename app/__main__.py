@@ -132,15 +132,18 @@ def create_service(args: argparse.Namespace):
     if stale:
         print(f"note: {stale}", file=sys.stderr)
     from app.service import Service
-    from condinst.checkpoint import CheckpointError
-    from condinst.config import ConfigError
+    from condinst.errors import user_message
 
     try:
         service = Service.create(args.workspace, weights, config=args.config, device=args.device,
                                  recover=args.recover, samples_dir=args.samples, fast=args.fast,
                                  backend=args.backend or "onnxruntime", max_video_frames=args.max_video_frames)
-    except (CheckpointError, ConfigError) as exc:
-        raise SystemExit(f"error: cannot load the model: {exc}") from None
+    except Exception as exc:  # a checkpoint, config or ONNX file that does not load: one line (condinst.errors)
+        message = user_message(exc)
+        if message is None:
+            raise
+        args.lock.release()
+        raise SystemExit(f"error: cannot load the model: {message}") from None
     if service.workspace_error:
         print(f"warning: the workspace cannot be opened (the app starts anyway): {service.workspace_error}",
               file=sys.stderr)  # one line: the error says what to do (--recover or the page's 'Recover workspace')

@@ -19,6 +19,7 @@ import numpy as np
 from app.errors import ServiceError
 
 MAX_POINTS = 20_000
+MAX_COORDINATE = 1e7  # |x|, |y| of a point (pixels): far outside any image, well inside OpenCV's int32
 OVERLAP_RULES = ("overlap", "over", "under")  # keep others / remove from others / stay under others
 POLYGON_MODES = ("new", "add", "cut")
 
@@ -48,12 +49,14 @@ def parse_points(text, what: str = "points", minimum: int = 1) -> np.ndarray:
     try:
         data = json.loads(text) if isinstance(text, (str, bytes)) else text
         points = np.asarray(data if data is not None else [], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: JSON nested thousands of levels deep
         raise ServiceError(f"The {what} must be JSON like [[x, y], ...], got {str(text)[:60]!r}.") from None
     if points.size == 0:
         points = points.reshape(0, 2)
     if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
         raise ServiceError(f"The {what} must be a list of [x, y] pairs of numbers, got {str(text)[:60]!r}.")
+    if points.size and np.abs(points).max() > MAX_COORDINATE:
+        raise ServiceError(f"The {what} must lie within {MAX_COORDINATE:g} pixels of the image, got {str(text)[:60]!r}.")
     if len(points) < minimum:
         raise ServiceError(f"Give at least {minimum} {what} point(s).")
     if len(points) > MAX_POINTS:

@@ -15,6 +15,7 @@ import pandas as pd
 from app.actions import TOOLS, View, display_to_image
 from app.errors import AppError
 from app.guard import WARNING
+from app.picture_files import picture_file
 from app.explain_page import LABELS as EXPLAIN_LABELS
 from condinst.errors import UserError, user_message
 from app.screen import TABLE_HEADERS
@@ -22,6 +23,9 @@ from app.service import Service
 
 MODEL_CHOICE = ("(model's choice)", 0)
 ANNOTATE_OUTPUTS = 12
+# Encoding of the pictures sent as files (app.picture_files: written once, never rewritten while
+# served); the overlay and the Explain location view are photos (JPEG), the Explain panels PNG.
+PICTURE_FORMATS = {"picture": "jpeg", "location": "jpeg"}
 
 
 def table_frame(rows: list[list]) -> pd.DataFrame:
@@ -66,7 +70,8 @@ class Handlers:
         view = self.team.observe(view)
         screen = self.service.screens.screen(view)
         view, scene = self.service.canvas.scene(view)
-        picture = screen.image if view.picture or view.image_id is None else gr.skip()
+        picture = picture_file(screen.image, PICTURE_FORMATS["picture"]) if view.picture or view.image_id is None \
+            else gr.skip()
         return (view, picture, table_frame(screen.rows), gr.update(choices=screen.image_choices,
                                                                         value=screen.image_id),
                 screen.reviewed, screen.selected, screen.selected_category, screen.info + self.team.info(view),
@@ -83,10 +88,11 @@ class Handlers:
         """The Explain outputs: plain pictures under the page's (CondInst) labels, or relabelled (SipMask,
         and the first CondInst explanation after one: `View.explain_relabelled`)."""
         keys = ("location", "coord_x", "coord_y", "features", "filters", "probability")
+        files = {key: picture_file(getattr(exp, key), PICTURE_FORMATS.get(key, "png")) for key in keys}
         if exp.labels == EXPLAIN_LABELS and not view.explain_relabelled:
-            pictures = [getattr(exp, key) for key in keys]
+            pictures = [files[key] for key in keys]
         else:
-            pictures = [gr.update(value=getattr(exp, key), label=exp.labels[key]) for key in keys]
+            pictures = [gr.update(value=files[key], label=exp.labels[key]) for key in keys]
         return (replace(view, explain_relabelled=exp.labels != EXPLAIN_LABELS), *pictures, exp.text, message)
 
     def banner(self):
@@ -139,7 +145,7 @@ class Handlers:
         report = self.service.images.add_files(paths, self._progress(progress))
         return (*self._added(view, report), None)
 
-    def on_add_samples(self, view: View, names, progress=gr.Progress()):
+    def on_add_samples(self, view: View, names: list[str] | None, progress=gr.Progress()):
         return self._added(view, self.service.images.add_samples(names or [], self._progress(progress)))
 
     def on_segment_all(self, view: View, progress=gr.Progress()):
@@ -171,20 +177,21 @@ class Handlers:
     def on_threshold(self, view: View, threshold: float):
         return self.annotate(self.actions.set_threshold(view, threshold))
 
-    def on_class_filter(self, view: View, category_ids):
+    def on_class_filter(self, view: View, category_ids: list[int] | None):
         return self.annotate(self.actions.set_class_filter(view, category_ids))
 
     def on_display(self, view: View, opacity: float, labels: bool):
         return self.annotate(self.actions.set_display(view, opacity, labels))
 
     # ---- selection and edits ----------------------------------------------------------------------
-    def on_image_select(self, view: View, tool: str, size: float, new_class, join: bool, evt: gr.SelectData):
+    def on_image_select(self, view: View, tool: str, size: float, new_class: int | None, join: bool,
+                        evt: gr.SelectData):
         """A click on the main picture (display pixels -> original image pixels)."""
         record = self.service.ws.get_image_record(self.actions.require_image(view))
         x, y = display_to_image(record, *evt.index[:2])
         return self.on_click(view, x, y, tool, size, new_class, join)
 
-    def on_click(self, view: View, x: float, y: float, tool: str, size: float, new_class, join: bool):
+    def on_click(self, view: View, x: float, y: float, tool: str, size: float, new_class: int | None, join: bool):
         """API twin of a click: (x, y) in original image pixels."""
         if tool not in TOOLS:
             raise AppError(f"Unknown tool {tool!r}.")
@@ -207,16 +214,16 @@ class Handlers:
         view = replace(view, picture=bool(picture))
         return self.annotate(view) if picture else (view, *[gr.skip()] * (ANNOTATE_OUTPUTS - 1))
 
-    def on_stroke(self, view: View, tool: str, points: str, width: float, overlap: str, new_class):
+    def on_stroke(self, view: View, tool: str, points: str, width: float, overlap: str, new_class: int | None):
         return self.annotate(*self.service.edits.stroke(view, tool, points, width, overlap or "overlap",
                                                         int(new_class) if new_class else None))
 
-    def on_polygon(self, view: View, points: str, mode: str, class_index, overlap: str):
+    def on_polygon(self, view: View, points: str, mode: str, class_index: int | None, overlap: str):
         return self.annotate(*self.service.edits.polygon(view, points, mode or "new",
                                                          int(class_index) if class_index else None,
                                                          overlap or "overlap"))
 
-    def on_refine(self, view: View, positive: str, negative: str, new_class):
+    def on_refine(self, view: View, positive: str, negative: str, new_class: int | None):
         return self.annotate(*self.service.refiner.refine(view, positive, negative or "[]",
                                                           int(new_class) if new_class else None))
 
@@ -229,19 +236,19 @@ class Handlers:
     def on_fill_holes(self, view: View):
         return self.annotate(*self.service.edits.fill_holes(view))
 
-    def on_remove_specks(self, view: View, min_pixels):
+    def on_remove_specks(self, view: View, min_pixels: int):
         return self.annotate(*self.service.edits.remove_specks(view, min_pixels))
 
     def on_row_select(self, view: View, evt: gr.SelectData):
         row = evt.row_value or []
         return self.on_select_instance(view, int(row[0]) if row and str(row[0]).strip() else None)
 
-    def on_select_instance(self, view: View, instance_id):
+    def on_select_instance(self, view: View, instance_id: int | None):
         instance_id = None if instance_id in (None, "") else int(instance_id)
         view = self.actions.select(view, instance_id)
         return self.annotate(view, f"Selected instance #{instance_id}." if instance_id else "Selection cleared.")
 
-    def on_set_class(self, view: View, category_id):
+    def on_set_class(self, view: View, category_id: int | None):
         return self.annotate(*self.actions.set_category(view, category_id))
 
     def on_delete(self, view: View):
@@ -263,7 +270,7 @@ class Handlers:
         message = self.actions.add_class(name)
         return (*self.annotate(view, message), *self.classes())
 
-    def on_rename_class(self, view: View, category_id, name: str):
+    def on_rename_class(self, view: View, category_id: int | None, name: str):
         message = self.actions.rename_class(category_id, name)
         return (*self.annotate(view, message), *self.classes())
 
@@ -295,7 +302,7 @@ class Handlers:
         view, exp = self.service.explain.explain_point(view, float(x), float(y))
         return self.explained(view, exp, f"Explained point ({int(x)}, {int(y)}).")
 
-    def on_add_probe(self, view: View, new_class):
+    def on_add_probe(self, view: View, new_class: int | None):
         return self.annotate(*self.service.explain.add_probe(view, int(new_class) if new_class else None))
 
     # ---- export -----------------------------------------------------------------------------------------
@@ -320,7 +327,7 @@ class Handlers:
                 gr.update(interactive=bool(finished)), gr.Timer(active=status.active),
                 gr.update(choices=choices, value=choices[0][1] if choices else None))
 
-    def on_retrain_start(self, view: View, iterations, batch, reviewed_only: bool):
+    def on_retrain_start(self, view: View, iterations: int, batch: int, reviewed_only: bool):
         return self.retrain_outputs(self.service.start_retrain(int(iterations or 1), int(batch or 1),
                                                                bool(reviewed_only), view.threshold))
 
@@ -330,6 +337,6 @@ class Handlers:
     def on_retrain_cancel(self):
         return self.retrain_outputs(self.service.cancel_retrain())
 
-    def on_retrain_use(self, view: View, checkpoint=None):
+    def on_retrain_use(self, view: View, checkpoint: str | None = None):
         message = self.service.use_retrained(checkpoint or None)
         return (*self.annotate(self.actions.refresh(view), message), self.service.model_info())

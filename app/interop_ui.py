@@ -50,7 +50,7 @@ class InteropHandlers:
         summary = report.summary()
         return (*self.h.annotate(view, summary.splitlines()[0]), *self.h.classes(), f"```\n{summary}\n```", None)
 
-    def on_qa(self, score, progress=gr.Progress()):
+    def on_qa(self, score: float, progress=gr.Progress()):
         from app.qa import run_qa
 
         report = run_qa(self.service.ws, self.service.session, float(score),
@@ -63,7 +63,7 @@ class InteropHandlers:
             return self.h.annotate(view) + (gr.skip(),)
         return self.on_open(view, int(row[2]), int(row[4]) if str(row[4]).strip() else None)
 
-    def on_open(self, view: View, image_id, instance_id=None):
+    def on_open(self, view: View, image_id: int, instance_id: int | None = None):
         """Open an image in the editor with one instance selected (API twin of a QA row click)."""
         view = self.actions.go_to(view, int(image_id))
         if instance_id:

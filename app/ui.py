@@ -12,6 +12,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.actions import View
+from app.api_inputs import checked, needs_preprocess
 from app import interop_ui, video_ui
 from app.canvas import editor_files
 from app.edit_channel import EditChannel
@@ -278,13 +279,16 @@ class AppUI:
     def _wire(self, demo, top, a, explain_tab, e, x, retrain_tab, r) -> None:
         h, state, status = self.h, top["state"], top["status"]
 
-        def on(event, fn, inputs, outputs, message=status, **kwargs):
-            """Every event acts as the logged-in person (app.actor); a stale edit answers with a fresh view."""
+        def on(event, fn, inputs, outputs, message=status, bounds=None, **kwargs):
+            """Every event acts as the logged-in person (app.actor); a stale edit answers with a fresh view.
+            Its input values are checked first (app.api_inputs; `bounds` {label: (low, high)} for a number
+            whose range the page changes)."""
             index = outputs.index(message) if message in outputs else None
             same = len(outputs) >= len(annotate) and all(x is y for x, y in zip(outputs, annotate))
             conflict = h.team.conflict if same else None
             wrapped = guarded(fn, len(outputs), index, context=h.team.context, conflict=conflict, sent=h.team.sent)
-            return event(wrapped, inputs, outputs, **kwargs)
+            kwargs.setdefault("preprocess", needs_preprocess(inputs))
+            return event(checked(wrapped, inputs, bounds), inputs, outputs, **kwargs)
 
         annotate = [state, a["picture"], a["table"], a["image"], a["reviewed"], a["selected"], a["class"], a["info"],
                     a["undo"], a["redo"], status, a["editor"]]

@@ -123,7 +123,7 @@ class VideoHandlers:
     def on_image_change(self, view: View):
         return self.panel(view)
 
-    def on_frame(self, view: View, index):
+    def on_frame(self, view: View, index: int):
         sequence_id, _ = self.frame(view)
         view = self.actions.go_to(view, self.service.sequences.frame_id(sequence_id, int(index)))
         return (*self.h.annotate(view), *self.panel(view))
@@ -137,24 +137,24 @@ class VideoHandlers:
         view = self.actions.refresh(view)
         return (*self.h.annotate(view, message), *self.panel(view))
 
-    def on_set_class(self, view: View, track, category_id):
+    def on_set_class(self, view: View, track: int | None, category_id: int | None):
         if track in (None, "") or category_id in (None, ""):
             return self._done(view, self.h.warning("Pick a track and a class first."))
         message = self.service.tracks.set_class(self.actions.require_image(view), int(track), int(category_id))
         return self._done(view, message)
 
-    def on_merge(self, view: View, track, other):
+    def on_merge(self, view: View, track: int | None, other: int | None):
         if track in (None, "") or other in (None, ""):
             return self._done(view, self.h.warning("Give the track to keep and the other track to merge into it."))
         return self._done(view, self.service.tracks.merge(self.actions.require_image(view), int(track), int(other)))
 
-    def on_split(self, view: View, track):
+    def on_split(self, view: View, track: int | None):
         if track in (None, ""):
             return self._done(view, self.h.warning("Pick the track to split first."))
         _, index = self.frame(view)
         return self._done(view, self.service.tracks.split(self.actions.require_image(view), int(track), index))
 
-    def on_assign(self, view: View, track):
+    def on_assign(self, view: View, track: int | None):
         selected = self.actions.selected_instance(view)
         if selected is None:
             return self._done(view, self.h.warning("Select an instance of this frame first."))
@@ -165,7 +165,7 @@ class VideoHandlers:
         view = self.actions.refresh(view)
         return (*self.h.annotate(view, message), *self.panel(view), self.preview_html(view.propagation))
 
-    def on_propagate(self, view: View, num_frames):
+    def on_propagate(self, view: View, num_frames: int | None):
         if num_frames in (None, ""):
             return self._propagation(view, self.h.warning("Give the number of frames to propagate to."))
         view, message = self.service.propagation.preview(view, int(num_frames))
@@ -215,7 +215,8 @@ def wire(on, vh: VideoHandlers, p: dict, state, annotate: list, image, table, mo
     both = annotate + panel
     for shown in (image, table):  # another frame, or its instances changed (an undo of a track operation)
         on(shown.change, vh.on_image_change, [state], panel, api_visibility="private")
-    on(p["slider"].release, vh.on_frame, [state, p["slider"]], both, api_visibility="private", **model)
+    on(p["slider"].release, vh.on_frame, [state, p["slider"]], both, api_visibility="private",
+       bounds={"Frame": (0, None)}, **model)
     on(p["api_go"].click, vh.on_frame, [state, p["api_frame"]], both, api_name="go_to_frame", **model)
     on(p["previous"].click, lambda view: vh.on_step(view, -1), [state], both, api_name="previous_frame", **model)
     on(p["next"].click, lambda view: vh.on_step(view, +1), [state], both, api_name="next_frame", **model)

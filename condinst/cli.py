@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError, run_reporting_errors
-from .validate import (OneLineParser, check_device, existing_dir, existing_file, non_negative_int, positive_int,
-                       probability, writable_dir, writable_file)
+from .validate import (OneLineParser, check_device, edge_size, existing_dir, existing_file, non_negative_int,
+                       positive_int, probability, writable_dir, writable_file)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -34,8 +34,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vis", help="folder for images with the detections drawn")
     p.add_argument("--score-threshold", type=probability, default=None,
                    help="keep detections scoring at least this (final score; default: keep all the model returns)")
-    p.add_argument("--min-size", type=positive_int, help="test-time shortest edge (default: config, 800)")
-    p.add_argument("--max-size", type=positive_int, help="test-time longest edge cap (default: config, 1333)")
+    p.add_argument("--min-size", type=edge_size, help="test-time shortest edge (default: config, 800)")
+    p.add_argument("--max-size", type=edge_size, help="test-time longest edge cap (default: config, 1333)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
                    help="runtime of an exported .onnx --weights file (default: onnxruntime)")
@@ -129,6 +129,10 @@ def run_predict(args: argparse.Namespace) -> int:
             _merge(store, keys, failures, Path(args.output))
         barrier()  # the group ends together (gloo aborts a process leaving while a peer still talks)
         return 1 if failures else 0
+    except BaseException:
+        if rank == 0:  # a failed start (bad --weights, --config) leaves no parts folder: its rerun starts afresh
+            store.discard_if_empty()
+        raise
     finally:
         cleanup_distributed()
 
@@ -173,17 +177,15 @@ def _predict_share(args: argparse.Namespace, store, items: list[tuple[Path, str]
         results = predictor([image for _, image in batch])
         entries = [result_to_coco(r, ids, file_name=path.name, class_names=names, min_score=min_score, decimals=3)
                    for (path, _), r in zip(batch, results)]
+        if args.vis:  # before the part: an image counts as done once its picture is written too
+            from .visualize import draw_result, save_picture
+
+            for (path, image), result in zip(batch, results):
+                save_picture(Path(args.vis) / (path.stem + ".png"), draw_result(image, result, names, min_score))
         store.write(rank, [(key_of[path], e) for (path, _), e in zip(batch, entries)])
         seconds = (time.perf_counter() - start) / len(batch)
-        for (path, image), result, e in zip(batch, results, entries):
+        for (path, _), e in zip(batch, entries):
             print(f"{prefix}{path}: {len(e)} instances in {seconds:.2f} s", flush=True)
-            if args.vis:
-                from PIL import Image
-
-                from .visualize import draw_result
-
-                Path(args.vis).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(draw_result(image, result, names, min_score)).save(Path(args.vis) / (path.stem + ".png"))
 
     failures = 0
     for path, image in decoded([p for p, _ in items], args.workers, depth=max(args.workers, 2 * args.batch_size)):

@@ -123,17 +123,41 @@ def _is_sipmask(cfg) -> bool:
 
 
 def _session(path: str | os.PathLike, threads: int | None):
+    """(ONNX Runtime session, metadata, config) of a file we exported; ExportError (one line) for
+    anything else: not ONNX, empty, truncated, another model's graph, a config that does not load."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # not the warning about overridable (initializer) inputs
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own classes (InvalidProtobuf, InvalidGraph, Fail, ...): the file's fault
+        raise ExportError(f"{path}: not a readable ONNX model ({_first_line(e)})") from None
     meta = session.get_modelmeta().custom_metadata_map
     if CONFIG_KEY not in meta:
         raise ExportError(f"{path}: not a CondInst ONNX file (no {CONFIG_KEY!r} metadata)")
-    return session, meta, config_from_dict(json.loads(meta[CONFIG_KEY])).validate()
+    try:
+        cfg = config_from_dict(json.loads(meta[CONFIG_KEY])).validate()
+    except (ValueError, TypeError, KeyError, AttributeError, UserError) as e:  # JSONDecodeError is a ValueError
+        raise ExportError(f"{path}: its {CONFIG_KEY!r} metadata is not a model config ({_first_line(e)})") from None
+    return session, meta, cfg
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _check_graph(session, path, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+    """ExportError unless the graph has the inputs and outputs our runner feeds and reads."""
+    have_in = {i.name for i in session.get_inputs() + session.get_overridable_initializers()}
+    have_out = {o.name for o in session.get_outputs()}
+    missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+    if missing:
+        raise ExportError(f"{path}: not a graph written by `python -m condinst export` (no {', '.join(missing)}); "
+                          "export the checkpoint again")
 
 
 class ExportError(UserError):
@@ -179,10 +203,19 @@ class OnnxModel:
     def __init__(self, path: str | os.PathLike, threads: int | None = None, backend: str = "onnxruntime"):
         if backend not in BACKENDS:
             raise ExportError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.path = path
         self.session, meta, self.cfg = _session(path, threads)
         if meta.get(GRAPH_KEY, "dense") != "whole":
             raise ExportError(f"{path}: holds only the dense part of the model; export the whole graph "
                               "(python -m condinst export without --dense-only) to predict with it")
+        if _is_sipmask(self.cfg):
+            from .sipmask.onnx import EXTRA_INPUTS, OUTPUTS as SIPMASK_OUTPUTS
+
+            _check_graph(self.session, path, ("images", *EXTRA_INPUTS), SIPMASK_OUTPUTS)
+        else:
+            from .onnx_graph import OUTPUTS
+
+            _check_graph(self.session, path, ("images",), OUTPUTS)
         # Inputs with defaults are "overridable initializers" to ONNX Runtime, not inputs.
         self.input_names = {i.name for i in self.session.get_inputs() + self.session.get_overridable_initializers()}
         if backend == "openvino":
@@ -201,8 +234,12 @@ class OnnxModel:
         return {k: v for k, v in feeds.items() if k in self.input_names}
 
     def run(self, names, feeds: dict) -> dict[str, torch.Tensor]:
-        """The graph's outputs `names` for `feeds`, as tensors by name."""
-        return dict(zip(names, (torch.from_numpy(a) for a in self.session.run(list(names), feeds))))
+        """The graph's outputs `names` for `feeds`, as tensors by name (ExportError when the graph fails)."""
+        try:
+            arrays = self.session.run(list(names), feeds)
+        except Exception as e:  # a runtime's error running a graph that loaded: the file does not fit this runner
+            raise ExportError(f"{self.path}: the ONNX graph failed ({_first_line(e)})") from None
+        return dict(zip(names, (torch.from_numpy(a) for a in arrays)))
 
     def inference(self, images: torch.Tensor, input_sizes: list[tuple[int, int]],
                   cfg: CondInstConfig | None = None) -> list[InstanceResult]:
@@ -230,6 +267,7 @@ class OnnxHeads:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         self.session, _, self.cfg = _session(path, threads)
+        _check_graph(self.session, path, ("images",), tuple(OUTPUT_NAMES))
 
     def forward_heads(self, images: torch.Tensor) -> HeadOutputs:
         arrays = self.session.run(OUTPUT_NAMES, {"images": images.detach().cpu().contiguous().numpy()})

@@ -1,7 +1,8 @@
 """Atomic file writes: the one implementation every module uses.
 
 A file is written to a temporary name in the same folder, flushed and fsynced, then renamed over the
-target, so readers see the old or the new content, never half of it, and a crash loses nothing.
+target, so readers see the old or the new content, never half of it, and a crash loses nothing
+(`durable=False` skips the fsyncs for files that may be lost in a crash: caches, pictures served once).
 """
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
-    """`with atomic_open(p, "w") as f: ...` writes `p` atomically; on an exception `p` is untouched."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb", durable: bool = True, **kwargs: Any) -> Iterator[IO]:
+    """`with atomic_open(p, "w") as f: ...` writes `p` atomically; on an exception `p` is untouched.
+
+    An OSError that names no file (a full disk fails a write with ENOSPC and no name) is raised again
+    naming `p`, so that `errors.user_message` reports it as one line about the file being written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -37,18 +41,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; written files are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with atomic_open(path, "wb", durable=durable) as f:
         f.write(data)
 
 

@@ -6,7 +6,10 @@ strips at a time, so the peak of `read_image` is about 7 bytes a pixel (700 MB a
 full-size float or wide-integer copy is ever made (16-bit and 32-bit images are converted strip by
 strip). `resize_image` resizes uint8 with PIL (one 4-byte-a-pixel copy). Images above
 `MAX_IMAGE_PIXELS` (120 MP; 12000 x 9000 is 108 MP) are refused with an `ImageError` before
-anything is decoded.
+anything is decoded. A resize to a model input of more than `MAX_INPUT_PIXELS` (4096 x 4096,
+16.8 MP; the bundled R-50 model needs about 0.4 GB a megapixel of input) is refused the same way
+before anything is allocated (`checked_resize`: a 1 x 1 image with min / max size 100000); the
+command lines' `--min-size` / `--max-size` are at most `validate.MAX_TEST_SIZE` (4096).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .errors import UserError
 
 # Refuse images whose decoded size would exhaust memory; 12000 x 9000 is 108 MP.
 MAX_IMAGE_PIXELS = 120_000_000
+MAX_INPUT_PIXELS = 4096 * 4096  # a resized model input (test or training size) has at most this many pixels
 STRIP_ROWS = 256  # rows converted at a time: bounds every intermediate to a strip of the image
 
 # EXIF orientation -> the numpy view that undoes it (ImageOps.exif_transpose on the array, without
@@ -146,7 +150,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
 
 
 def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, int]:
-    """(new_h, new_w) of detectron2's ResizeShortestEdge: short side -> short_edge, long side <= max_size."""
+    """(new_h, new_w) of detectron2's ResizeShortestEdge: short side -> short_edge, long side <= max_size.
+
+    Raises ImageError when the result has more than `MAX_INPUT_PIXELS` pixels (`checked_resize`)."""
     scale = short_edge / min(h, w)
     if h < w:
         newh, neww = short_edge, scale * w
@@ -155,20 +161,30 @@ def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, 
     if max(newh, neww) > max_size:
         scale = max_size / max(newh, neww)
         newh, neww = newh * scale, neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
+    return checked_resize(h, w, int(newh + 0.5), int(neww + 0.5))
+
+
+def checked_resize(h: int, w: int, new_h: int, new_w: int, max_pixels: int = MAX_INPUT_PIXELS) -> tuple[int, int]:
+    """(new_h, new_w), or ImageError when an (h, w) image resized to it would exceed `max_pixels`
+    (checked before any resized copy is allocated)."""
+    if new_h * new_w > max_pixels:
+        raise ImageError(f"a {w}x{h} image resized to {new_w}x{new_h} would have {new_w * new_h / 1e6:.1f} MP, more "
+                         f"than the {max_pixels / 1e6:.1f} MP a model input may have; use a smaller test size "
+                         "(--min-size / --max-size)")
+    return new_h, new_w
 
 
 def mmcv_rescaled_shape(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
     """(new_h, new_w) of mmcv's `imrescale(img, scale)`: the largest factor that fits the long edge
     into max(scale) and the short edge into min(scale), sizes rounded as int(x * factor + 0.5)."""
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * float(factor) + 0.5), int(w * float(factor) + 0.5)
+    return checked_resize(h, w, int(h * float(factor) + 0.5), int(w * float(factor) + 0.5))
 
 
 def input_resized_shape(h: int, w: int, resize: str, min_size: int, max_size: int) -> tuple[int, int]:
     """(new_h, new_w) of a test resize rule (`InputConfig.resize`) with min/max_size_test."""
     if resize == "mmcv_resize":
-        return min_size, max_size
+        return checked_resize(h, w, min_size, max_size)
     if resize == "mmcv_rescale":
         return mmcv_rescaled_shape(h, w, (max_size, min_size))
     return resized_shape(h, w, min_size, max_size)

@@ -132,6 +132,16 @@ class PartStore:
             raise PartsError(f"{self.folder}: parts of a run with other settings ({', '.join(changed)} differ); "
                              "run with the same settings to resume, or delete the folder to start over")
 
+    def has_parts(self) -> bool:
+        """Whether anything was finished (a part file exists; temporary files start with a dot)."""
+        return self.exists() and next(self.folder.glob("part-*"), None) is not None
+
+    def discard_if_empty(self) -> None:
+        """Remove the folder when it holds no finished part: what a run that stopped before its first
+        batch (a bad --weights, a model that fails on the first image) leaves is nothing to resume."""
+        if self.exists() and not self.has_parts():
+            self.remove()
+
     def start(self, settings: dict) -> None:
         """Create (or resume) the folder; temporary files of writes a kill interrupted are removed
         (rank 0 calls this before any rank of this run writes)."""

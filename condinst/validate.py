@@ -2,8 +2,8 @@
 
 Two kinds:
 
-* argparse `type=` functions for numbers (`probability`, `positive_int`, `non_negative_int`):
-  they refuse nan, inf and out-of-range values while the command line is parsed;
+* argparse `type=` functions for numbers (`probability`, `positive_int`, `non_negative_int`,
+  `edge_size`): they refuse nan, inf and out-of-range values while the command line is parsed;
 * path and device checks (`existing_file`, `existing_dir`, `writable_file`, `writable_dir`,
   `check_device`), called at the top of a command; each raises `ArgumentError` naming the flag.
 
@@ -61,6 +61,18 @@ def positive_int(text: str) -> int:
     value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+MAX_TEST_SIZE = 4096  # largest --min-size / --max-size: its square is preprocess.MAX_INPUT_PIXELS
+
+
+def edge_size(text: str) -> int:
+    """A test-time image edge (--min-size / --max-size): an integer in 1..MAX_TEST_SIZE, so that no
+    resized input exceeds a model input's pixel budget (`preprocess.MAX_INPUT_PIXELS`, 16.8 MP)."""
+    value = positive_int(text)
+    if value > MAX_TEST_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TEST_SIZE} pixels, got {text!r}")
     return value
 
 

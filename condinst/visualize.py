@@ -41,3 +41,17 @@ def draw_result(image: np.ndarray, result: ImageResult, class_names, min_score: 
     det = to_supervision(result, min_score)
     labels = [f"{class_names[c]} {s:.2f}" for c, s in zip(det.class_id, det.confidence)]
     return draw(image, det, labels)
+
+
+def save_picture(path, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 RGB picture as PNG: encoded in memory, then written atomically
+    (`io.atomic_write_bytes`), so a full disk is an OSError naming `path` and never a half-written file."""
+    import io
+
+    from PIL import Image
+
+    from .io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..validate import existing_dir, existing_file, positive_int, probability, writable_dir, writable_file, check_device
+from ..validate import (check_device, edge_size, existing_dir, existing_file, positive_int, probability, writable_dir,
+                        writable_file)
 from .reader import VIDEO_SUFFIXES, VideoError, open_frames, open_video
 
 
@@ -45,8 +46,8 @@ def add_model_arguments(p: argparse.ArgumentParser, weights_required: bool = Tru
                    help="an unmatched detection starts a track from this score (default 0.5)")
     p.add_argument("--max-lost", type=positive_int, default=10, help="frames a track survives unseen (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="frames per model call (default 4)")
-    p.add_argument("--min-size", type=positive_int, help="test-time shortest edge (default: config)")
-    p.add_argument("--max-size", type=positive_int, help="test-time longest edge cap (default: config)")
+    p.add_argument("--min-size", type=edge_size, help="test-time shortest edge (default: config)")
+    p.add_argument("--max-size", type=edge_size, help="test-time longest edge cap (default: config)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--fast", action="store_true", help="fast mode (see predict --fast)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -206,8 +207,10 @@ def test_user_errors_come_back_as_messages(app, client, image_ids):
     assert out[STATUS].startswith(WARNING) and "outside" in out[STATUS]
     out = client.predict(424242, api_name="/go_to_image")
     assert "does not exist" in out[STATUS]
-    out = client.predict(10**30, api_name="/select_instance")
+    out = client.predict(-5, api_name="/select_instance")
     assert "positive integer" in out[STATUS] and "Traceback" not in out[STATUS]
+    with pytest.raises(AppError, match=r"instance_id: expects a whole number \(\|n\| < 2\*\*63\)"):
+        client.predict(10**30, api_name="/select_instance")  # not an id at all: refused before the action (api_inputs)
     out = client.predict([], api_name="/add_samples")
     assert "Pick one or more sample images" in out[STATUS]
     out = client.predict(api_name="/next_image")  # still serving

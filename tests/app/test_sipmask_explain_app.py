@@ -2,6 +2,8 @@
 quadrant partials, assembly, basis masks) for a selected instance and for a clicked point."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -72,4 +74,4 @@ def test_the_explain_labels_follow_the_model(sipmask_service):
     out = handlers.explained(out[0], condinst)
     assert out[1]["label"] == LABELS["location"] and not out[0].explain_relabelled
     out = handlers.explained(out[0], condinst)
-    assert isinstance(out[1], np.ndarray)  # plain pictures again, as API clients get them
+    assert isinstance(out[1], str) and Path(out[1]).is_file()  # plain pictures again (app.picture_files)
