@@ -18,6 +18,15 @@ PNG::
                               a later instance covers an earlier one where they overlap
     masks/index.json          per image: file names and [{value, id, category_id, category, iscrowd}]
 
+``data.yaml``'s ``path`` is the absolute path of the export folder. Ultralytics
+(``ultralytics.data.utils.check_det_dataset``) takes the dataset root from ``path`` when given, else from
+the folder of the yaml file, and only then joins ``train``/``val`` to it; a relative ``path`` (``.``) is
+read against the current folder, so ``yolo segment train data=EXPORT/data.yaml`` worked only from inside
+EXPORT. An absolute path works from any folder with every Ultralytics version. A zip of the folder also
+works: for a zip Ultralytics uses the folder it extracts to and ignores ``path``. A folder moved
+elsewhere needs its ``path`` line deleted (then the yaml's own folder is the root) or updated; the
+file's header comment says so.
+
 Both are written atomically like the COCO export (`app.export.publish`).
 """
 from __future__ import annotations
@@ -36,6 +45,9 @@ from app.export import (DEFAULT_SUBSET, IMAGES_DIR, ExportError, disk_errors, ex
 from app.workspace import Workspace, WorkspaceSnapshot
 
 FORMATS = ("coco", "yolo", "png", "ytvis")  # ytvis: the video sequences (app.ytvis_export)
+DATA_YAML_HEADER = ("# YOLO segmentation dataset written by CondInst Studio.\n"
+                    "# path: the folder it was written to, so Ultralytics finds it from any current folder.\n"
+                    "# Moved the folder? Delete the path line (Ultralytics then uses this file's folder) or update it.\n")
 
 
 def _snapshot(workspace: Workspace, reviewed_only: bool) -> WorkspaceSnapshot:
@@ -89,7 +101,7 @@ def export_yolo(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
                  for k, v in split_images([image.id for image in snapshot.images], split).items()}
     class_index = {category.id: k for k, category in enumerate(snapshot.categories)}
     subsets = sorted(set(subset_of.values()), key=("train", "val").index)
-    data = {"path": ".", "train": f"{IMAGES_DIR}/train", "val": f"{IMAGES_DIR}/{subsets[-1]}",
+    data = {"path": str(out_dir), "train": f"{IMAGES_DIR}/train", "val": f"{IMAGES_DIR}/{subsets[-1]}",
             "names": {k: c.name for k, c in enumerate(snapshot.categories)},
             "category_ids": {k: c.id for k, c in enumerate(snapshot.categories)}}
 
@@ -103,7 +115,8 @@ def export_yolo(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
             lines = yolo_lines(snapshot, image.id, class_index)
             label = root / "labels" / subset / f"{Path(name).stem}.txt"
             label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        (root / "data.yaml").write_text(DATA_YAML_HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+                                        encoding="utf-8")
 
     with disk_errors(out_dir):
         publish(out_dir, [IMAGES_DIR, "labels", "data.yaml"], write, overwrite)
