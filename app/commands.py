@@ -187,7 +187,7 @@ def run_qa_command(args: argparse.Namespace) -> str:
     with Workspace.open(args.workspace) as workspace:
         report = run_qa(workspace, session, args.score)
     atomic_write_json(args.out, report.to_dict(), indent=1)
-    lines = [report.summary()] + [f"  {e.severity:.2f} {e.kind} image {e.image_id} ({e.file_name})"
+    lines = [report.summary()] + [f"  {e.level} ({e.severity:.2f}) {e.kind} image {e.image_id} ({e.file_name})"
                                   f"{f' instance {e.instance_id}' if e.instance_id else ''}: {e.reason}"
                                   for e in report.entries[:10]]
     return "\n".join(lines + [f"report: {args.out}"])
