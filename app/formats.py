@@ -8,8 +8,8 @@ YOLO (what Ultralytics, Roboflow and supervision's ``DetectionDataset.from_yolo`
 
 Class indices are the categories in id order, 0..K-1 (YOLO has no ids of its own; ``data.yaml``
 keeps the COCO ids under ``category_ids``). Polygons come from the one polygon rule of
-`app.export.mask_to_polygons` (outer contours, holes filled); an instance of several parts gives
-one line per part. YOLO has no crowd regions: crowd instances are left out.
+`app.polygons.export_polygons` (outer contours, holes filled, simplified to within 1 px unless
+``exact_polygons``); an instance of several parts gives one line per part. YOLO has no crowd regions: crowd instances are left out.
 
 PNG::
 
@@ -41,7 +41,8 @@ import numpy as np
 import yaml
 
 from app.export import (DEFAULT_SUBSET, IMAGES_DIR, ExportError, disk_errors, export_file_names, fsync_file,
-                        is_crowd, mask_to_polygons, publish, split_images)
+                        is_crowd, publish, split_images)
+from app.polygons import PolygonStats, export_polygons
 from app.workspace import Workspace, WorkspaceSnapshot
 
 FORMATS = ("coco", "yolo", "png", "ytvis")  # ytvis: the video sequences (app.ytvis_export)
@@ -78,22 +79,30 @@ def _copy(source: Path, target: Path) -> None:
     fsync_file(target)
 
 
-def yolo_lines(snapshot: WorkspaceSnapshot, image_id: int, class_index: dict[int, int]) -> list[str]:
-    """The label lines of one image: ``class x1 y1 ...`` per polygon part, normalised by width/height."""
+def yolo_lines(snapshot: WorkspaceSnapshot, image_id: int, class_index: dict[int, int],
+               stats: PolygonStats | None = None) -> list[str]:
+    """The label lines of one image: ``class x1 y1 ...`` per polygon part, normalised by width/height
+    (simplified polygons unless ``stats.exact``; ``stats`` collects their IoU with the masks)."""
+    stats = stats or PolygonStats(exact=False)
     lines = []
     for instance in snapshot.instances[image_id]:
         if is_crowd(instance) or instance.area == 0:
             continue
         scale = np.array([instance.width, instance.height], dtype=np.float64)
-        for polygon in mask_to_polygons(instance.mask):
+        polygons = export_polygons(instance.mask, stats.exact)
+        stats.add(polygons, instance.rle)
+        for polygon in polygons:
             points = np.clip(np.asarray(polygon).reshape(-1, 2) / scale, 0.0, 1.0)
             lines.append(" ".join([str(class_index[instance.category_id])] + [f"{v:.6f}" for v in points.ravel()]))
     return lines
 
 
 def export_yolo(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only: bool = False,
-                split: float = 0.0, overwrite: bool = False) -> Path:
-    """Write a YOLO segmentation dataset into ``out_dir``; returns the path of ``data.yaml``."""
+                split: float = 0.0, overwrite: bool = False, exact_polygons: bool = False) -> Path:
+    """Write a YOLO segmentation dataset into ``out_dir``; returns the path of ``data.yaml``.
+
+    Polygons are simplified like the COCO export's (`app.polygons.export_polygons`) unless ``exact_polygons``;
+    a comment line of ``data.yaml`` gives the tolerance and their IoU with the masks."""
     out_dir = Path(out_dir).expanduser().resolve()
     snapshot = _snapshot(workspace, reviewed_only)
     names = unique_stems(export_file_names(snapshot))
@@ -105,6 +114,8 @@ def export_yolo(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
             "names": {k: c.name for k, c in enumerate(snapshot.categories)},
             "category_ids": {k: c.id for k, c in enumerate(snapshot.categories)}}
 
+    stats = PolygonStats(exact_polygons)
+
     def write(root: Path) -> None:
         for subset in subsets:
             (root / IMAGES_DIR / subset).mkdir(parents=True)
@@ -112,10 +123,11 @@ def export_yolo(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
         for image in snapshot.images:
             subset, name = subset_of[image.id], names[image.id]
             _copy(snapshot.image_paths[image.id], root / IMAGES_DIR / subset / name)
-            lines = yolo_lines(snapshot, image.id, class_index)
+            lines = yolo_lines(snapshot, image.id, class_index, stats)
             label = root / "labels" / subset / f"{Path(name).stem}.txt"
             label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        (root / "data.yaml").write_text(DATA_YAML_HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+        header = DATA_YAML_HEADER + f"# {stats.line()}\n"
+        (root / "data.yaml").write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
                                         encoding="utf-8")
 
     with disk_errors(out_dir):
