@@ -1,7 +1,7 @@
 """Dataset and account commands for pipelines (no browser):
 
     python -m app export --workspace WS --format coco|yolo|png|ytvis --out DIR [--reviewed-only] [--split 0.2]
-                         [--mask-format rle|polygon] [--min-score 0.3] [--overwrite]
+                         [--mask-format rle|polygon] [--exact-polygons] [--min-score 0.3] [--overwrite]
     python -m app import --workspace WS (--ann A.json --images DIR | --ann A.zip | --yolo DIR|ZIP)
                          [--results R.json] [--skip-bad]
     python -m app qa --workspace WS --out report.json [--weights W] [--score 0.5] [--device cpu]
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--reviewed-only", action="store_true", help="only images marked reviewed")
     export.add_argument("--split", type=fraction, default=0.0, help="share of images for val (coco, yolo)")
     export.add_argument("--mask-format", choices=("rle", "polygon"), default="rle", help="COCO masks (default rle)")
+    export.add_argument("--exact-polygons", action="store_true",
+                        help="polygons as the exact pixel outline (default: simplified to within 1 px; coco, yolo)")
     export.add_argument("--min-score", type=probability, default=DEFAULT_THRESHOLD,
                         help="score threshold of unreviewed model instances (default %(default)s)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
@@ -87,6 +89,8 @@ def check_export(args: argparse.Namespace) -> None:
         raise ArgumentError("--split applies to --format coco or yolo, not png")
     if args.mask_format != "rle" and args.format != "coco":
         raise ArgumentError("--mask-format applies to --format coco only")
+    if args.exact_polygons and not (args.format == "yolo" or args.mask_format == "polygon"):
+        raise ArgumentError("--exact-polygons applies to --format yolo or --mask-format polygon")
     if args.split and args.format == "ytvis":
         raise ArgumentError("--split applies to --format coco or yolo, not ytvis")
     entries = {"coco": ["images", "annotations"], "yolo": ["images", "labels", "data.yaml"],
@@ -105,13 +109,14 @@ def run_export(args: argparse.Namespace) -> str:
     with Workspace.open(args.workspace) as workspace:
         view = ThresholdedWorkspace(workspace, args.min_score)
         if args.format == "coco":
-            path = export_coco(view, args.out, args.reviewed_only, args.mask_format, args.overwrite, args.split)
+            path = export_coco(view, args.out, args.reviewed_only, args.mask_format, args.overwrite, args.split,
+                               args.exact_polygons)
         elif args.format == "ytvis":
             from app.ytvis_export import export_ytvis
 
             path = export_ytvis(view, args.out, args.reviewed_only, args.overwrite)
         elif args.format == "yolo":
-            path = export_yolo(view, args.out, args.reviewed_only, args.split, args.overwrite)
+            path = export_yolo(view, args.out, args.reviewed_only, args.split, args.overwrite, args.exact_polygons)
         else:
             path = export_png(view, args.out, args.reviewed_only, args.overwrite)
     return f"exported {args.format} to {path}"
@@ -187,7 +192,7 @@ def run_qa_command(args: argparse.Namespace) -> str:
     with Workspace.open(args.workspace) as workspace:
         report = run_qa(workspace, session, args.score)
     atomic_write_json(args.out, report.to_dict(), indent=1)
-    lines = [report.summary()] + [f"  {e.severity:.2f} {e.kind} image {e.image_id} ({e.file_name})"
+    lines = [report.summary()] + [f"  {e.level} ({e.severity:.2f}) {e.kind} image {e.image_id} ({e.file_name})"
                                   f"{f' instance {e.instance_id}' if e.instance_id else ''}: {e.reason}"
                                   for e in report.entries[:10]]
     return "\n".join(lines + [f"report: {args.out}"])

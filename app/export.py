@@ -18,7 +18,10 @@ is not deleted. Hidden instances *are* exported (hidden is only a view flag). In
 mask is empty are skipped, and in polygon mode also those whose mask yields no polygon with at
 least 3 points. Polygon mode keeps only outer contours (holes are filled; the file's ``info``
 says so) and is close to, but not guaranteed identical with, the stored mask; its ``area`` and
-``bbox`` are those of the polygons as pycocotools rasterises them. In RLE mode they come from the
+``bbox`` are those of the polygons as pycocotools rasterises them. The pixel outline is simplified
+(``cv2.approxPolyDP``, within `app.polygons.POLYGON_TOLERANCE` = 1 px, mean deviation about 0.35 px) unless
+``exact_polygons``; ``info["polygons"]`` gives the tolerance and the polygons' IoU with the stored
+masks (mean and min over the instances). In RLE mode they come from the
 exact mask. Crowd regions (instance ``meta["iscrowd"]``, e.g. imported COCO crowd RLE) are always
 written as RLE with ``iscrowd: 1``.
 
@@ -49,12 +52,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
-import numpy as np
 from pycocotools import mask as mask_utils
 
 from app.errors import AppError
 from app.ingest import sanitize_file_name
+from app.polygons import PolygonStats, export_polygons, mask_to_polygons  # noqa: F401 - mask_to_polygons: re-exported
 from app.records import is_crowd
 from app.workspace import Instance, Workspace, WorkspaceSnapshot
 from condinst.io import atomic_open, fsync_dir
@@ -87,38 +89,8 @@ class CocoExport:
     subsets: dict[str, dict[str, Any]]
 
 
-def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours of a mask as COCO polygons ``[x1, y1, x2, y2, ...]``.
-
-    ``cv2.findContours`` (``RETR_CCOMP``) runs on the mask's bounding box upsampled 2x, and
-    each vertex is mapped back with ``(v + 0.5) / 2``, i.e. a quarter pixel inside the outer
-    edge of the boundary pixels. Rasterised again by pycocotools this reproduces the mask
-    (hole-filled) far better than contours through pixel centres, which lose about half a
-    pixel all around (IoU < 0.9 for objects ~10 px wide). Hole contours (those with a
-    parent) are dropped, so holes are filled; polygons with fewer than 3 points are skipped.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return []
-    y0, x0 = int(rows[0]), int(cols[0])
-    crop = mask[y0:rows[-1] + 1, x0:cols[-1] + 1].astype(np.uint8)
-    upsampled = np.ascontiguousarray(crop.repeat(2, axis=0).repeat(2, axis=1))
-    contours, hierarchy = cv2.findContours(upsampled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None:
-        return []
-    polygons = []
-    for contour, (_next, _prev, _child, parent) in zip(contours, hierarchy[0]):
-        points = contour.reshape(-1, 2).astype(np.float64)
-        if parent != -1 or len(points) < 3:
-            continue
-        points = (points + 0.5) / 2.0 + (x0, y0)
-        polygons.append([float(value) for value in points.flatten()])
-    return polygons
-
-
-def _annotation(instance: Instance, mask_format: MaskFormat) -> dict[str, Any] | None:
+def _annotation(instance: Instance, mask_format: MaskFormat,
+                stats: PolygonStats | None = None) -> dict[str, Any] | None:
     """The COCO annotation of one instance, or None if it has nothing to export."""
     rle = instance.rle
     if mask_utils.area(rle) == 0:
@@ -127,9 +99,11 @@ def _annotation(instance: Instance, mask_format: MaskFormat) -> dict[str, Any] |
     if mask_format == "rle" or crowd:
         segmentation: Any = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
     else:
-        segmentation = mask_to_polygons(instance.mask)
+        segmentation = export_polygons(instance.mask, exact=stats is not None and stats.exact)
         if not segmentation:
             return None
+        if stats is not None:
+            stats.add(segmentation, rle)
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, instance.height, instance.width))
     return {
         "id": instance.id,
@@ -186,7 +160,7 @@ def export_file_names(snapshot: WorkspaceSnapshot) -> dict[int, str]:
 
 
 def build_coco(workspace: Workspace, reviewed_only: bool = False,
-               mask_format: MaskFormat = "rle", split: float = 0.0) -> CocoExport:
+               mask_format: MaskFormat = "rle", split: float = 0.0, exact_polygons: bool = False) -> CocoExport:
     """Build the COCO dict, its subsets and the list of image files from one consistent workspace read."""
     if mask_format not in ("rle", "polygon"):
         raise ExportError(f"mask_format must be 'rle' or 'polygon', got {mask_format!r}")
@@ -196,6 +170,7 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
         raise ExportError(f"Nothing to export: the workspace has no {which}")
     names = export_file_names(snapshot)
     images, annotations, files = [], [], []
+    stats = PolygonStats(exact_polygons)
     for image in snapshot.images:
         source = snapshot.image_paths[image.id]
         if not source.is_file():
@@ -205,7 +180,7 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
                        **({} if image.sequence_id is None else  # a video frame (app.sequences)
                           {"video_id": image.sequence_id, "frame_index": image.frame_index})})
         for instance in snapshot.instances[image.id]:
-            annotation = _annotation(instance, mask_format)
+            annotation = _annotation(instance, mask_format, stats)
             if annotation is not None:
                 annotation["attributes"] = attribution(instance, image)
                 if instance.track_id is not None:
@@ -217,6 +192,7 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
             "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if mask_format == "polygon":
         info["note"] = POLYGON_NOTE
+        info["polygons"] = stats.info()
     dataset = {"info": info, "licenses": [], "images": images, "annotations": annotations,
                "categories": categories}
     subset_of = split_images([image["id"] for image in images], split)
@@ -248,7 +224,8 @@ def _write_tree(root: Path, export: CocoExport) -> None:
 
 
 def export_coco(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only: bool = False,
-                mask_format: MaskFormat = "rle", overwrite: bool = False, split: float = 0.0) -> Path:
+                mask_format: MaskFormat = "rle", overwrite: bool = False, split: float = 0.0,
+                exact_polygons: bool = False) -> Path:
     """Export to ``out_dir/annotations/instances_<subset>.json`` + ``out_dir/images/``.
 
     Only these two sub-folders of ``out_dir`` are written; other content is left alone.
@@ -257,7 +234,7 @@ def export_coco(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
     ``instances_train.json`` with a split).
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    export = build_coco(workspace, reviewed_only, mask_format, split)
+    export = build_coco(workspace, reviewed_only, mask_format, split, exact_polygons)
     with disk_errors(out_dir):
         return _export_tree(export, out_dir, overwrite)
 
@@ -291,10 +268,10 @@ def publish(out_dir: Path, names: list[str], write, overwrite: bool) -> None:
 
 
 def export_coco_zip(workspace: Workspace, zip_path: str | os.PathLike, reviewed_only: bool = False,
-                    mask_format: MaskFormat = "rle", split: float = 0.0) -> Path:
+                    mask_format: MaskFormat = "rle", split: float = 0.0, exact_polygons: bool = False) -> Path:
     """Export the same layout into a zip file (replacing ``zip_path`` atomically)."""
     zip_path = Path(zip_path).expanduser().resolve()
-    export = build_coco(workspace, reviewed_only, mask_format, split)
+    export = build_coco(workspace, reviewed_only, mask_format, split, exact_polygons)
     with disk_errors(zip_path.parent):
         return _write_zip(export, zip_path)
 

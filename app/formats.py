@@ -8,8 +8,8 @@ YOLO (what Ultralytics, Roboflow and supervision's ``DetectionDataset.from_yolo`
 
 Class indices are the categories in id order, 0..K-1 (YOLO has no ids of its own; ``data.yaml``
 keeps the COCO ids under ``category_ids``). Polygons come from the one polygon rule of
-`app.export.mask_to_polygons` (outer contours, holes filled); an instance of several parts gives
-one line per part. YOLO has no crowd regions: crowd instances are left out.
+`app.polygons.export_polygons` (outer contours, holes filled, simplified to within 1 px unless
+``exact_polygons``); an instance of several parts gives one line per part. YOLO has no crowd regions: crowd instances are left out.
 
 PNG::
 
@@ -17,6 +17,15 @@ PNG::
     masks/<stem>.png          16-bit: 0 background, k = the image's k-th instance (id order);
                               a later instance covers an earlier one where they overlap
     masks/index.json          per image: file names and [{value, id, category_id, category, iscrowd}]
+
+``data.yaml``'s ``path`` is the absolute path of the export folder. Ultralytics
+(``ultralytics.data.utils.check_det_dataset``) takes the dataset root from ``path`` when given, else from
+the folder of the yaml file, and only then joins ``train``/``val`` to it; a relative ``path`` (``.``) is
+read against the current folder, so ``yolo segment train data=EXPORT/data.yaml`` worked only from inside
+EXPORT. An absolute path works from any folder with every Ultralytics version. A zip of the folder also
+works: for a zip Ultralytics uses the folder it extracts to and ignores ``path``. A folder moved
+elsewhere needs its ``path`` line deleted (then the yaml's own folder is the root) or updated; the
+file's header comment says so.
 
 Both are written atomically like the COCO export (`app.export.publish`).
 """
@@ -32,10 +41,14 @@ import numpy as np
 import yaml
 
 from app.export import (DEFAULT_SUBSET, IMAGES_DIR, ExportError, disk_errors, export_file_names, fsync_file,
-                        is_crowd, mask_to_polygons, publish, split_images)
+                        is_crowd, publish, split_images)
+from app.polygons import PolygonStats, export_polygons
 from app.workspace import Workspace, WorkspaceSnapshot
 
 FORMATS = ("coco", "yolo", "png", "ytvis")  # ytvis: the video sequences (app.ytvis_export)
+DATA_YAML_HEADER = ("# YOLO segmentation dataset written by CondInst Studio.\n"
+                    "# path: the folder it was written to, so Ultralytics finds it from any current folder.\n"
+                    "# Moved the folder? Delete the path line (Ultralytics then uses this file's folder) or update it.\n")
 
 
 def _snapshot(workspace: Workspace, reviewed_only: bool) -> WorkspaceSnapshot:
@@ -66,22 +79,30 @@ def _copy(source: Path, target: Path) -> None:
     fsync_file(target)
 
 
-def yolo_lines(snapshot: WorkspaceSnapshot, image_id: int, class_index: dict[int, int]) -> list[str]:
-    """The label lines of one image: ``class x1 y1 ...`` per polygon part, normalised by width/height."""
+def yolo_lines(snapshot: WorkspaceSnapshot, image_id: int, class_index: dict[int, int],
+               stats: PolygonStats | None = None) -> list[str]:
+    """The label lines of one image: ``class x1 y1 ...`` per polygon part, normalised by width/height
+    (simplified polygons unless ``stats.exact``; ``stats`` collects their IoU with the masks)."""
+    stats = stats or PolygonStats(exact=False)
     lines = []
     for instance in snapshot.instances[image_id]:
         if is_crowd(instance) or instance.area == 0:
             continue
         scale = np.array([instance.width, instance.height], dtype=np.float64)
-        for polygon in mask_to_polygons(instance.mask):
+        polygons = export_polygons(instance.mask, stats.exact)
+        stats.add(polygons, instance.rle)
+        for polygon in polygons:
             points = np.clip(np.asarray(polygon).reshape(-1, 2) / scale, 0.0, 1.0)
             lines.append(" ".join([str(class_index[instance.category_id])] + [f"{v:.6f}" for v in points.ravel()]))
     return lines
 
 
 def export_yolo(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only: bool = False,
-                split: float = 0.0, overwrite: bool = False) -> Path:
-    """Write a YOLO segmentation dataset into ``out_dir``; returns the path of ``data.yaml``."""
+                split: float = 0.0, overwrite: bool = False, exact_polygons: bool = False) -> Path:
+    """Write a YOLO segmentation dataset into ``out_dir``; returns the path of ``data.yaml``.
+
+    Polygons are simplified like the COCO export's (`app.polygons.export_polygons`) unless ``exact_polygons``;
+    a comment line of ``data.yaml`` gives the tolerance and their IoU with the masks."""
     out_dir = Path(out_dir).expanduser().resolve()
     snapshot = _snapshot(workspace, reviewed_only)
     names = unique_stems(export_file_names(snapshot))
@@ -89,9 +110,11 @@ def export_yolo(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
                  for k, v in split_images([image.id for image in snapshot.images], split).items()}
     class_index = {category.id: k for k, category in enumerate(snapshot.categories)}
     subsets = sorted(set(subset_of.values()), key=("train", "val").index)
-    data = {"path": ".", "train": f"{IMAGES_DIR}/train", "val": f"{IMAGES_DIR}/{subsets[-1]}",
+    data = {"path": str(out_dir), "train": f"{IMAGES_DIR}/train", "val": f"{IMAGES_DIR}/{subsets[-1]}",
             "names": {k: c.name for k, c in enumerate(snapshot.categories)},
             "category_ids": {k: c.id for k, c in enumerate(snapshot.categories)}}
+
+    stats = PolygonStats(exact_polygons)
 
     def write(root: Path) -> None:
         for subset in subsets:
@@ -100,10 +123,12 @@ def export_yolo(workspace: Workspace, out_dir: str | os.PathLike, reviewed_only:
         for image in snapshot.images:
             subset, name = subset_of[image.id], names[image.id]
             _copy(snapshot.image_paths[image.id], root / IMAGES_DIR / subset / name)
-            lines = yolo_lines(snapshot, image.id, class_index)
+            lines = yolo_lines(snapshot, image.id, class_index, stats)
             label = root / "labels" / subset / f"{Path(name).stem}.txt"
             label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        header = DATA_YAML_HEADER + f"# {stats.line()}\n"
+        (root / "data.yaml").write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+                                        encoding="utf-8")
 
     with disk_errors(out_dir):
         publish(out_dir, [IMAGES_DIR, "labels", "data.yaml"], write, overwrite)

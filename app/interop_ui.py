@@ -18,11 +18,14 @@ from app.actions import View
 from app.errors import AppError
 from app.handlers import Handlers
 
-QA_HEADERS = ["severity", "kind", "image", "file", "instance", "label", "model says", "score", "IoU", "reason"]
+# Short one-word headers (a long one broke mid-word at 1400 px); "level" is the named severity
+# (app.qa.severity_level), "model" the class the model says. Columns 2 and 4 are read by on_qa_select.
+QA_HEADERS = ["level", "issue", "image", "file", "inst", "label", "model", "score", "IoU", "reason"]
+QA_WIDTHS = ["7%", "10%", "6%", "9%", "6%", "8%", "8%", "7%", "6%", "33%"]
 
 
 def qa_frame(entries: list) -> pd.DataFrame:
-    rows = [[e.severity, e.kind, e.image_id, e.file_name, e.instance_id or "", e.label_class or "",
+    rows = [[e.level, e.kind.replace("_", " "), e.image_id, e.file_name, e.instance_id or "", e.label_class or "",
              e.predicted_class or "", "" if e.score is None else e.score, e.iou, e.reason] for e in entries]
     return pd.DataFrame(rows, columns=QA_HEADERS)
 
@@ -93,7 +96,7 @@ def build_tab() -> dict:
         p["run"] = gr.Button("Run label QA", elem_id="qa-run")
     p["summary"] = gr.Markdown(elem_id="qa-summary")
     p["table"] = gr.Dataframe(qa_frame([]), label="Disagreements (click a row to open it)", interactive=False,
-                              elem_id="qa-table", max_height=420, wrap=True)
+                              elem_id="qa-table", max_height=420, wrap=True, column_widths=QA_WIDTHS)
     p["api_image"], p["api_instance"] = gr.Number(visible=False, precision=0), gr.Number(visible=False, precision=0)
     p["api_open"] = gr.Button(visible=False)
     return p

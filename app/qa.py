@@ -3,8 +3,11 @@
     report = run_qa(workspace, session, score_threshold=0.5)      # session: app.session.ModelSession
     python -m app qa --workspace WS --out report.json [--weights W] [--score 0.5]
 
-Images with at least one live instance a person made (imported labels, drawn or edited instances)
-are run through the app's one inference path (`ModelSession.predictions`). Model classes are matched
+The labels of an image are its live instances a person made (imported labels, drawn or edited
+instances) and, once the image is reviewed, every instance the reviewer kept: model instances too (those
+its frozen review threshold shows, `ImageRecord.threshold`). Images with labels, and every reviewed image,
+are run through the app's one inference path (`ModelSession.predictions`). A prediction that matches an
+instance a person deleted (IoU >= 0.5) was rejected already and is never listed again. Model classes are matched
 to workspace classes by name; labels of classes the model does not know are not judged (counted).
 Per image, with IoU the mask IoU and "inside" the share of a prediction's mask within a label's:
 
@@ -17,7 +20,8 @@ Per image, with IoU the mask IoU and "inside" the share of a prediction's mask w
 * ``loose_label``: the label's best prediction lies inside it (inside >= 0.8) with score >=
   ``score_threshold``, and the label is >= 1.5x its area with IoU < 0.8. Severity = score x (1 - IoU).
 
-Entries are sorted by severity (highest first). Nothing is written to the workspace.
+Entries are sorted by severity (highest first); each also names it (``level``): ``high`` (>= 0.5),
+``medium`` (>= 0.25) or ``low``. Nothing is written to the workspace.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from app.errors import AppError
+from app.records import ImageRecord
 from app.workspace import Instance, Workspace
 
 MATCH_IOU = 0.5
@@ -37,6 +42,12 @@ INSIDE = 0.8
 LOOSE_RATIO = 1.5
 LOOSE_MAX_IOU = 0.8
 KINDS = ("missing_label", "unmatched_label", "class_mismatch", "loose_label")
+LEVELS = ((0.5, "high"), (0.25, "medium"), (0.0, "low"))  # named severities, worst first
+
+
+def severity_level(severity: float) -> str:
+    """The name of a severity: high, medium or low."""
+    return next(name for floor, name in LEVELS if severity >= floor)
 
 
 class QAError(AppError):
@@ -58,6 +69,10 @@ class QAEntry:
     iou: float
     severity: float
     reason: str
+    level: str = ""  # severity_level(severity), filled in
+
+    def __post_init__(self):
+        self.level = severity_level(self.severity)
 
 
 @dataclass
@@ -67,6 +82,7 @@ class QAReport:
     images: int = 0
     labels: int = 0
     predictions: int = 0
+    rejected: int = 0  # predictions matching an instance a person deleted: not listed
     unknown_class_labels: int = 0
     seconds: float = 0.0
     entries: list[QAEntry] = field(default_factory=list)
@@ -76,7 +92,7 @@ class QAReport:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "score_threshold": self.score_threshold, "images": self.images,
-                "labels": self.labels, "predictions": self.predictions,
+                "labels": self.labels, "predictions": self.predictions, "rejected": self.rejected,
                 "unknown_class_labels": self.unknown_class_labels, "seconds": round(self.seconds, 2),
                 "counts": self.counts(), "entries": [asdict(e) for e in self.entries]}
 
@@ -98,8 +114,20 @@ class _Mask:
     instance: Instance | None = None
 
 
-def is_label(instance: Instance) -> bool:
+def is_label(instance: Instance, image: ImageRecord | None = None, score_threshold: float = 0.5) -> bool:
+    """A person's instance, or on a reviewed ``image`` any instance the reviewer kept (shown at its threshold)."""
+    if image is not None and image.reviewed:
+        return instance.shown_at(image.threshold(score_threshold))
     return instance.source != "model" or instance.user_edited
+
+
+def not_rejected(predictions: list[_Mask], deleted: list[dict]) -> list[_Mask]:
+    """The predictions that match no deleted instance (mask IoU < MATCH_IOU with each)."""
+    if not predictions or not deleted:
+        return predictions
+    iou = np.asarray(mask_utils.iou([p.rle for p in predictions], deleted, [0] * len(deleted)))
+    iou = iou.reshape(len(predictions), len(deleted))
+    return [p for p, row in zip(predictions, iou) if row.max() < MATCH_IOU]
 
 
 def compare(file_name: str, image_id: int, labels: list[_Mask], predictions: list[_Mask], crowd: list[dict],
@@ -156,10 +184,11 @@ def compare(file_name: str, image_id: int, labels: list[_Mask], predictions: lis
     return entries
 
 
-def _label_masks(instances: list[Instance], names: dict[int, str], known: set[str]) -> tuple[list, list, int]:
+def _label_masks(instances: list[Instance], names: dict[int, str], known: set[str], image: ImageRecord,
+                 score_threshold: float) -> tuple[list, list, int]:
     labels, crowd, unknown = [], [], 0
     for inst in instances:
-        if not is_label(inst):
+        if not is_label(inst, image, score_threshold):
             continue
         if (inst.meta or {}).get("iscrowd"):
             crowd.append(inst.rle)
@@ -181,14 +210,16 @@ def run_qa(workspace: Workspace, session, score_threshold: float = 0.5,
         raise QAError(f"The model's classes ({', '.join(sorted(set(model_names.values()))[:8])}) are none of the "
                       f"workspace's classes ({', '.join(sorted(names.values())[:8]) or 'none'}); QA cannot compare them")
     snapshot = workspace.snapshot()
-    todo = [img for img in snapshot.images if any(is_label(i) for i in snapshot.instances[img.id])]
+    todo = [img for img in snapshot.images
+            if img.reviewed or any(is_label(i) for i in snapshot.instances[img.id])]
     if not todo:
-        raise QAError("No image has labels (instances a person made or imported) to check")
+        raise QAError("No image has labels (instances a person made or imported, or a reviewed image) to check")
     report = QAReport(session.name, float(score_threshold))
     for k, image in enumerate(todo):
         if progress:
             progress(k, len(todo))
-        labels, crowd, unknown = _label_masks(snapshot.instances[image.id], names, known)
+        labels, crowd, unknown = _label_masks(snapshot.instances[image.id], names, known, image, score_threshold)
+        deleted = [i.rle for i in workspace.instances(image.id, include_deleted=True) if i.deleted]
         key = snapshot.image_paths[image.id].stem
         predictions = []
         for p in session.predictions(key, lambda: workspace.get_image(image.id)):
@@ -196,6 +227,9 @@ def run_qa(workspace: Workspace, session, score_threshold: float = 0.5,
             if name in known:
                 rle = {"size": list(p.mask.size), "counts": p.mask.counts}
                 predictions.append(_Mask(rle, p.mask.area, list(p.mask.bbox), name, p.score))
+        kept = not_rejected(predictions, deleted)
+        report.rejected += len(predictions) - len(kept)
+        predictions = kept
         report.images += 1
         report.labels += len(labels)
         report.unknown_class_labels += unknown

@@ -66,10 +66,9 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
     import io
 
     import onnx
-    from onnx import numpy_helper
 
     from .io import atomic_write_bytes
-    from .onnx_graph import OUTPUTS, WholeGraph, default_settings
+    from .onnx_graph import CONTRACT_KEY, OUTPUTS, WholeGraph, contract, declare_output_shapes, default_settings
 
     if dense_only and _is_sipmask(cfg):
         raise ExportError("--dense-only is for CondInst models; SipMask exports as the whole graph only")
@@ -109,9 +108,13 @@ def export_onnx(model: CondInst, cfg: CondInstConfig, path: str | os.PathLike, o
         torch.onnx.export(module.eval(), args, buffer, input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False)
     graph = onnx.load_from_string(buffer.getvalue())
-    # The settings are inputs with defaults: an initializer of the same name (ONNX IR >= 4).
-    graph.graph.initializer.extend(numpy_helper.from_array(v.numpy(), name) for name, v in defaults.items())
+    # The settings are plain inputs (an initializer default made ONNX Runtime warn once per input at every
+    # session); their defaults are in the metadata (SETTINGS_KEY, and the contract of a CondInst graph).
     _with_metadata(graph, cfg, "dense" if dense_only else "whole", defaults)
+    if not dense_only and not _is_sipmask(cfg):
+        declare_output_shapes(graph)
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = CONTRACT_KEY, json.dumps(contract(cfg))
     onnx.checker.check_model(graph)
     path = Path(path)
     atomic_write_bytes(path, graph.SerializeToString())

@@ -126,3 +126,65 @@ class WholeGraph(nn.Module):
         keep = selected[:, 2]
         top = det.scores[keep].topk(_topk_count(keep, post_nms_topk)).indices
         return det.select(keep[top])
+
+
+CONTRACT_KEY = "condinst_contract"  # metadata_props entry: the JSON of `contract(cfg)`
+# Declared output shapes ("detections" = K, "mask_h"/"mask_w" = Hp/4, Wp/4): the tracer's shape inference names
+# some dims after the ops (boxes' 4 became a symbol, mask_logits' 1 became "detections").
+OUTPUT_SHAPES = {"boxes": ["detections", 4], "scores": ["detections"], "classes": ["detections"],
+                 "locations": ["detections", 2], "fpn_levels": ["detections"], "grid_index": ["detections"],
+                 "params": ["detections", "num_params"], "mask_logits": ["detections", 1, "mask_h", "mask_w"]}
+
+
+def declare_output_shapes(graph) -> None:
+    """Write `OUTPUT_SHAPES` into the ONNX graph's declared outputs (an `onnx.ModelProto`)."""
+    for output in graph.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        for dim, value in zip(dims, OUTPUT_SHAPES.get(output.name, [])):
+            if isinstance(value, int):
+                dim.dim_value = value
+            else:
+                dim.dim_param = value
+
+
+def contract(cfg: CondInstConfig) -> dict:
+    """Everything a runner needs besides the graph, stored in the file (`CONTRACT_KEY`): the input's
+    layout, dtype, range and padding, the settings inputs, the outputs with shapes and the post-processing.
+    examples/onnx_predict.py follows it with onnxruntime, numpy and OpenCV only."""
+    i, f, m = cfg.input, cfg.fcos, cfg.mask_head
+    settings = default_settings(cfg)
+    inputs = {
+        "images": {"dtype": "float32", "shape": [1, 3, "Hp", "Wp"], "layout": "NCHW",
+                   "channels": i.format, "range": "0..255 pixel values, then (x - pixel_mean) / pixel_std",
+                   "pixel_mean": list(i.pixel_mean), "pixel_std": list(i.pixel_std),
+                   "resize": {"mode": i.resize, "min_size": i.min_size_test, "max_size": i.max_size_test,
+                              "rule": "shortest_edge: scale = min_size / short side, lowered so that the long "
+                                      "side <= max_size; (h, w) = round(scale * (H, W)); bilinear"},
+                   "padding": "zeros (after normalising) at the bottom and right up to Hp, Wp, multiples of "
+                              "size_divisibility", "size_divisibility": i.size_divisibility}}
+    for name, value in settings.items():
+        inputs[name] = {"dtype": "int64" if value.dtype == torch.int64 else "float32", "shape": [],
+                        "default": value.item(), "required": True}
+    if f.clip_boxes_at_decode:
+        inputs["input_size"] = {"dtype": "float32", "shape": [2], "meaning": "(h, w) of the image before padding"}
+    outputs = {"boxes": "x1, y1, x2, y2 in input (resized, unpadded) pixels", "scores": "class probability",
+               "classes": "index into class_names / category_ids", "locations": "(x, y) of the cell that fired",
+               "fpn_levels": "FPN level of that cell (0 = P3)", "grid_index": "index of the cell in its level",
+               "params": "dynamic mask head filters",
+               "mask_logits": f"mask logits at stride {m.mask_out_stride} of the padded input"}
+    return {
+        "version": 1,
+        "inputs": inputs,
+        "outputs": {name: {"shape": OUTPUT_SHAPES[name], "meaning": text} for name, text in outputs.items()},
+        "sorted": "by score, highest first; at most post_nms_topk detections",
+        "postprocess": [
+            "probs = sigmoid(mask_logits)",
+            f"aligned upsampling x{m.mask_out_stride} to (Hp, Wp): output index k reads the input at "
+            f"clamp((k - {m.mask_out_stride // 2}) / {m.mask_out_stride}, 0, n - 1), linear interpolation",
+            "crop to the resized image (h, w), then bilinear resize (half-pixel centres, like cv2.INTER_LINEAR) "
+            "to the original (H, W)",
+            f"mask = probs > {m.mask_threshold}",
+            "boxes * (W / w, H / h), clipped to the image"],
+        "mask_stride": m.mask_out_stride, "mask_threshold": m.mask_threshold,
+        "class_names": list(cfg.class_names), "category_ids": list(cfg.category_ids),
+    }

@@ -27,8 +27,9 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, image
     from .io import atomic_write_bytes
     from .predictor import Predictor
 
-    ort.set_default_logger_severity(3)  # the calibration session warns about the settings inputs
-    predictor = Predictor(OnnxModel(fp32_path))
+    ort.set_default_logger_severity(3)  # the calibration sessions' notes on the augmented graph
+    model = OnnxModel(fp32_path)
+    predictor = Predictor(model)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -38,8 +39,8 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, image
             image = next(self.items, None)
             if image is None:
                 return None
-            batch, _ = predictor.prepare([image])
-            return {"images": batch.contiguous().numpy()}
+            batch, sizes = predictor.prepare([image])
+            return model.feeds(batch, sizes[0], model.cfg)  # the image and the settings inputs
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "int8.onnx"

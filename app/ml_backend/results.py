@@ -6,8 +6,8 @@ A region is one dict of a prediction's or annotation's ``result`` list::
      "value": {"format": "rle", "rle": [...], "brushlabels": ["fig"]}, "score": 0.93}
     {... "type": "polygonlabels", "value": {"points": [[x%, y%], ...], "closed": true, "polygonlabels": ["fig"]}}
 
-Polygons are the outer contours of `app.export.mask_to_polygons` (holes filled), simplified by
-``cv2.approxPolyDP`` to within `POLYGON_TOLERANCE` pixels; a mask in several parts gives one polygon
+Polygons are the outer contours of `app.polygons.mask_to_polygons` (holes filled), simplified by
+``cv2.approxPolyDP`` to within `app.polygons.POLYGON_TOLERANCE` pixels; a mask in several parts gives one polygon
 region per part. Reading, polygons are rasterised by pycocotools like every COCO polygon here.
 """
 from __future__ import annotations
@@ -16,18 +16,16 @@ import math
 import uuid
 from typing import Any
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from app.errors import AppError
-from app.export import mask_to_polygons
+from app.polygons import mask_to_polygons, simplify_polygon
 from app.ml_backend import rle as brush_rle
 from app.ml_backend.label_config import LabelConfig
 from condinst.preprocess import MAX_IMAGE_PIXELS
 from training.entry_checks import describe, is_number
 
-POLYGON_TOLERANCE = 1.0  # pixels
 MAX_POLYGON_POINTS = 100_000
 PERCENT_RANGE = (-1.0, 101.0)
 
@@ -38,13 +36,6 @@ class ResultError(AppError):
 
 def region_id() -> str:
     return uuid.uuid4().hex[:10]
-
-
-def simplify(polygon: list[float], tolerance: float = POLYGON_TOLERANCE) -> np.ndarray:
-    """A flat [x1, y1, ...] polygon simplified to within `tolerance` px, as (N, 2) (N >= 3 when possible)."""
-    points = np.asarray(polygon, np.float32).reshape(-1, 1, 2)
-    approx = cv2.approxPolyDP(points, tolerance, True).reshape(-1, 2)
-    return approx if len(approx) >= 3 else points.reshape(-1, 2)
 
 
 def mask_regions(mask: np.ndarray, label: str, config: LabelConfig, score: float | None = None) -> list[dict]:
@@ -60,7 +51,7 @@ def mask_regions(mask: np.ndarray, label: str, config: LabelConfig, score: float
         return [{**base, "id": region_id(), "value": value}]
     regions = []
     for polygon in mask_to_polygons(mask):
-        points = simplify(polygon)
+        points = simplify_polygon(polygon)
         percent = [[round(float(x) * 100.0 / width, 4), round(float(y) * 100.0 / height, 4)] for x, y in points]
         regions.append({**base, "id": region_id(),
                         "value": {"points": percent, "closed": True, "polygonlabels": [label]}})

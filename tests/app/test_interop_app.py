@@ -60,8 +60,9 @@ def test_import_a_zip_then_qa_rows_open_the_editor_on_the_label(app_factory, dat
     table, summary = client.predict(0.3, api_name="/label_qa")
     assert summary.startswith("QA of 2 images (16 labels")  # the crowd region is not a label to judge
     rows = table["data"]
-    assert rows and table["headers"][:5] == ["severity", "kind", "image", "file", "instance"]
-    assert [r[0] for r in rows] == sorted((r[0] for r in rows), reverse=True)  # worst first
+    assert rows and table["headers"][:5] == ["level", "issue", "image", "file", "inst"]
+    rank = {"high": 0, "medium": 1, "low": 2}
+    assert [rank[r[0]] for r in rows] == sorted(rank[r[0]] for r in rows)  # worst first, severities named
     labelled = next(r for r in rows if str(r[4]).strip())
     out = client.predict(int(labelled[2]), int(labelled[4]), api_name="/open_instance")
     assert out[SELECTED] == int(labelled[4]) and f"instance #{labelled[4]} selected" in out[STATUS]

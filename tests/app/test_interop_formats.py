@@ -134,3 +134,43 @@ def test_python_m_app_export_end_to_end(ws, tmp_path: Path):
     done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=scaled(120))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "coco" / "annotations" / "instances_train.json").is_file()
+
+ULTRALYTICS_CHECK = """
+import json, sys
+from ultralytics.data.utils import check_det_dataset
+data = check_det_dataset(sys.argv[1], autodownload=False)
+print(json.dumps({key: str(data[key]) for key in ("path", "train", "val")}))
+"""
+
+
+def ultralytics_resolution(data_yaml: Path, cwd: Path) -> dict[str, Path]:
+    """The dataset root and train/val folders of ``data_yaml`` as Ultralytics would find them from ``cwd``.
+
+    With `ultralytics` importable, its own ``check_det_dataset`` answers (in a subprocess, offline, with its
+    settings in a temporary folder). Otherwise its documented rule: the root is ``path`` when given, else the
+    yaml's folder; a relative root is taken from the current folder; train/val are joined to the root."""
+    import importlib.util
+
+    if importlib.util.find_spec("ultralytics") is not None:
+        env = {**__import__("os").environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(cwd / ".ultralytics")}
+        done = subprocess.run([sys.executable, "-c", ULTRALYTICS_CHECK, str(data_yaml)], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=scaled(300))
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {key: Path(value) for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    data = yaml.safe_load(data_yaml.read_text())
+    root = Path(data.get("path") or data_yaml.parent)
+    root = root if root.is_absolute() else cwd / root
+    return {"path": root, **{key: (root / data[key]).resolve() for key in ("train", "val")}}
+
+
+def test_yolo_data_yaml_resolves_from_any_folder(ws, tmp_path: Path):
+    """Observed: ``path: .`` made ``yolo segment train data=EXPORT/data.yaml`` look in <cwd>/images/val."""
+    data_yaml = export_yolo(ws, tmp_path / "yolo", split=0.5)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    found = ultralytics_resolution(data_yaml, elsewhere)
+    assert found["path"].resolve() == (tmp_path / "yolo").resolve()
+    for subset in ("train", "val"):
+        assert found[subset] == (tmp_path / "yolo" / "images" / subset).resolve()
+        assert len(list(found[subset].iterdir())) == 2
+    assert data_yaml.read_text().startswith("# ")  # the header says what to do after moving the folder

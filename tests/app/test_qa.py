@@ -125,3 +125,40 @@ def test_qa_command_checks_arguments_before_the_model_loads(tmp_path: Path, caps
     assert main(["qa", "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "r.json"),
                  "--weights", str(tmp_path / "none.pth")]) == 2
     assert capsys.readouterr().err.startswith("error: --weights")
+
+
+def test_a_reviewed_photo_counts_kept_model_instances_and_never_reflags_deleted_ones(tmp_path: Path, session):
+    """Observed: on a reviewed, corrected photo the kept model instances came back as "missing_label ... best IoU
+    0.00" and the deleted false positives as "missing" again."""
+    from app.qa import run_qa
+
+    if not (FRUITS / "images" / "10.jpg").is_file():
+        pytest.skip(f"shared dataset {FRUITS} is not beside the repository")
+    with Workspace.open(tmp_path / "ws") as ws:
+        ws.ensure_categories({session.category_id(k): session.class_name(k) for k in range(session.num_classes)})
+        image_id = ws.add_image(FRUITS / "images" / "10.jpg", "10.jpg")
+        ws.set_predictions(image_id, session.predictions("10", lambda: ws.get_image(image_id)), model=session.key)
+        confident = sorted((i for i in ws.instances(image_id) if i.score >= 0.5), key=lambda i: -i.score)
+        assert len(confident) >= 5
+        rejected, corrected = confident[0], confident[1]
+        ws.delete_instance(rejected.id)  # the reviewer calls it a false positive
+        trimmed = cv2.erode(corrected.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        ws.set_mask(corrected.id, trimmed)  # and trims another one by a pixel
+        ws.set_reviewed(image_id, True, threshold=0.5)
+        kept = [i for i in ws.instances(image_id) if i.shown_at(0.5)]
+        report = run_qa(ws, session, 0.5)
+    assert report.images == 1 and report.labels == len(kept) == len(confident) - 1
+    assert report.rejected >= 1  # the deleted instance's prediction, not listed
+    assert [e for e in report.entries if e.kind == "missing_label"] == []
+    assert all(e.level in ("high", "medium", "low") for e in report.entries)
+
+
+def test_severity_is_named_and_table_headers_are_short_words():
+    from app.interop_ui import QA_HEADERS, qa_frame
+    from app.qa import QAEntry, severity_level
+
+    assert [severity_level(v) for v in (0.9, 0.5, 0.3, 0.1)] == ["high", "high", "medium", "low"]
+    entry = QAEntry("missing_label", 3, "a.jpg", None, None, "date", 0.91, [1, 2, 3, 4], 0.0, 0.91, "why")
+    frame = qa_frame([entry])
+    assert frame.iloc[0, 0] == "high" and frame.iloc[0, 1] == "missing label"  # a name, words that can wrap
+    assert all(len(h) <= 6 and " " not in h for h in QA_HEADERS)  # no header needs a mid-word break
