@@ -8,7 +8,8 @@ to go. Playwright drives Debian's Chromium with the real mouse and keyboard; the
     confirmed   input event -> the canvas holds the server's answer (a new scene `seq`) with every picture it
                 needs decoded (the photo and each mask crop), i.e. what the annotator sees is the result;
     local       (strokes) pointer move -> the stroke is drawn on the canvas, before any answer;
-    server      the Gradio handlers' own time for that action (wrapped in this process), summed.
+    server      the server's own time for that action: the Gradio handlers and the canvas's edit channel
+                (wrapped in this process), summed (the channel's side-panel refresh included when it ended first).
 
 Actions, repeated --repeats times at each size: select (click inside an instance), stroke (brush drag inside
 the selected instance: the eraser, so that it always changes the mask), undo, polygon (four clicks + Enter), delete (the polygon's instance), refine click
@@ -64,14 +65,17 @@ PROBE_JS = """() => {
 
 
 class ServerClock:
-    """Wraps every `on_*` handler of the app's Handlers so that their time can be summed per action."""
+    """Wraps every `on_*` handler of the app's Handlers (and the edit channel) so that their time can be summed
+    per action."""
 
     def __init__(self):
         self.lock, self.calls = threading.Lock(), []
 
-    def install(self, handlers_cls) -> None:
+    def install(self, handlers_cls, channel_cls=None) -> None:
         for name in [n for n in vars(handlers_cls) if n.startswith("on_")]:
             setattr(handlers_cls, name, self._wrap(getattr(handlers_cls, name)))
+        if channel_cls is not None:  # the canvas's edit channel (a server function, not a Gradio event)
+            channel_cls.edit = self._wrap(channel_cls.edit)
 
     def _wrap(self, fn):
         @functools.wraps(fn)
@@ -284,8 +288,12 @@ def main(argv=None) -> int:
     from app.service import Service
     from app.session import DEFAULT_WEIGHTS
 
+    try:
+        from app.edit_channel import EditChannel
+    except ImportError:  # an app from before the edit channel
+        EditChannel = None
     clock = ServerClock()
-    clock.install(Handlers)
+    clock.install(Handlers, EditChannel)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
         images = make_images(Path(tmp), sizes)
