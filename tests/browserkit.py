@@ -103,17 +103,6 @@ def screenshot_on_failure(page, name: str):
         raise
 
 
-@contextlib.contextmanager
-def chromium(sync_api):
-    """Debian's Chromium driven by Playwright (headless, offline flags)."""
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 # One Chromium per test process: started by the first browser test, closed by tests/conftest.py after the last
 # browser test of a run of them (they are contiguous: tests/app/test_browser*.py, test_default_model_browser.py).
 # Each test gets its own browser context. Playwright's sync API marks an asyncio loop as running in the main

@@ -73,8 +73,9 @@ def studio(tmp_path_factory):
         assert len(tasks) == len(IMAGES), tasks
         ml = sdk.call("add_backend", project=project, url=backend.url, user=backend.auth[0],
                       password=backend.auth[1])
+        by_name = {Path(t["data"]["image"]).name.split("-", 1)[1]: t for t in tasks}
         yield {"ls": ls, "backend": backend, "sdk": sdk, "project": project, "ml": ml, "tmp": tmp,
-               "tasks": {Path(t["data"]["image"]).name.split("-", 1)[1]: t["id"] for t in tasks}}
+               "tasks": {name: t["id"] for name, t in by_name.items()}, "task_data": by_name}
 
 
 def health(backend) -> dict:
@@ -103,11 +104,11 @@ def test_backend_connects_with_its_model_version(studio):
 
 
 def test_pre_annotations_decode_to_the_masks_condinst_predict_writes(studio, predicted):
-    """(--max-batch 1: Label Studio's request for three tasks gets one answer, and it asks for each task.)"""
+    """Whichever way Label Studio batches (it asks only for tasks without a prediction of this model_version, all in
+    one request, then each task alone when --max-batch 1 answers just the first), every task gets one prediction."""
     sdk = studio["sdk"]
     sdk.call("retrieve_predictions", project=studio["project"])
     version = health(studio["backend"])["model_version"]
-    assert "3 tasks in one request; answering the first" in studio["backend"].log.read_text()
     for name, task in studio["tasks"].items():
         predictions = sdk.call("predictions", task=task, folder=str(studio["tmp"]))["predictions"]
         assert [p["model_version"] for p in predictions] == [version]
@@ -119,16 +120,36 @@ def test_pre_annotations_decode_to_the_masks_condinst_predict_writes(studio, pre
             assert best[0] == label and iou(best[1], mask) >= 0.99, (name, label, iou(best[1], mask))
 
 
-@pytest.mark.browser
-def test_label_studio_shows_condinsts_masks(studio):
-    """Label Studio's labeling page with the backend's pre-annotations (docs/screenshots/label-studio.png)."""
-    from tests.browserkit import chromium, playwright_or_skip, readme_screenshot, screenshot_on_failure
+def test_a_batch_over_max_batch_gets_the_first_tasks_prediction(studio, predicted):
+    """The request Label Studio sends for several tasks, sent to the backend directly (--max-batch 1): one answer,
+    the first task's pre-annotation, so that Label Studio falls back to asking for each task on its own."""
+    from app.ml_backend.results import region_mask
 
-    sync_api = playwright_or_skip()
+    backend = studio["backend"]
+    tasks = [{"id": t["id"], "project": studio["project"], "data": t["data"]} for t in studio["task_data"].values()]
+    answer = httpx.post(backend.url + "/predict", auth=backend.auth, timeout=600,
+                        json={"tasks": tasks, "label_config": CONFIG, "project": f"{studio['project']}.0"})
+    assert answer.status_code == 200, answer.text
+    [result] = answer.json()["results"]
+    assert result["model_version"] == health(backend)["model_version"]
+    assert "3 tasks in one request; answering the first" in backend.log.read_text()
+    first = next(name for name, t in studio["task_data"].items() if t["id"] == tasks[0]["id"])
+    regions = [(r["value"]["brushlabels"][0], region_mask(r)) for r in result["result"]]
+    assert len(regions) == len(predicted[first]) > 0
+    for label, mask in predicted[first]:
+        best = max(regions, key=lambda m: iou(m[1], mask))
+        assert best[0] == label and iou(best[1], mask) >= 0.99, (first, label, iou(best[1], mask))
+
+
+@pytest.mark.browser
+def test_label_studio_shows_condinsts_masks(studio, browser):
+    """Label Studio's labeling page with the backend's pre-annotations (docs/screenshots/label-studio.png)."""
+    from browserkit import new_page, readme_screenshot, screenshot_on_failure
+
     ls = studio["ls"]
     studio["sdk"].call("retrieve_predictions", project=studio["project"], tasks=[studio["tasks"]["0.jpg"]])
-    with chromium(sync_api) as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
+    context, page = new_page(browser, 1280, 720)
+    try:
         with screenshot_on_failure(page, "label-studio"):
             page.goto(ls.url + "/user/login/")
             page.fill("input[name=email]", ls.username)
@@ -142,6 +163,8 @@ def test_label_studio_shows_condinsts_masks(studio):
             page.wait_for_load_state("networkidle", timeout=120_000)
             page.screenshot(path=str(studio["tmp"] / "label-studio.png"))
             readme_screenshot(page, "label-studio.png")
+    finally:
+        context.close()
 
 
 def test_keypoint_context_returns_condinsts_refined_mask(studio, predicted):
