@@ -74,8 +74,8 @@ def _order(x, y) -> list[int]:
     return order
 
 
-def _same_instances(a, b, match: bool = False):
-    """InstanceResults of PyTorch and of the graph: same classes, boxes 1e-2 px, scores 1e-4, logits."""
+def _same_instances(a, b, match: bool = False, score: float = 1e-4):
+    """InstanceResults of PyTorch and of the graph: same classes, boxes 1e-2 px, scores `score`, logits."""
     assert len(a.detections) == len(b.detections)
     if match:
         order = _order(a.detections, b.detections)
@@ -84,7 +84,7 @@ def _same_instances(a, b, match: bool = False):
     assert torch.equal(a.detections.fpn_levels, b.detections.fpn_levels)
     if len(a.detections):
         assert (a.detections.boxes - b.detections.boxes).abs().max() <= 1e-2
-        assert (a.detections.scores - b.detections.scores).abs().max() <= 1e-4
+        assert (a.detections.scores - b.detections.scores).abs().max() <= score
         assert (a.mask_logits - b.mask_logits).abs().max() <= 1e-2 * max(1.0, float(a.mask_logits.abs().max()))
     assert a.mask_logits.shape == b.mask_logits.shape
 
@@ -178,8 +178,10 @@ def test_openvino_backend_gives_the_same_instances(exported):
     ref, graph = Predictor.from_weights(folder / "state_dict.pth"), OnnxModel(path, backend="openvino")
     image = read_image(folder / "input.png")
     batch, sizes = ref.prepare([image])
+    # OpenVINO's CPU kernels sum in another order than PyTorch's: bifpn_tiny's scores differ by up to 1.0001e-4
+    # when PyTorch runs on one thread (a pytest-xdist worker on 2 cores), within 1e-4 on two
     _same_instances(ref.model.inference(batch, sizes, ref.cfg)[0], graph.inference(batch, sizes, ref.cfg)[0],
-                    match=True)
+                    match=True, score=2e-4)
     none = replace(ref.cfg, fcos=replace(ref.cfg.fcos, score_threshold=1.0))  # settings stay inputs in OpenVINO
     assert len(graph.inference(batch, sizes, none)[0].detections) == 0
 
