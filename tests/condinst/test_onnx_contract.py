@@ -70,6 +70,7 @@ def test_the_example_needs_only_onnxruntime_numpy_and_opencv():
     assert modules - set(sys.stdlib_module_names) == {"onnxruntime", "numpy", "cv2"}
 
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 def test_the_example_reproduces_condinst_predict_on_the_samples(exported):
     from condinst.predictor import Predictor
     from condinst.preprocess import read_image

@@ -302,6 +302,7 @@ def _kind(parameter: dict) -> str:
     return "bool" if kind == "bool" else "str" if kind == "str" else "number"
 
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 def test_every_api_parameter_refuses_wrong_values_with_one_clear_message(app, image_ids, capfd):
     """Every endpoint, every parameter: strings, None, lists, dicts, booleans, huge, negative and fractional
     numbers where numbers go (text where text goes): a refusal that names the parameter, or the service's
@@ -403,6 +404,7 @@ def test_a_served_picture_is_never_rewritten_when_another_session_shows_it(app, 
     assert served.stat().st_mtime == 1 and served.read_bytes() == content  # not written again
 
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 def test_every_served_response_is_whole_under_concurrent_sessions(app, image_ids):
     """Bounded: 8 sessions x 6 rounds switch between two images and fetch the pictures they are sent;
     every body is as long as its Content-Length and decodes."""

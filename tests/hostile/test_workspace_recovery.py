@@ -259,6 +259,7 @@ def test_a_missing_database_beside_stored_photos_never_lets_a_later_sweep_remove
 
 # ---- observations 6 and 15: a killed writer leaves nothing after the next start ------------------------
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 def test_kill_mid_video_ingest_leaves_nothing_after_the_next_start(tmp_path, tiny_weights, crossing_mp4):
     """Observed: 29 frame files stayed until a start at least 300 s later."""
     root = tmp_path / "ws"
@@ -270,6 +271,7 @@ def test_kill_mid_video_ingest_leaves_nothing_after_the_next_start(tmp_path, tin
     assert leftovers(root) == []
 
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 def test_kill_mid_import_leaves_nothing_after_the_next_start(tmp_path, tiny_weights, coco_zip):
     """Observed: a killed `python -m app import` left a .import-* scratch folder and a stray image."""
     root = tmp_path / "ws"
@@ -284,6 +286,7 @@ def test_kill_mid_import_leaves_nothing_after_the_next_start(tmp_path, tiny_weig
     assert leftovers(root) == []
 
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 def test_a_live_video_ingest_is_never_disturbed_by_a_starting_app(tmp_path, tiny_weights, crossing_mp4):
     root = tmp_path / "ws"
     writer = video_writer(root, tiny_weights, crossing_mp4)
@@ -299,6 +302,7 @@ def test_a_live_video_ingest_is_never_disturbed_by_a_starting_app(tmp_path, tiny
     assert leftovers(root) == sorted(f"images/{Path(r.file_path).name}" for r in frames)
 
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 def test_a_live_cli_import_is_never_disturbed_by_a_starting_app(tmp_path, tiny_weights, coco_zip):
     root = tmp_path / "ws"
     start(root, tiny_weights).close()  # a workspace the app has used (its classes stored)
@@ -366,6 +370,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_shuts_the_app_down_cleanly(tmp_path, tiny_weights, sig):
     """Observed: SIGTERM left the workspace lock behind ("did not close cleanly" on the next start)."""

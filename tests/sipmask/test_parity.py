@@ -83,6 +83,7 @@ def test_config_named_after_the_official_file_gives_the_golden_detections(golden
     _compare(predictor(image)[0], golden)
 
 
+@pytest.mark.slow  # a subprocess or a server per case: the full suite runs it
 def test_predict_cli_on_the_official_checkpoint(golden, golden_weights, tmp_path):
     """`python -m condinst predict` without --config gives the golden detections as COCO results, for each
     image of a batch of two."""
