@@ -165,8 +165,11 @@ def resized_shape(h: int, w: int, short_edge: int, max_size: int) -> tuple[int, 
 
 
 def checked_resize(h: int, w: int, new_h: int, new_w: int, max_pixels: int = MAX_INPUT_PIXELS) -> tuple[int, int]:
-    """(new_h, new_w), or ImageError when an (h, w) image resized to it would exceed `max_pixels`
-    (checked before any resized copy is allocated)."""
+    """(new_h, new_w), or ImageError when an (h, w) image resized to it would exceed `max_pixels` or lose a side
+    (an aspect ratio too extreme for the test size) (checked before any resized copy is allocated)."""
+    if new_h < 1 or new_w < 1:
+        raise ImageError(f"a {w}x{h} image resized to {new_w}x{new_h} would have no pixels: its aspect ratio is too "
+                         "extreme for the test size (--min-size / --max-size)")
     if new_h * new_w > max_pixels:
         raise ImageError(f"a {w}x{h} image resized to {new_w}x{new_h} would have {new_w * new_h / 1e6:.1f} MP, more "
                          f"than the {max_pixels / 1e6:.1f} MP a model input may have; use a smaller test size "

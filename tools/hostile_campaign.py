@@ -51,7 +51,8 @@ def coco_case(data_fn, zip_: bool = False, links: dict | None = None):
         if zip_ or links:
             files = {} if isinstance(data, bytes) else {
                 e["file_name"]: hd.write_png(tmp / "pics" / f"{k}.png", k).read_bytes()
-                for k, e in enumerate(data["images"]) if isinstance(e.get("file_name"), str) and "/" not in e["file_name"]}
+                for k, e in enumerate(data["images"]) if isinstance(e.get("file_name"), str) and "/" not in e["file_name"]
+                and "\x00" not in e["file_name"]}
             archive = hd.coco_zip(tmp / "data.zip", data, files, links or {})
             return ["--ann", str(archive)]
         if isinstance(data, bytes):
@@ -59,7 +60,10 @@ def coco_case(data_fn, zip_: bool = False, links: dict | None = None):
             hd.write_png(tmp / "ds" / "images" / "good.png", 1)
             (tmp / "ds" / "ann.json").write_bytes(data)
             return ["--ann", str(tmp / "ds" / "ann.json"), "--images", str(tmp / "ds" / "images")]
-        ann, images = hd.coco_folder(tmp / "ds", data)
+        pictures = {e["file_name"]: k for k, e in enumerate(data["images"])  # names a file system can hold
+                    if isinstance(e.get("file_name"), str) and e["file_name"] and "/" not in e["file_name"]
+                    and "\x00" not in e["file_name"] and len(e["file_name"]) < 200}
+        ann, images = hd.coco_folder(tmp / "ds", data, pictures)
         return ["--ann", str(ann), "--images", str(images)]
     return build
 

@@ -108,3 +108,12 @@ def test_decoding_allocates_the_output_and_strips_only(tmp_path, small_strips, m
         tracemalloc.stop()
     assert out.shape == (1500, 2000, 3) and not out.any()
     assert peak < out.nbytes * 1.1
+
+
+@pytest.mark.parametrize("resize", ["shortest_edge", "mmcv_rescale"])
+def test_an_extreme_aspect_ratio_is_one_error_before_any_resize(resize):
+    """Found by tools/hostile_campaign.py: a PNG claiming 1 x 10,000,000 pixels (under the pixel limit)
+    resized to 0 x 1333 and PIL raised a ValueError traceback out of `condinst predict`."""
+    with pytest.raises(ImageError, match="no pixels: its aspect ratio is too extreme"):
+        preprocess.input_resized_shape(10_000_000, 1, resize, 800, 1333)
+    assert preprocess.input_resized_shape(600, 800, resize, 800, 1333)[0] >= 1
