@@ -91,12 +91,14 @@ function setScene(text) {
   if (!scene || typeof scene !== "object") return;
   if (st.scene && st.scene.seq > scene.seq) return;  // an older answer overtaken by a newer one
   const im = scene.image;
+  const fresh = !!im && st.imgId !== im.id;
+  // a scene of an image whose picture the canvas lacks is not shown (its masks over the old picture, or a
+  // view fitted twice): the picture is asked for, and the answer carrying it is shown instead
+  if (im && !im.src && (fresh ? !st.pictures.has(im.id) : !st.img)) { send({action: "resend"}); return; }
   st.scene = scene; st.pending = [];
   if (!im) { st.img = null; st.imgId = null; draw(); return; }
-  const fresh = st.imgId !== im.id;
   if (im.src) { st.img = loadImage(im.src); keepPicture(im.id, st.img); }
-  else if (fresh && st.pictures.has(im.id)) st.img = st.pictures.get(im.id);
-  else if (fresh || !st.img) { send({action: "resend"}); return; }
+  else if (fresh) st.img = st.pictures.get(im.id);
   st.imgId = im.id;
   if (fresh) { st.poly = []; fit(); prefetch(); }
   const seen = new Set();
@@ -233,8 +235,12 @@ canvas.addEventListener("pointermove", (ev) => {
   st.mouse = [cx, cy];
   if (st.pan) { st.ox = st.pan[2] + cx - st.pan[0]; st.oy = st.pan[3] + cy - st.pan[1]; }
   else if (st.stroke) {
-    const p = toImage(cx, cy), last = st.stroke.points[st.stroke.points.length - 1];
-    if (p[0] !== last[0] || p[1] !== last[1]) st.stroke.points.push(p);
+    // every position the pointer passed, also those the browser merged into this event while it was busy
+    const moves = ev.getCoalescedEvents ? ev.getCoalescedEvents() : [];
+    for (const move of moves.length ? moves : [ev]) {
+      const p = toImage(...local(move)), last = st.stroke.points[st.stroke.points.length - 1];
+      if (p[0] !== last[0] || p[1] !== last[1]) st.stroke.points.push(p);
+    }
   }
   draw();
 });
