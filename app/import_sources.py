@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from app.ingest import image_header
+from app.ingest import oriented_size
 from app.workspace import Workspace
 from condinst.untrusted import InputError, inside, is_inside, parse_json, read_json
 from training.data import DatasetError
@@ -247,12 +247,7 @@ def yolo_to_coco(root: Path, workspace: Workspace, out: Path, skip_bad: bool = F
                 raise DatasetError(message)
             skipped.append(message)
             continue
-        try:
-            _, _, width, height, orientation = image_header(path)
-        except Exception:  # noqa: BLE001 - the importer's decode reports it with its message
-            width = height = orientation = 0
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
+        width, height = oriented_size(path)
         image_id += 1
         relative = str(path.relative_to(root))
         coco["images"].append({"id": image_id, "file_name": relative, "width": width, "height": height})

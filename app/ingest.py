@@ -101,6 +101,16 @@ def preview_jpeg(rgb: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> bytes | N
     return buffer.tobytes() if ok else None
 
 
+def oriented_size(path: Path) -> tuple[int, int]:
+    """(width, height) as the image shows after its EXIF orientation, from the header alone; (0, 0) when the header
+    cannot be read (the importer's decode then refuses the file with its own message)."""
+    try:
+        _, _, width, height, orientation = image_header(path)
+    except Exception:  # noqa: BLE001 - reported by the decode
+        return 0, 0
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def image_header(path: Path) -> tuple[str, str, int, int, int]:
     """(format, mode, width, height, EXIF orientation) from the header, without decoding pixels."""
     with Image.open(path) as img:

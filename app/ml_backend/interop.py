@@ -179,7 +179,7 @@ def export_to_coco_file(export: str | Path, images_dir: str | Path, workspace, o
     Category ids: a label the workspace has keeps its id, new labels get new ids; image and annotation
     ids follow the workspace's. DatasetError on the first problem unless `skip_bad`.
     """
-    from app.ingest import image_header
+    from app.ingest import oriented_size
 
     tasks = read_export(export)
     if tasks is None:
@@ -206,12 +206,7 @@ def export_to_coco_file(export: str | Path, images_dir: str | Path, workspace, o
         if path is None:
             problems.append(f"task {describe(task.get('id'))}: no image for {str(url)[:120]!r} in {images_dir}")
             return None
-        try:
-            _, _, width, height, orientation = image_header(path)
-        except Exception:  # noqa: BLE001 - the importer's decode reports it with its message
-            width = height = orientation = 0
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
+        width, height = oriented_size(path)
         return {"file_name": str(path.relative_to(images_dir.resolve())), "width": width, "height": height}
 
     coco, skipped = tasks_to_coco(tasks, image_of, category_of, max_image + 1, max_instance + 1)
