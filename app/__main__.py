@@ -161,8 +161,8 @@ def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=Non
     from app.access import app_kwargs, login_function
     from app.accounts import Accounts
     from app.team_page import FOCUS_JS
-    from app.ui import CSS, HOTKEYS_JS, build_ui
-    from app.video_ui import VIDEO_KEYS_JS
+    from app.keys import hotkeys_js
+    from app.ui import CSS, build_ui
 
     if auth is not None and not isinstance(auth, Accounts):
         auth = Accounts.single(*auth)
@@ -173,7 +173,7 @@ def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=Non
     demo.launch(server_name=host, server_port=port, auth=None if auth is None else login_function(auth),
                 auth_message="Log in with your CondInst Studio account." if auth else None,
                 max_file_size=max_file_size, allowed_paths=allowed, prevent_thread_lock=not block, ssr_mode=False,
-                show_error=True, css=CSS, head=HOTKEYS_JS + VIDEO_KEYS_JS + FOCUS_JS, quiet=not block, app_kwargs=app_kwargs())
+                show_error=True, css=CSS, head=hotkeys_js() + FOCUS_JS, quiet=not block, app_kwargs=app_kwargs())
     return demo
 
 

@@ -6,7 +6,10 @@ image pixels, as the event data of the editor has always been):
 
     {"action": "stroke", "tool": "brush" | "erase", "points": [[x, y], ...], "width": w, "overlap": rule}
     {"action": "polygon", "points": [[x, y], ...], "mode": "new" | "add" | "cut", "overlap": rule}
-    {"action": "pick", "x": x, "y": y}
+    {"action": "tap", "tool": "brush" | "erase", "points": [[x, y]], "width": w, "overlap": rule}   a click, no drag:
+        selects the instance under it when that is not the selected one, else paints / erases a dot
+    {"action": "pick", "x": x, "y": y}   |   {"action": "select", "id": instance id or null}
+    {"action": "class", "category": class id}   the selected instance's class
     {"action": "refine", "positive": [[x, y], ...], "negative": [...]}  |  {"action": "refine_accept" | "refine_discard"}
     {"action": "delete" | "undo" | "redo" | "resend" | "scene"}
     {"action": "next" | "previous" | "next_unreviewed"}      (the page's image navigation)
@@ -126,8 +129,17 @@ class EditChannel:
         if action == "polygon":
             return self.edits.polygon(view, data.get("points"), data.get("mode", "new"), category,
                                       data.get("overlap", "overlap"))
+        if action == "tap":
+            return self._tap(view, data, category)
         if action == "pick":
             return self.actions.select_at(view, data.get("x"), data.get("y"))
+        if action == "select":
+            return self.actions.select(view, _instance_id(data.get("id"))), ""
+        if action == "class":
+            category = _category(data.get("category"))
+            if category is None:
+                raise AppError("Choose a class.")
+            return self.actions.set_category(view, category)
         if action == "refine":
             return self.refiner.refine(view, data.get("positive"), data.get("negative"), category)
         if action == "refine_accept":
@@ -147,6 +159,20 @@ class EditChannel:
         if action == "resend":
             return replace(view, canvas_image=None), ""
         raise AppError(f"Unknown editor action {str(action)[:40]!r}.")
+
+
+    def _tap(self, view: View, data: dict, category: int | None) -> tuple[View, str]:
+        """A brush / eraser click without a drag: on an instance other than the selected one it selects that
+        instance (the annotator's first click on an object never paints a dot on a neighbour); else a dot."""
+        points = data.get("points")
+        if not (isinstance(points, list) and len(points) == 1 and isinstance(points[0], list) and len(points[0]) == 2):
+            raise AppError("A tap is one point [x, y].")
+        x, y = self.actions.check_point(view, *points[0])
+        hits = [inst.id for inst in self.actions.instances_at(view, x, y)]
+        if hits and view.selected not in hits:
+            return self.actions.select_at(view, x, y)
+        return self.edits.stroke(view, data.get("tool"), [[x, y]], data.get("width"), data.get("overlap", "overlap"),
+                                 category)
 
 
 def event_request(raw) -> gr.Request:
@@ -175,6 +201,15 @@ def _category(value) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value:
         raise AppError(f"The class must be a class id, not {str(value)[:40]!r}.")
     return int(value) if value >= 1 else None
+
+
+def _instance_id(value) -> int | None:
+    """An instance id from the editor: a whole number, or None (no selection)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 63:
+        raise AppError(f"An instance id must be a whole number, not {str(value)[:40]!r}.")
+    return value
 
 
 def _ids(value) -> set[int]:

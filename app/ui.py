@@ -18,6 +18,7 @@ from app.canvas import editor_files
 from app.edit_channel import EditChannel
 from app.explain_page import LABELS as EXPLAIN_LABELS
 from app.guard import guarded
+from app.keys import help_markdown
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, progress_html, table_frame
 from app.service import Service
 from app.team_page import TeamPage
@@ -26,27 +27,6 @@ MODEL = {"concurrency_id": "model", "concurrency_limit": 1}
 TOOL_CHOICES = [("Select", "select"), ("Brush", "brush"), ("Eraser", "erase"), ("Add at point", "point"),
                 ("Paint new", "paint")]
 EXPLAIN_MODES = [("Select the instance under the click", "select"), ("Explain the clicked point", "point")]
-HOTKEYS_JS = """
-<script>
-// CondInst Studio hotkeys (ignored while typing in a field).
-document.addEventListener("keydown", (event) => {
-  const tag = (event.target.tagName || "").toLowerCase();
-  if (["input", "textarea", "select"].includes(tag) || event.ctrlKey || event.metaKey || event.altKey) return;
-  const buttons = {n: "next", p: "previous", u: "next-unreviewed", r: "reviewed input", Delete: "delete",
-                   z: "undo", y: "redo", h: "hide", o: "solo"};
-  const tools = {s: "select", b: "brush", e: "erase", a: "point", w: "paint"};
-  const editor = window.condinstEditor, channel = {z: "undo", y: "redo", Delete: "delete", n: "next", p: "previous",
-                                                   u: "next_unreviewed"};
-  if (channel[event.key] && editor && editor.shown()) {  // queued behind an edit still on its way
-    editor.send({action: channel[event.key]}); event.preventDefault(); return;
-  }
-  let target = null;
-  if (buttons[event.key]) target = document.querySelector("#" + buttons[event.key]);
-  else if (tools[event.key]) target = document.querySelector('#tool input[value="' + tools[event.key] + '"]');
-  if (target && !target.disabled) { target.click(); event.preventDefault(); }
-});
-</script>
-"""
 HELP = """
 **Click tools** - *Select*: pick the instance under the click (click again on the same spot for the next instance
 stacked there), or click a table row. *Brush* / *Eraser*: add / remove a disc of the chosen size on the selected mask
@@ -57,9 +37,11 @@ can be undone.
 **Review** - "Reviewed" freezes the image's score threshold: exports and retraining use it. Editing a reviewed image
 keeps the edit and marks it "changed after review". The model never re-runs on a reviewed image.
 
-**Hotkeys** - `n` / `p` next / previous, `u` next unreviewed, `r` reviewed on/off, `s` `b` `e` `a` `w` tools,
-`Delete`, `z` / `y` undo / redo, `h` hide, `o` solo, `,` / `.` previous / next video frame. Deep link: `?image=<id>`; a reload reopens the last image.
-"""
+Deep link: `?image=<id>`; a reload reopens the last image.
+
+**Keys** (wherever the focus is, except in a text field; `?` on the canvas shows them too):
+
+""" + help_markdown()
 CSS = """
 #main-image img, #explain-image img { cursor: crosshair; }
 #status { min-height: 1.5em; }
@@ -129,12 +111,14 @@ class AppUI:
                         p["picture"] = gr.Image(label="Click: selects / paints, per the tool", type="numpy",
                                                 format="jpeg", interactive=False, elem_id="main-image", height=640,
                                                 buttons=["download", "fullscreen"])
+                        with gr.Row():  # the Click view's own tools (the canvas editor has its toolbar)
+                            p["tool"] = gr.Radio(TOOL_CHOICES, value="select", label="Click tool", elem_id="tool",
+                                                 scale=3)
+                            p["size"] = gr.Slider(1, 200, value=21, step=1, label="Brush / eraser size (px)",
+                                                  elem_id="brush-size", scale=2)
+                            p["join"] = gr.Checkbox(label="Join clicks into strokes", value=False, elem_id="join",
+                                                    scale=1)
             with gr.Column(scale=2, min_width=380):
-                p["tool"] = gr.Radio(TOOL_CHOICES, value="select", label="Click tool (Click view tab)", elem_id="tool")
-                with gr.Row():
-                    p["size"] = gr.Slider(1, 200, value=21, step=1, label="Brush / eraser size (px)",
-                                          elem_id="brush-size", scale=2)
-                    p["join"] = gr.Checkbox(label="Join clicks into strokes", value=False, elem_id="join", scale=1)
                 with gr.Row():
                     p["new_class"] = gr.Dropdown(label="Class for new instances", choices=[MODEL_CHOICE] + categories,
                                                  value=0, elem_id="new-class")

@@ -25,18 +25,6 @@ from app.render import outline, resize_image, resize_mask
 from app.sequences import VIDEO_TYPES  # noqa: F401 - the upload area (app/ui.py) offers these
 
 TRACK_HEADERS = ["track", "class", "frames", "count"]
-VIDEO_KEYS_JS = """
-<script>
-// CondInst Studio video keys: , and . step through the frames of a video sequence.
-document.addEventListener("keydown", (event) => {
-  const tag = (event.target.tagName || "").toLowerCase();
-  if (["input", "textarea", "select"].includes(tag) || event.ctrlKey || event.metaKey || event.altKey) return;
-  const id = {",": "previous-frame", ".": "next-frame"}[event.key];
-  const target = id && document.querySelector("#" + id);
-  if (target && !target.disabled && target.offsetParent !== null) { target.click(); event.preventDefault(); }
-});
-</script>
-"""
 THUMB_WIDTH = 140  # px of one preview thumbnail
 STRIP_STYLE = "display:flex;gap:8px;overflow-x:auto;padding:4px 0"
 FIGURE_STYLE = "margin:0;flex:0 0 auto;text-align:center;font-size:13px"

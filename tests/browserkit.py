@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from testutils import scaled_ms
@@ -132,3 +133,26 @@ def close_shared_chromium() -> None:
             browser.close()
         finally:
             manager.__exit__(None, None, None)
+
+
+# ---- the canvas editor ----
+def open_editor(page, url: str, image_id: int) -> None:
+    page.goto(f"{url}?image={image_id}")
+    page.wait_for_function("id => window.condinstEditor && window.condinstEditor.state.img && "
+                           "window.condinstEditor.state.img.complete && "
+                           "window.condinstEditor.state.scene.image.id === id", arg=image_id)
+
+
+def canvas_point(page, x: int, y: int) -> tuple[float, float]:
+    """The page position of original-image pixel (x, y) on the editor's canvas, as the editor maps it now."""
+    box = page.locator("#editor canvas").bounding_box()
+    s, ox, oy, k = page.evaluate("() => { const s = window.condinstEditor.state; const i = s.scene.image; "
+                                 "return [s.s, s.ox, s.oy, i.pw / i.width]; }")
+    return box["x"] + ox + (x + 0.5) * k * s, box["y"] + oy + (y + 0.5) * k * s
+
+
+def interior(mask: np.ndarray) -> tuple[int, int]:
+    """A pixel (x, y) of the mask: its middle pixel in row-major order."""
+    ys, xs = np.nonzero(mask)
+    k = len(xs) // 2
+    return int(xs[k]), int(ys[k])

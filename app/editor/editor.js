@@ -10,7 +10,7 @@ const ctx = canvas.getContext("2d");
 const $ = (sel) => element.querySelector(sel);
 const st = {
   scene: null, img: null, imgId: null, masks: new Map(), refineImg: null, pictures: new Map(),
-  tool: "brush", size: 21, opacity: 0.45, s: 1, ox: 0, oy: 0,
+  tool: "select", size: 21, newClass: null, opacity: 0.45, s: 1, ox: 0, oy: 0,
   stroke: null, pending: [], poly: [], pos: [], neg: [], mouse: null, space: false, pan: null,
 };
 
@@ -22,7 +22,8 @@ function toScreen(x, y) { return [st.ox + x * k() * st.s, st.oy + y * k() * st.s
 function local(ev) { const r = canvas.getBoundingClientRect(); return [ev.clientX - r.left, ev.clientY - r.top]; }
 let queue = Promise.resolve();  // edits are sent one after another, in the order they were made
 function held() { const have = {}; st.masks.forEach((m, id) => { have[id] = m.key; }); return have; }
-function newClass() {  // the page's "class for new instances" dropdown, as a class id (0: the model's choice)
+function newClass() {  // a digit key's class, else the page's "class for new instances" dropdown (0: the model's choice)
+  if (st.newClass != null) return st.newClass;
   const input = document.querySelector("#new-class input"), classes = (st.scene && st.scene.classes) || [];
   const hit = input && classes.find((c) => c[0] === input.value);
   return hit ? hit[1] : 0;
@@ -100,7 +101,7 @@ function setScene(text) {
   if (im.src) { st.img = loadImage(im.src); keepPicture(im.id, st.img); }
   else if (fresh) st.img = st.pictures.get(im.id);
   st.imgId = im.id;
-  if (fresh) { st.poly = []; fit(); prefetch(); }
+  if (fresh) { st.poly = []; $(".ce-mode").value = "new"; fit(); prefetch(); }  // a cut never carries over
   const seen = new Set();
   let missing = false;
   for (const inst of scene.instances) {
@@ -160,14 +161,7 @@ function draw() {
     const b = scene.refine.box; ctx.globalAlpha = 0.55; ctx.drawImage(st.refineImg, b[0], b[1], b[2], b[3]); ctx.globalAlpha = 1;
   }
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  if (scene.labels) {
-    ctx.font = "12px sans-serif";
-    for (const inst of scene.instances) {
-      const [sx, sy] = [st.ox + inst.box[0] * st.s, st.oy + inst.box[1] * st.s];
-      ctx.fillStyle = "rgba(0,0,0,0.6)"; ctx.fillRect(sx, sy - 15, ctx.measureText(inst.label).width + 6, 15);
-      ctx.fillStyle = inst.color; ctx.fillText(inst.label, sx + 3, sy - 3);
-    }
-  }
+  if (scene.labels) drawLabels(scene);
   for (const p of st.pending) strokePath(p.points, p.width, p.tool === "erase" ? "#000" : "#fff", 0.5);
   if (st.stroke) strokePath(st.stroke.points, st.stroke.width, st.stroke.tool === "erase" ? "#000" : "#fff", 0.5);
   if (st.poly.length) {
@@ -184,6 +178,32 @@ function draw() {
     ctx.lineWidth = 1.5; ctx.strokeStyle = "#fff"; ctx.stroke();
     ctx.lineWidth = 1; ctx.strokeStyle = "#000"; ctx.stroke();
   }
+}
+
+// Labels: the selected instance's first, each where it overlaps no label drawn before (the full label, else
+// "#id"; left out when neither fits), in the instance's colour with black or white text, whichever reads.
+function drawLabels(scene) {
+  ctx.font = "12px sans-serif";
+  const placed = [], hit = (a, b) => a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3];
+  const order = scene.instances.slice().sort((a, b) => (b.id === scene.selected) - (a.id === scene.selected));
+  for (const inst of order) {
+    const [sx, sy] = [st.ox + inst.box[0] * st.s, st.oy + inst.box[1] * st.s];
+    let spot = null, text = null;
+    for (const t of [inst.label, "#" + inst.id]) {
+      const w = ctx.measureText(t).width + 6;
+      for (const dy of [-15, 0, 15, 30, -30, 45]) {
+        const r = [sx, sy + dy, w, 15];
+        if (!placed.some((q) => hit(q, r))) { spot = r; text = t; break; }
+      }
+      if (spot) break;
+    }
+    if (!spot) continue;
+    placed.push(spot);
+    const c = parseInt(inst.color.slice(1), 16), luma = 0.299 * (c >> 16) + 0.587 * ((c >> 8) & 255) + 0.114 * (c & 255);
+    ctx.fillStyle = inst.color; ctx.fillRect(spot[0], spot[1], spot[2], spot[3]);
+    ctx.fillStyle = luma > 140 ? "#000" : "#fff"; ctx.fillText(text, spot[0] + 3, spot[1] + 12);
+  }
+  canvas.dataset.labels = String(placed.length);
 }
 
 function setTool(tool) {
@@ -248,7 +268,8 @@ function endPointer(ev) {
   if (st.pan) { st.pan = null; root.classList.remove("panning"); draw(); return; }
   if (!st.stroke) return;
   const stroke = st.stroke; st.stroke = null; st.pending.push(stroke);
-  send({action: "stroke", tool: stroke.tool, points: stroke.points, width: stroke.width, overlap: $(".ce-overlap").value});
+  const action = stroke.points.length === 1 && ev.type === "pointerup" ? "tap" : "stroke";  // a click, no drag
+  send({action, tool: stroke.tool, points: stroke.points, width: stroke.width, overlap: $(".ce-overlap").value});
   draw();
 }
 canvas.addEventListener("pointerup", endPointer);
@@ -275,36 +296,66 @@ window.condinstEditorClicks = (ev) => {
 };
 document.addEventListener("click", window.condinstEditorClicks, true);
 
-const TOOL_KEYS = {s: "select", b: "brush", e: "erase", g: "polygon", c: "refine"};
-root.addEventListener("keydown", (ev) => {
-  const tag = (ev.target.tagName || "").toLowerCase();
-  if (["input", "textarea", "select"].includes(tag) || ev.ctrlKey || ev.metaKey || ev.altKey) return;
-  let handled = true;
-  if (ev.key === " ") { st.space = true; root.classList.add("panning"); }
-  else if (ev.key === "[") setSize(st.size / 1.25 - 0.5);
-  else if (ev.key === "]") setSize(st.size * 1.25 + 0.5);
-  else if (TOOL_KEYS[ev.key]) setTool(TOOL_KEYS[ev.key]);
-  else if (ev.key === "Enter") {
+// Keys (app/keys.py routes them here while the canvas is shown, wherever the focus is): key(action, key).
+const TOOLS = ["select", "brush", "erase", "polygon", "refine"];
+const CHANNEL_KEYS = {undo: "undo", redo: "redo", delete: "delete", overlaps: "overlaps", next: "next",
+                      previous: "previous", next_unreviewed: "next_unreviewed"};
+function classKey(digit) {  // digit n: the n-th class of the list
+  const classes = (st.scene && st.scene.classes) || [], hit = classes[Number(digit) - 1];
+  if (!hit) { say("There is no class " + digit + " (" + classes.length + " classes).", false); return; }
+  if (st.scene && st.scene.selected != null) send({action: "class", category: hit[1]});
+  else { st.newClass = hit[1]; say("New instances: " + hit[0] + " (" + digit + ").", true); }
+}
+function escape() {
+  if (st.poly.length) { st.poly = []; draw(); }
+  else if (st.scene && st.scene.refine) send({action: "refine_discard"});
+  else if (st.pos.length || st.neg.length) { st.pos = []; st.neg = []; draw(); }
+  else if (st.scene && st.scene.selected != null) send({action: "select", id: null});
+}
+function showKeys(show) {
+  const box = $(".ce-keys"), rows = (window.condinstKeys && window.condinstKeys.help) || [];
+  if (!box.firstChild) {
+    const table = document.createElement("table");
+    for (const [keys, text] of rows) {
+      const tr = table.insertRow(); tr.insertCell().textContent = keys; tr.insertCell().textContent = text;
+    }
+    box.appendChild(table);
+  }
+  box.hidden = show === undefined ? !box.hidden : !show;
+}
+function key(action, raw) {
+  if (TOOLS.includes(action)) setTool(action);
+  else if (action === "class") classKey(raw);
+  else if (CHANNEL_KEYS[action]) send({action: CHANNEL_KEYS[action]});
+  else if (action === "smaller") setSize(st.size / 1.25 - 0.5);
+  else if (action === "bigger") setSize(st.size * 1.25 + 0.5);
+  else if (action === "help") showKeys();
+  else if (action === "escape") { if (!$(".ce-keys").hidden) showKeys(false); else escape(); }
+  else if (action === "accept") {
     if (st.tool === "polygon" && st.poly.length) closePolygon();
     else if (st.scene && st.scene.refine) send({action: "refine_accept"});
-    else handled = false;
-  } else if (ev.key === "Escape") {
-    if (st.poly.length) { st.poly = []; draw(); }
-    else if (st.scene && st.scene.refine) send({action: "refine_discard"});
-    else { st.pos = []; st.neg = []; draw(); }
-  } else handled = false;
-  if (handled) { ev.preventDefault(); ev.stopPropagation(); }
+    else return false;
+  } else return false;
+  return true;
+}
+document.addEventListener("input", (ev) => {  // the page's class dropdown chosen again: it counts, not a digit key
+  if (ev.target && ev.target.closest && ev.target.closest("#new-class")) st.newClass = null;
+}, true);
+root.addEventListener("keydown", (ev) => {  // space held: pan with the left button
+  if (ev.key === " ") { st.space = true; root.classList.add("panning"); ev.preventDefault(); ev.stopPropagation(); }
 });
 root.addEventListener("keyup", (ev) => { if (ev.key === " ") { st.space = false; root.classList.remove("panning"); } });
 element.querySelectorAll(".ce-tools button").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
 $(".ce-size").addEventListener("input", (ev) => setSize(Number(ev.target.value)));
 $(".ce-opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value); st.opacityTouched = true; draw(); });
 $(".ce-fit").addEventListener("click", fit);
+$(".ce-help").addEventListener("click", () => showKeys());
 $(".ce-one").addEventListener("click", oneToOne);
 new ResizeObserver(() => (st.unfitted && canvas.clientWidth ? fit() : draw())).observe(canvas);
 
 // `send` queues an edit behind those in flight (the page's z / y / Delete keys use it, whatever the buttons show).
-window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize, send, shown: () => !!canvas.offsetParent};
-setTool("brush");
+window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize, send, key,
+                         shown: () => !!canvas.offsetParent};
+setTool("select");
 watch("value", () => setScene(props.value));
 if (props.value) setScene(props.value);

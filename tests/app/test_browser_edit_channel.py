@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from app.edit_channel import EditChannel
-from browserkit import BROWSER_MARKS, playwright_or_skip, screenshot_on_failure, wait_status
+from browserkit import (BROWSER_MARKS, canvas_point as at, interior, open_editor, playwright_or_skip,
+                        screenshot_on_failure, wait_status)
 
 pytestmark = BROWSER_MARKS
 sync_api = playwright_or_skip()
@@ -21,26 +22,6 @@ def app(app_factory, image_paths):
     running = app_factory()
     running.service.images.add_files(image_paths[:1])
     return running
-
-
-def open_editor(page, url: str, image_id: int) -> None:
-    page.goto(f"{url}?image={image_id}")
-    page.wait_for_function("id => window.condinstEditor && window.condinstEditor.state.img && "
-                           "window.condinstEditor.state.img.complete && "
-                           "window.condinstEditor.state.scene.image.id === id", arg=image_id)
-
-
-def at(page, x: int, y: int) -> tuple[float, float]:
-    box = page.locator("#editor canvas").bounding_box()
-    s, ox, oy, k = page.evaluate("() => { const s = window.condinstEditor.state; const i = s.scene.image; "
-                                 "return [s.s, s.ox, s.oy, i.pw / i.width]; }")
-    return box["x"] + ox + (x + 0.5) * k * s, box["y"] + oy + (y + 0.5) * k * s
-
-
-def interior(mask: np.ndarray) -> tuple[int, int]:
-    ys, xs = np.nonzero(mask)
-    k = len(xs) // 2
-    return int(xs[k]), int(ys[k])
 
 
 def test_edits_use_the_channel_and_z_right_after_a_stroke_undoes_it(app, page, monkeypatch):

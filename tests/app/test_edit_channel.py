@@ -142,3 +142,44 @@ def test_next_and_previous_go_through_the_channel_with_prefetched_pictures(three
     back = edit({"action": "previous"}, request)  # a canvas that holds no pictures gets the JPEG
     assert back["scene"]["image"]["id"] == first and "src" in back["scene"]["image"]
     assert edit({"action": "prefetch", "pictures": "all"}, request)["ok"]  # malformed: holds none
+
+
+def test_a_brush_click_on_another_instance_selects_it_and_on_the_selected_one_paints(running):
+    """A tap (a click without a drag) with the brush: the annotator's first click on an object selects it instead
+    of adding a dot instance; on the selected instance it paints."""
+    edit, ws = channel_of(running), running.service.ws
+    image = ws.list_images()[0].id
+    big, other = sorted(ws.instances(image), key=lambda inst: -inst.area)[:2]
+    request = session(running, "anna", View(image_id=image, selected=other.id))
+    before = len(ws.instances(image))
+    x, y = interior(big.mask)
+    tap = {"action": "tap", "tool": "brush", "points": [[x, y]], "width": 5}
+    picked = edit(tap, request)
+    assert picked["ok"] and picked["scene"]["selected"] == big.id and picked["message"].startswith("Selected")
+    assert len(ws.instances(image)) == before and np.array_equal(ws.get_instance(big.id).mask, big.mask)
+    # the same tap on the now selected instance, at a pixel just outside it: a dot added to it
+    ys, xs = np.nonzero(big.mask)
+    edge_x, edge_y = int(xs.max()), int(ys[xs.argmax()])
+    painted = edit({**tap, "points": [[edge_x, edge_y]]}, request)
+    assert painted["ok"] and painted["scene"]["selected"] == big.id
+    assert ws.get_instance(big.id).area > big.area and len(ws.instances(image)) == before
+    edit({"action": "undo"}, request)
+
+
+def test_class_key_and_deselect_go_through_the_channel(running):
+    edit, ws = channel_of(running), running.service.ws
+    image = ws.list_images()[0].id
+    inst = max(ws.instances(image), key=lambda i: i.area)
+    other = next(c.id for c in ws.categories() if c.id != inst.category_id)
+    request = session(running, "anna", View(image_id=image, selected=inst.id))
+    changed = edit({"action": "class", "category": other}, request)
+    assert changed["ok"] and ws.get_instance(inst.id).category_id == other and changed["undo"] is True
+    assert "is now" in changed["message"]
+    assert edit({"action": "undo"}, request)["ok"] and ws.get_instance(inst.id).category_id == inst.category_id
+    cleared = edit({"action": "select", "id": None}, request)
+    assert cleared["ok"] and cleared["scene"]["selected"] is None and stored_view(running, request).selected is None
+    for bad in ({"action": "class", "category": "x"}, {"action": "class", "category": 10 ** 30},
+                {"action": "select", "id": 2 ** 64}, {"action": "select", "id": "1"},
+                {"action": "tap", "tool": "brush", "points": [[1, 2], [3, 4]]}):
+        answer = edit(bad, request)
+        assert answer["ok"] is False and answer["message"] and "\n" not in answer["message"]

@@ -1,0 +1,89 @@
+"""Keyboard-first editing in headless Chromium (issue 22): the editor opens on Select, a brush click on an object
+selects it, and the keys of `app/keys.py` work wherever the focus is (not only on the canvas): digits set the
+class, Ctrl+Z / Ctrl+Shift+Z undo / redo, Backspace deletes, Esc deselects, `?` lists every key.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.keys import KEYMAP
+from browserkit import (BROWSER_MARKS, canvas_point as at, interior, open_editor, playwright_or_skip,
+                        screenshot_on_failure)
+from testutils import timeout_scale
+
+pytestmark = BROWSER_MARKS
+sync_api = playwright_or_skip()
+
+
+@pytest.fixture(scope="module")
+def app(app_factory, image_paths):
+    running = app_factory()
+    running.service.images.add_files(image_paths[:1])
+    return running
+
+
+def wait_scene(page, condition: str, arg=None) -> None:
+    page.wait_for_function(f"arg => {{ const s = window.condinstEditor.state.scene; return {condition}; }}", arg=arg)
+
+
+def test_select_is_the_default_and_keys_work_wherever_the_focus_is(app, page):
+    ws = app.service.ws
+    image = ws.list_images()[0].id
+    target = max(ws.instances(image), key=lambda inst: inst.area)
+    count = len(ws.instances(image))
+    x, y = interior(target.mask)
+    with screenshot_on_failure(page, "keys"):
+        open_editor(page, app.url, image)
+        assert page.evaluate("() => window.condinstEditor.state.tool") == "select"
+        page.mouse.click(*at(page, x, y))
+        wait_scene(page, "s.selected === arg", target.id)
+        # the brush: a click on another object selects it (no dot instance); a click on the selected one paints
+        page.keyboard.press("b")
+        other = next(inst for inst in sorted(ws.instances(image), key=lambda i: -i.area) if inst.id != target.id)
+        page.mouse.click(*at(page, *interior(other.mask)))
+        wait_scene(page, "s.selected === arg", other.id)
+        assert len(ws.instances(image)) == count
+        page.mouse.click(*at(page, x, y))
+        wait_scene(page, "s.selected === arg", target.id)
+        # focus away from the canvas (the instance table's area), then keys
+        page.locator("#instances").click(position={"x": 5, "y": 5})
+        page.wait_for_function("() => !document.querySelector('#editor .ce-root').contains(document.activeElement)")
+        scene_classes = page.evaluate("() => window.condinstEditor.state.scene.classes")
+        position = next(i for i, (_, cid) in enumerate(scene_classes) if cid != target.category_id)
+        new_class = scene_classes[position][1]
+        page.keyboard.press(str(position + 1))
+        page.wait_for_function("() => window.condinstEditor.state.scene && document.getElementById('undo') "
+                               "&& !document.getElementById('undo').disabled")
+        wait_for(lambda: ws.get_instance(target.id).category_id == new_class, page)
+        page.keyboard.press("Control+z")
+        wait_for(lambda: ws.get_instance(target.id).category_id == target.category_id, page)
+        page.keyboard.press("Control+Shift+z")
+        wait_for(lambda: ws.get_instance(target.id).category_id == new_class, page)
+        page.keyboard.press("Control+z")
+        wait_for(lambda: ws.get_instance(target.id).category_id == target.category_id, page)
+        page.keyboard.press("Escape")
+        wait_scene(page, "s.selected === null")
+        page.mouse.click(*at(page, x, y))
+        wait_scene(page, "s.selected === arg", target.id)
+        page.keyboard.press("Backspace")
+        wait_for(lambda: ws.get_instance(target.id).deleted, page)
+        page.keyboard.press("Control+z")
+        wait_for(lambda: not ws.get_instance(target.id).deleted, page)
+        page.keyboard.press("?")
+        box = page.locator("#editor .ce-keys")
+        box.wait_for(state="visible")
+        listed = box.inner_text()
+        for _, keys, text in KEYMAP:
+            assert text in listed
+        page.keyboard.press("Escape")
+        box.wait_for(state="hidden")
+
+
+def wait_for(condition, page, timeout_s: float = 60.0) -> None:
+    """Polls a server-side condition while the page keeps running (no fixed sleep: it ends when it holds)."""
+    deadline = time.monotonic() + timeout_s * timeout_scale()
+    while not condition():
+        assert time.monotonic() < deadline, "the page's action did not reach the workspace"
+        page.wait_for_timeout(50)
