@@ -208,14 +208,16 @@ class LoginGuard:
 class Accounts:
     """Who may log in and with which role; `check` is the login function (throttled)."""
 
-    def __init__(self, accounts: dict[str, Account], guard: LoginGuard | None = None):
+    def __init__(self, accounts: dict[str, Account], guard: LoginGuard | None = None, team: bool | None = None):
+        """`team`: the page shows the team's review flow (default: when there is more than one account)."""
         self.accounts = dict(accounts)
+        self.team = len(self.accounts) > 1 if team is None else team
         self.guard = guard or LoginGuard()
         self._dummy = hash_password(secrets.token_hex(8))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Accounts":
-        return cls(read_users(path))
+        return cls(read_users(path), team=True)
 
     @classmethod
     def single(cls, name: str, password: str) -> "Accounts":
@@ -238,3 +240,8 @@ class Accounts:
         else:
             self.guard.failed(user_key, address_key)
         return ok
+
+
+def is_team(accounts: Accounts | None) -> bool:
+    """Whether the app runs for a team (review flow, take-over, presence) rather than one person."""
+    return accounts is not None and accounts.team

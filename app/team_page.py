@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from app.accounts import is_team
 from app.actions import View
 from app.actor import acting, current_user
 from app.errors import ServiceError
@@ -135,7 +136,7 @@ class TeamPage:
         if others:
             parts.append("also viewing: " + ", ".join(others))
         record = service.ws.get_image_record(view.image_id)
-        if record.review_state != "annotated" or record.reviewed_by:
+        if is_team(service.accounts) and (record.review_state != "annotated" or record.reviewed_by):
             parts.append(service.reviews.summary(view.image_id))
         selected = service.actions.selected_instance(view)
         if selected is not None and (selected.created_by or selected.updated_by):
@@ -188,20 +189,21 @@ class TeamPage:
 
     # ---- layout and wiring ------------------------------------------------------------------------------
     @staticmethod
-    def take_over_button() -> gr.Button:
+    def take_over_button(team: bool = True) -> gr.Button:
         """"Take over", in the navigation row beside the image name, where the presence warning shows."""
-        return gr.Button("Take over", size="sm", elem_id="take-over", scale=0, min_width=90)
+        return gr.Button("Take over", size="sm", elem_id="take-over", scale=0, min_width=90, visible=team)
 
     @staticmethod
-    def build(take_over: gr.Button) -> dict:
-        """The review controls (under the instance list) and the take-over button built with the navigation."""
+    def build(take_over: gr.Button, team: bool = True) -> dict:
+        """The review controls (under the instance list) and the take-over button built with the navigation;
+        shown only for a team (one person has the "Reviewed" checkbox)."""
         p = {"take_over": take_over}
-        with gr.Row(elem_id="team-row", equal_height=True):
+        with gr.Row(elem_id="team-row", equal_height=True, visible=team):
             p["state_filter"] = gr.Dropdown(STATE_CHOICES, value="", elem_id="state-filter", show_label=False,
                                             container=False, scale=2, min_width=120)
             p["submit"] = gr.Button("Submit for review", size="sm", elem_id="submit-review", scale=1, min_width=120)
             p["accept"] = gr.Button("Accept", size="sm", variant="primary", elem_id="accept", scale=1, min_width=60)
-        with gr.Row(elem_id="reject-row", equal_height=True):
+        with gr.Row(elem_id="reject-row", equal_height=True, visible=team):
             p["comment"] = gr.Textbox(placeholder="Rejection comment", elem_id="review-comment", show_label=False,
                                       container=False, scale=3, max_lines=1)
             p["reject"] = gr.Button("Reject", size="sm", variant="stop", elem_id="reject", scale=1, min_width=60)

@@ -17,6 +17,7 @@ from app import interop_ui, video_ui
 from app.canvas import editor_files
 from app.edit_channel import EditChannel
 from app.explain_page import LABELS as EXPLAIN_LABELS
+from app.accounts import is_team
 from app.guard import guarded
 from app.keys import help_markdown
 from app.handlers import MODEL_CHOICE, Handlers, ap_frame, progress_html, table_frame
@@ -42,10 +43,28 @@ Deep link: `?image=<id>`; a reload reopens the last image.
 **Keys** (wherever the focus is, except in a text field; `?` on the canvas shows them too):
 
 """ + help_markdown()
+# The core loop (canvas, tools, instance list, undo, next) fits 1280x720: a one-line header, compact rows, one
+# info line; the canvas itself takes the height the viewport leaves (app/editor/editor.js).
 CSS = """
 #main-image img, #explain-image img { cursor: crosshair; }
-#status { min-height: 1.5em; }
-#header { align-items: baseline; }
+.gradio-container { padding-top: 2px !important; }
+.gradio-container .main, .gradio-container .wrap { gap: 6px; }
+#header { align-items: baseline; flex-wrap: nowrap; gap: 12px; }
+#header h2 { margin: 0 !important; font-size: 18px; white-space: nowrap; }
+#header p, #status p, #info p { margin: 0 !important; }
+#title { flex: 0 0 190px !important; min-width: 0 !important; }
+#status { min-height: 0; font-size: 13px; flex: 1 1 0 !important; min-width: 0 !important; }
+#model-info { font-size: 12px; flex: 0 1 40% !important; min-width: 0 !important; text-align: right; }
+#nav { gap: 6px; flex-wrap: nowrap; }
+#nav button { min-height: 32px; }
+#nav #reviewed label { padding: 4px 8px; }
+#info, #info p { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; font-size: 13px; }
+#views .tab-container, #views [role=tablist] { min-height: 0; }
+#views button[role=tab] { padding: 2px 10px; }
+#side { gap: 6px; }
+#side .block { padding: 4px 8px; }
+#class-row, #edit-row { gap: 4px; }
+#edit-row button { min-width: 0; }
 """
 
 
@@ -64,14 +83,15 @@ class AppUI:
         with gr.Blocks(title="CondInst Studio", delete_cache=(3600, 3600)) as demo:
             state = gr.State(View())
             last_image = gr.BrowserState(None, storage_key="condinst-studio-last-image")
-            with gr.Row(elem_id="header"):
-                gr.Markdown("## CondInst Studio")
+            with gr.Row(elem_id="header"):  # one line: the name, the last message, the model
+                gr.Markdown("## CondInst Studio", elem_id="title")
+                status = gr.Markdown(elem_id="status")
                 model_info = gr.Markdown(self.service.model_info(), elem_id="model-info")
             top = {"state": state, "last_image": last_image, "model_info": model_info,
                    "banner": gr.Markdown(visible=False, elem_id="banner"),
                    "recover": gr.Button("Recover workspace", variant="stop", size="sm",
                                         visible=self.service.workspace is None, elem_id="recover"),
-                   "status": gr.Markdown(elem_id="status")}
+                   "status": status}
             with gr.Tabs() as self.tabs:
                 with gr.Tab("Segment & correct", id="annotate"):
                     a = self._annotate_tab()
@@ -99,7 +119,7 @@ class AppUI:
                                              scale=0)
             p["reviewed"] = gr.Checkbox(label="Reviewed", elem_id="reviewed", scale=0, min_width=110, container=False)
             p["rerun"] = gr.Button("Re-run model", size="sm", elem_id="rerun", min_width=110, scale=0)
-            take_over = TeamPage.take_over_button()
+            take_over = TeamPage.take_over_button(is_team(self.service.accounts))
         p["info"] = gr.Markdown(elem_id="info")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
@@ -118,27 +138,27 @@ class AppUI:
                                                   elem_id="brush-size", scale=2)
                             p["join"] = gr.Checkbox(label="Join clicks into strokes", value=False, elem_id="join",
                                                     scale=1)
-            with gr.Column(scale=2, min_width=380):
-                with gr.Row():
+            with gr.Column(scale=2, min_width=380, elem_id="side"):
+                with gr.Row(elem_id="class-row"):
+                    p["class"] = gr.Dropdown(label="Class of the selected (1-9)", choices=categories, value=None,
+                                             elem_id="selected-class", scale=2, min_width=120)
                     p["new_class"] = gr.Dropdown(label="Class for new instances", choices=[MODEL_CHOICE] + categories,
-                                                 value=0, elem_id="new-class")
-                    p["selected"] = gr.Number(label="Selected instance", precision=0, elem_id="selected")
-                    p["class"] = gr.Dropdown(label="Its class", choices=categories, value=None,
-                                             elem_id="selected-class")
-                with gr.Row():
-                    p["delete"] = gr.Button("Delete", variant="stop", size="sm", elem_id="delete")
-                    p["hide"] = gr.Button("Hide / show", size="sm", elem_id="hide")
-                    p["solo"] = gr.Button("Solo / all", size="sm", elem_id="solo")
-                    p["undo"] = gr.Button("Undo", size="sm", elem_id="undo", interactive=False)
-                    p["redo"] = gr.Button("Redo", size="sm", elem_id="redo", interactive=False)
+                                                 value=0, elem_id="new-class", scale=2, min_width=120)
+                    p["selected"] = gr.Number(label="Selected", precision=0, elem_id="selected", scale=1, min_width=70)
+                with gr.Row(elem_id="edit-row"):
+                    p["undo"] = gr.Button("Undo", size="sm", elem_id="undo", interactive=False, min_width=50)
+                    p["redo"] = gr.Button("Redo", size="sm", elem_id="redo", interactive=False, min_width=50)
+                    p["delete"] = gr.Button("Delete", variant="stop", size="sm", elem_id="delete", min_width=50)
+                    p["hide"] = gr.Button("Hide", size="sm", elem_id="hide", min_width=50)
+                    p["solo"] = gr.Button("Solo", size="sm", elem_id="solo", min_width=50)
                 p["table"] = gr.Dataframe(table_frame([]), label="Instances (click a row to select)", interactive=False,
-                                          elem_id="instances", max_height=300)
+                                          elem_id="instances", max_height=260)
                 with gr.Row(equal_height=True):
                     p["fill_holes"] = gr.Button("Fill holes", size="sm", elem_id="fill-holes")
                     p["speck_size"] = gr.Number(value=50, precision=0, minimum=1, label="Speck size (px)",
                                                 elem_id="speck-size", min_width=90)
                     p["remove_specks"] = gr.Button("Remove smaller specks", size="sm", elem_id="remove-specks")
-                p["team"] = TeamPage.build(take_over)  # review and presence
+                p["team"] = TeamPage.build(take_over, is_team(self.service.accounts))  # review and presence
                 p["video"] = video_ui.build_panel(categories)  # shown on a video's frames
         with gr.Row():
             p["threshold"] = gr.Slider(0, 1, value=View().threshold, step=0.01, label="Score threshold",

@@ -56,6 +56,7 @@ def click_image(page, selector: str, x: float, y: float) -> None:
         show_click_view(page)
     img = page.locator(selector)
     img.wait_for(state="visible")
+    img.scroll_into_view_if_needed()  # as a person scrolls to the picture before clicking it
     box = img.bounding_box()
     natural_w, natural_h = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
     scale = min(1.0, box["width"] / natural_w, box["height"] / natural_h)

@@ -50,6 +50,14 @@ function send(data) {
 
 function loadImage(src, onload) { const im = new Image(); im.onload = () => { onload && onload(); draw(); }; im.src = src; return im; }
 
+// The canvas takes the height the viewport leaves below its top (the message line under it stays in view), at
+// least 260 px; without an image it is a short band saying how to add one.
+function fitHeight() {
+  const top = canvas.getBoundingClientRect().top + window.scrollY, foot = root.querySelector(".ce-foot");
+  const want = st.scene && st.scene.image ? Math.max(260, window.innerHeight - top - (foot ? foot.offsetHeight : 20) - 10)
+    : 120;
+  if (Math.abs(canvas.clientHeight - want) > 1) canvas.style.height = Math.round(want) + "px";
+}
 function resize() {
   const dpr = window.devicePixelRatio || 1, w = canvas.clientWidth, h = canvas.clientHeight;
   if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
@@ -58,7 +66,7 @@ function resize() {
 }
 function fit() {
   const im = st.scene && st.scene.image; if (!im) return;
-  resize();
+  fitHeight(); resize();
   const cw = canvas.clientWidth, ch = canvas.clientHeight;
   st.unfitted = !cw || !ch;  // hidden (another tab): fit again once it is shown (ResizeObserver)
   if (st.unfitted) return;
@@ -97,7 +105,7 @@ function setScene(text) {
   // view fitted twice): the picture is asked for, and the answer carrying it is shown instead
   if (im && !im.src && (fresh ? !st.pictures.has(im.id) : !st.img)) { send({action: "resend"}); return; }
   st.scene = scene; st.pending = [];
-  if (!im) { st.img = null; st.imgId = null; draw(); return; }
+  if (!im) { st.img = null; st.imgId = null; fitHeight(); draw(); return; }
   if (im.src) { st.img = loadImage(im.src); keepPicture(im.id, st.img); }
   else if (fresh) st.img = st.pictures.get(im.id);
   st.imgId = im.id;
@@ -137,12 +145,19 @@ function dot(x, y, color, r) {
 }
 
 function draw() {
-  resize();
+  fitHeight(); resize();
   const dpr = window.devicePixelRatio || 1;
   ctx.setTransform(1, 0, 0, 1, 0, 0); ctx.clearRect(0, 0, canvas.width, canvas.height);
   const scene = st.scene;
   $(".ce-zoom").textContent = Math.round(st.s * k() * 100) + "%";
-  if (!scene || !scene.image || !st.img) return;
+  if (!scene || !scene.image || !st.img) {
+    if (scene && !scene.image) {  // an empty workspace or an empty filter: say what to do, where the picture would be
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0); ctx.fillStyle = "#ddd"; ctx.font = "15px sans-serif"; ctx.textAlign = "center";
+      ctx.fillText("No image to show: add images or videos in \u201cAdd images\u201d below (or the bundled samples).",
+                   canvas.clientWidth / 2, canvas.clientHeight / 2); ctx.textAlign = "left";
+    }
+    return;
+  }
   ctx.setTransform(st.s * dpr, 0, 0, st.s * dpr, st.ox * dpr, st.oy * dpr);
   ctx.imageSmoothingEnabled = st.s < 1;
   if (st.img.complete) ctx.drawImage(st.img, 0, 0, scene.image.pw, scene.image.ph);
@@ -352,6 +367,7 @@ $(".ce-fit").addEventListener("click", fit);
 $(".ce-help").addEventListener("click", () => showKeys());
 $(".ce-one").addEventListener("click", oneToOne);
 new ResizeObserver(() => (st.unfitted && canvas.clientWidth ? fit() : draw())).observe(canvas);
+window.addEventListener("resize", () => { fitHeight(); draw(); });
 
 // `send` queues an edit behind those in flight (the page's z / y / Delete keys use it, whatever the buttons show).
 window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize, send, key,

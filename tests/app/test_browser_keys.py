@@ -87,3 +87,28 @@ def wait_for(condition, page, timeout_s: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the page's action did not reach the workspace"
         page.wait_for_timeout(50)
+
+
+@pytest.mark.parametrize("width,height", [(1280, 720), (1920, 1080)])
+def test_the_core_loop_fits_the_screen_without_scrolling(app, browser, width, height):
+    """Canvas, tools, instance list, undo and next are all in view at a laptop's and a desktop's size, and the
+    canvas takes the height the viewport leaves."""
+    from browserkit import new_page
+
+    context, page = new_page(browser, width=width, height=height)
+    try:
+        with screenshot_on_failure(page, f"layout-{width}x{height}"):
+            open_editor(page, app.url, app.service.ws.list_images()[0].id)
+            page.wait_for_function("h => document.querySelector('#editor canvas').getBoundingClientRect().bottom "
+                                   "<= h", arg=height)
+            boxes = page.evaluate("""() => Object.fromEntries(['#editor canvas', '#editor .ce-tools', '#undo',
+                '#delete', '#next', '#previous', '#instances', '#selected-class', '#editor .ce-msg']
+                .map(s => { const r = document.querySelector(s).getBoundingClientRect();
+                            return [s, [r.top, r.bottom, r.left, r.right]]; }))""")
+            for selector, (top, bottom, left, right) in boxes.items():
+                assert 0 <= top < height and left >= 0 and right <= width, (selector, top, bottom)
+            canvas_top, canvas_bottom = boxes["#editor canvas"][:2]
+            assert canvas_bottom <= height and canvas_bottom - canvas_top >= 0.45 * height
+            assert page.evaluate("() => document.scrollingElement.scrollTop") == 0
+    finally:
+        context.close()
