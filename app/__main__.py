@@ -65,23 +65,6 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def resolve_weights(weights: str | None) -> Path:
-    """The checkpoint to load: --weights, else the bundled default (clear exit if missing)."""
-    from app.service import DEFAULT_WEIGHTS
-
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise SystemExit(f"error: --weights {weights}: no such file")
-        if not DEFAULT_WEIGHTS.is_file():
-            print(f"note: the bundled default model {DEFAULT_WEIGHTS} is missing; using {path}", file=sys.stderr)
-        return path
-    if not DEFAULT_WEIGHTS.is_file():
-        raise SystemExit(f"error: the bundled default model {DEFAULT_WEIGHTS} is missing. Train or download it "
-                         "there, or start with --weights PATH to serve another checkpoint.")
-    return DEFAULT_WEIGHTS
-
-
 def port_number(text: str) -> int:
     from condinst.validate import positive_int
 
@@ -97,6 +80,8 @@ def check_arguments(args: argparse.Namespace) -> Path:
     from condinst.validate import check_device, existing_dir, writable_dir
 
     from condinst.cli import check_backend
+
+    from app.session import resolve_weights
 
     weights = resolve_weights(args.weights)
     if args.users and args.auth:

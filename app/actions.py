@@ -8,45 +8,22 @@ as on a small one; a repeated click on the same spot cycles through the instance
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from app.actor import StaleEdit, current_user
+from app import view as view_lookups
+from app.actor import StaleEdit
 from app.errors import ServiceError
+from app.images import ImageLibrary
 from app.masks import disc, preview_scale
+from app.review import Reviews
 from app.sequences import representatives
+from app.view import View
 from app.workspace import Instance, WorkspaceError
+from app.workspace_slot import WorkspaceSlot
 
-if TYPE_CHECKING:
-    from app.service import Service
-
-DEFAULT_THRESHOLD = 0.3
 TOOLS = ("select", "brush", "erase", "point", "paint")
-
-
-@dataclass
-class View:
-    """What one browser session looks at (kept in a gr.State: small and copyable)."""
-
-    image_id: int | None = None
-    selected: int | None = None
-    threshold: float = DEFAULT_THRESHOLD
-    categories: tuple[int, ...] | None = None  # class filter; None shows every class
-    solo: int | None = None
-    last_point: tuple[int, int, int] | None = None  # (instance id, x, y) of the last brush click
-    probe: tuple[int, int] | None = None  # last point explained with "what would segment here"
-    opacity: float = 0.45
-    labels: bool = True
-    last_pick: tuple[int, int] | None = None  # (x, y) of the last selecting click, for cycling
-    refine: Any = None  # a pending click-to-refine proposal (app.refine.RefineState)
-    propagation: Any = None  # a pending video mask propagation (app.propagation.PropagationState)
-    canvas_image: int | None = None  # the image the canvas editor already holds (its pixels are sent once)
-    picture: bool = True  # whether the overlay picture (Click view) is drawn; the page's editor tab turns it off
-    seen: dict | None = None  # instance id -> revision this session was last shown (app.actor: no lost update)
-    stamp: tuple | None = None  # what the page shows of the image (app.team_page.poll refreshes when it changes)
-    state_filter: str | None = None  # show and step through only images in this review state (app.review)
-    explain_relabelled: bool = False  # the Explain pictures carry another model's labels (a SipMask explanation)
 
 
 @dataclass
@@ -57,20 +34,19 @@ class ClickResult:
 
 
 class Annotator:
-    """The actions of the annotate view, on the service's workspace and model."""
+    """The actions of the annotate view, on the workspace (segmenting new images and reviewing through the
+    image library and the review rules)."""
 
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, images: ImageLibrary, reviews: Reviews):
+        self.slot, self.images, self.reviews = workspace, images, reviews
 
     @property
     def ws(self):
-        return self.service.ws
+        return self.slot.ws
 
     # ---- images and navigation --------------------------------------------------------------------
     def require_image(self, view: View) -> int:
-        if view.image_id is None:
-            raise ServiceError("No image selected: upload images or pick samples first.")
-        return int(view.image_id)
+        return view_lookups.require_image(view)
 
     def go_to(self, view: View, image_id: int | None) -> View:
         """Show another image (selection, solo and probe are reset); unsegmented images are segmented."""
@@ -81,7 +57,7 @@ class Annotator:
             self.ws.get_image_record(image_id)
         except WorkspaceError as exc:
             raise ServiceError(str(exc)) from None
-        self.service.images.ensure_segmented(int(image_id))
+        self.images.ensure_segmented(int(image_id))
         return replace(view, image_id=int(image_id), selected=None, solo=None, last_point=None, probe=None,
                        last_pick=None, refine=None)
 
@@ -110,7 +86,7 @@ class Annotator:
     def set_reviewed(self, view: View, reviewed: bool) -> tuple[View, str]:
         """"Reviewed" on = accepted (a reviewer's transition, freezing the threshold); off = annotated again."""
         image_id = self.require_image(view)
-        self.service.reviews.transition(image_id, "accepted" if reviewed else "annotated",
+        self.reviews.transition(image_id, "accepted" if reviewed else "annotated",
                                         threshold=view.threshold if reviewed else None)
         if reviewed:
             record = self.ws.get_image_record(image_id)
@@ -134,43 +110,17 @@ class Annotator:
 
     # ---- what is shown ---------------------------------------------------------------------------------
     def visible(self, view: View, include_hidden: bool = True) -> list[Instance]:
-        """Instances of the view's image passing the (image's) score threshold, class filter and solo."""
-        if view.image_id is None:
-            return []
-        threshold = self.ws.get_image_record(view.image_id).threshold(view.threshold)
-        return [inst for inst in self.ws.instances(view.image_id) if inst.shown_at(threshold)
-                and (view.categories is None or inst.category_id in view.categories)
-                and (view.solo is None or inst.id == view.solo) and (include_hidden or not inst.hidden)]
+        return view_lookups.visible(self.ws, view, include_hidden)
 
     def selected_instance(self, view: View) -> Instance | None:
-        """The selected instance if it still exists, is live and belongs to the image."""
-        if view.selected is None or view.image_id is None:
-            return None
-        try:
-            inst = self.ws.get_instance(view.selected)
-        except WorkspaceError:
-            return None
-        return None if inst.deleted or inst.image_id != view.image_id else inst
+        return view_lookups.selected_instance(self.ws, view)
 
     def refresh(self, view: View) -> View:
-        """Drop a selection / solo that undo or redo removed."""
-        view = replace(view, last_point=None)
-        if view.selected is not None and self.selected_instance(view) is None:
-            view = replace(view, selected=None)
-        if view.solo is not None and self.selected_instance(replace(view, selected=view.solo)) is None:
-            view = replace(view, solo=None)
-        return view
+        return view_lookups.refresh(self.ws, view)
 
     # ---- selection ------------------------------------------------------------------------------------
     def check_point(self, view: View, x: float, y: float) -> tuple[int, int]:
-        record = self.ws.get_image_record(self.require_image(view))
-        try:
-            x, y = int(round(float(x))), int(round(float(y)))
-        except (TypeError, ValueError, OverflowError):
-            raise ServiceError(f"Point ({x}, {y}) is not a pixel position.") from None
-        if not (0 <= x < record.width and 0 <= y < record.height):
-            raise ServiceError(f"Point ({x}, {y}) is outside the {record.width}x{record.height} image.")
-        return x, y
+        return view_lookups.check_point(self.ws, view, x, y)
 
     def instances_at(self, view: View, x: int, y: int) -> list[Instance]:
         """Shown, non-hidden instances under (x, y), smallest first."""
@@ -217,21 +167,10 @@ class Annotator:
         return replace(view, selected=chosen, last_point=None, last_pick=(x, y)), f"Selected instance #{chosen}.{more}"
 
     def check_selection(self, view: View) -> None:
-        """StaleEdit if someone else deleted the selected instance after this page showed it."""
-        if view.selected is None or (view.seen or {}).get(view.selected) is None:
-            return
-        gone = self.ws.get_instance(view.selected)
-        if gone.deleted and gone.updated_by not in (None, current_user()):
-            raise StaleEdit(f"Instance #{gone.id} was deleted by {gone.updated_by} after you last saw it; "
-                            "nothing was changed and your view now shows the image as it is.")
+        view_lookups.check_selection(self.ws, view)
 
     def require_selected(self, view: View) -> Instance:
-        self.require_image(view)
-        inst = self.selected_instance(view)
-        if inst is None:
-            self.check_selection(view)
-            raise ServiceError("Select an instance first (click it on the image or in the table).")
-        return inst
+        return view_lookups.require_selected(self.ws, view)
 
     # ---- edits -----------------------------------------------------------------------------------------
     def click(self, view: View, x: float, y: float, tool: str, size: int = 15, category_id: int | None = None,
@@ -251,7 +190,7 @@ class Annotator:
             return ClickResult(*self.brush(view, x, y, size, erase=tool == "erase", join=join), tool)
         if tool == "paint":
             return ClickResult(*self.paint_new(view, x, y, size, category_id), "brush")
-        return ClickResult(*self.service.images.add_at_point(view, x, y, category_id), tool)
+        return ClickResult(*self.images.add_at_point(view, x, y, category_id), tool)
 
     def brush(self, view: View, x: float, y: float, size: int, erase: bool = False,
               join: bool = False) -> tuple[View, str]:
@@ -272,12 +211,7 @@ class Annotator:
         return new_view, f"{'Erased from' if erase else 'Painted'} instance #{inst.id}."
 
     def default_category(self, category_id: int | None) -> int:
-        if category_id is not None:
-            return int(category_id)
-        categories = self.ws.categories()
-        if not categories:
-            raise ServiceError("The workspace has no classes; add one first.")
-        return categories[0].id
+        return view_lookups.default_category(self.ws, category_id)
 
     def paint_new(self, view: View, x: float, y: float, size: int, category_id: int | None = None) -> tuple[View, str]:
         """Start a new hand-painted instance with one disc; it becomes the selection."""

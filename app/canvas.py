@@ -21,18 +21,15 @@ import zlib
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import supervision as sv
 
-from app.actions import View
 from app.masks import preview_size, shrink_mask
 from app.records import is_crowd
-
-if TYPE_CHECKING:
-    from app.service import Service
+from app.view import View, visible
+from app.workspace_slot import WorkspaceSlot
 
 EDITOR_DIR = Path(__file__).resolve().parent / "editor"
 PALETTE = sv.ColorPalette.DEFAULT
@@ -74,8 +71,8 @@ def color_of(instance_id: int) -> tuple[int, int, int]:
 
 
 class CanvasScenes:
-    def __init__(self, service: "Service", cache_size: int = 4096):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, cache_size: int = 4096):
+        self.slot = workspace
         self._pngs: OrderedDict = OrderedDict()  # (instance id, mask bytes) -> (box, data URL)
         self.cache_size = cache_size
 
@@ -105,7 +102,7 @@ class CanvasScenes:
 
     def picture(self, image_id: int, with_src: bool = True) -> dict:
         """An image as the canvas needs it: ids, sizes, preview size and (``with_src``) its JPEG data URL."""
-        ws = self.service.ws
+        ws = self.slot.ws
         record = ws.get_image_record(image_id)
         ph, pw = preview_size(record.height, record.width)
         image = {"id": record.id, "width": record.width, "height": record.height, "pw": pw, "ph": ph}
@@ -119,17 +116,17 @@ class CanvasScenes:
         """(the view, noting that the canvas holds its image; the scene). ``have``: {instance id: key} of the
         masks the canvas holds already: their pictures are left out (``"png": None``); ``pictures``: the
         images whose picture the canvas holds (prefetched), also left out."""
-        service, have = self.service, have or {}
-        if service.workspace is None or view.image_id is None:
+        have = have or {}
+        if self.slot.workspace is None or view.image_id is None:
             return replace(view, canvas_image=None), {"seq": next(_SEQ), "image": None, "instances": []}
-        ws = service.ws
+        ws = self.slot.ws
         record = ws.get_image_record(view.image_id)
         image = self.picture(record.id, with_src=view.canvas_image != record.id and record.id not in (pictures or ()))
         pw = image["pw"]
         names = {c.id: c.name for c in ws.categories()}
         instances = []
         scale = pw / record.width
-        for inst in service.actions.visible(view, include_hidden=False):
+        for inst in visible(ws, view, include_hidden=False):
             drawn = self.instance_png(inst, scale)
             if drawn is None:
                 continue

@@ -32,7 +32,7 @@ def fraction(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.actions import DEFAULT_THRESHOLD
+    from app.view import DEFAULT_THRESHOLD
     from app.formats import FORMATS
 
     parser = OneLineParser(prog="python -m app", description="CondInst Studio dataset commands")

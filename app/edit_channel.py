@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import gradio as gr
 
-from app.actions import View
+from app.view import View
 from app.actor import StaleEdit
 from app.errors import AppError
 from condinst.errors import UserError, user_message

@@ -8,18 +8,16 @@ story: coefficient sets, basis masks, quadrant partials and their assembly (`app
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app import render, sipmask_explain
-from app.actions import View
 from app.errors import ServiceError
-from app.session import level_name
+from app.images import ImageLibrary
+from app.session import ModelSession, level_name
+from app.view import View, check_point, require_image, require_selected
+from app.workspace_slot import WorkspaceSlot
 from condinst.sipmask.explain import SipMaskInstanceExplanation
-
-if TYPE_CHECKING:
-    from app.service import Service
 
 
 # What each picture shows for CondInst (the page's labels; a SipMask view brings its own, see `labels`).
@@ -45,17 +43,16 @@ class ExplainView:
 
 
 class ExplainPages:
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, session: ModelSession, images: ImageLibrary):
+        self.slot, self.session, self.images = workspace, session, images
 
     def _explainer(self, image_id: int):
-        images = self.service.images
-        return self.service.session.explainer(images.image_key(image_id), lambda: self.service.ws.get_image(image_id))
+        return self.session.explainer(self.images.image_key(image_id), lambda: self.slot.ws.get_image(image_id))
 
     def explain_selected(self, view: View) -> ExplainView:
         """CondInst's view of the selected instance: where its filters came from, what they read."""
-        session = self.service.session
-        inst = self.service.actions.require_selected(view)
+        session = self.session
+        inst = require_selected(self.slot.ws, view)
         explainer = self._explainer(inst.image_id)
         meta = inst.meta or {}
         note = ""
@@ -75,18 +72,18 @@ class ExplainPages:
                 exp = explainer.at_point(x, y, class_index).explanation
         if inst.user_edited:
             note += " The mask was edited by hand; the pictures show what the model produced."
-        names = {c.id: c.name for c in self.service.ws.categories()}
+        names = {c.id: c.name for c in self.slot.ws.categories()}
         title = f"Instance #{inst.id} ({names.get(inst.category_id)})"
         return self._page(inst.image_id, exp, inst.mask, title, note.strip(), explainer)
 
     def explain_point(self, view: View, x: float, y: float) -> tuple[View, ExplainView]:
         """What would the filters generated at (x, y) segment? (Explainer.at_point)"""
-        image_id = self.service.actions.require_image(view)
-        x, y = self.service.actions.check_point(view, x, y)
+        image_id = require_image(view)
+        x, y = check_point(self.slot.ws, view, x, y)
         explainer = self._explainer(image_id)
-        with self.service.session.lock:
+        with self.session.lock:
             point = explainer.at_point(x, y)
-        what = "predicted this box and coefficients" if self.service.session.is_sipmask else "generated these filters"
+        what = "predicted this box and coefficients" if self.session.is_sipmask else "generated these filters"
         note = (f"The best-scoring level at this point {what}; the mask has "
                 f"{int(point.mask.sum())} pixels. 'Add as instance' keeps it.")
         return replace(view, probe=(x, y)), self._page(image_id, point.explanation, point.mask, f"Point ({x}, {y})",
@@ -96,14 +93,14 @@ class ExplainPages:
         """Add the mask of the last explained point as a new instance."""
         if view.probe is None:
             raise ServiceError("Click a point in Explain first.")
-        return self.service.images.add_at_point(view, view.probe[0], view.probe[1], category_id)
+        return self.images.add_at_point(view, view.probe[0], view.probe[1], category_id)
 
     def _page(self, image_id: int, exp, mask: np.ndarray, title: str, note: str, explainer,
               probe: tuple[int, int] | None = None) -> ExplainView:
         if isinstance(exp, SipMaskInstanceExplanation):
             return self._sipmask_page(image_id, exp, mask, title, note, explainer, probe)
-        session = self.service.session
-        image = self.service.ws.get_image(image_id)
+        session = self.session
+        image = self.slot.ws.get_image(image_id)
         panel = render.scaled_size(*image.shape[:2], min(1.0, 480 / max(image.shape[:2])))
         height, width = image.shape[:2]
         cell = exp.stride * width / explainer.input_size[1]
@@ -137,8 +134,8 @@ class ExplainPages:
     def _sipmask_page(self, image_id: int, exp: SipMaskInstanceExplanation, mask: np.ndarray, title: str, note: str,
                       explainer, probe: tuple[int, int] | None) -> ExplainView:
         """SipMask's panels (`app.sipmask_explain`) in the places of CondInst's."""
-        session = self.service.session
-        image = self.service.ws.get_image(image_id)
+        session = self.session
+        image = self.slot.ws.get_image(image_id)
         panel = render.scaled_size(*image.shape[:2], min(1.0, 480 / max(image.shape[:2])))
         cell = exp.stride * image.shape[1] / explainer.input_size[1]
         with session.lock:

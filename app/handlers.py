@@ -12,7 +12,8 @@ from dataclasses import replace
 import gradio as gr
 import pandas as pd
 
-from app.actions import TOOLS, View, display_to_image
+from app.actions import TOOLS, display_to_image
+from app.view import View
 from app.errors import AppError
 from app.guard import WARNING
 from app.picture_files import picture_file
@@ -20,9 +21,11 @@ from app.explain_page import LABELS as EXPLAIN_LABELS
 from condinst.errors import UserError, user_message
 from app.screen import TABLE_HEADERS
 from app.service import Service
+from app.team_page import TeamPage
 
 MODEL_CHOICE = ("(model's choice)", 0)
 ANNOTATE_OUTPUTS = 12
+STATUS_INDEX = 10  # the status line in `Handlers.annotate`'s outputs
 # Encoding of the pictures sent as files (app.picture_files: written once, never rewritten while
 # served); the overlay and the Explain location view are photos (JPEG), the Explain panels PNG.
 PICTURE_FORMATS = {"picture": "jpeg", "location": "jpeg"}
@@ -54,11 +57,9 @@ class Handlers:
     n_annotate = ANNOTATE_OUTPUTS
 
     def __init__(self, service: Service):
-        from app.team_page import TeamPage
-
         self.service = service
         self.actions = service.actions
-        self.team = TeamPage(self)
+        self.team = TeamPage(service, self.annotate, ANNOTATE_OUTPUTS, STATUS_INDEX)
 
     @staticmethod
     def warning(message: str) -> str:

@@ -14,14 +14,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
-from app.actions import View
 from app.errors import AppError, ServiceError
+from app.sequences import SequenceLibrary
+from app.session import ModelSession
+from app.view import View, check_point, refresh, require_image
+from app.workspace_slot import WorkspaceSlot
 from condinst.video.reader import is_video_file
-
-if TYPE_CHECKING:
-    from app.service import Service
 
 logger = logging.getLogger(__name__)
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -78,17 +78,13 @@ class SegmentReport:
 class ImageLibrary:
     """Uploads, samples and segmentation runs of a service's workspace."""
 
-    def __init__(self, service: "Service", samples_dir: Path):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, session: ModelSession, sequences: SequenceLibrary, samples_dir: Path):
+        self.slot, self.session, self.sequences = workspace, session, sequences
         self.samples_dir = Path(samples_dir)
 
     @property
     def ws(self):
-        return self.service.ws
-
-    @property
-    def session(self):
-        return self.service.session
+        return self.slot.ws
 
     def image_key(self, image_id: int) -> str:
         """The content hash of a stored image (its file name), the model's cache key."""
@@ -106,7 +102,7 @@ class ImageLibrary:
                 progress(n, len(paths))
             try:
                 if is_video_file(path):  # a video becomes a sequence of frames (app.sequences)
-                    video = self.service.sequences.add_video(path, progress)
+                    video = self.sequences.add_video(path, progress)
                     report.image_ids.append(video.first_image)
                     report.videos.append(video.message)
                     continue
@@ -193,22 +189,21 @@ class ImageLibrary:
 
     def rerun(self, view: View) -> tuple[View, str]:
         """Run the model on the current image again (it says what it kept)."""
-        image_id = self.service.actions.require_image(view)
+        image_id = require_image(view)
         if self.ws.get_image_record(image_id).reviewed:
             return view, "This image is reviewed: the model is not run on it again (un-review it first)."
         if self.ws.get_image_record(image_id).sequence_id is not None:
             return view, ("This is a video frame: the model is not run on one frame again (its instances' tracks "
                           "would break); fix the masks and tracks by hand.")
         report = self.segment([image_id])
-        return self.service.actions.refresh(view), report.message
+        return refresh(self.ws, view), report.message
 
     def add_at_point(self, view: View, x: float, y: float, category_id: int | None = None) -> tuple[View, str]:
         """Add the mask that the filters generated at (x, y) produce (segment-at-point)."""
         from dataclasses import replace
 
-        actions = self.service.actions
-        image_id = actions.require_image(view)
-        x, y = actions.check_point(view, x, y)
+        image_id = require_image(view)
+        x, y = check_point(self.ws, view, x, y)
         class_index = self.session.class_index(category_id) if category_id is not None else None
         point = self.session.segment_point(self.image_key(image_id), lambda: self.ws.get_image(image_id), x, y,
                                            class_index)

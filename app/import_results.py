@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.imports import CocoPlan, annotation_rle
+from app.import_plan import CocoPlan, annotation_rle
 from app.masks import encode_rle
 from app.workspace import Prediction, Workspace
 from condinst.untrusted import InputError, read_json

@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from app.actions import View
+from app.view import View
 from app.errors import AppError
 from app.handlers import Handlers
 

@@ -9,7 +9,6 @@ Geometry arrives in original-image pixels (`app.editing`); every edit is ONE und
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,21 +16,20 @@ from app import editing
 from app.editing import Window
 from app.errors import ServiceError
 from app.records import crowd_message, is_crowd
-
-if TYPE_CHECKING:
-    from app.actions import View
-    from app.service import Service
+from app.view import (View, check_selection, default_category, require_image, require_selected, selected_instance,
+                      visible)
+from app.workspace_slot import WorkspaceSlot
 
 TOOLS = ("brush", "erase")
 
 
 class MaskEditor:
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot):
+        self.slot = workspace
 
     @property
     def ws(self):
-        return self.service.ws
+        return self.slot.ws
 
     def _shape(self, image_id: int) -> tuple[int, int]:
         record = self.ws.get_image_record(image_id)
@@ -43,7 +41,7 @@ class MaskEditor:
         y0, x0 = window.y0, window.x0
         h, w = window.patch.shape
         out = []
-        for inst in self.service.actions.visible(view):
+        for inst in visible(self.ws, view):
             bx, by, bw, bh = inst.bbox
             if inst.id != exclude and not is_crowd(inst) and bx < x0 + w and by < y0 + h and bx + bw > x0 and by + bh > y0:
                 out.append(inst)
@@ -52,7 +50,7 @@ class MaskEditor:
     def _apply(self, view: "View", window: Window, target: int | None, erase: bool, overlap: str,
                category_id: int | None, label: str) -> tuple["View", str]:
         """Add (erase) a window to `target`, or make a new instance of it (target None), under the overlap rule."""
-        image_id = self.service.actions.require_image(view)
+        image_id = require_image(view)
         shape = self._shape(image_id)
         changes: dict[int, np.ndarray] = {}
         if not erase and overlap != "overlap":
@@ -70,7 +68,7 @@ class MaskEditor:
         if target is None:
             if not window.patch.any():
                 raise ServiceError("Nothing to add: the shape lies under other instances.")
-            category = self.service.actions.default_category(category_id)
+            category = default_category(self.ws, category_id)
             new_id = self.ws.edit_masks(image_id, changes, label, new=(category, window.full(shape), "user"))
             cut = f"; cut from {len(changes)} other instance(s)" if changes else ""
             return replace(view, selected=new_id, last_point=None, refine=None), f"Added instance #{new_id}{cut}."
@@ -95,12 +93,12 @@ class MaskEditor:
         """A brush / eraser drag on the selected instance; a brush drag with nothing selected makes a new one."""
         if tool not in TOOLS:
             raise ServiceError(f"Unknown stroke tool {tool!r}; use brush or erase.")
-        image_id = self.service.actions.require_image(view)
+        image_id = require_image(view)
         pts, size = editing.parse_points(points, "stroke"), editing.check_width(width)
         overlap = editing.check_overlap(overlap)
-        selected = self.service.actions.selected_instance(view)
+        selected = selected_instance(self.ws, view)
         if selected is None:
-            self.service.actions.check_selection(view)  # deleted meanwhile by someone else: no new instance
+            check_selection(self.ws, view)  # deleted meanwhile by someone else: no new instance
         if selected is None and tool == "erase":
             raise ServiceError("Select the instance to erase from first.")
         window = editing.stroke_window(pts, size, self._shape(image_id))
@@ -115,12 +113,12 @@ class MaskEditor:
         """A closed polygon: a new instance, added to the selected one or cut from it."""
         if mode not in editing.POLYGON_MODES:
             raise ServiceError(f"Unknown polygon mode {mode!r}; use one of {', '.join(editing.POLYGON_MODES)}.")
-        image_id = self.service.actions.require_image(view)
+        image_id = require_image(view)
         pts = editing.parse_points(points, "polygon", minimum=3)
         overlap = editing.check_overlap(overlap)
         target = None
         if mode != "new":
-            selected = self.service.actions.selected_instance(view)
+            selected = selected_instance(self.ws, view)
             if selected is None:
                 raise ServiceError(f"Select the instance to {mode} the polygon {'to' if mode == 'add' else 'from'}.")
             target = selected.id
@@ -130,7 +128,7 @@ class MaskEditor:
         return self._apply(view, window, target, mode == "cut", overlap, category_id, f"polygon ({mode})")
 
     def fill_holes(self, view: "View") -> tuple["View", str]:
-        inst = self.service.actions.require_selected(view)
+        inst = require_selected(self.ws, view)
         mask = editing.fill_holes(inst.mask)
         added = int(mask.sum()) - inst.area
         if not added:
@@ -139,7 +137,7 @@ class MaskEditor:
         return view, f"Filled {added} px of holes in instance #{inst.id}."
 
     def remove_specks(self, view: "View", min_pixels) -> tuple["View", str]:
-        inst = self.service.actions.require_selected(view)
+        inst = require_selected(self.ws, view)
         try:
             min_pixels = int(min_pixels)
         except (TypeError, ValueError):

@@ -19,17 +19,17 @@ refuses the whole accept with the workspace's stale-edit message (nothing is wri
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from app import actor, history, storage
 from app.errors import ServiceError
 from app.masks import decode_mask, encode_mask
 from app.records import is_crowd, refuse_crowd
+from app.sequences import SequenceLibrary
+from app.session import ModelSession
+from app.tracks import TrackEditor
+from app.view import View, require_image, selected_instance
+from app.workspace_slot import WorkspaceSlot
 from condinst.video.propagate import PropagationError, propagate
-
-if TYPE_CHECKING:
-    from app.actions import View
-    from app.service import Service
 
 MAX_FRAMES = 50  # frames one preview may cover
 
@@ -56,27 +56,32 @@ class PropagationState:
 class Propagator:
     """Preview / accept / discard on a View (see the module docstring)."""
 
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, session: ModelSession, sequences: SequenceLibrary,
+                 tracks: TrackEditor):
+        self.slot, self.session, self.sequences, self.tracks = workspace, session, sequences, tracks
+
+    @property
+    def ws(self):
+        return self.slot.ws
 
     def preview(self, view: "View", num_frames: int = 10) -> tuple["View", str]:
-        actions, ws = self.service.actions, self.service.ws
-        image_id = actions.require_image(view)
+        ws = self.ws
+        image_id = require_image(view)
         record = ws.get_image_record(image_id)
         if record.sequence_id is None:
             raise ServiceError("Propagation works on video frames: this image is not part of a video.")
-        session = self.service.session
+        session = self.session
         if not session.explains:
             raise ServiceError("Propagation needs the PyTorch CondInst model (.pth); this model gives detections only.")
         if session.is_sipmask:
             raise ServiceError("Propagation needs a CondInst model: SipMask has no per-instance mask filters to "
                                "carry to the next frames.")
-        inst = actions.selected_instance(view)
+        inst = selected_instance(self.ws, view)
         if inst is None:
             raise ServiceError("Select the instance to propagate first (click it on this frame).")
         if not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FRAMES:
             raise ServiceError(f"Propagate over 1 to {MAX_FRAMES} frames, not {num_frames!r}.")
-        ids = self.service.sequences.frame_ids(record.sequence_id)[record.frame_index + 1:][:num_frames]
+        ids = self.sequences.frame_ids(record.sequence_id)[record.frame_index + 1:][:num_frames]
         targets, note = self._writable(ids, inst.track_id)
         if not targets:
             raise ServiceError(note or "This is the last frame of the video: there is nothing to propagate to.")
@@ -102,7 +107,7 @@ class Propagator:
     def _writable(self, frame_ids: list[int], track_id: int | None) -> tuple[list[tuple[int, tuple | None]], str | None]:
         """(frame id, (id, revision) of the track's live instance there or None) of the frames that may
         be written, up to the first that may not, and why not (None when all may)."""
-        ws, me = self.service.ws, actor.current_user()
+        ws, me = self.ws, actor.current_user()
         out = []
         for frame_id in frame_ids:
             record = ws.get_image_record(frame_id)
@@ -124,11 +129,11 @@ class Propagator:
         pending = view.propagation
         if pending is None:
             raise ServiceError("Nothing to accept: preview a propagation first.")
-        ws = self.service.ws
+        ws = self.ws
         track_id = pending.track_id
         with ws.db.write() as conn:  # any refusal below rolls the whole accept back
             if track_id is None:  # an instance on no track starts one, so its frames stay linked
-                track_id = self.service.tracks.next_track(conn, ws.get_image_record(pending.frame_id).sequence_id)
+                track_id = self.tracks.next_track(conn, ws.get_image_record(pending.frame_id).sequence_id)
                 changes = [history.update(conn, pending.source, {"track_id": track_id})]
             else:
                 changes = []

@@ -21,7 +21,6 @@ until accepted (Enter, `/refine_accept`) or discarded (Esc).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,11 +28,11 @@ import torch
 
 from app.editing import parse_points
 from app.errors import ServiceError
+from app.images import ImageLibrary
 from app.masks import decode_mask, encode_mask
-
-if TYPE_CHECKING:
-    from app.actions import View
-    from app.service import Service
+from app.session import ModelSession
+from app.view import View, check_point, default_category, require_image, selected_instance
+from app.workspace_slot import WorkspaceSlot
 
 EPS = 1e-4
 TOP_K = 8
@@ -214,20 +213,24 @@ def refine_mask(session, explainer, positive, negative, prior: np.ndarray | None
 class Refiner:
     """Refine / accept / discard on a View (see the module docstring)."""
 
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, session: ModelSession, images: ImageLibrary):
+        self.slot, self.session, self.images = workspace, session, images
+
+    @property
+    def ws(self):
+        return self.slot.ws
 
     def refine(self, view: "View", positive, negative, category_id: int | None = None) -> tuple["View", str]:
         """Propose a mask for the clicks: of the selected instance, or of a new one if none is selected."""
-        actions, images = self.service.actions, self.service.images
-        image_id = actions.require_image(view)
-        pos = [actions.check_point(view, x, y) for x, y in parse_points(positive, "positive", minimum=0)]
-        neg = [actions.check_point(view, x, y) for x, y in parse_points(negative, "negative", minimum=0)]
+        images = self.images
+        image_id = require_image(view)
+        pos = [check_point(self.ws, view, x, y) for x, y in parse_points(positive, "positive", minimum=0)]
+        neg = [check_point(self.ws, view, x, y) for x, y in parse_points(negative, "negative", minimum=0)]
         pending = view.refine
         if pending is not None:
             target, category = pending.target, pending.category_id
         else:
-            selected = actions.selected_instance(view)
+            selected = selected_instance(self.ws, view)
             target, category = (selected.id if selected else None), category_id
         if not pos and target is None:
             raise ServiceError("Click inside the object first (a left click): with nothing selected, refine "
@@ -237,9 +240,9 @@ class Refiner:
         if pending is not None:  # the proposal so far keeps later clicks local
             prior = pending.mask
         else:
-            prior = self.service.ws.get_instance(target).mask if target is not None else None
-        session = self.service.session
-        explainer = session.explainer(images.image_key(image_id), lambda: self.service.ws.get_image(image_id))
+            prior = self.ws.get_instance(target).mask if target is not None else None
+        session = self.session
+        explainer = session.explainer(images.image_key(image_id), lambda: self.ws.get_image(image_id))
         done = () if pending is None else ([(tuple(p), True) for p in pending.positive]
                                            + [(tuple(p), False) for p in pending.negative])
         full, class_index = refine_mask(session, explainer, pos, neg, prior, done)
@@ -247,7 +250,7 @@ class Refiner:
             category = session.category_id(class_index)
         if not full.any():
             raise ServiceError("The clicks select no pixels; click inside the object.")
-        record = self.service.ws.get_image_record(image_id)
+        record = self.ws.get_image_record(image_id)
         state = RefineState(target, category, tuple(pos), tuple(neg), encode_mask(full), record.height, record.width)
         what = f"instance #{target}" if target is not None else "a new instance"
         return (replace(view, refine=state),
@@ -258,14 +261,14 @@ class Refiner:
         pending = view.refine
         if pending is None:
             raise ServiceError("Nothing to accept: click on an object with the refine tool first.")
-        image_id = self.service.actions.require_image(view)
-        ws = self.service.ws
+        image_id = require_image(view)
+        ws = self.ws
         if pending.target is not None:
-            if self.service.actions.selected_instance(replace(view, selected=pending.target)) is None:
+            if selected_instance(self.ws, replace(view, selected=pending.target)) is None:
                 raise ServiceError(f"Instance #{pending.target} no longer exists; discard the proposal.")
             ws.edit_masks(image_id, {pending.target: pending.mask}, f"refine instance {pending.target}")
             return replace(view, refine=None, selected=pending.target), f"Refined instance #{pending.target}."
-        category = self.service.actions.default_category(pending.category_id)
+        category = default_category(self.ws, pending.category_id)
         new_id = ws.edit_masks(image_id, {}, "refine: new instance", new=(category, pending.mask, "point"))
         return replace(view, refine=None, selected=new_id), f"Added instance #{new_id} from the refine clicks."
 

@@ -15,14 +15,12 @@ and sends it back to "annotated" (`storage.touch_review`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from app import actor
 from app.db import now
 from app.errors import ServiceError
-
-if TYPE_CHECKING:
-    from app.service import Service
+from app.workspace_slot import WorkspaceSlot
 
 STATES = ("annotated", "in_review", "accepted", "rejected")
 REVIEWER_ROLES = ("reviewer", "admin")
@@ -45,11 +43,16 @@ class ReviewEvent:
 class Reviews:
     """Review transitions of the service's workspace (see the module docstring)."""
 
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, role: Callable[[str | None], str]):
+        """`role(user)`: the person's role (the accounts' word; everyone is an admin without logins)."""
+        self.slot, self.role_of = workspace, role
+
+    @property
+    def ws(self):
+        return self.slot.ws
 
     def role(self) -> str:
-        return self.service.role(actor.current_user())
+        return self.role_of(actor.current_user())
 
     def transition(self, image_id: int, target: str, comment: str | None = None,
                    threshold: float | None = None) -> str:
@@ -60,7 +63,7 @@ class Reviews:
         if target == "rejected" and not comment:
             raise ServiceError("Say what is wrong: a rejection needs a comment.")
         user, role = actor.current_user(), self.role()
-        with self.service.ws.db.write() as conn:
+        with self.ws.db.write() as conn:
             row = conn.execute("SELECT review_state, review_threshold FROM images WHERE id = ?",
                                (int(image_id),)).fetchone()
             if row is None:
@@ -87,14 +90,14 @@ class Reviews:
 
     def log(self, image_id: int) -> list[ReviewEvent]:
         """The image's review events, oldest first."""
-        with self.service.ws.db.read() as conn:
+        with self.ws.db.read() as conn:
             rows = conn.execute("SELECT image_id, state, user, comment, created_at FROM reviews WHERE image_id = ?"
                                 " ORDER BY id", (int(image_id),)).fetchall()
         return [ReviewEvent(*row) for row in rows]
 
     def summary(self, image_id: int) -> str:
         """One line for the workspace view: state, who reviewed, the comment, the last events."""
-        record = self.service.ws.get_image_record(image_id)
+        record = self.ws.get_image_record(image_id)
         text = f"Review: **{LABELS.get(record.review_state, record.review_state)}**"
         if record.reviewed_by:
             text += f" by {record.reviewed_by}"

@@ -10,12 +10,15 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import ContextManager, Iterator, Protocol
 
 from app.schema import COLUMNS
 
-if TYPE_CHECKING:
-    from app.db import Database
+
+class Writable(Protocol):
+    """What salvage writes into: a database with a write transaction (`app.db.Database`)."""
+
+    def write(self) -> ContextManager[sqlite3.Connection]: ...
 
 
 @dataclass
@@ -73,7 +76,7 @@ def _max_rowid(conn: sqlite3.Connection, table: str) -> int:
     return 1 << 20  # unknown: probe a generous range
 
 
-def salvage(damaged: Path, target: Database) -> Recovery:
+def salvage(damaged: Path, target: Writable) -> Recovery:
     """Copy every readable row of `damaged` into the (new, empty) `target` database.
 
     The damaged file is read from a temporary copy, so the moved-aside file stays as it was.

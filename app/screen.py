@@ -6,19 +6,16 @@ Everything is drawn at display size from stored previews (`Workspace.get_preview
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app import render
-from app.actions import View
 from app.masks import PREVIEW_MAX_SIDE, preview_size, shrink_mask
 from app.records import is_crowd
-from app.sequences import representatives
+from app.sequences import SequenceLibrary, representatives
 from app.session import level_name
-
-if TYPE_CHECKING:
-    from app.service import Service
+from app.view import View, selected_instance, visible
+from app.workspace_slot import WorkspaceSlot
 
 TABLE_HEADERS = ["id", "class", "score", "area", "FPN level", "source", "state", "track"]
 
@@ -53,20 +50,24 @@ def sequence_label(record, sequence) -> str:
 
 
 class Screens:
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, sequences: SequenceLibrary):
+        self.slot, self.sequences = workspace, sequences
+
+    @property
+    def ws(self):
+        return self.slot.ws
 
     def image_choices(self, images=None, current: int | None = None) -> list[tuple[str, int]]:
         """The image list: a video sequence is one entry (its shown frame, else its first)."""
-        images = self.service.ws.list_images() if images is None else images
-        sequences = {s.id: s for s in self.service.sequences.all()} if any(i.sequence_id for i in images) else {}
+        images = self.ws.list_images() if images is None else images
+        sequences = {s.id: s for s in self.sequences.all()} if any(i.sequence_id for i in images) else {}
         return [(sequence_label(img, sequences[img.sequence_id]) if img.sequence_id else image_label(img), img.id)
                 for img in representatives(images, current)]
 
     def table_rows(self, view: View) -> list[list]:
-        names = {c.id: c.name for c in self.service.ws.categories()}
+        names = {c.id: c.name for c in self.ws.categories()}
         rows = []
-        for inst in self.service.actions.visible(view):
+        for inst in visible(self.ws, view):
             meta = inst.meta or {}
             state = ", ".join(flag for flag, on in (("crowd", is_crowd(inst)), ("hidden", inst.hidden),
                                                     ("edited", inst.user_edited)) if on)
@@ -80,10 +81,10 @@ class Screens:
         """The current image at display size with its shown, non-hidden instances drawn."""
         if view.image_id is None:
             return None
-        ws = self.service.ws
+        ws = self.ws
         names = {c.id: c.name for c in ws.categories()}
         items = []
-        for inst in self.service.actions.visible(view, include_hidden=False):
+        for inst in visible(self.ws, view, include_hidden=False):
             label = f"#{inst.id} {names.get(inst.category_id, inst.category_id)}"
             if inst.score is not None:
                 label += f" {inst.score:.2f}"
@@ -102,16 +103,15 @@ class Screens:
                                      opacity=view.opacity, labels=view.labels)
 
     def screen(self, view: View) -> Screen:
-        service = self.service
-        if service.workspace is None or view.image_id is None:
-            return Screen(None, [], self.image_choices() if service.workspace is not None else [], None, False, None,
+        if self.slot.workspace is None or view.image_id is None:
+            return Screen(None, [], self.image_choices() if self.slot.workspace is not None else [], None, False, None,
                           None, "No image yet: upload images or pick samples; they are segmented at once.", False, False)
-        ws = service.ws
+        ws = self.ws
         record = ws.get_image_record(view.image_id)
         images = ws.list_images()
         rows = self.table_rows(view)
         stored = len(ws.instances(view.image_id))
-        selected = service.actions.selected_instance(view)
+        selected = selected_instance(ws, view)
         threshold = record.threshold(view.threshold)
         frozen = " (frozen at review)" if record.review_threshold is not None else ""
         items = representatives(images, record.id)

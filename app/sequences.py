@@ -28,17 +28,16 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from app import storage
 from app.db import now
 from app.errors import AppError, ServiceError
 from app.ingest import prepare_array, sanitize_file_name
 from app.records import ImageRecord, check_id
+from app.session import ModelSession
+from app.workspace_slot import WorkspaceSlot
 from condinst.io import atomic_write_bytes, fsync_dir
-
-if TYPE_CHECKING:
-    from app.service import Service
 
 logger = logging.getLogger(__name__)
 DEFAULT_MAX_FRAMES = 300
@@ -97,13 +96,13 @@ def sequence_of(conn, sequence_id: int) -> SequenceRecord:
 class SequenceLibrary:
     """The workspace's video sequences: adding videos, reading sequences and their frames."""
 
-    def __init__(self, service: "Service", max_frames: int = DEFAULT_MAX_FRAMES):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot, session: ModelSession, max_frames: int = DEFAULT_MAX_FRAMES):
+        self.slot, self.session = workspace, session
         self.max_frames = int(max_frames)
 
     @property
     def ws(self):
-        return self.service.ws
+        return self.slot.ws
 
     # ---- reading -----------------------------------------------------------------------------------
     def get(self, sequence_id: int) -> SequenceRecord:
@@ -162,7 +161,7 @@ class SequenceLibrary:
         from condinst.video.segmenter import segment_frames
         from condinst.video.tracker import TrackerConfig
 
-        session, ws = self.service.session, self.ws
+        session, ws = self.session, self.ws
         try:
             tracker = make_tracker("condinst", session.predictor, TrackerConfig())
         except ValueError as exc:
@@ -226,7 +225,7 @@ class SequenceLibrary:
     def _insert_rows(self, conn, name: str, sha: str, info, frames: list, encoded: list,
                      stamp: str) -> tuple[int, int, int]:
         """The sequence, frame and instance rows; returns (sequence id, first frame's image id, instances)."""
-        session, height, width, count = self.service.session, info.height, info.width, 0
+        session, height, width, count = self.session, info.height, info.width, 0
         sequence_id = int(conn.execute(
             "INSERT INTO sequences (name, sha256, fps, num_frames, width, height, tracker, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pycocotools import mask as mask_utils
 
-from app.actions import DEFAULT_THRESHOLD, Annotator, View
+from app.actions import Annotator
 from app.errors import AppError, ServiceError
 from app.explain_page import ExplainPages
 from app.export import ExportError, build_coco, export_coco, export_coco_zip, remove_stale_staging
@@ -46,7 +46,9 @@ from app.sequences import DEFAULT_MAX_FRAMES, SequenceLibrary
 from app.propagation import Propagator
 from app.tracks import TrackEditor
 from app.session import DEFAULT_WEIGHTS, REPO_ROOT, ModelSession
+from app.view import DEFAULT_THRESHOLD, View
 from app.workspace import Workspace, WorkspaceError, WorkspaceSnapshot, resolve_inside
+from app.workspace_slot import WorkspaceSlot
 from condinst.io import atomic_write_bytes
 
 DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
@@ -83,22 +85,20 @@ class Service:
     def __init__(self, workspace: Workspace | None, session: ModelSession, *, workspace_dir: Path | None = None,
                  workspace_error: str | None = None, samples_dir: Path | None = None,
                  max_video_frames: int = DEFAULT_MAX_FRAMES):
-        self.workspace = workspace
-        self.workspace_dir = Path(workspace.root if workspace else workspace_dir)
-        self.workspace_error = workspace_error
+        self.slot = slot = WorkspaceSlot(workspace, workspace_dir, workspace_error)
         self.session = session
         self.notices: list[str] = []
-        self.images = ImageLibrary(self, Path(samples_dir) if samples_dir else DEFAULT_SAMPLES_DIR)
-        self.sequences = SequenceLibrary(self, max_video_frames)
-        self.tracks = TrackEditor(self)
-        self.actions = Annotator(self)
-        self.screens = Screens(self)
-        self.explain = ExplainPages(self)
-        self.edits = MaskEditor(self)
-        self.canvas = CanvasScenes(self)
-        self.refiner = Refiner(self)
-        self.propagation = Propagator(self)
-        self.reviews = Reviews(self)
+        self.sequences = SequenceLibrary(slot, session, max_video_frames)
+        self.images = ImageLibrary(slot, session, self.sequences, Path(samples_dir) if samples_dir else DEFAULT_SAMPLES_DIR)
+        self.tracks = TrackEditor(slot)
+        self.reviews = Reviews(slot, self.role)
+        self.actions = Annotator(slot, self.images, self.reviews)
+        self.screens = Screens(slot, self.sequences)
+        self.explain = ExplainPages(slot, session, self.images)
+        self.edits = MaskEditor(slot)
+        self.canvas = CanvasScenes(slot)
+        self.refiner = Refiner(slot, session, self.images)
+        self.propagation = Propagator(slot, session, self.sequences, self.tracks)
         self.presence = Presence()
         self.accounts = None  # set by app.__main__.launch when logins are required
         self._jobs = None
@@ -148,21 +148,30 @@ class Service:
         if self.workspace is not None:
             return "The workspace is fine; nothing to recover."
         try:
-            self.workspace = Workspace.open(self.workspace_dir, recover=True)
+            self.slot.workspace = Workspace.open(self.workspace_dir, recover=True)
         except WorkspaceError as exc:
             raise ServiceError(f"Recovery failed: {exc}") from None
-        self.workspace_error = None
+        self.slot.error = None
         self._opened()
         recovery = self.workspace.recovery
         return recovery.message if recovery else "The workspace opened normally."
 
     @property
+    def workspace(self) -> Workspace | None:
+        return self.slot.workspace
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.slot.root
+
+    @property
+    def workspace_error(self) -> str | None:
+        return self.slot.error
+
+    @property
     def ws(self) -> Workspace:
         """The open workspace, or ServiceError explaining why there is none."""
-        if self.workspace is None:
-            raise ServiceError(f"The workspace cannot be used: {self.workspace_error} "
-                               "Use 'Recover workspace' to move the damaged database aside.")
-        return self.workspace
+        return self.slot.ws
 
     # ---- views ------------------------------------------------------------------------------------
     def initial_view(self, image_id: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> View:

@@ -9,6 +9,7 @@ view needs (detection index, FPN level, location).
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -22,6 +23,21 @@ from app.workspace import Prediction, Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = REPO_ROOT / "assets" / "default_model" / "model.pth"
+
+
+def resolve_weights(weights: str | None) -> Path:
+    """The checkpoint to load: --weights, else the bundled default (clear exit if missing)."""
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise SystemExit(f"error: --weights {weights}: no such file")
+        if not DEFAULT_WEIGHTS.is_file():
+            print(f"note: the bundled default model {DEFAULT_WEIGHTS} is missing; using {path}", file=sys.stderr)
+        return path
+    if not DEFAULT_WEIGHTS.is_file():
+        raise SystemExit(f"error: the bundled default model {DEFAULT_WEIGHTS} is missing. Train or download it "
+                         "there, or start with --weights PATH to serve another checkpoint.")
+    return DEFAULT_WEIGHTS
 
 
 def model_key(weights: Path | None) -> str:

@@ -32,15 +32,27 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 from urllib.parse import quote
 
 from app.errors import WorkspaceError
 from app.staging import LOCK_SUFFIX, STAGING_DIR_NAME, _try_lock, writers
 from app.storage import IMAGES_DIR_NAME, PREVIEWS_DIR_NAME
+from app.db import Database
+from app.staging import Staging
 
-if TYPE_CHECKING:
-    from app.workspace import Workspace
+
+class Workspace(Protocol):
+    """What the sweep reads of a workspace (`app.workspace.Workspace`): its folders, database and own staging."""
+
+    root: Path
+    db: Database
+    db_path: Path
+    images_dir: Path
+    previews_dir: Path
+
+    @property
+    def open_stage(self) -> Staging | None: ...
 
 LEGACY_SCRATCH_PREFIX = ".import-"
 LEGACY_SCRATCH_AGE_S = 3600.0

@@ -20,20 +20,20 @@ import threading
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import gradio as gr
 
-from app.actions import View
+from app.view import View
 from app.actor import acting, current_user
 from app.errors import ServiceError
+from app.guard import WARNING
 from app.review import LABELS, STATES
 
 if TYPE_CHECKING:
-    from app.handlers import Handlers
+    from app.service import Service
 
 POLL_SECONDS = 3.0
-STATUS_INDEX = 10  # the status line in app.handlers.Handlers.annotate's outputs (a poll leaves it alone)
 MAX_SESSIONS = 4096
 _SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_hash", default=None)
 STATE_CHOICES = [("All review states", "")] + [(f"Only {LABELS[s]}", s) for s in STATES]
@@ -48,9 +48,12 @@ window.addEventListener("focus", () => { const b = document.querySelector("#team
 class TeamPage:
     """Team events and the extras of every annotate output (see the module docstring)."""
 
-    def __init__(self, handlers: "Handlers"):
-        self.h = handlers
-        self.service = handlers.service
+    def __init__(self, service: "Service", annotate: Callable[..., tuple], n_outputs: int, status_index: int):
+        """`annotate(view, message)` is the annotate view's output bundle: `n_outputs` values, the status
+        line at `status_index` (a poll leaves it alone)."""
+        self.service = service
+        self.annotate = annotate
+        self.n_outputs, self.status_index = n_outputs, status_index
         self._latest: OrderedDict[str, tuple[int, View]] = OrderedDict()  # session -> (version, last view sent)
         self._lock = threading.Lock()
 
@@ -97,7 +100,7 @@ class TeamPage:
     def conflict(self, view: View, message: str) -> tuple:
         """Someone else changed what this edit was about: a warning and the image as it is now."""
         gr.Warning(message)
-        return self.h.annotate(self.service.actions.refresh(replace(view, refine=None)), self.h.warning(message))
+        return self.annotate(self.service.actions.refresh(replace(view, refine=None)), WARNING + message)
 
     # ---- every annotate output ------------------------------------------------------------------------
     def stamp(self, view: View) -> tuple | None:
@@ -155,18 +158,18 @@ class TeamPage:
         version, sent = self._sent()
         view = sent or view
         self.service.presence.seen(current_user(), view.image_id)
-        skip = tuple([gr.skip()] * self.h.n_annotate)
+        skip = tuple([gr.skip()] * self.n_outputs)
         if view.stamp is not None and self.stamp(view) == view.stamp:
             return skip
-        outputs = list(self.h.annotate(self.service.actions.refresh(view)))
+        outputs = list(self.annotate(self.service.actions.refresh(view)))
         if not self.remember(outputs[0], unless_after=version if sent is not None else None):
             return skip  # another event of this session answered meanwhile: its view is newer
-        outputs[STATUS_INDEX] = gr.skip()
+        outputs[self.status_index] = gr.skip()
         return tuple(outputs)  # (remembered once more by `sent`: the same view)
 
     def on_transition(self, view: View, target: str, comment: str = ""):
         image_id = self.service.actions.require_image(view)
-        return self.h.annotate(view, self.service.reviews.transition(image_id, target, comment,
+        return self.annotate(view, self.service.reviews.transition(image_id, target, comment,
                                                                      threshold=view.threshold))
 
     def on_state_filter(self, view: View, state: str):
@@ -177,14 +180,14 @@ class TeamPage:
         record = None if view.image_id is None else self.service.ws.get_image_record(view.image_id)
         if state is not None and (record is None or record.review_state != state):
             view, message = self.service.actions.step(view, +1)
-            return self.h.annotate(view, message or f"Showing images {LABELS[state]}.")
-        return self.h.annotate(view, f"Showing images {LABELS[state]}." if state else "Showing all images.")
+            return self.annotate(view, message or f"Showing images {LABELS[state]}.")
+        return self.annotate(view, f"Showing images {LABELS[state]}." if state else "Showing all images.")
 
     def on_take_over(self, view: View):
         image_id = self.service.actions.require_image(view)
         before = self.service.presence.take_over(current_user(), image_id)
         message = f"You edit this image now; {before} views it read-only." if before else "You edit this image now."
-        return self.h.annotate(view, message)
+        return self.annotate(view, message)
 
     # ---- layout and wiring ------------------------------------------------------------------------------
     @staticmethod

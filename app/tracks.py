@@ -19,14 +19,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from app import history, storage
 from app.errors import ServiceError
 from app.records import check_id, refuse_crowd
-
-if TYPE_CHECKING:
-    from app.service import Service
+from app.workspace_slot import WorkspaceSlot
 
 
 @dataclass(frozen=True)
@@ -52,12 +49,12 @@ def _live_track(conn, sequence_id: int, track_id: int) -> list[tuple[int, int, i
 class TrackEditor:
     """Track operations of a service's workspace (see the module docstring)."""
 
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, workspace: WorkspaceSlot):
+        self.slot = workspace
 
     @property
     def ws(self):
-        return self.service.ws
+        return self.slot.ws
 
     def frame(self, image_id: int) -> tuple[int, int]:
         """(sequence id, frame index) of a frame; ServiceError for a still image."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.actions import View
+from app.view import View
 from app.api_inputs import checked, needs_preprocess
 from app import interop_ui, video_ui
 from app.canvas import editor_files

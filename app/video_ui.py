@@ -18,7 +18,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from app.actions import View
+from app.view import View
 from app.canvas import data_url
 from app.handlers import Handlers
 from app.render import outline, resize_image, resize_mask

@@ -116,7 +116,7 @@ def interior_points(service, image_id: int) -> list[tuple[int, int, int]]:
     """(instance id, x, y) at the deepest pixel of each shown instance, in original pixels."""
     import cv2
 
-    from app.actions import DEFAULT_THRESHOLD
+    from app.view import DEFAULT_THRESHOLD
 
     points = []
     for inst in service.ws.instances(image_id):

@@ -70,7 +70,7 @@ def iou(a, b) -> float:
 def quality(service, coco, image_ids) -> dict:
     import numpy as np
 
-    from app.actions import View
+    from app.view import View
 
     refine_runs, point_runs = [], []
     for coco_id in image_ids:
@@ -131,7 +131,7 @@ def latency(service, handlers, photo_800: Path, tmp: Path, repeats: int) -> list
     import cv2
     import numpy as np
 
-    from app.actions import View
+    from app.view import View
 
     rows = []
     big = tmp / "photo_4000x3000.jpg"

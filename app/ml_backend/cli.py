@@ -87,8 +87,8 @@ def loopback(host: str) -> bool:
 
 def check_backend(args: argparse.Namespace) -> tuple[Path, tuple[str, str] | None]:
     """Every check before the model loads: weights, address, port, secrets, workdir, device."""
-    from app.__main__ import resolve_weights
     from app.ml_backend.client import check_base_url
+    from app.session import resolve_weights
     from condinst.validate import check_device
 
     weights = resolve_weights(args.weights)

@@ -31,7 +31,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from app.import_results import score_error, segmentation_error
-from app.imports import annotation_rle
+from app.import_plan import annotation_rle
 from app.masks import decode_mask
 from app.ml_backend.label_config import LabelConfig
 from app.ml_backend.results import ResultError, mask_regions, region_label, region_mask

@@ -10,7 +10,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app.actions import View
+from app.view import View
 from app.actor import acting
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import videokit
-from app.actions import View
+from app.view import View
 from app.actor import StaleEdit, acting
 from app.errors import ServiceError
 from testutils import REPO

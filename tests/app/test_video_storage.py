@@ -70,7 +70,7 @@ def test_image_list_shows_a_sequence_as_one_item(service, crossing_mp4, image_pa
     labels = [label for label, _ in service.screens.image_choices()]
     assert len(labels) == 3 and "crossing.mp4" in labels[1] and "8 frames" in labels[1]
     # next / previous step over the sequence as one item
-    from app.actions import View
+    from app.view import View
 
     view = View(image_id=fifth)
     after, _ = service.actions.step(view, +1)
