@@ -1,23 +1,23 @@
 """The app's composition root: one workspace, one model session and the parts that act on them.
 
     service = Service.create(workspace_dir, weights)
-    service.images     adding images and running the model      (app.images.ImageLibrary)
-    service.sequences  videos as sequences of tracked frames    (app.sequences.SequenceLibrary)
-    service.tracks     track class, merge, split, assign        (app.tracks.TrackEditor)
-    service.actions    annotation actions on a View              (app.actions.Annotator)
-    service.screens    what the annotate view shows              (app.screen.Screens)
-    service.explain    the Explain view                          (app.explain_page.ExplainPages)
-    service.edits      canvas strokes, polygons, holes, specks   (app.mask_edits.MaskEditor)
-    service.refiner    CondInst click-to-refine                  (app.refine.Refiner)
-    service.propagation a video instance's mask to next frames (app.propagation.Propagator)
-    service.canvas     the canvas editor's scenes                (app.canvas.CanvasScenes)
-    service.jobs       background fine-tuning                    (app.retrain.RetrainJobs)
-    service.reviews    annotated -> in review -> accepted/rejected (app.review.Reviews)
-    service.presence   who views / edits which image             (app.presence.Presence)
-    service.accounts   who may log in, with which role           (app.accounts.Accounts; None: no login)
-    service.export_*   COCO datasets and results                 (app.export)
+    service.images     adding images and running the model      (app.annotate.images.ImageLibrary)
+    service.sequences  videos as sequences of tracked frames    (app.video.sequences.SequenceLibrary)
+    service.tracks     track class, merge, split, assign        (app.video.tracks.TrackEditor)
+    service.actions    annotation actions on a View              (app.annotate.actions.Annotator)
+    service.screens    what the annotate view shows              (app.annotate.screen.Screens)
+    service.explain    the Explain view                          (app.annotate.explain_page.ExplainPages)
+    service.edits      canvas strokes, polygons, holes, specks   (app.annotate.mask_edits.MaskEditor)
+    service.refiner    CondInst click-to-refine                  (app.annotate.refine.Refiner)
+    service.propagation a video instance's mask to next frames (app.video.propagation.Propagator)
+    service.canvas     the canvas editor's scenes                (app.web.canvas.CanvasScenes)
+    service.jobs       background fine-tuning                    (app.retrain.jobs.RetrainJobs)
+    service.reviews    annotated -> in review -> accepted/rejected (app.annotate.review.Reviews)
+    service.presence   who views / edits which image             (app.team.presence.Presence)
+    service.accounts   who may log in, with which role           (app.team.accounts.Accounts; None: no login)
+    service.export_*   COCO datasets and results                 (app.interop.export)
 
-Nothing here knows about Gradio; `app.ui` wires events to these parts. A damaged workspace is
+Nothing here knows about Gradio; `app.web.ui` wires events to these parts. A damaged workspace is
 reported (`workspace_error`) and can be recovered from the page, so the app always starts.
 """
 from __future__ import annotations
@@ -30,25 +30,25 @@ from pathlib import Path
 
 from pycocotools import mask as mask_utils
 
-from app.actions import Annotator
+from app.annotate.actions import Annotator
 from app.errors import AppError, ServiceError
-from app.explain_page import ExplainPages
-from app.export import ExportError, build_coco, export_coco, export_coco_zip, remove_stale_staging
-from app.canvas import CanvasScenes
-from app.images import ImageLibrary
-from app.mask_edits import MaskEditor
-from app.presence import Presence
-from app.review import Reviews
-from app.refine import Refiner
-from app.ingest import sanitize_file_name
-from app.screen import Screens
-from app.sequences import DEFAULT_MAX_FRAMES, SequenceLibrary
-from app.propagation import Propagator
-from app.tracks import TrackEditor
-from app.session import DEFAULT_WEIGHTS, REPO_ROOT, ModelSession
+from app.annotate.explain_page import ExplainPages
+from app.interop.export import ExportError, build_coco, export_coco, export_coco_zip, remove_stale_staging
+from app.web.canvas import CanvasScenes
+from app.annotate.images import ImageLibrary
+from app.annotate.mask_edits import MaskEditor
+from app.team.presence import Presence
+from app.annotate.review import Reviews
+from app.annotate.refine import Refiner
+from app.store.ingest import sanitize_file_name
+from app.annotate.screen import Screens
+from app.video.sequences import DEFAULT_MAX_FRAMES, SequenceLibrary
+from app.video.propagation import Propagator
+from app.video.tracks import TrackEditor
+from app.model.session import DEFAULT_WEIGHTS, REPO_ROOT, ModelSession
 from app.view import DEFAULT_THRESHOLD, View
-from app.workspace import Workspace, WorkspaceError, WorkspaceSnapshot, resolve_inside
-from app.workspace_slot import WorkspaceSlot
+from app.store.workspace import Workspace, WorkspaceError, WorkspaceSnapshot, resolve_inside
+from app.store.workspace_slot import WorkspaceSlot
 from condinst.io import atomic_write_bytes
 
 DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
@@ -64,7 +64,7 @@ def utc_stamp() -> str:
 class ThresholdedWorkspace:
     """A read-only view of a workspace whose snapshot keeps what each image shows at a threshold.
 
-    Reviewed images use their frozen threshold; the others `view_threshold`. `app.export` only
+    Reviewed images use their frozen threshold; the others `view_threshold`. `app.interop.export` only
     calls `snapshot()`, so exporting through this object writes what the annotators saw.
     """
 
@@ -237,8 +237,8 @@ class Service:
         return folder
 
     def export_ytvis_zip(self, reviewed_only: bool = False, min_score: float = DEFAULT_THRESHOLD) -> Path:
-        """The video sequences as a YouTube-VIS dataset zip under <workspace>/exports/ (app.ytvis_export)."""
-        from app.ytvis_export import export_ytvis_zip
+        """The video sequences as a YouTube-VIS dataset zip under <workspace>/exports/ (app.interop.ytvis_export)."""
+        from app.interop.ytvis_export import export_ytvis_zip
 
         return export_ytvis_zip(self.thresholded(min_score), self.exports_dir / f"ytvis-{utc_stamp()}.zip",
                                 reviewed_only)
@@ -275,7 +275,7 @@ class Service:
     @property
     def jobs(self):
         """The workspace's retrain jobs (found again after a restart)."""
-        from app.retrain import RetrainJobs
+        from app.retrain.jobs import RetrainJobs
 
         if self._jobs is None:
             self._jobs = RetrainJobs(self.ws.root / "retrain")
@@ -283,12 +283,12 @@ class Service:
 
     @staticmethod
     def retrain_available() -> bool:
-        from app.retrain import RetrainJobs
+        from app.retrain.jobs import RetrainJobs
 
         return RetrainJobs.available()
 
     def retrain_defaults(self) -> tuple[str, int, int]:
-        from app.retrain import RetrainJobs
+        from app.retrain.jobs import RetrainJobs
 
         return RetrainJobs.defaults(self.session.device)
 
@@ -309,7 +309,7 @@ class Service:
     def retrain_status(self):
         """The current or last job's status ('idle' while there is no workspace)."""
         if self.workspace is None:
-            from app.retrain import JobStatus
+            from app.retrain.jobs import JobStatus
 
             return JobStatus()
         return self.jobs.status()

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.actor import StaleEdit, current_user
+from app.store.actor import StaleEdit, current_user
 from app.errors import ServiceError
-from app.workspace import Instance, Workspace, WorkspaceError
+from app.store.workspace import Instance, Workspace, WorkspaceError
 
 DEFAULT_THRESHOLD = 0.3
 
@@ -30,13 +30,13 @@ class View:
     opacity: float = 0.45
     labels: bool = True
     last_pick: tuple[int, int] | None = None  # (x, y) of the last selecting click, for cycling
-    refine: Any = None  # a pending click-to-refine proposal (app.refine.RefineState)
-    propagation: Any = None  # a pending video mask propagation (app.propagation.PropagationState)
+    refine: Any = None  # a pending click-to-refine proposal (app.annotate.refine.RefineState)
+    propagation: Any = None  # a pending video mask propagation (app.video.propagation.PropagationState)
     canvas_image: int | None = None  # the image the canvas editor already holds (its pixels are sent once)
     picture: bool = True  # whether the overlay picture (Click view) is drawn; the page's editor tab turns it off
-    seen: dict | None = None  # instance id -> revision this session was last shown (app.actor: no lost update)
-    stamp: tuple | None = None  # what the page shows of the image (app.team_page.poll refreshes when it changes)
-    state_filter: str | None = None  # show and step through only images in this review state (app.review)
+    seen: dict | None = None  # instance id -> revision this session was last shown (app.store.actor: no lost update)
+    stamp: tuple | None = None  # what the page shows of the image (app.web.team_page.poll refreshes when it changes)
+    state_filter: str | None = None  # show and step through only images in this review state (app.annotate.review)
     explain_relabelled: bool = False  # the Explain pictures carry another model's labels (a SipMask explanation)
 
 
