@@ -10,7 +10,6 @@
     service.edits      canvas strokes, polygons, holes, specks   (app.annotate.mask_edits.MaskEditor)
     service.refiner    CondInst click-to-refine                  (app.annotate.refine.Refiner)
     service.propagation a video instance's mask to next frames (app.video.propagation.Propagator)
-    service.canvas     the canvas editor's scenes                (app.web.canvas.CanvasScenes)
     service.jobs       background fine-tuning                    (app.retrain.jobs.RetrainJobs)
     service.reviews    annotated -> in review -> accepted/rejected (app.annotate.review.Reviews)
     service.presence   who views / edits which image             (app.team.presence.Presence)
@@ -34,7 +33,6 @@ from app.annotate.actions import Annotator
 from app.errors import AppError, ServiceError
 from app.annotate.explain_page import ExplainPages
 from app.interop.export import ExportError, build_coco, export_coco, export_coco_zip, remove_stale_staging
-from app.web.canvas import CanvasScenes
 from app.annotate.images import ImageLibrary
 from app.annotate.mask_edits import MaskEditor
 from app.team.presence import Presence
@@ -96,7 +94,6 @@ class Service:
         self.screens = Screens(slot, self.sequences)
         self.explain = ExplainPages(slot, session, self.images)
         self.edits = MaskEditor(slot)
-        self.canvas = CanvasScenes(slot)
         self.refiner = Refiner(slot, session, self.images)
         self.propagation = Propagator(slot, session, self.sequences, self.tracks)
         self.presence = Presence()

@@ -21,6 +21,7 @@ from app.annotate.explain_page import LABELS as EXPLAIN_LABELS
 from condinst.errors import UserError, user_message
 from app.annotate.screen import TABLE_HEADERS
 from app.service import Service
+from app.web.canvas import CanvasScenes
 from app.web.team_page import TeamPage
 
 MODEL_CHOICE = ("(model's choice)", 0)
@@ -59,6 +60,7 @@ class Handlers:
     def __init__(self, service: Service):
         self.service = service
         self.actions = service.actions
+        self.canvas = CanvasScenes(service.slot)  # the canvas editor's scenes
         self.team = TeamPage(service, self.annotate, ANNOTATE_OUTPUTS, STATUS_INDEX)
 
     @staticmethod
@@ -70,7 +72,7 @@ class Handlers:
         """state, picture, table, image list, reviewed, selected, class, info, undo, redo, status, editor."""
         view = self.team.observe(view)
         screen = self.service.screens.screen(view)
-        view, scene = self.service.canvas.scene(view)
+        view, scene = self.canvas.scene(view)
         picture = picture_file(screen.image, PICTURE_FORMATS["picture"]) if view.picture or view.image_id is None \
             else gr.skip()
         return (view, picture, table_frame(screen.rows), gr.update(choices=screen.image_choices,

@@ -73,7 +73,7 @@ class AppUI:
     def __init__(self, service: Service):
         self.service = service
         self.h = Handlers(service)
-        self.channel = EditChannel(service.actions, service.edits, service.refiner, service.canvas, self.h.team)
+        self.channel = EditChannel(service.actions, service.edits, service.refiner, self.h.canvas, self.h.team)
 
     def categories(self) -> list[tuple[str, int]]:
         return self.service.categories() if self.service.workspace is not None else []
