@@ -4,9 +4,9 @@
     python -m app --weights my.pth --port 7861 --auth anna:secret --workspace ~/fruit-ws
     python -m app --users team.users              # a team: name:role:hash lines (python -m app users add)
     python -m app export|import|users ...         # dataset and account commands, see app.commands
-    python -m app ml-backend --port 9090          # Label Studio ML backend, see app.ml_backend
+    python -m app ml-backend --port 9090          # Label Studio ML backend, see app.interop.ml_backend
 
-One app process serves a workspace (`app.process_lock`); CLI export / import work alongside it.
+One app process serves a workspace (`app.store.process_lock`); CLI export / import work alongside it.
 SIGTERM and SIGINT (Ctrl+C) stop it cleanly: the server closes, the workspace is closed and its lock
 released, so the next start has nothing to take over.
 """
@@ -25,7 +25,7 @@ DEFAULT_MAX_FILE_SIZE = "50mb"
 
 def build_parser() -> argparse.ArgumentParser:
     from app.service import DEFAULT_WEIGHTS
-    from app.workspace import default_workspace_dir
+    from app.store.workspace import default_workspace_dir
 
     from condinst.validate import OneLineParser, positive_int
 
@@ -65,23 +65,6 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def resolve_weights(weights: str | None) -> Path:
-    """The checkpoint to load: --weights, else the bundled default (clear exit if missing)."""
-    from app.service import DEFAULT_WEIGHTS
-
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise SystemExit(f"error: --weights {weights}: no such file")
-        if not DEFAULT_WEIGHTS.is_file():
-            print(f"note: the bundled default model {DEFAULT_WEIGHTS} is missing; using {path}", file=sys.stderr)
-        return path
-    if not DEFAULT_WEIGHTS.is_file():
-        raise SystemExit(f"error: the bundled default model {DEFAULT_WEIGHTS} is missing. Train or download it "
-                         "there, or start with --weights PATH to serve another checkpoint.")
-    return DEFAULT_WEIGHTS
-
-
 def port_number(text: str) -> int:
     from condinst.validate import positive_int
 
@@ -98,12 +81,14 @@ def check_arguments(args: argparse.Namespace) -> Path:
 
     from condinst.cli import check_backend
 
+    from app.model.session import resolve_weights
+
     weights = resolve_weights(args.weights)
     if args.users and args.auth:
         raise SystemExit("error: use --users FILE or --auth user:password, not both")
     try:
         if args.users:
-            from app.accounts import check_permissions, read_users
+            from app.team.accounts import check_permissions, read_users
 
             read_users(args.users)
             warning = check_permissions(args.users)
@@ -122,7 +107,7 @@ def check_arguments(args: argparse.Namespace) -> Path:
 def create_service(args: argparse.Namespace):
     """Model + workspace from the parsed arguments (SystemExit with a message on failure)."""
     weights = check_arguments(args)
-    from app.process_lock import LockError, WorkspaceLock
+    from app.store.process_lock import LockError, WorkspaceLock
 
     try:  # before the model loads: a second app on the same workspace stops here
         args.lock = WorkspaceLock(args.workspace)
@@ -156,13 +141,13 @@ def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=Non
            max_file_size: str = DEFAULT_MAX_FILE_SIZE, block: bool = True):
     """Build and start the Gradio app; returns the Blocks (call ``.close()`` to stop it).
 
-    `auth`: None (no login), ``(user, password)`` (one person, an admin) or `app.accounts.Accounts`.
+    `auth`: None (no login), ``(user, password)`` (one person, an admin) or `app.team.accounts.Accounts`.
     """
-    from app.access import app_kwargs, login_function
-    from app.accounts import Accounts
-    from app.team_page import FOCUS_JS
-    from app.keys import hotkeys_js
-    from app.ui import CSS, build_ui
+    from app.team.access import app_kwargs, login_function
+    from app.team.accounts import Accounts
+    from app.web.keys import hotkeys_js
+    from app.web.team_page import FOCUS_JS
+    from app.web.ui import CSS, build_ui
 
     if auth is not None and not isinstance(auth, Accounts):
         auth = Accounts.single(*auth)
@@ -180,10 +165,10 @@ def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=Non
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from app.commands import COMMANDS
-    from app.ml_backend.cli import COMMANDS as LABEL_STUDIO_COMMANDS
+    from app.interop.ml_backend.cli import COMMANDS as LABEL_STUDIO_COMMANDS
 
-    if argv and argv[0] in LABEL_STUDIO_COMMANDS:  # python -m app ml-backend | ls-predictions (app.ml_backend)
-        from app.ml_backend.cli import main as label_studio_main
+    if argv and argv[0] in LABEL_STUDIO_COMMANDS:  # python -m app ml-backend | ls-predictions (app.interop.ml_backend)
+        from app.interop.ml_backend.cli import main as label_studio_main
 
         return label_studio_main(argv)
     if argv and argv[0] in COMMANDS:  # python -m app export|import ... (app.commands)
@@ -199,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = create_service(args)
         if args.users:
-            from app.accounts import Accounts
+            from app.team.accounts import Accounts
 
             auth = Accounts.from_file(args.users)
         print(f"CondInst Studio on http://{args.host}:{args.port} - workspace {service.workspace_dir}", flush=True)

@@ -32,8 +32,8 @@ def fraction(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.actions import DEFAULT_THRESHOLD
-    from app.formats import FORMATS
+    from app.view import DEFAULT_THRESHOLD
+    from app.interop.formats import FORMATS
 
     parser = OneLineParser(prog="python -m app", description="CondInst Studio dataset commands")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def existing_workspace(path: str) -> Path:
-    from app.workspace import DB_FILE_NAME
+    from app.store.workspace import DB_FILE_NAME
 
     folder = existing_dir(path, "--workspace")
     if not (folder / DB_FILE_NAME).is_file():
@@ -101,10 +101,10 @@ def check_export(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> str:
-    from app.export import export_coco
-    from app.formats import export_png, export_yolo
+    from app.interop.export import export_coco
+    from app.interop.formats import export_png, export_yolo
     from app.service import ThresholdedWorkspace
-    from app.workspace import Workspace
+    from app.store.workspace import Workspace
 
     with Workspace.open(args.workspace) as workspace:
         view = ThresholdedWorkspace(workspace, args.min_score)
@@ -112,7 +112,7 @@ def run_export(args: argparse.Namespace) -> str:
             path = export_coco(view, args.out, args.reviewed_only, args.mask_format, args.overwrite, args.split,
                                args.exact_polygons)
         elif args.format == "ytvis":
-            from app.ytvis_export import export_ytvis
+            from app.interop.ytvis_export import export_ytvis
 
             path = export_ytvis(view, args.out, args.reviewed_only, args.overwrite)
         elif args.format == "yolo":
@@ -161,8 +161,8 @@ def progress_printer(every_s: float = 2.0):
 
 
 def run_import(args: argparse.Namespace) -> str:
-    from app.imports import import_dataset
-    from app.workspace import Workspace
+    from app.interop.imports import import_dataset
+    from app.store.workspace import Workspace
 
     with Workspace.open(args.workspace) as workspace:
         return import_dataset(workspace, ann=args.ann, images=args.images, yolo=args.yolo, results=args.results,
@@ -170,7 +170,7 @@ def run_import(args: argparse.Namespace) -> str:
 
 
 def check_qa(args: argparse.Namespace) -> None:
-    from app.session import DEFAULT_WEIGHTS
+    from app.model.session import DEFAULT_WEIGHTS
     from condinst.validate import check_device, writable_file
 
     existing_workspace(args.workspace)
@@ -183,9 +183,9 @@ def check_qa(args: argparse.Namespace) -> None:
 
 
 def run_qa_command(args: argparse.Namespace) -> str:
-    from app.qa import run_qa
-    from app.session import DEFAULT_WEIGHTS, ModelSession
-    from app.workspace import Workspace
+    from app.interop.qa import run_qa
+    from app.model.session import DEFAULT_WEIGHTS, ModelSession
+    from app.store.workspace import Workspace
     from condinst.io import atomic_write_json
 
     session = ModelSession.load(args.weights or DEFAULT_WEIGHTS, device=args.device)
@@ -199,14 +199,14 @@ def run_qa_command(args: argparse.Namespace) -> str:
 
 
 def check_users(args: argparse.Namespace) -> None:
-    from app.accounts import check_name
+    from app.team.accounts import check_name
 
     check_name(args.name)
 
 
 def run_users(args: argparse.Namespace) -> str:
     """The password comes from standard input (asked for, without echo, on a terminal)."""
-    from app.accounts import add_user
+    from app.team.accounts import add_user
 
     if sys.stdin.isatty():
         import getpass

@@ -1,23 +1,22 @@
 """The app's composition root: one workspace, one model session and the parts that act on them.
 
     service = Service.create(workspace_dir, weights)
-    service.images     adding images and running the model      (app.images.ImageLibrary)
-    service.sequences  videos as sequences of tracked frames    (app.sequences.SequenceLibrary)
-    service.tracks     track class, merge, split, assign        (app.tracks.TrackEditor)
-    service.actions    annotation actions on a View              (app.actions.Annotator)
-    service.screens    what the annotate view shows              (app.screen.Screens)
-    service.explain    the Explain view                          (app.explain_page.ExplainPages)
-    service.edits      canvas strokes, polygons, holes, specks   (app.mask_edits.MaskEditor)
-    service.refiner    CondInst click-to-refine                  (app.refine.Refiner)
-    service.propagation a video instance's mask to next frames (app.propagation.Propagator)
-    service.canvas     the canvas editor's scenes                (app.canvas.CanvasScenes)
-    service.jobs       background fine-tuning                    (app.retrain.RetrainJobs)
-    service.reviews    annotated -> in review -> accepted/rejected (app.review.Reviews)
-    service.presence   who views / edits which image             (app.presence.Presence)
-    service.accounts   who may log in, with which role           (app.accounts.Accounts; None: no login)
-    service.export_*   COCO datasets and results                 (app.export)
+    service.images     adding images and running the model      (app.annotate.images.ImageLibrary)
+    service.sequences  videos as sequences of tracked frames    (app.video.sequences.SequenceLibrary)
+    service.tracks     track class, merge, split, assign        (app.video.tracks.TrackEditor)
+    service.actions    annotation actions on a View              (app.annotate.actions.Annotator)
+    service.screens    what the annotate view shows              (app.annotate.screen.Screens)
+    service.explain    the Explain view                          (app.annotate.explain_page.ExplainPages)
+    service.edits      canvas strokes, polygons, holes, specks   (app.annotate.mask_edits.MaskEditor)
+    service.refiner    CondInst click-to-refine                  (app.annotate.refine.Refiner)
+    service.propagation a video instance's mask to next frames (app.video.propagation.Propagator)
+    service.jobs       background fine-tuning                    (app.retrain.jobs.RetrainJobs)
+    service.reviews    annotated -> in review -> accepted/rejected (app.annotate.review.Reviews)
+    service.presence   who views / edits which image             (app.team.presence.Presence)
+    service.accounts   who may log in, with which role           (app.team.accounts.Accounts; None: no login)
+    service.export_*   COCO datasets and results                 (app.interop.export)
 
-Nothing here knows about Gradio; `app.ui` wires events to these parts. A damaged workspace is
+Nothing here knows about Gradio; `app.web.ui` wires events to these parts. A damaged workspace is
 reported (`workspace_error`) and can be recovered from the page, so the app always starts.
 """
 from __future__ import annotations
@@ -30,23 +29,24 @@ from pathlib import Path
 
 from pycocotools import mask as mask_utils
 
-from app.actions import DEFAULT_THRESHOLD, Annotator, View
+from app.annotate.actions import Annotator
 from app.errors import AppError, ServiceError
-from app.explain_page import ExplainPages
-from app.export import ExportError, build_coco, export_coco, export_coco_zip, remove_stale_staging
-from app.canvas import CanvasScenes
-from app.images import ImageLibrary
-from app.mask_edits import MaskEditor
-from app.presence import Presence
-from app.review import Reviews
-from app.refine import Refiner
-from app.ingest import sanitize_file_name
-from app.screen import Screens
-from app.sequences import DEFAULT_MAX_FRAMES, SequenceLibrary
-from app.propagation import Propagator
-from app.tracks import TrackEditor
-from app.session import DEFAULT_WEIGHTS, REPO_ROOT, ModelSession
-from app.workspace import Workspace, WorkspaceError, WorkspaceSnapshot, resolve_inside
+from app.annotate.explain_page import ExplainPages
+from app.interop.export import ExportError, build_coco, export_coco, export_coco_zip, remove_stale_staging
+from app.annotate.images import ImageLibrary
+from app.annotate.mask_edits import MaskEditor
+from app.team.presence import Presence
+from app.annotate.review import Reviews
+from app.annotate.refine import Refiner
+from app.store.ingest import sanitize_file_name
+from app.annotate.screen import Screens
+from app.video.sequences import DEFAULT_MAX_FRAMES, SequenceLibrary
+from app.video.propagation import Propagator
+from app.video.tracks import TrackEditor
+from app.model.session import DEFAULT_WEIGHTS, REPO_ROOT, ModelSession
+from app.view import DEFAULT_THRESHOLD, View
+from app.store.workspace import Workspace, WorkspaceError, WorkspaceSnapshot, resolve_inside
+from app.store.workspace_slot import WorkspaceSlot
 from condinst.io import atomic_write_bytes
 
 DEFAULT_SAMPLES_DIR = REPO_ROOT / "assets" / "samples"
@@ -62,7 +62,7 @@ def utc_stamp() -> str:
 class ThresholdedWorkspace:
     """A read-only view of a workspace whose snapshot keeps what each image shows at a threshold.
 
-    Reviewed images use their frozen threshold; the others `view_threshold`. `app.export` only
+    Reviewed images use their frozen threshold; the others `view_threshold`. `app.interop.export` only
     calls `snapshot()`, so exporting through this object writes what the annotators saw.
     """
 
@@ -83,22 +83,19 @@ class Service:
     def __init__(self, workspace: Workspace | None, session: ModelSession, *, workspace_dir: Path | None = None,
                  workspace_error: str | None = None, samples_dir: Path | None = None,
                  max_video_frames: int = DEFAULT_MAX_FRAMES):
-        self.workspace = workspace
-        self.workspace_dir = Path(workspace.root if workspace else workspace_dir)
-        self.workspace_error = workspace_error
+        self.slot = slot = WorkspaceSlot(workspace, workspace_dir, workspace_error)
         self.session = session
         self.notices: list[str] = []
-        self.images = ImageLibrary(self, Path(samples_dir) if samples_dir else DEFAULT_SAMPLES_DIR)
-        self.sequences = SequenceLibrary(self, max_video_frames)
-        self.tracks = TrackEditor(self)
-        self.actions = Annotator(self)
-        self.screens = Screens(self)
-        self.explain = ExplainPages(self)
-        self.edits = MaskEditor(self)
-        self.canvas = CanvasScenes(self)
-        self.refiner = Refiner(self)
-        self.propagation = Propagator(self)
-        self.reviews = Reviews(self)
+        self.sequences = SequenceLibrary(slot, session, max_video_frames)
+        self.images = ImageLibrary(slot, session, self.sequences, Path(samples_dir) if samples_dir else DEFAULT_SAMPLES_DIR)
+        self.tracks = TrackEditor(slot)
+        self.reviews = Reviews(slot, self.role)
+        self.actions = Annotator(slot, self.images, self.reviews)
+        self.screens = Screens(slot, self.sequences)
+        self.explain = ExplainPages(slot, session, self.images)
+        self.edits = MaskEditor(slot)
+        self.refiner = Refiner(slot, session, self.images)
+        self.propagation = Propagator(slot, session, self.sequences, self.tracks)
         self.presence = Presence()
         self.accounts = None  # set by app.__main__.launch when logins are required
         self._jobs = None
@@ -148,21 +145,30 @@ class Service:
         if self.workspace is not None:
             return "The workspace is fine; nothing to recover."
         try:
-            self.workspace = Workspace.open(self.workspace_dir, recover=True)
+            self.slot.workspace = Workspace.open(self.workspace_dir, recover=True)
         except WorkspaceError as exc:
             raise ServiceError(f"Recovery failed: {exc}") from None
-        self.workspace_error = None
+        self.slot.error = None
         self._opened()
         recovery = self.workspace.recovery
         return recovery.message if recovery else "The workspace opened normally."
 
     @property
+    def workspace(self) -> Workspace | None:
+        return self.slot.workspace
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.slot.root
+
+    @property
+    def workspace_error(self) -> str | None:
+        return self.slot.error
+
+    @property
     def ws(self) -> Workspace:
         """The open workspace, or ServiceError explaining why there is none."""
-        if self.workspace is None:
-            raise ServiceError(f"The workspace cannot be used: {self.workspace_error} "
-                               "Use 'Recover workspace' to move the damaged database aside.")
-        return self.workspace
+        return self.slot.ws
 
     # ---- views ------------------------------------------------------------------------------------
     def initial_view(self, image_id: int | None = None, threshold: float = DEFAULT_THRESHOLD) -> View:
@@ -228,8 +234,8 @@ class Service:
         return folder
 
     def export_ytvis_zip(self, reviewed_only: bool = False, min_score: float = DEFAULT_THRESHOLD) -> Path:
-        """The video sequences as a YouTube-VIS dataset zip under <workspace>/exports/ (app.ytvis_export)."""
-        from app.ytvis_export import export_ytvis_zip
+        """The video sequences as a YouTube-VIS dataset zip under <workspace>/exports/ (app.interop.ytvis_export)."""
+        from app.interop.ytvis_export import export_ytvis_zip
 
         return export_ytvis_zip(self.thresholded(min_score), self.exports_dir / f"ytvis-{utc_stamp()}.zip",
                                 reviewed_only)
@@ -266,7 +272,7 @@ class Service:
     @property
     def jobs(self):
         """The workspace's retrain jobs (found again after a restart)."""
-        from app.retrain import RetrainJobs
+        from app.retrain.jobs import RetrainJobs
 
         if self._jobs is None:
             self._jobs = RetrainJobs(self.ws.root / "retrain")
@@ -274,12 +280,12 @@ class Service:
 
     @staticmethod
     def retrain_available() -> bool:
-        from app.retrain import RetrainJobs
+        from app.retrain.jobs import RetrainJobs
 
         return RetrainJobs.available()
 
     def retrain_defaults(self) -> tuple[str, int, int]:
-        from app.retrain import RetrainJobs
+        from app.retrain.jobs import RetrainJobs
 
         return RetrainJobs.defaults(self.session.device)
 
@@ -300,7 +306,7 @@ class Service:
     def retrain_status(self):
         """The current or last job's status ('idle' while there is no workspace)."""
         if self.workspace is None:
-            from app.retrain import JobStatus
+            from app.retrain.jobs import JobStatus
 
             return JobStatus()
         return self.jobs.status()

@@ -2,7 +2,7 @@
 
 For each size, a fresh process makes two photos of that size (a held-out fruits_nuts sample scaled
 up, with fine noise so the JPEG is photo-like), opens a new workspace with the bundled model and
-times, through the same handlers the browser calls (`app.handlers.Handlers`, which include drawing
+times, through the same handlers the browser calls (`app.web.handlers.Handlers`, which include drawing
 the picture; the JPEG encoding Gradio does is added):
 
     upload      upload + segment one photo (decode, model, masks, store)
@@ -57,7 +57,7 @@ def measure(height: int, width: int, repeats: int, threads: int, weights: Path) 
     import numpy as np
     import torch
 
-    from app.handlers import Handlers
+    from app.web.handlers import Handlers
     from app.service import Service
 
     torch.set_num_threads(threads)

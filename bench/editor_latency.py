@@ -116,7 +116,7 @@ def interior_points(service, image_id: int) -> list[tuple[int, int, int]]:
     """(instance id, x, y) at the deepest pixel of each shown instance, in original pixels."""
     import cv2
 
-    from app.actions import DEFAULT_THRESHOLD
+    from app.view import DEFAULT_THRESHOLD
 
     points = []
     for inst in service.ws.instances(image_id):
@@ -284,12 +284,12 @@ def main(argv=None) -> int:
     from browserkit import CHROMIUM, CHROMIUM_ARGS
 
     from app.__main__ import launch
-    from app.handlers import Handlers
+    from app.web.handlers import Handlers
     from app.service import Service
-    from app.session import DEFAULT_WEIGHTS
+    from app.model.session import DEFAULT_WEIGHTS
 
     try:
-        from app.edit_channel import EditChannel
+        from app.web.edit_channel import EditChannel
     except ImportError:  # an app from before the edit channel
         EditChannel = None
     clock = ServerClock()

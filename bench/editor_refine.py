@@ -4,12 +4,12 @@ Quality, scored as interactive-segmentation benchmarks do, on the held-out fruit
 (image ids 15, 16, 17 of trainval.json) with the bundled model: for every ground-truth object a
 simulated annotator clicks the centre (the point farthest from the border) of the largest error
 region - positive if it is missed, negative if it is extra - and the app's `/refine`
-(`app.refine.Refiner.refine`) proposes a mask, until IoU 0.90 or 20 clicks. Reported: mean NoC@85
+(`app.annotate.refine.Refiner.refine`) proposes a mask, until IoU 0.90 or 20 clicks. Reported: mean NoC@85
 and NoC@90 (clicks to reach the IoU, 20 when never) and mean IoU after 1, 2, 3 clicks. Today's
 "add at point" (`ImageLibrary.add_at_point`, = `ModelSession.segment_point`) takes one click and
 cannot be refined: its NoC is 1 when that click reaches the IoU, else 20.
 
-Latency, server time through the same handlers the browser calls (`app.handlers.Handlers`, which
+Latency, server time through the same handlers the browser calls (`app.web.handlers.Handlers`, which
 include the picture, the table and the canvas scene): a 50-point brush stroke (width 25) on the
 selected instance of an 800x600 and a 4000x3000 photo, and a refine click on an 800x600 photo
 (the image's dense outputs cached, as after opening it). "page" is what the browser's editor
@@ -70,7 +70,7 @@ def iou(a, b) -> float:
 def quality(service, coco, image_ids) -> dict:
     import numpy as np
 
-    from app.actions import View
+    from app.view import View
 
     refine_runs, point_runs = [], []
     for coco_id in image_ids:
@@ -131,7 +131,7 @@ def latency(service, handlers, photo_800: Path, tmp: Path, repeats: int) -> list
     import cv2
     import numpy as np
 
-    from app.actions import View
+    from app.view import View
 
     rows = []
     big = tmp / "photo_4000x3000.jpg"
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     import torch
     from pycocotools.coco import COCO
 
-    from app.handlers import Handlers
+    from app.web.handlers import Handlers
     from app.service import Service
 
     torch.set_num_threads(args.threads)

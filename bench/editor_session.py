@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.actions import DEFAULT_THRESHOLD
+from app.view import DEFAULT_THRESHOLD
 from bench.common import REPO, format_table, write_json
 from bench.editor_refine import DEFAULT_WEIGHTS, FRUITS, HELD_OUT, iou, next_click
 

@@ -3,7 +3,7 @@
 Generates a COCO dataset (a zip: annotations/instances_default.json + images/default/*.png, the shape
 the Import & QA upload takes) and a YOLO segmentation folder (data.yaml, images/, labels/), then
 imports each into a fresh workspace with the same call the command line makes
-(`app.imports.import_dataset`), timing the whole import (unzip, checks, decoding, rasterising, the
+(`app.interop.imports.import_dataset`), timing the whole import (unzip, checks, decoding, rasterising, the
 one transaction). The images are flat-coloured PNGs (the file sizes stay small; what is timed is the
 per-annotation work), each annotation a random convex polygon.
 
@@ -108,8 +108,8 @@ def yolo_folder(root: Path, lines: int, per_image: int, size: tuple[int, int], v
 def timed_import(workspace: Path, profile: int, **source) -> tuple[float, float, object]:
     """(wall seconds, CPU seconds of this process) to import ``source`` into a fresh workspace (and print
     the profile when asked). On a shared machine the CPU time is the steadier number."""
-    from app.imports import import_dataset
-    from app.workspace import Workspace
+    from app.interop.imports import import_dataset
+    from app.store.workspace import Workspace
 
     profiler = cProfile.Profile() if profile else None
     with Workspace.open(workspace) as ws:

@@ -58,7 +58,7 @@ MIX = (("select", 0.30), ("stroke", 0.30), ("class", 0.15), ("next", 0.15), ("un
 REFUSED = ("is editing this image", "after you last saw it", "Nothing to undo", "Cannot undo",
            "Select an instance first")
 STATUS, SELECTED = 7, 4
-POLL_SECONDS = 3.0  # app.team_page.POLL_SECONDS: every open page asks for others' changes this often
+POLL_SECONDS = 3.0  # app.web.team_page.POLL_SECONDS: every open page asks for others' changes this often
 
 
 def free_port() -> int:
@@ -69,7 +69,7 @@ def free_port() -> int:
 
 def prepare(workspace: Path, weights: Path, images: list[Path], users: Path, clients: int) -> None:
     """Segmented images in the workspace and a users file with annotators ann0.. (model loads here once)."""
-    from app.accounts import add_user
+    from app.team.accounts import add_user
     from app.service import Service
 
     service = Service.create(workspace, weights)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = sorted(args.images.glob("*.jpg"))[: args.clients + 2]
     if len(photos) < args.clients + 2:
         raise SystemExit(f"error: --images {args.images}: needs {args.clients + 2} .jpg photos")
-    from app.workspace import Workspace
+    from app.store.workspace import Workspace
 
     tmp = Path(tempfile.mkdtemp(prefix="team-load-"))
     workspace, users, port = tmp / "ws", tmp / "team.users", free_port()

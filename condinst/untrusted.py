@@ -1,8 +1,8 @@
 """Reading files a stranger wrote: paths kept inside their own folder, JSON with bounded nesting.
 
 A dataset (COCO JSON, YOLO folder, zip) names files and holds nested data; both may be hostile. The
-training loader (`training.data`), the app's import (`app.imports`, `app.import_sources`) and the
-workspace's own stored paths (`app.records.resolve_inside`) use these two rules, so there is one
+training loader (`training.data`), the app's import (`app.interop.imports`, `app.interop.import_sources`) and the
+workspace's own stored paths (`app.store.records.resolve_inside`) use these two rules, so there is one
 implementation of each:
 
     path = inside(image_dir, entry["file_name"])  # OutsideError for '../..', '/etc/..', a symlink out

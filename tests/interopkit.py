@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from app.workspace import Workspace
+from app.store.workspace import Workspace
 
 H, W = 60, 80
 

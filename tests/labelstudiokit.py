@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.retrain_process import stop_group
+from app.retrain.process import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).resolve().parent / "app" / "label_studio_driver.py"

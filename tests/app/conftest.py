@@ -168,7 +168,7 @@ def app_factory(tiny_weights, samples_dir, tmp_path_factory):
     started = []
 
     def start(workspace=None, auth=None, max_file_size="20mb", weights=None, **service_kwargs) -> RunningApp:
-        """`weights`: the tiny model unless given (e.g. the bundled one, app.session.DEFAULT_WEIGHTS)."""
+        """`weights`: the tiny model unless given (e.g. the bundled one, app.model.session.DEFAULT_WEIGHTS)."""
         workspace = workspace or tmp_path_factory.mktemp("ws")
         service = Service.create(workspace, weights or tiny_weights, samples_dir=samples_dir, **service_kwargs)
         port = free_port()

@@ -17,14 +17,14 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from pycocotools.coco import COCO
 
-from app.guard import WARNING
+from app.web.guard import WARNING
 from testutils import http_timeout, scaled
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),  # gradio + pandas 3
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
-# Output positions of the annotate endpoints (see app.ui.AppUI.annotate)
+# Output positions of the annotate endpoints (see app.web.ui.AppUI.annotate)
 PICTURE, TABLE, IMAGE, REVIEWED, SELECTED, CLASS, INFO, STATUS = 0, 1, 2, 3, 4, 5, 6, 7
 
 

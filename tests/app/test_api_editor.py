@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gradio_client import Client
 
-from app.guard import WARNING
+from app.web.guard import WARNING
 from testutils import http_timeout
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),

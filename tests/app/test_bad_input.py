@@ -15,9 +15,9 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app.guard import WARNING
+from app.web.guard import WARNING
 from app.service import ServiceError
-from app.workspace import DB_FILE_NAME
+from app.store.workspace import DB_FILE_NAME
 from testutils import http_timeout, scaled
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.edit_channel import EditChannel
+from app.web.edit_channel import EditChannel
 from browserkit import (BROWSER_MARKS, canvas_point as at, interior, open_editor, playwright_or_skip,
                         screenshot_on_failure, wait_status)
 

@@ -1,5 +1,5 @@
 """Keyboard-first editing in headless Chromium (issue 22): the editor opens on Select, a brush click on an object
-selects it, and the keys of `app/keys.py` work wherever the focus is (not only on the canvas): digits set the
+selects it, and the keys of `app/web/keys.py` work wherever the focus is (not only on the canvas): digits set the
 class, Ctrl+Z / Ctrl+Shift+Z undo / redo, Backspace deletes, Esc deselects, `?` lists every key.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.keys import KEYMAP
+from app.web.keys import KEYMAP
 from browserkit import (BROWSER_MARKS, canvas_point as at, interior, open_editor, playwright_or_skip,
                         screenshot_on_failure)
 from testutils import timeout_scale

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from app.accounts import Account, Accounts, hash_password
-from app.presence import DEFAULT_TTL
+from app.team.accounts import Account, Accounts, hash_password
+from app.team.presence import DEFAULT_TTL
 from browserkit import (BROWSER_MARKS, ROWS, new_page, playwright_or_skip, readme_screenshot, screenshot_on_failure,
                         wait_status, wait_text)
 from testutils import scaled, scaled_ms

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import videokit
-from app.editing import fill_holes
-from app.render import inside_point
+from app.annotate.editing import fill_holes
+from app.annotate.render import inside_point
 from browserkit import (BROWSER_MARKS, playwright_or_skip, readme_screenshot, screenshot_on_failure, wait_status,
                         wait_text)
 
@@ -23,7 +23,7 @@ playwright_or_skip()
 
 
 def editor(page, expression: str):
-    """`expression` evaluated on the canvas editor's state `s` (app/editor/editor.js)."""
+    """`expression` evaluated on the canvas editor's state `s` (app/web/editor/editor.js)."""
     return page.evaluate(f"() => {{ const s = window.condinstEditor.state; return {expression}; }}")
 
 
@@ -71,7 +71,7 @@ def go_to_frame(page, index: int, last: int) -> None:
 
 
 def test_fix_a_mask_propagate_three_frames_accept_and_undo(app_factory, page, crossing_mp4):
-    from app.session import DEFAULT_WEIGHTS
+    from app.model.session import DEFAULT_WEIGHTS
 
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip("the bundled model is not present")

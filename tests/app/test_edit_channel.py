@@ -1,4 +1,4 @@
-"""The canvas's edit channel (`app.edit_channel`), in process: the same edits and team rules as the page's
+"""The canvas's edit channel (`app.web.edit_channel`), in process: the same edits and team rules as the page's
 events, on the session's latest view, answering only what the canvas lacks.
 
 A launched app's channel is called as Gradio calls a server function, with a request naming the person and the
@@ -10,8 +10,8 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app.actions import View
-from app.actor import acting
+from app.view import View
+from app.store.actor import acting
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app import editing
+from app.annotate import editing
 from app.errors import ServiceError
 from app.service import Service
 
@@ -161,7 +161,7 @@ def test_refine_proposes_accepts_discards_and_undoes(opened):
 
 
 def test_refine_later_click_changes_only_its_own_part():
-    from app.refine import local_update
+    from app.annotate.refine import local_update
 
     prior = np.zeros((200, 200), bool)
     prior[50:150, 50:150] = True  # the proposal so far

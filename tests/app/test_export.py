@@ -1,4 +1,4 @@
-"""Tests of app.export: COCO JSON content, masks, stable ids, zip and atomic folder writes."""
+"""Tests of app.interop.export: COCO JSON content, masks, stable ids, zip and atomic folder writes."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from app.export import ExportError, export_coco, export_coco_zip, mask_to_polygons
-from app.workspace import Workspace
+from app.interop.export import ExportError, export_coco, export_coco_zip, mask_to_polygons
+from app.store.workspace import Workspace
 
 H, W = 60, 80
 

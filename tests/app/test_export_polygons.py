@@ -11,10 +11,10 @@ from pycocotools import mask as mask_utils
 from testutils import DATASETS
 
 from app.commands import main as command_main
-from app.export import build_coco
-from app.formats import export_yolo
-from app.imports import import_coco
-from app.workspace import Workspace
+from app.interop.export import build_coco
+from app.interop.formats import export_yolo
+from app.interop.imports import import_coco
+from app.store.workspace import Workspace
 
 FRUITS = DATASETS / "fruits_nuts/data"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.export import export_coco
-from app.workspace import Workspace
+from app.interop.export import export_coco
+from app.store.workspace import Workspace
 from condinst.config import CondInstConfig
 from training.data import CocoInstances
 from training.transforms import transform_record

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.db import SCHEMA_VERSION
+from app.store.db import SCHEMA_VERSION
 from app.errors import AppError
-from app.guard import WARNING, guarded
-from app.handlers import Handlers
+from app.web.guard import WARNING, guarded
+from app.web.handlers import Handlers
 from app.service import Service
-from app.workspace import DB_FILE_NAME, Workspace
+from app.store.workspace import DB_FILE_NAME, Workspace
 from testutils import scaled
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -149,7 +149,7 @@ def test_an_extra_undo_after_an_upload_does_not_empty_the_image(service, image_p
 
 def test_user_errors_become_a_status_message_and_leave_other_outputs_alone(service, monkeypatch):
     warnings = []
-    monkeypatch.setattr("app.handlers.gr.Warning", lambda message: warnings.append(message))
+    monkeypatch.setattr("app.web.handlers.gr.Warning", lambda message: warnings.append(message))
     handlers = Handlers(service)
     wrapped = guarded(handlers.on_add_samples, 11, 10)
     out = wrapped(service.initial_view(), [])
@@ -316,7 +316,7 @@ def test_a_read_only_export_target_is_one_sentence(service, image_paths, monkeyp
     def refuse(*args, **kwargs):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr("app.export.atomic_open", refuse)
+    monkeypatch.setattr("app.interop.export.atomic_open", refuse)
     with pytest.raises(AppError) as caught:
         service.export_zip()
     message = str(caught.value)

@@ -10,10 +10,10 @@ from gradio_client import Client, handle_file
 from pycocotools import mask as mask_utils
 from testutils import DATASETS, http_timeout
 
-from app.export import export_coco_zip
-from app.guard import WARNING
-from app.imports import import_coco
-from app.workspace import Workspace
+from app.interop.export import export_coco_zip
+from app.web.guard import WARNING
+from app.interop.imports import import_coco
+from app.store.workspace import Workspace
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'"),

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from app.export import ExportError, export_coco, export_coco_zip
-from app.workspace import Workspace
+from app.interop.export import ExportError, export_coco, export_coco_zip
+from app.store.workspace import Workspace
 from interopkit import H, W, build_workspace, disk
 from training.data import CocoInstances
 from testutils import scaled

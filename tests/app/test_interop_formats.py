@@ -13,8 +13,8 @@ import supervision as sv
 import yaml
 
 from app.commands import main as command_main
-from app.export import mask_to_polygons
-from app.formats import export_png, export_yolo
+from app.interop.export import mask_to_polygons
+from app.interop.formats import export_png, export_yolo
 from interopkit import H, W, build_workspace, disk
 from testutils import scaled
 

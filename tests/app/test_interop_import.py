@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-import app.imports as imports
+import app.interop.imports as imports
 from app.errors import WorkspaceError
-from app.export import export_coco
-from app.imports import import_coco
-from app.workspace import Workspace
+from app.interop.export import export_coco
+from app.interop.imports import import_coco
+from app.store.workspace import Workspace
 from training.data import DatasetError
 
 from testutils import DATASETS

@@ -1,5 +1,5 @@
 """Imports besides a COCO JSON + folder: YOLO segmentation, COCO results (model predictions), zips.
-All go through `app.imports.import_dataset`: checked first, one transaction, nothing half-imported."""
+All go through `app.interop.imports.import_dataset`: checked first, one transaction, nothing half-imported."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from testutils import DATASETS
 
-from app.export import export_coco, export_coco_zip
-from app.formats import export_yolo
-from app.imports import import_coco, import_dataset
-from app.workspace import Workspace
+from app.interop.export import export_coco, export_coco_zip
+from app.interop.formats import export_yolo
+from app.interop.imports import import_coco, import_dataset
+from app.store.workspace import Workspace
 from training.data import DatasetError
 
 FRUITS = (DATASETS / "fruits_nuts/data/trainval.json", DATASETS / "fruits_nuts/data/images")

@@ -123,7 +123,7 @@ def test_pre_annotations_decode_to_the_masks_condinst_predict_writes(studio, pre
 def test_a_batch_over_max_batch_gets_the_first_tasks_prediction(studio, predicted):
     """The request Label Studio sends for several tasks, sent to the backend directly (--max-batch 1): one answer,
     the first task's pre-annotation, so that Label Studio falls back to asking for each task on its own."""
-    from app.ml_backend.results import region_mask
+    from app.interop.ml_backend.results import region_mask
 
     backend = studio["backend"]
     tasks = [{"id": t["id"], "project": studio["project"], "data": t["data"]} for t in studio["task_data"].values()]
@@ -170,8 +170,8 @@ def test_label_studio_shows_condinsts_masks(studio, browser):
 def test_keypoint_context_returns_condinsts_refined_mask(studio, predicted):
     import cv2
 
-    from app.refine import refine_mask
-    from app.session import ModelSession
+    from app.annotate.refine import refine_mask
+    from app.model.session import ModelSession
     from condinst.preprocess import read_image
 
     label, target = predicted["0.jpg"][0]
@@ -200,14 +200,14 @@ def corrections(studio, predicted):
     """Submitted annotations: image 0 the predictions less one mask and one mask eroded; image 1 a polygon."""
     import cv2
 
-    from app.ml_backend.rle import encode
+    from app.interop.ml_backend.rle import encode
 
     sdk = studio["sdk"]
     raw = sdk.call("raw_predictions", task=studio["tasks"]["0.jpg"])["predictions"][0]["result"]
     kept = raw[1:]
     first = kept[0]
     height, width = first["original_height"], first["original_width"]
-    from app.ml_backend.rle import decode
+    from app.interop.ml_backend.rle import decode
 
     eroded = cv2.erode(decode(first["value"]["rle"], height, width).astype(np.uint8), np.ones((5, 5), np.uint8))
     kept[0] = {**first, "value": {**first["value"], "rle": encode(eroded.astype(bool))}}
@@ -242,8 +242,8 @@ def test_corrections_train_a_new_model_version(studio, corrections):
 
 
 def test_label_studio_export_imports_into_a_workspace_and_trains(studio, corrections, tmp_path):
-    from app.ml_backend.results import region_mask
-    from app.workspace import Workspace
+    from app.interop.ml_backend.results import region_mask
+    from app.store.workspace import Workspace
 
     export = tmp_path / "ls_export.json"
     studio["sdk"].call("export", project=studio["project"], path=str(export))

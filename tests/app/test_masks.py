@@ -1,11 +1,11 @@
-"""app.masks: exact RLE plus a display-size preview, from a full mask or from the model's crop."""
+"""app.store.masks: exact RLE plus a display-size preview, from a full mask or from the model's crop."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from app.masks import decode_mask, encode_crop, encode_with_preview, preview_size
+from app.store.masks import decode_mask, encode_crop, encode_with_preview, preview_size
 from condinst.postprocess import InstanceMasks
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from app.ml_backend import rle
-from app.ml_backend.adapter import CondInstBackend, RequestError
-from app.ml_backend.client import FetchError, LabelStudio
-from app.ml_backend.interop import coco_to_tasks, find_image, read_export
-from app.ml_backend.label_config import LabelConfigError, match_labels, parse_label_config
-from app.ml_backend.results import ResultError, mask_regions, region_mask
-from app.ml_backend.server import Slot, create_app
+from app.interop.ml_backend import rle
+from app.interop.ml_backend.adapter import CondInstBackend, RequestError
+from app.interop.ml_backend.client import FetchError, LabelStudio
+from app.interop.ml_backend.interop import coco_to_tasks, find_image, read_export
+from app.interop.ml_backend.label_config import LabelConfigError, match_labels, parse_label_config
+from app.interop.ml_backend.results import ResultError, mask_regions, region_mask
+from app.interop.ml_backend.server import Slot, create_app
 
 BRUSH = ('<View><Image name="img" value="$image"/><BrushLabels name="tag" toName="img"><Label value="Fig"/>'
          '<Label value="hazel_nut"/><Label value="walnut"/></BrushLabels>'
@@ -297,7 +297,7 @@ class LocalStudio:
 
 @pytest.fixture(scope="module")
 def backend(tiny_weights, image_paths):
-    from app.session import ModelSession
+    from app.model.session import ModelSession
 
     return CondInstBackend(ModelSession.load(tiny_weights), LocalStudio(image_paths[0].parent), None,
                            score_threshold=0.0)
@@ -308,7 +308,7 @@ def task(image: Path, key: str = "image") -> dict:
 
 
 def test_pre_annotations_are_the_models_instances_in_the_projects_labels(backend, image_paths):
-    from app.masks import decode_mask
+    from app.store.masks import decode_mask
     from condinst.preprocess import read_image
 
     [answer] = backend.predict([task(image_paths[0], "image")], BRUSH)
@@ -380,8 +380,8 @@ def ls_export(image: Path, mask: np.ndarray) -> list[dict]:
 def test_a_label_studio_export_imports_into_a_workspace(tmp_path, image_paths):
     from PIL import Image
 
-    from app.imports import import_dataset
-    from app.workspace import Workspace
+    from app.interop.imports import import_dataset
+    from app.store.workspace import Workspace
 
     image = image_paths[0]
     w, h = Image.open(image).size
@@ -404,8 +404,8 @@ def test_a_label_studio_export_imports_into_a_workspace(tmp_path, image_paths):
 
 
 def test_a_label_studio_export_with_a_missing_image_stops_unless_skip_bad(tmp_path, image_paths):
-    from app.imports import import_dataset
-    from app.workspace import Workspace
+    from app.interop.imports import import_dataset
+    from app.store.workspace import Workspace
     from training.data import DatasetError
 
     tasks = ls_export(image_paths[0], np.zeros((2, 2), bool))
@@ -437,8 +437,8 @@ def test_coco_becomes_label_studio_tasks_with_predictions():
 def test_training_data_comes_from_the_projects_newest_annotations(backend, image_paths, tmp_path):
     from PIL import Image
 
-    from app.ml_backend.trainer import Trainer
-    from app.retrain import RetrainError
+    from app.interop.ml_backend.trainer import Trainer
+    from app.retrain.jobs import RetrainError
 
     image = image_paths[0]
     w, h = Image.open(image).size
@@ -473,7 +473,7 @@ def test_training_data_comes_from_the_projects_newest_annotations(backend, image
     (["--port", "70000"], {"LABEL_STUDIO_API_KEY": "k"}, "must be a TCP port"),
 ])
 def test_the_backend_refuses_to_start_with_one_line(monkeypatch, capsys, tmp_path, tiny_weights, args, env, message):
-    from app.ml_backend.cli import main
+    from app.interop.ml_backend.cli import main
 
     for name in ("LABEL_STUDIO_API_KEY", "BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
         monkeypatch.delenv(name, raising=False)
@@ -488,7 +488,7 @@ def test_the_backend_refuses_to_start_with_one_line(monkeypatch, capsys, tmp_pat
 def test_ls_predictions_writes_tasks_for_label_studio(tmp_path, capsys):
     from pycocotools import mask as mask_utils
 
-    from app.ml_backend.cli import main
+    from app.interop.ml_backend.cli import main
 
     encoded = mask_utils.encode(np.asfortranarray(blob_mask().astype(np.uint8)))
     coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 60, "width": 80}], "categories": [{"id": 1,
@@ -545,7 +545,7 @@ HOSTILE_COCO = [
 
 @pytest.mark.parametrize("coco, message", HOSTILE_COCO)
 def test_ls_predictions_refuses_a_hostile_coco_file_in_one_line(tmp_path, capsys, coco, message):
-    from app.ml_backend.cli import main
+    from app.interop.ml_backend.cli import main
 
     path = tmp_path / "hostile.json"
     path.write_text(json.dumps(coco))

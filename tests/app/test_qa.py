@@ -10,9 +10,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from testutils import DATASETS
 
-from app.imports import import_coco
-from app.qa import compare, _Mask
-from app.workspace import Workspace
+from app.interop.imports import import_coco
+from app.interop.qa import compare, _Mask
+from app.store.workspace import Workspace
 
 FRUITS = DATASETS / "fruits_nuts/data"
 # a copy of six photos; the targets are objects the bundled model finds with score >= 0.8 and IoU >= 0.93
@@ -79,7 +79,7 @@ def plant(tmp_path: Path) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def session():
-    from app.session import DEFAULT_WEIGHTS, ModelSession
+    from app.model.session import DEFAULT_WEIGHTS, ModelSession
 
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip("the bundled default model is missing")
@@ -87,7 +87,7 @@ def session():
 
 
 def test_planted_label_errors_are_the_top_entries(tmp_path: Path, session):
-    from app.qa import run_qa
+    from app.interop.qa import run_qa
 
     ann, planted = plant(tmp_path)
     with Workspace.open(tmp_path / "ws") as ws:
@@ -109,12 +109,12 @@ def test_planted_label_errors_are_the_top_entries(tmp_path: Path, session):
 
 def test_qa_command_checks_arguments_before_the_model_loads(tmp_path: Path, capsys, monkeypatch):
     from app.commands import main
-    import app.session
+    import app.model.session
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model must not load")
 
-    monkeypatch.setattr(app.session.ModelSession, "load", classmethod(no_load))
+    monkeypatch.setattr(app.model.session.ModelSession, "load", classmethod(no_load))
     assert main(["qa", "--workspace", str(tmp_path / "none"), "--out", str(tmp_path / "r.json")]) == 2
     assert capsys.readouterr().err.startswith("error: --workspace")
     Workspace.open(tmp_path / "ws").close()
@@ -130,7 +130,7 @@ def test_qa_command_checks_arguments_before_the_model_loads(tmp_path: Path, caps
 def test_a_reviewed_photo_counts_kept_model_instances_and_never_reflags_deleted_ones(tmp_path: Path, session):
     """Observed: on a reviewed, corrected photo the kept model instances came back as "missing_label ... best IoU
     0.00" and the deleted false positives as "missing" again."""
-    from app.qa import run_qa
+    from app.interop.qa import run_qa
 
     if not (FRUITS / "images" / "10.jpg").is_file():
         pytest.skip(f"shared dataset {FRUITS} is not beside the repository")
@@ -154,8 +154,8 @@ def test_a_reviewed_photo_counts_kept_model_instances_and_never_reflags_deleted_
 
 
 def test_severity_is_named_and_table_headers_are_short_words():
-    from app.interop_ui import QA_HEADERS, qa_frame
-    from app.qa import QAEntry, severity_level
+    from app.web.interop_ui import QA_HEADERS, qa_frame
+    from app.interop.qa import QAEntry, severity_level
 
     assert [severity_level(v) for v in (0.9, 0.5, 0.3, 0.1)] == ["high", "high", "medium", "low"]
     entry = QAEntry("missing_label", 3, "a.jpg", None, None, "date", 0.91, [1, 2, 3, 4], 0.0, 0.91, "why")

@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from app.retrain import (FinishedJob, JobStatus, RetrainError, RetrainJobs, fine_tune_config, loss_history,
+from app.retrain.jobs import (FinishedJob, JobStatus, RetrainError, RetrainJobs, fine_tune_config, loss_history,
                          read_metrics, split_dataset)
-from app.retrain_data import JobRecord
-from app.retrain_process import process_alive, process_started
+from app.retrain.data import JobRecord
+from app.retrain.process import process_alive, process_started
 from testutils import scaled
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.retrain import RetrainError, RetrainJobs
-from app.retrain_data import JobRecord, last_iteration, read_metrics
+from app.retrain.jobs import RetrainError, RetrainJobs
+from app.retrain.data import JobRecord, last_iteration, read_metrics
 from condinst.checkpoint import read_checkpoint
 from testutils import scaled, wait_until
 
@@ -28,7 +28,7 @@ OWNER = """
 import shutil, sys, threading
 from pathlib import Path
 from condinst.checkpoint import read_checkpoint
-from app.retrain import RetrainJobs
+from app.retrain.jobs import RetrainJobs
 root, source, weights, iterations = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 def export(folder):
     shutil.copytree(source, folder)

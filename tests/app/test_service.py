@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from app.screen import TABLE_HEADERS
+from app.annotate.screen import TABLE_HEADERS
 from app.errors import AppError
 from app.service import Service, View
-from app.workspace import DB_FILE_NAME
+from app.store.workspace import DB_FILE_NAME
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]
@@ -369,7 +369,7 @@ def test_big_images_are_shown_smaller_and_clicks_mapped_back(service):
     image_id = service.ws.add_image(image, "wide.png")
     view = service.initial_view(image_id)
     assert service.screens.screen(view).image.shape == (500, 1600, 3)
-    from app.actions import display_to_image
+    from app.annotate.actions import display_to_image
     assert display_to_image(service.ws.get_image_record(image_id), 800, 250) == (1600, 500)
     result = service.actions.click(view, 1600, 500, "paint", size=41)
     assert service.ws.get_instance(result.view.selected).mask[500, 1600]

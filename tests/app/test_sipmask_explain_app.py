@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from app.errors import AppError
-from app.explain_page import LABELS
+from app.annotate.explain_page import LABELS
 from app.service import Service
-from app.sipmask_explain import LABELS as SIPMASK_LABELS
+from app.annotate.sipmask_explain import LABELS as SIPMASK_LABELS
 from condinst.checkpoint import save_checkpoint
 from condinst.errors import UserError
 from testutils import tiny_sipmask
@@ -61,7 +61,7 @@ def test_the_explain_labels_follow_the_model(sipmask_service):
     page's labels back once, then plain pictures as before."""
     from dataclasses import replace
 
-    from app.handlers import Handlers
+    from app.web.handlers import Handlers
 
     service = sipmask_service
     handlers = Handlers(service)
@@ -74,4 +74,4 @@ def test_the_explain_labels_follow_the_model(sipmask_service):
     out = handlers.explained(out[0], condinst)
     assert out[1]["label"] == LABELS["location"] and not out[0].explain_relabelled
     out = handlers.explained(out[0], condinst)
-    assert isinstance(out[1], str) and Path(out[1]).is_file()  # plain pictures again (app.picture_files)
+    assert isinstance(out[1], str) and Path(out[1]).is_file()  # plain pictures again (app.web.picture_files)

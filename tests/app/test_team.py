@@ -1,7 +1,7 @@
 """Team annotation without a browser: accounts, attribution, per-person undo, no lost update,
 review states, presence, the v2 -> v3 migration and the one-app-per-workspace lock.
 
-People act through `app.actor.acting` exactly as the page's events do (`app.team_page.context`).
+People act through `app.store.actor.acting` exactly as the page's events do (`app.web.team_page.context`).
 """
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.accounts import (Account, Accounts, AccountsError, LoginGuard, add_user, hash_password, read_users,
+from app.team.accounts import (Account, Accounts, AccountsError, LoginGuard, add_user, hash_password, read_users,
                           verify_password)
-from app.actor import StaleEdit, acting
-from app.db import SCHEMA_VERSION
+from app.store.actor import StaleEdit, acting
+from app.store.db import SCHEMA_VERSION
 from app.errors import ServiceError
-from app.presence import Presence
-from app.process_lock import LockError, WorkspaceLock
+from app.team.presence import Presence
+from app.store.process_lock import LockError, WorkspaceLock
 from app.service import Service, View
-from app.workspace import DB_FILE_NAME, Workspace
+from app.store.workspace import DB_FILE_NAME, Workspace
 from testutils import scaled
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -58,7 +58,7 @@ def box_mask(x0, y0, x1, y1, shape=(60, 80)):
 
 
 def _observe(service, user, view):
-    """What the person's page holds after showing the view: the revisions it shows (app.team_page.observe)."""
+    """What the person's page holds after showing the view: the revisions it shows (app.web.team_page.observe)."""
     seen = {inst.id: inst.revision for inst in service.ws.instances(view.image_id)}
     service.presence.seen(user, view.image_id)
     return replace(view, seen=seen)
@@ -309,7 +309,7 @@ def test_a_poll_starts_from_the_sessions_latest_view_and_keeps_the_status(servic
     refreshes the view that edit sent (its selection), never the older one, and leaves the status line alone."""
     from types import SimpleNamespace
 
-    from app.handlers import Handlers
+    from app.web.handlers import Handlers
 
     image_id, instance_id = image
     h = Handlers(service)
@@ -317,7 +317,7 @@ def test_a_poll_starts_from_the_sessions_latest_view_and_keeps_the_status(servic
     old = View(image_id=image_id)
     with h.team.context((old,), anna):
         out = h.on_select_instance(old, instance_id)
-        h.team.sent(out)  # (app.guard.guarded does this after every event)
+        h.team.sent(out)  # (app.web.guard.guarded does this after every event)
         assert h.team.on_poll(old)[0].__class__ is not View  # nothing changed: all outputs skipped
     with acting("bob"):
         service.ws.set_category(instance_id, 2)  # someone else's change: the poll refreshes

@@ -20,9 +20,9 @@ import pytest
 import requests
 from gradio_client import Client
 
-from app.accounts import Account, Accounts, hash_password
-from app.actor import acting
-from app.guard import WARNING
+from app.team.accounts import Account, Accounts, hash_password
+from app.store.actor import acting
+from app.web.guard import WARNING
 from testutils import http_timeout, scaled
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),

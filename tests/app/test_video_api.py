@@ -6,7 +6,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 import videokit
-from app.guard import WARNING
+from app.web.guard import WARNING
 from testutils import http_timeout
 
 pytestmark = [pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found"),

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 import videokit
 from app import commands
-from app.export import ExportError, build_coco
+from app.interop.export import ExportError, build_coco
 from app.service import Service
 from condinst.video.ytvis import load_dataset
 from testutils import scaled
@@ -128,10 +128,10 @@ def test_ytvis_export_of_a_workspace_without_videos_is_one_line(tiny_weights, tm
 def test_bundled_model_tracks_follow_the_objects_through_the_crossing(tmp_path):
     """The bundled model in the app: its tracks, exported, scored against the video's ground truth
     (three cut-outs, two of them crossing): no ID switch, and the associations hold (AssA)."""
-    from app.session import DEFAULT_WEIGHTS
+    from app.model.session import DEFAULT_WEIGHTS
     from condinst.video.evaluation import tracking_metrics
     from condinst.video.ytvis import load_results
-    from app.ytvis_export import export_ytvis
+    from app.interop.ytvis_export import export_ytvis
 
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip("the bundled model is not present")

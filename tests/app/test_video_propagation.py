@@ -1,4 +1,4 @@
-"""Propagating a frame's instance to the next frames in the app (app/propagation.py) with the bundled model:
+"""Propagating a frame's instance to the next frames in the app (app/video/propagation.py) with the bundled model:
 preview, accept as one undo step, discard; reviewed frames and other people's edits are never overwritten."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import videokit
-from app.actions import View
-from app.actor import StaleEdit, acting
+from app.view import View
+from app.store.actor import StaleEdit, acting
 from app.errors import ServiceError
 from testutils import REPO
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import videokit
-from app.db import SCHEMA_VERSION
+from app.store.db import SCHEMA_VERSION
 from app.errors import ServiceError
-from app.sequences import representatives
+from app.video.sequences import representatives
 from app.service import Service
-from app.workspace import Workspace
+from app.store.workspace import Workspace
 
 pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found")
 
@@ -70,7 +70,7 @@ def test_image_list_shows_a_sequence_as_one_item(service, crossing_mp4, image_pa
     labels = [label for label, _ in service.screens.image_choices()]
     assert len(labels) == 3 and "crossing.mp4" in labels[1] and "8 frames" in labels[1]
     # next / previous step over the sequence as one item
-    from app.actions import View
+    from app.view import View
 
     view = View(image_id=fifth)
     after, _ = service.actions.step(view, +1)
@@ -177,7 +177,7 @@ def test_sweep_removes_an_unlisted_stray_only_when_old_and_younger_than_the_work
 
 def test_salvage_keeps_sequences_frames_and_tracks(service, crossing_mp4, tmp_path):
     """Recovery copies sequences before images: a frame keeps its sequence, an instance its track."""
-    from app.db import Database, salvage
+    from app.store.db import Database, salvage
 
     service.images.add_files([crossing_mp4])
     tracked = {i.id: i.track_id for f in service.sequences.frame_ids(1) for i in service.ws.instances(f)}

@@ -1,4 +1,4 @@
-"""Tests of app.workspace: persistence, masks, undo/redo, uploads, corruption, paths, threads."""
+"""Tests of app.store.workspace: persistence, masks, undo/redo, uploads, corruption, paths, threads."""
 from __future__ import annotations
 
 import sqlite3
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.db import SCHEMA_VERSION
-from app.ingest import sanitize_file_name
-from app.workspace import DB_FILE_NAME, Prediction, Workspace, WorkspaceError, resolve_inside
+from app.store.db import SCHEMA_VERSION
+from app.store.ingest import sanitize_file_name
+from app.store.workspace import DB_FILE_NAME, Prediction, Workspace, WorkspaceError, resolve_inside
 from condinst.io import atomic_write_bytes
 from testutils import scaled
 
@@ -115,7 +115,7 @@ def test_edits_survive_a_crash_without_close(ws_dir: Path):
     script = f"""
 import os, sys, numpy as np
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-from app.workspace import Workspace
+from app.store.workspace import Workspace
 ws = Workspace.open({str(ws_dir)!r})
 ws.add_category("cell", 1)
 image_id = ws.add_image(np.full((8, 8, 3), 9, np.uint8), "crash.png")

@@ -132,7 +132,7 @@ def test_predict_cli_and_the_app_serve_the_exported_graph(golden_onnx, tmp_path)
         assert (ours & m).sum() / (ours | m).sum() >= 0.99
 
     from app.errors import ServiceError
-    from app.session import ModelSession
+    from app.model.session import ModelSession
 
     session = ModelSession.load(path)
     image = read_image(GOLDEN / "input.png")

@@ -1,7 +1,7 @@
 """Hostile datasets through the real entry points (issue 20, observations 1, 2, 4, 5, 11, 12).
 
 `python -m app import` (in-process through `app.commands.main`, or in a subprocess where the old code
-crashed the process), the Import & QA upload's `app.imports.import_dataset` on a zip, and the
+crashed the process), the Import & QA upload's `app.interop.imports.import_dataset` on a zip, and the
 training loader `training.data.CocoInstances` / `condinst train`. Each hostile item is refused with
 one line naming it (or skipped with --skip-bad); nothing outside the dataset is opened; a refused
 import leaves no image file and no row behind.
@@ -21,8 +21,8 @@ from hostile.hostile_data import (H, W, annotation, bad_rle_counts, coco, coco_f
 from testutils import REPO
 
 from app.commands import main as app_main
-from app.imports import import_dataset
-from app.workspace import Workspace
+from app.interop.imports import import_dataset
+from app.store.workspace import Workspace
 from condinst.errors import UserError
 from training.data import CocoInstances, DatasetError
 

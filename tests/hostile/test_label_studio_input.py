@@ -14,10 +14,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from app.ml_backend.client import FetchError, LabelStudio
-from app.ml_backend.interop import latest_annotation, tasks_to_coco
-from app.ml_backend.results import ResultError, percent_box, percent_point, region_mask
-from app.ml_backend.server import create_app
+from app.interop.ml_backend.client import FetchError, LabelStudio
+from app.interop.ml_backend.interop import latest_annotation, tasks_to_coco
+from app.interop.ml_backend.results import ResultError, percent_box, percent_point, region_mask
+from app.interop.ml_backend.server import create_app
 from condinst.errors import UserError
 
 HUGE = [1e308, float("inf"), float("nan"), 10**400, -1e30, 1e6, True, "5"]
@@ -153,8 +153,8 @@ def test_tasks_of_any_shape_give_messages_not_crashes():
 
 def test_a_label_studio_export_nested_too_deep_is_one_line_in_the_import(tmp_path):
     """Old code: read_export's json.loads raised RecursionError (a traceback from `python -m app import`)."""
-    from app.imports import import_dataset
-    from app.workspace import Workspace
+    from app.interop.imports import import_dataset
+    from app.store.workspace import Workspace
 
     export = tmp_path / "project-1.json"
     export.write_bytes(b"[" * 100_000 + b"]" * 100_000)

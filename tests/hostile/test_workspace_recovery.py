@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 from app.errors import WorkspaceError
-from app.process_lock import WorkspaceLock
+from app.store.process_lock import WorkspaceLock
 from app.service import Service
-from app.workspace import DB_FILE_NAME, Workspace
+from app.store.workspace import DB_FILE_NAME, Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 FRUITS = REPO.parent / "shared" / "datasets" / "fruits_nuts" / "data"
@@ -160,7 +160,7 @@ def import_writer(root: Path, archive: Path) -> Writer:
     """`python -m app import --ann fruits.zip` stopped inside its transaction, two images' files written."""
     return Writer(f"""
         import sys
-        from app import storage
+        from app.store import storage
         from app.commands import main
         real, calls = storage.insert_instances, []
         def insert_instances(*args, **kwargs):  # one call per image, after its file is written
@@ -344,7 +344,7 @@ def test_a_failed_video_ingest_removes_its_frames_at_once(tmp_path, tiny_weights
 def test_a_users_file_others_can_read_is_warned_about_and_one_they_can_write_is_refused(tmp_path, capsys,
                                                                                       tiny_weights):
     from app.__main__ import build_parser, check_arguments
-    from app.accounts import add_user
+    from app.team.accounts import add_user
 
     users = tmp_path / "team.users"
     add_user(users, "anna", "admin", "correct horse battery")

@@ -120,7 +120,7 @@ def test_predict_cli_on_the_official_checkpoint(golden, golden_weights, tmp_path
 def test_the_app_segments_and_explains_with_sipmask(golden, golden_weights):
     """The annotation app's model session gives the golden detections as predictions, and explains them
     with SipMask's own explainer (coefficients and bases, tests/condinst/test_sipmask_explain.py)."""
-    from app.session import ModelSession
+    from app.model.session import ModelSession
     from condinst.sipmask.explain import SipMaskExplainer
 
     session = ModelSession.load(golden_weights)

@@ -1,0 +1,1 @@
+"""Fine-tuning the model on the workspace in a background process."""

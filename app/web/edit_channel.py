@@ -1,0 +1,232 @@
+"""The canvas editor's fast channel: one edit in, the changed scene out, without Gradio's event queue.
+
+The editor (`app/web/editor/editor.js`) calls ``server.edit(payload)``, a server function of its `gr.HTML`: one POST
+answered by this module, no queue, no re-render of the page's other components. Payload (geometry in original
+image pixels, as the event data of the editor has always been):
+
+    {"action": "stroke", "tool": "brush" | "erase", "points": [[x, y], ...], "width": w, "overlap": rule}
+    {"action": "polygon", "points": [[x, y], ...], "mode": "new" | "add" | "cut", "overlap": rule}
+    {"action": "tap", "tool": "brush" | "erase", "points": [[x, y]], "width": w, "overlap": rule}   a click, no drag:
+        selects the instance under it when that is not the selected one, else paints / erases a dot
+    {"action": "pick", "x": x, "y": y}   |   {"action": "select", "id": instance id or null}
+    {"action": "class", "category": class id}   the selected instance's class
+    {"action": "refine", "positive": [[x, y], ...], "negative": [...]}  |  {"action": "refine_accept" | "refine_discard"}
+    {"action": "delete" | "undo" | "redo" | "resend" | "scene"}
+    {"action": "next" | "previous" | "next_unreviewed"}      (the page's image navigation)
+    {"action": "prefetch"} -> {"pictures": [image, ...]}  the next / previous images' pictures, the view unchanged
+    + "class": id of the class for a new instance (0 or absent: the model's choice)
+    + "have": {instance id: key} of the masks the canvas holds (their pictures are not sent again)
+    + "pictures": [image id, ...] whose pictures the canvas holds (prefetched: not sent again)
+
+Answer: {"ok": true | false, "message": text, "scene": scene, "undo": bool, "redo": bool} where the scene is `app.web.canvas`'s, with the picture
+of an unchanged mask left out (``"png": null``). A refused edit (``ok: false``: someone else changed the instance,
+a crowd region, a bad point) answers the image as it is now, so the canvas drops what it drew optimistically.
+
+The edit runs exactly as the Gradio events do: as the logged-in person (`TeamPage.context`: author, stale-edit
+check, presence), on the session's latest `View` (the one the last event of this session sent, else its
+`gr.State`), and the new view is written back to both, so the page's other events go on from it. The page's
+side panels (instance table, info line, undo / redo) are refreshed afterwards by a light Gradio event that the
+editor triggers (`Handlers.on_panels`); the canvas does not wait for it.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import gradio as gr
+
+from app.view import View
+from app.store.actor import StaleEdit
+from app.errors import AppError
+from condinst.errors import UserError, user_message
+
+MAX_HAVE = 20_000  # masks a canvas can claim to hold (a bound on what a request can make us compare)
+
+
+class EditChannel:
+    """``edit(payload, request)``: the server function behind the editor's edits."""
+
+    def __init__(self, actions, edits, refiner, canvas, team):
+        self.actions, self.edits, self.refiner, self.canvas, self.team = actions, edits, refiner, canvas, team
+        self.blocks = self.state = None
+
+    def bind(self, blocks: gr.Blocks, state: gr.State) -> None:
+        """The page's Blocks and the gr.State that holds each session's View (known once the page is built)."""
+        self.blocks, self.state = blocks, state
+
+    def server_function(self):
+        """`edit` as a plain function named ``edit`` (Gradio marks a server function with an attribute, which a
+        bound method cannot take). Gradio hands a server function the bare HTTP request: who sends it and from
+        which page are read from it as Gradio's events read them (`event_request`)."""
+        def edit(payload, request: gr.Request) -> dict:
+            return self.edit(payload, event_request(request))
+        return edit
+
+    # ---- the session's View ------------------------------------------------------------------------------
+    def _stored(self, request: gr.Request) -> View:
+        session = self.blocks.state_holder[request.session_hash]
+        view = session[self.state._id]
+        return view if isinstance(view, View) else View()
+
+    def _store(self, request: gr.Request, view: View) -> None:
+        self.team.remember(view)
+        self.blocks.state_holder[request.session_hash][self.state._id] = view
+
+    # ---- the server function -----------------------------------------------------------------------------
+    def edit(self, payload, request: gr.Request) -> dict:
+        if not isinstance(payload, dict):
+            return {"ok": False, "message": "An edit must be a JSON object.", "scene": None}
+        if payload.get("action") == "prefetch":
+            return self.prefetch(payload, request)
+        if request.session_hash is None or request.session_hash not in self.blocks.state_holder:
+            return {"ok": False, "message": "This page's session is unknown to the server: reload the page.",
+                    "scene": None}
+        with self.team.context((None,), request):
+            _, sent = self.team._sent()
+            view = sent or self._stored(request)
+            with self.team.context((view,), request):
+                ok = True
+                try:
+                    view, message = self._apply(view, payload)
+                except StaleEdit as exc:  # someone else changed it: the image as it is now
+                    ok, message = False, str(exc)
+                    view = self.actions.refresh(replace(view, refine=None))
+                except (UserError, OSError) as exc:
+                    text = user_message(exc)
+                    if text is None:
+                        raise
+                    ok, message = False, text
+                view = self.team.observe(view)
+                view, scene = self.canvas.scene_dict(view, have=_have(payload.get("have")),
+                                                     pictures=_ids(payload.get("pictures")))
+                self._store(request, view)
+                image_id, ws = view.image_id, self.actions.ws
+                can_undo = image_id is not None and ws.can_undo(image_id)
+                can_redo = image_id is not None and ws.can_redo(image_id)
+        return {"ok": ok, "message": message, "scene": scene, "undo": can_undo, "redo": can_redo}
+
+    def prefetch(self, payload: dict, request: gr.Request) -> dict:
+        """The pictures of the images next / previous would show that the canvas does not hold yet (the view is
+        not changed: nothing is segmented, nobody is marked as viewing them)."""
+        if request.session_hash is None or request.session_hash not in self.blocks.state_holder:
+            return {"ok": False, "message": "", "pictures": []}
+        held = _ids(payload.get("pictures"))
+        with self.team.context((None,), request):
+            _, sent = self.team._sent()
+            view = sent or self._stored(request)
+            try:
+                ids = {self.actions.neighbour(view, delta) for delta in (+1, -1)}
+            except (UserError, OSError):
+                ids = set()
+            ids -= held | {view.image_id, None}
+            pictures = [self.canvas.picture(image_id) for image_id in sorted(ids)]
+        return {"ok": True, "message": "", "pictures": pictures}
+
+    def _apply(self, view: View, data: dict) -> tuple[View, str]:
+        action, category = data.get("action"), _category(data.get("class"))
+        if action == "stroke":
+            return self.edits.stroke(view, data.get("tool"), data.get("points"), data.get("width"),
+                                     data.get("overlap", "overlap"), category)
+        if action == "polygon":
+            return self.edits.polygon(view, data.get("points"), data.get("mode", "new"), category,
+                                      data.get("overlap", "overlap"))
+        if action == "tap":
+            return self._tap(view, data, category)
+        if action == "pick":
+            return self.actions.select_at(view, data.get("x"), data.get("y"))
+        if action == "select":
+            return self.actions.select(view, _instance_id(data.get("id"))), ""
+        if action == "class":
+            category = _category(data.get("category"))
+            if category is None:
+                raise AppError("Choose a class.")
+            return self.actions.set_category(view, category)
+        if action == "refine":
+            return self.refiner.refine(view, data.get("positive"), data.get("negative"), category)
+        if action == "refine_accept":
+            return self.refiner.accept(view)
+        if action == "refine_discard":
+            return self.refiner.discard(view)
+        if action == "delete":
+            return self.actions.delete_selected(view)
+        if action == "undo":
+            return self.actions.undo(view)
+        if action == "redo":
+            return self.actions.redo(view)
+        if action in ("next", "previous", "next_unreviewed"):
+            return self.actions.step(view, -1 if action == "previous" else +1, unreviewed=action == "next_unreviewed")
+        if action == "scene":  # the canvas lost a picture it was told it holds: the scene again, pictures included
+            return view, ""
+        if action == "resend":
+            return replace(view, canvas_image=None), ""
+        raise AppError(f"Unknown editor action {str(action)[:40]!r}.")
+
+
+    def _tap(self, view: View, data: dict, category: int | None) -> tuple[View, str]:
+        """A brush / eraser click without a drag: on an instance other than the selected one it selects that
+        instance (the annotator's first click on an object never paints a dot on a neighbour); else a dot."""
+        points = data.get("points")
+        if not (isinstance(points, list) and len(points) == 1 and isinstance(points[0], list) and len(points[0]) == 2):
+            raise AppError("A tap is one point [x, y].")
+        x, y = self.actions.check_point(view, *points[0])
+        hits = [inst.id for inst in self.actions.instances_at(view, x, y)]
+        if hits and view.selected not in hits:
+            return self.actions.select_at(view, x, y)
+        return self.edits.stroke(view, data.get("tool"), [[x, y]], data.get("width"), data.get("overlap", "overlap"),
+                                 category)
+
+
+def event_request(raw) -> gr.Request:
+    """A `gr.Request` like an event's, from the bare request of a server function (a Starlette request whose
+    JSON body, already read by Gradio, names the page's session): the person is the one Gradio's login cookie
+    names (``/component_server`` refuses a request without one where the app has a login)."""
+    if isinstance(raw, gr.Request):
+        return raw
+    app = raw.app
+    user = None
+    if getattr(app, "auth_dependency", None) is not None:
+        user = app.auth_dependency(raw)
+    elif getattr(app, "tokens", None) is not None:
+        token = (raw.cookies.get(f"access-token-{app.cookie_id}")
+                 or raw.cookies.get(f"access-token-unsecure-{app.cookie_id}"))
+        user = app.tokens.get(token)
+    body = getattr(raw, "_json", None)
+    session = body.get("session_hash") if isinstance(body, dict) else None
+    return gr.Request(request=raw, username=user, session_hash=session if isinstance(session, str) else None)
+
+
+def _category(value) -> int | None:
+    """The class for a new instance: a whole number >= 1, or None (0, absent: the model's choice)."""
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value:
+        raise AppError(f"The class must be a class id, not {str(value)[:40]!r}.")
+    return int(value) if value >= 1 else None
+
+
+def _instance_id(value) -> int | None:
+    """An instance id from the editor: a whole number, or None (no selection)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 63:
+        raise AppError(f"An instance id must be a whole number, not {str(value)[:40]!r}.")
+    return value
+
+
+def _ids(value) -> set[int]:
+    """The images whose pictures the canvas holds: a short list of ids; anything malformed counts as none."""
+    if not isinstance(value, list) or len(value) > 64:
+        return set()
+    return {v for v in value if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _have(value) -> dict[int, str]:
+    """The masks the canvas holds: {instance id: key}; anything malformed counts as holding nothing."""
+    if not isinstance(value, dict) or len(value) > MAX_HAVE:
+        return {}
+    have = {}
+    for key, token in value.items():
+        try:
+            have[int(key)] = str(token)
+        except (TypeError, ValueError):
+            continue
+    return have
