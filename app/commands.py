@@ -2,8 +2,9 @@
 
     python -m app export --workspace WS --format coco|yolo|png|ytvis --out DIR [--reviewed-only] [--split 0.2]
                          [--mask-format rle|polygon] [--exact-polygons] [--min-score 0.3] [--overwrite]
-    python -m app import --workspace WS (--ann A.json --images DIR | --ann A.zip | --yolo DIR|ZIP)
-                         [--results R.json] [--skip-bad]
+    python -m app import --workspace WS (--ann FILE_FOLDER_OR_ZIP [--images DIR] [--format F] | --yolo DIR|ZIP)
+                         [--results R.json] [--skip-bad] [--map-category SRC=DST ...] [--duplicates skip|merge]
+                         [--crowd auto|keep|editable] [--dry-run]
     python -m app qa --workspace WS --out report.json [--weights W] [--score 0.5] [--device cpu]
     python -m app users add NAME --role annotator|reviewer|admin --users FILE [--replace]   (password on stdin)
 
@@ -51,11 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     imp = sub.add_parser("import", help="bring a dataset into the workspace as user labels (results: predictions)")
     imp.add_argument("--workspace", required=True, help="workspace folder (created if missing)")
-    imp.add_argument("--ann", help="COCO instances JSON, or a zip holding annotations/*.json and the images")
-    imp.add_argument("--images", help="folder the JSON's file_names are relative to (not with a zip)")
+    imp.add_argument("--ann", help="dataset JSON, folder or zip; the format is recognised (COCO, VIA, Label Studio, "
+                                   "YOLO; CVAT/datumaro and Roboflow COCO zips)")
+    imp.add_argument("--images", help="folder the JSON's file names are relative to (default: the JSON's folder; "
+                                      "not with a zip)")
+    imp.add_argument("--format", choices=("coco", "via", "label-studio", "yolo"),
+                     help="insist on one format (default: recognised from what --ann is)")
     imp.add_argument("--yolo", help="YOLO segmentation dataset folder or zip (data.yaml, images/, labels/)")
     imp.add_argument("--results", help="COCO results JSON with masks: stored as model predictions")
     imp.add_argument("--skip-bad", action="store_true", help="skip bad annotations and images instead of stopping")
+    imp.add_argument("--map-category", action="append", metavar="SRC=DST",
+                     help="import the source class SRC (name or id) as the workspace class DST (repeatable; "
+                          "default: classes are matched by name, new names added)")
+    imp.add_argument("--duplicates", choices=("skip", "merge"), default="skip",
+                     help="an image whose bytes are stored already: leave it out with its labels (skip, default) "
+                          "or add its labels to the stored image (merge)")
+    imp.add_argument("--crowd", choices=("auto", "keep", "editable"), default="auto",
+                     help="iscrowd masks: crowd regions (keep), editable instances (editable), or editable only when "
+                          "the file is a CVAT/datumaro mask export, which marks every mask crowd (auto, default)")
+    imp.add_argument("--dry-run", action="store_true",
+                     help="check everything and print what the import would do (class mapping, new ids); write nothing")
     qa = sub.add_parser("qa", help="run the model over labelled images and list label/model disagreements")
     qa.add_argument("--workspace", required=True, help="workspace folder")
     qa.add_argument("--out", required=True, help="report JSON to write")
@@ -127,15 +143,15 @@ def check_import(args: argparse.Namespace) -> None:
         raise ArgumentError("nothing to import: give --ann (with --images, or a zip), --yolo or --results")
     if args.ann and args.yolo:
         raise ArgumentError("--ann and --yolo are two datasets; import them one at a time")
+    import_options(args)  # a malformed --map-category
     if args.ann:
-        zipped = existing_file(args.ann, "--ann").suffix.lower() == ".zip"
-        if zipped and args.images:
-            raise ArgumentError("--images does not apply to a zip (its images are inside)")
-        if not zipped and not args.images:
-            raise ArgumentError("--ann A.json needs --images DIR (the folder its file_names are relative to)")
+        if not Path(args.ann).is_dir():
+            zipped = existing_file(args.ann, "--ann").suffix.lower() == ".zip"
+            if zipped and args.images:
+                raise ArgumentError("--images does not apply to a zip (its images are inside)")
     if args.images:
         if not args.ann:
-            raise ArgumentError("--images goes with --ann A.json")
+            raise ArgumentError("--images goes with --ann")
         existing_dir(args.images, "--images")
     if args.yolo:
         path = Path(args.yolo)
@@ -166,7 +182,16 @@ def run_import(args: argparse.Namespace) -> str:
 
     with Workspace.open(args.workspace) as workspace:
         return import_dataset(workspace, ann=args.ann, images=args.images, yolo=args.yolo, results=args.results,
-                              skip_bad=args.skip_bad, progress=progress_printer()).summary()
+                              skip_bad=args.skip_bad, progress=progress_printer(), options=import_options(args),
+                              preview=args.dry_run, fmt=args.format).summary()
+
+
+def import_options(args: argparse.Namespace):
+    """The `app.interop.imports.ImportOptions` of the command line (--map-category, --duplicates, --crowd)."""
+    from app.interop.import_ids import parse_category_map
+    from app.interop.imports import ImportOptions
+
+    return ImportOptions(parse_category_map(args.map_category), args.duplicates, args.crowd)
 
 
 def check_qa(args: argparse.Namespace) -> None:

@@ -30,7 +30,9 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="checkpoint: official AdelaiDet/mmdetection .pth or ours")
     p.add_argument("--config", help="preset name or AdelaiDet YAML; default: taken from the checkpoint")
     p.add_argument("--input", nargs="+", required=True, help="image files or folders of images")
-    p.add_argument("--output", required=True, help="COCO results JSON to write")
+    p.add_argument("--output", required=True,
+                   help="COCO results JSON to write (image ids from --ann, else 1..N named in OUTPUT.images.json)")
+    p.add_argument("--ann", help="COCO GT JSON of the inputs: the results take its image ids (matched by file name)")
     p.add_argument("--vis", help="folder for images with the detections drawn")
     p.add_argument("--score-threshold", type=probability, default=None,
                    help="keep detections scoring at least this (final score; default: keep all the model returns)")
@@ -102,6 +104,13 @@ def run_predict(args: argparse.Namespace) -> int:
     writable_file(args.output, "--output")
     if args.vis:
         writable_dir(args.vis, "--vis")
+    from .result_images import gt_image_ids, images_file
+
+    if args.ann:
+        image_ids = gt_image_ids(existing_file(args.ann, "--ann"), inputs)
+    else:
+        image_ids = list(range(1, len(inputs) + 1))
+        writable_file(str(images_file(args.output)), "--output")
     from .scale import PartStore
 
     store, settings = PartStore(Path(args.output)), _run_settings(args)
@@ -126,7 +135,8 @@ def run_predict(args: argparse.Namespace) -> int:
         failures = _predict_share(args, store, todo[rank::world], rank, world, local_rank)
         failures = sum(all_gather_object(failures))  # also waits for every rank's last part
         if rank == 0:
-            _merge(store, keys, failures, Path(args.output))
+            _merge(store, keys, failures, Path(args.output), dict(zip(keys, image_ids)),
+                   None if args.ann else dict(zip(keys, inputs)))
         barrier()  # the group ends together (gloo aborts a process leaving while a peer still talks)
         return 1 if failures else 0
     except BaseException:
@@ -137,13 +147,23 @@ def run_predict(args: argparse.Namespace) -> int:
         cleanup_distributed()
 
 
-def _merge(store, keys: list[str], failures: int, output: Path) -> None:
-    """Rank 0: every image's entries from the parts, in input order, into one file; then the parts go."""
+def _merge(store, keys: list[str], failures: int, output: Path, image_ids: dict[str, int],
+           paths: dict[str, Path] | None) -> None:
+    """Rank 0: every image's entries from the parts, in input order, into one file, each with its
+    ``image_id`` (`condinst.result_images`; with ``paths``, the images named in OUTPUT.images.json);
+    then the parts go."""
     from .io import atomic_write_json
+    from .result_images import images_coco, images_file
 
-    results, missing = store.merge(keys)
+    done = store.done()
+    missing = [k for k in keys if k not in done]
     if len(missing) > failures:
         raise CLIError(f"{len(missing)} image(s) have no results in {store.folder}; run again to finish them")
+    results = [{"image_id": image_ids[k], **entry} for k in keys if k in done for entry in done[k]]
+    if paths is not None:
+        present = [k for k in keys if k in done]
+        atomic_write_json(images_file(output), images_coco([paths[k] for k in present],
+                                                           [image_ids[k] for k in present], results), indent=1)
     atomic_write_json(output, results)
     store.remove()
     print(f"wrote {len(results)} detections for {len(keys) - len(missing)} image(s) to {output}")

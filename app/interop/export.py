@@ -11,7 +11,9 @@ the image ids, so the same workspace splits the same way) into ``val`` and the r
 
 COCO ids are the workspace's own stable ids: ``images[].id`` is the image id,
 ``annotations[].id`` the instance id and ``category_id`` the category id, so the same object
-keeps the same id across exports, also after other instances are deleted.
+keeps the same id across exports, also after other instances are deleted. Imported labels whose
+source ids had to change on import (`app.interop.import_ids`) get them back where they clash with nothing
+(`app.interop.source_ids`).
 
 What is exported: every image (or only reviewed ones), all categories, and every instance that
 is not deleted. Hidden instances *are* exported (hidden is only a view flag). Instances whose
@@ -58,6 +60,7 @@ from app.errors import AppError
 from app.store.ingest import sanitize_file_name
 from app.store.polygons import PolygonStats, export_polygons, mask_to_polygons  # noqa: F401 - mask_to_polygons: re-exported
 from app.store.records import is_crowd
+from app.interop.source_ids import export_ids
 from app.store.workspace import Instance, Workspace, WorkspaceSnapshot
 from condinst.io import atomic_open, fsync_dir
 
@@ -186,6 +189,11 @@ def build_coco(workspace: Workspace, reviewed_only: bool = False,
                 if instance.track_id is not None:
                     annotation["attributes"]["track_id"] = instance.track_id
                 annotations.append(annotation)
+    image_ids, annotation_ids = export_ids(snapshot)  # an imported dataset's own ids where they clash with nothing
+    for entry in images:
+        entry["id"] = image_ids[entry["id"]]
+    for annotation in annotations:
+        annotation["id"], annotation["image_id"] = annotation_ids[annotation["id"]], image_ids[annotation["image_id"]]
     categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory}
                   for c in snapshot.categories]
     info = {"description": "CondInst Studio export", "mask_format": mask_format,

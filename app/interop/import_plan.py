@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from pycocotools import mask as mask_utils
 
+from app.interop.import_ids import CategoryRow
 from app.store.ingest import PreparedImage
 from app.store.masks import EncodedMask
 from training.data import CocoInstances
@@ -20,7 +21,7 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 @dataclass
 class ImportReport:
-    """What an import did: counts and the messages of what was skipped."""
+    """What an import did (or, for a preview, would do): counts, id changes, the class mapping, what was left out."""
 
     images: int = 0
     instances: int = 0
@@ -28,25 +29,44 @@ class ImportReport:
     categories: int = 0
     skipped: list[str] = field(default_factory=list)
     renumbered: dict[str, dict[int, int]] = field(default_factory=lambda: {"images": {}, "annotations": {}})
+    mapping: list[CategoryRow] = field(default_factory=list)  # source class -> workspace class
+    duplicates: list[str] = field(default_factory=list)  # images whose bytes are stored already: merged or skipped
+    notes: list[str] = field(default_factory=list)  # how the input was read (e.g. CVAT crowd masks made editable)
     predictions: int = 0  # results: model instances added
     predictions_covered: int = 0  # results on top of a person's instance, not added
     reviewed_untouched: int = 0  # results for reviewed images, not added
     replaced: int = 0  # earlier untouched model instances replaced by the results
+    preview: bool = False  # planned only: nothing was written
 
     def summary(self) -> str:
-        text = (f"imported {self.images} images, {self.instances} instances ({self.crowd} crowd), "
+        """The first line says what happened; the lines after it the details (mapping, renumbering, skipped)."""
+        verb = "would import" if self.preview else "imported"
+        text = (f"{verb} {self.images} images, {self.instances} instances ({self.crowd} crowd), "
                 f"{self.categories} new classes")
         if self.predictions or self.predictions_covered or self.reviewed_untouched:
             text += (f"; {self.predictions} model predictions added ({self.predictions_covered} left out on top "
                      f"of a person's instance, {self.reviewed_untouched} reviewed images untouched, "
                      f"{self.replaced} earlier model instances replaced)")
+        lines = [text, *self.notes]
+        plain = [row for row in self.mapping if (row.source_id, row.source_name) == (row.target_id, row.target_name)]
+        added = sum(row.status == "new" for row in plain)
+        if plain:
+            lines.append(f"{len(plain)} classes under their own ids and names ({added} added, "
+                         f"{len(plain) - added} already in the workspace)")
+        if len(plain) < len(self.mapping):
+            lines += ["classes (source id name -> workspace id name):"] + \
+                [f"  {row.line()}" for row in self.mapping if row not in plain]
         for kind, mapping in self.renumbered.items():
             if mapping:
-                text += f"; {kind} renumbered (ids must be positive): " + ", ".join(
-                    f"{old} -> {new}" for old, new in mapping.items())
+                lines.append(f"{kind} renumbered (id already used in the workspace or not positive; the source id "
+                             "is kept as the instance's source id): " +
+                             ", ".join(f"{old} -> {new}" for old, new in mapping.items()))
+        if self.duplicates:
+            lines += [f"{len(self.duplicates)} images already stored (same bytes):"] + \
+                [f"  {line}" for line in self.duplicates]
         if self.skipped:
-            text += f"; skipped {len(self.skipped)} bad entries:\n  " + "\n  ".join(self.skipped)
-        return text
+            lines += [f"skipped {len(self.skipped)} bad entries:"] + [f"  {line}" for line in self.skipped]
+        return "\n".join(lines)
 
 
 def annotation_rle(segmentation: Any, height: int, width: int) -> bytes:
@@ -70,8 +90,11 @@ class CocoPlan:
 
     dataset: CocoInstances
     source_name: str
-    new_categories: dict[int, str]
-    image_ids: dict[int, int]
-    prepared: dict[int, PreparedImage]
+    new_categories: dict[int, str]  # workspace id -> name of the classes to add
+    category_ids: dict[int, int]  # source class id -> workspace class id
+    image_ids: dict[int, int]  # source image id -> workspace image id (a merged duplicate: the stored image)
+    prepared: dict[int, PreparedImage]  # source image id -> the image to store (not for duplicates)
+    annotation_ids: dict[int, int]  # source annotation id -> instance id
     masks: dict[int, EncodedMask]  # annotation id (as in the file) -> its mask
+    crowd: set[int]  # annotation ids (as in the file) stored as crowd regions
     report: ImportReport

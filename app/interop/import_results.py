@@ -61,14 +61,17 @@ def plan_results(workspace: Workspace, path: str | Path, coco: CocoPlan | None =
     reviewed = {img.id for img in workspace.list_images() if img.reviewed}
     categories = {c.id for c in workspace.categories()}
     planned: dict[int, int] = {}
+    mapped: dict[int, int] = {}
     if coco is not None:
-        sizes.update({coco.image_ids[info.id]: (info.height, info.width) for info in coco.dataset.images})
+        sizes.update({coco.image_ids[info.id]: (info.height, info.width) for info in coco.dataset.images
+                      if info.id in coco.image_ids})
         categories |= set(coco.new_categories)
         planned = coco.image_ids
+        mapped = coco.category_ids  # the dataset's class ids -> the workspace's (matched by name)
     plan = ResultsPlan(f"results:{path.name}")
     for k, entry in enumerate(entries):
         try:
-            image_id, prediction = _prediction(entry, sizes, categories, planned, path.name)
+            image_id, prediction = _prediction(entry, sizes, categories, planned, mapped, path.name)
         except DatasetError as exc:
             if not skip_bad:
                 raise DatasetError(f"{path}: results[{k}]: {exc}") from None
@@ -81,7 +84,8 @@ def plan_results(workspace: Workspace, path: str | Path, coco: CocoPlan | None =
     return plan
 
 
-def _prediction(entry: Any, sizes: dict, categories: set, planned: dict, name: str) -> tuple[int, Prediction]:
+def _prediction(entry: Any, sizes: dict, categories: set, planned: dict, mapped: dict, name: str
+                ) -> tuple[int, Prediction]:
     if not isinstance(entry, dict):
         raise DatasetError(f"expected an object, got {type(entry).__name__}")
     missing = [key for key in ("image_id", "category_id", "score", "segmentation") if key not in entry]
@@ -90,7 +94,9 @@ def _prediction(entry: Any, sizes: dict, categories: set, planned: dict, name: s
     image_id = planned.get(entry["image_id"], entry["image_id"])
     if image_id not in sizes:
         raise DatasetError(f"image_id {entry['image_id']!r} is not an image of the workspace")
-    if entry["category_id"] not in categories:
+    category_id = entry["category_id"]
+    category_id = mapped.get(category_id, category_id) if isinstance(category_id, int) else category_id
+    if category_id not in categories:
         raise DatasetError(f"category_id {entry['category_id']!r} is not a class of the workspace")
     error = score_error(entry["score"])
     if error:
@@ -107,7 +113,7 @@ def _prediction(entry: Any, sizes: dict, categories: set, planned: dict, name: s
     if mask.area == 0:
         raise DatasetError("empty mask")
     meta = {"results": name}
-    return int(image_id), Prediction(int(entry["category_id"]), float(score), mask, meta)
+    return int(image_id), Prediction(int(category_id), float(score), mask, meta)
 
 
 def score_error(score: Any) -> str | None:

@@ -140,6 +140,7 @@ def coco_from_zip(root: Path, out: Path) -> Path:
             raise DatasetError(f"{ann.relative_to(root)}: its categories differ from {files[0].relative_to(root)}; "
                                "import the files one at a time")
         merged["categories"] = data["categories"]
+        merged.setdefault("info", data.get("info", {}))  # app.interop.crowd_masks reads whose export it is
         folder = _image_folder(root, ann, data)
         for key in ("images", "annotations"):
             for entry in data[key]:

@@ -36,17 +36,29 @@ class InteropHandlers:
     def __init__(self, h: Handlers):
         self.h, self.service, self.actions = h, h.service, h.actions
 
-    def on_import(self, view: View, file, skip_bad: bool):
-        """An uploaded zip (COCO or YOLO dataset): imported, then the page shows its first new image."""
-        from app.interop.imports import import_dataset
+    def _import(self, file, skip_bad: bool, mapping: str, duplicates: str, crowd: str, preview: bool):
+        from app.interop.import_ids import parse_category_map
+        from app.interop.imports import ImportOptions, import_dataset
 
         path = file if isinstance(file, str) else getattr(file, "name", None)
         if not path:
             raise AppError("Choose a dataset zip to import first.")
         if Path(path).suffix.lower() != ".zip":
-            raise AppError(f"{Path(path).name}: upload a .zip (COCO annotations/*.json + images, or YOLO data.yaml)")
+            raise AppError(f"{Path(path).name}: upload a .zip (COCO, VIA or YOLO dataset with its images)")
+        options = ImportOptions(parse_category_map([m for m in str(mapping or "").replace("\n", ",").split(",")
+                                                    if m.strip()]), duplicates or "skip", crowd or "auto")
+        return import_dataset(self.service.ws, ann=path, skip_bad=bool(skip_bad), options=options, preview=preview)
+
+    def on_preview(self, file, skip_bad: bool, mapping: str = "", duplicates: str = "skip", crowd: str = "auto"):
+        """Check the zip and show what importing it would do (counts, class mapping, new ids); nothing is written."""
+        summary = self._import(file, skip_bad, mapping, duplicates, crowd, preview=True).summary()
+        return f"```\n{summary}\n```\nNothing written yet: change the class mapping if needed, then import."
+
+    def on_import(self, view: View, file, skip_bad: bool, mapping: str = "", duplicates: str = "skip",
+                  crowd: str = "auto"):
+        """An uploaded zip (COCO or YOLO dataset): imported, then the page shows its first new image."""
         before = {img.id for img in self.service.ws.list_images()}
-        report = import_dataset(self.service.ws, ann=path, skip_bad=bool(skip_bad))
+        report = self._import(file, skip_bad, mapping, duplicates, crowd, preview=False)
         new = [img.id for img in self.service.ws.list_images() if img.id not in before]
         if new:
             view = replace(view, image_id=new[0], selected=None, solo=None, last_point=None)
@@ -78,14 +90,26 @@ class InteropHandlers:
 def build_tab() -> dict:
     p = {}
     gr.Markdown("**Import a dataset** as labels (a person's instances, not predictions): a zip of a COCO dataset "
-                "(`annotations/*.json` + images, as CVAT, Roboflow or our export write it) or of a YOLO segmentation "
-                "dataset (`data.yaml`, `images/`, `labels/`). Everything is checked first; a bad dataset imports "
-                "nothing. For results JSON and folders use `python -m app import`.")
+                "(`annotations/*.json` + images, as CVAT, Roboflow or our export write it), of VIA JSON with its "
+                "images, or of a YOLO segmentation dataset (`data.yaml`, `images/`, `labels/`); the format is "
+                "recognised. Everything is checked first; a bad dataset imports "
+                "nothing. Into a workspace with work: classes match by name, clashing ids get new ones, "
+                "**Preview import** shows the class mapping and new ids before anything is written. "
+                "For results JSON and folders use `python -m app import`.")
     with gr.Row():
         p["file"] = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="import-file", height=110)
         with gr.Column():
             p["skip_bad"] = gr.Checkbox(label="Skip bad annotations (listed in the report)", elem_id="import-skip-bad")
-            p["import"] = gr.Button("Import dataset", variant="primary", elem_id="import-dataset")
+            p["duplicates"] = gr.Radio(["skip", "merge"], value="skip", elem_id="import-duplicates",
+                                       label="An image already stored (same bytes): skip it, or merge its labels")
+            p["crowd"] = gr.Radio(["auto", "keep", "editable"], value="auto", elem_id="import-crowd",
+                                  label="iscrowd masks: auto (editable when CVAT/datumaro marked every mask crowd), "
+                                        "keep as crowd, or editable")
+            p["mapping"] = gr.Textbox(label="Class mapping (optional): SRC=DST, ... (classes match by name otherwise)",
+                                      elem_id="import-mapping", lines=1, value="")
+            with gr.Row():
+                p["preview"] = gr.Button("Preview import", elem_id="import-preview")
+                p["import"] = gr.Button("Import dataset", variant="primary", elem_id="import-dataset")
     p["report"] = gr.Markdown(elem_id="import-report")
     gr.Markdown("**Label QA**: the model runs over every image with labels and lists where they disagree, worst "
                 "first: a confident prediction no label covers (missing label?), a label the model does not find, "
@@ -104,7 +128,10 @@ def build_tab() -> dict:
 
 def wire(on, ih: InteropHandlers, p: dict, state, annotate: list, classes: list, tabs, model: dict) -> None:
     """Events of the tab; `on` is app.web.ui's guarded wiring helper."""
-    on(p["import"].click, ih.on_import, [state, p["file"], p["skip_bad"]],
+    options = [p["mapping"], p["duplicates"], p["crowd"]]
+    on(p["preview"].click, ih.on_preview, [p["file"], p["skip_bad"], *options], [p["report"]], message=p["report"],
+       api_name="preview_import")
+    on(p["import"].click, ih.on_import, [state, p["file"], p["skip_bad"], *options],
        annotate + classes + [p["report"], p["file"]], api_name="import_dataset")
     on(p["run"].click, ih.on_qa, [p["score"]], [p["table"], p["summary"]], message=p["summary"], api_name="label_qa",
        **model)

@@ -55,6 +55,9 @@ def test_import_a_zip_then_qa_rows_open_the_editor_on_the_label(app_factory, dat
     assert app.service.ws.list_images() == []
     out = client.predict(handle_file(str(dataset_zip)), False, api_name="/import_dataset")
     assert "imported 2 images, 17 instances (1 crowd)" in out[STATUS], out[STATUS]
+    assert "imported 2 images" in out[-2] and "classes under their own ids and names" in out[-2]  # the report box
+    preview = client.predict(handle_file(str(dataset_zip)), False, "", "merge", api_name="/preview_import")
+    assert "would import 0 images, 17 instances" in preview and "2 images already stored" in preview
     images = app.service.ws.list_images()
     assert len(images) == 2 and all(i.source == "user" for img in images for i in app.service.ws.instances(img.id))
     table, summary = client.predict(0.3, api_name="/label_qa")
