@@ -16,7 +16,9 @@ from app import view as view_lookups
 from app.store.actor import StaleEdit
 from app.errors import ServiceError
 from app.annotate.images import ImageLibrary
+from app.annotate.overlaps import DEFAULT_MIN_IOU, overlap_items, resolve_overlaps
 from app.store.masks import disc, preview_scale
+from app.store.records import is_crowd
 from app.annotate.review import Reviews
 from app.video.sequences import representatives
 from app.view import View
@@ -228,6 +230,22 @@ class Annotator:
         self.ws.delete_instance(inst.id)
         return (replace(view, selected=None, last_point=None, solo=None if view.solo == inst.id else view.solo),
                 f"Deleted instance #{inst.id}.")
+
+    def resolve_overlaps(self, view: View, min_iou: float = DEFAULT_MIN_IOU) -> tuple[View, str]:
+        """Remove the model's duplicates on the image shown: among the shown instances whose masks overlap by
+        >= `min_iou`, keep a person's work, else the best score (`app.annotate.overlaps`); ONE undo step."""
+        image_id = self.require_image(view)
+        shown = [inst for inst in self.visible(view, include_hidden=False) if not is_crowd(inst)]
+        removals = resolve_overlaps(overlap_items(shown), min_iou)
+        if not removals:
+            return view, f"No overlaps: no two shown instances overlap by IoU {min_iou:.2f} or more."
+        self.ws.delete_instances(image_id, [r.remove for r in removals], f"resolve overlaps ({len(removals)})")
+        gone = {r.remove for r in removals}
+        view = replace(view, selected=None if view.selected in gone else view.selected,
+                       solo=None if view.solo in gone else view.solo, last_point=None)
+        listed = ", ".join(f"#{r.remove} (IoU {r.iou:.2f} with #{r.kept})" for r in removals[:8])
+        more = f" and {len(removals) - 8} more" if len(removals) > 8 else ""
+        return view, f"Resolved overlaps: removed {len(removals)} duplicate(s): {listed}{more}. Undo brings them back."
 
     def set_category(self, view: View, category_id: int | None) -> tuple[View, str]:
         inst = self.require_selected(view)

@@ -309,6 +309,23 @@ class Workspace:
         """Soft-delete an instance (undoable); a deleted model instance is not predicted again."""
         self._edit(instance_id, {"deleted": 1, "user_edited": 1}, "delete", allow_deleted=True)
 
+    def delete_instances(self, image_id: int, instance_ids: Sequence[int], label: str) -> int:
+        """Soft-delete several live instances of one image as ONE transaction and ONE undo step (e.g. the
+        duplicates "resolve overlaps" removes); returns how many were deleted."""
+        record = self.get_image_record(image_id)
+        with self.db.write() as conn:
+            changes = []
+            for instance_id in instance_ids:
+                row = history.row(conn, check_id(instance_id, "Instance id"))
+                if row is None or row["image_id"] != record.id:
+                    raise WorkspaceError(f"Instance {instance_id} is not an instance of image {record.id}")
+                if not row["deleted"]:
+                    changes.append(history.update(conn, row["id"], {"deleted": 1, "user_edited": 1}))
+            if changes:
+                storage.touch_review(conn, record.id)
+                history.push(conn, record.id, label, changes, self.history_limit)
+            return len(changes)
+
     def set_category(self, instance_id: int, category_id: int) -> None:
         category_id = check_id(category_id, "Category id")
         with self.db.read() as conn:

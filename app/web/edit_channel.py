@@ -11,7 +11,7 @@ image pixels, as the event data of the editor has always been):
     {"action": "pick", "x": x, "y": y}   |   {"action": "select", "id": instance id or null}
     {"action": "class", "category": class id}   the selected instance's class
     {"action": "refine", "positive": [[x, y], ...], "negative": [...]}  |  {"action": "refine_accept" | "refine_discard"}
-    {"action": "delete" | "undo" | "redo" | "resend" | "scene"}
+    {"action": "delete" | "overlaps" | "undo" | "redo" | "resend" | "scene"}   (overlaps: resolve the image's duplicates)
     {"action": "next" | "previous" | "next_unreviewed"}      (the page's image navigation)
     {"action": "prefetch"} -> {"pictures": [image, ...]}  the next / previous images' pictures, the view unchanged
     + "class": id of the class for a new instance (0 or absent: the model's choice)
@@ -148,6 +148,8 @@ class EditChannel:
             return self.refiner.discard(view)
         if action == "delete":
             return self.actions.delete_selected(view)
+        if action == "overlaps":
+            return self.actions.resolve_overlaps(view)
         if action == "undo":
             return self.actions.undo(view)
         if action == "redo":

@@ -257,6 +257,9 @@ class Handlers:
     def on_delete(self, view: View):
         return self.annotate(*self.actions.delete_selected(view))
 
+    def on_resolve_overlaps(self, view: View):
+        return self.annotate(*self.actions.resolve_overlaps(view))
+
     def on_toggle_hidden(self, view: View):
         return self.annotate(*self.actions.toggle_hidden(view))
 

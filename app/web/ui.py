@@ -151,6 +151,8 @@ class AppUI:
                     p["delete"] = gr.Button("Delete", variant="stop", size="sm", elem_id="delete", min_width=50)
                     p["hide"] = gr.Button("Hide", size="sm", elem_id="hide", min_width=50)
                     p["solo"] = gr.Button("Solo", size="sm", elem_id="solo", min_width=50)
+                    p["overlaps"] = gr.Button("Resolve overlaps", size="sm", elem_id="resolve-overlaps", min_width=50,
+                                              scale=2)
                 p["table"] = gr.Dataframe(table_frame([]), label="Instances (click a row to select)", interactive=False,
                                           elem_id="instances", max_height=260)
                 with gr.Row(equal_height=True):
@@ -349,6 +351,7 @@ class AppUI:
         on(a["selected"].submit, h.on_select_instance, [state, a["selected"]], annotate, api_name="select_instance")
         on(a["class"].input, h.on_set_class, [state, a["class"]], annotate, api_name="set_class")
         on(a["delete"].click, h.on_delete, [state], annotate, api_name="delete_instance")
+        on(a["overlaps"].click, h.on_resolve_overlaps, [state], annotate, api_name="resolve_overlaps")
         on(a["hide"].click, h.on_toggle_hidden, [state], annotate, api_name="toggle_hidden")
         on(a["solo"].click, h.on_toggle_solo, [state], annotate, api_name="toggle_solo")
         on(a["undo"].click, h.on_undo, [state], annotate, api_name="undo")

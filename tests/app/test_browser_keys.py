@@ -112,3 +112,21 @@ def test_the_core_loop_fits_the_screen_without_scrolling(app, browser, width, he
             assert page.evaluate("() => document.scrollingElement.scrollTop") == 0
     finally:
         context.close()
+
+
+def test_d_resolves_the_models_duplicates_and_ctrl_z_brings_them_back(app, page):
+    ws = app.service.ws
+    image = ws.list_images()[0].id
+    target = max(ws.instances(image), key=lambda inst: inst.area)
+    dupe = ws.add_instance(image, target.category_id, target.mask, source="model", score=0.31)  # shown at 0.30
+    with screenshot_on_failure(page, "resolve-overlaps"):
+        open_editor(page, app.url, image)
+        wait_scene(page, "s.instances.some(i => i.id === arg)", dupe)
+        page.keyboard.press("d")
+        wait_for(lambda: ws.get_instance(dupe).deleted, page)
+        wait_scene(page, "!s.instances.some(i => i.id === arg)", dupe)
+        page.wait_for_function("() => document.querySelector('#editor .ce-msg').textContent.includes('Resolved overlaps')")
+        assert not ws.get_instance(target.id).deleted
+        page.keyboard.press("Control+z")
+        wait_for(lambda: not ws.get_instance(dupe).deleted, page)
+    ws.delete_instance(dupe)

@@ -300,7 +300,7 @@ canvas.addEventListener("wheel", (ev) => {
 // The page's Undo / Redo / Delete and image navigation buttons (and their keys) go through the edit
 // channel while the canvas is shown; their Gradio events stay for the API and the Click view.
 const CHANNEL_BUTTONS = {undo: "undo", redo: "redo", delete: "delete", next: "next", previous: "previous",
-                         "next-unreviewed": "next_unreviewed"};
+                         "next-unreviewed": "next_unreviewed", "resolve-overlaps": "overlaps"};
 if (window.condinstEditorClicks) document.removeEventListener("click", window.condinstEditorClicks, true);
 window.condinstEditorClicks = (ev) => {
   const button = ev.target && ev.target.closest ? ev.target.closest("button[id]") : null;
