@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "YOLO; CVAT/datumaro and Roboflow COCO zips)")
     imp.add_argument("--images", help="folder the JSON's file names are relative to (default: the JSON's folder; "
                                       "not with a zip)")
-    imp.add_argument("--format", choices=("coco", "via", "label-studio", "yolo"),
+    from app.interop.format_detect import FORMATS as IMPORT_FORMATS
+    imp.add_argument("--format", choices=IMPORT_FORMATS,
                      help="insist on one format (default: recognised from what --ann is)")
     imp.add_argument("--yolo", help="YOLO segmentation dataset folder or zip (data.yaml, images/, labels/)")
     imp.add_argument("--results", help="COCO results JSON with masks: stored as model predictions")

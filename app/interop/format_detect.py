@@ -1,11 +1,13 @@
 """Which dataset format a file, folder or extracted zip holds: the front door of `python -m app import --ann`.
 
-    name = detect_format(Path("kudzu/"))        # "coco", "via", "label-studio", "yolo"
+    name = detect_format(Path("kudzu/"))        # "coco", "via", "label-studio", "yolo", "cvat", "sam", ...
 
 * a folder holding ``data.yaml``: ``yolo``;
 * a JSON (or a folder's JSONs): a list of tasks with ``data``: ``label-studio``; an object with
   ``images``, ``annotations`` and ``categories``: ``coco``; VIA 2.x (``_via_img_metadata``, or
-  ``{key: {filename, regions}}``): ``via``.
+  ``{key: {filename, regions}}``): ``via``;
+* a folder where none of these is found, or an XML file: datumaro's own detectors for CVAT XML, LabelMe,
+  Pascal VOC (instance masks), Cityscapes, Open Images and Segment Anything (`app.interop.datumaro_import`).
 
 A JSON is only parsed after a size check (`MAX_SNIFF_BYTES`) and with bounded nesting (`read_json`); a
 file no rule recognises is one line naming the formats looked for (``--format`` insists on one).
@@ -16,11 +18,12 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from app.interop.datumaro_import import DATUMARO_FORMATS, detect_datumaro
 from app.interop.via import via_images
 from condinst.untrusted import InputError, inside, read_json
 from training.data import DatasetError
 
-FORMATS = ("coco", "via", "label-studio", "yolo")
+FORMATS = ("coco", "via", "label-studio", "yolo", *DATUMARO_FORMATS)
 MAX_SNIFF_BYTES = 2**30
 
 
@@ -65,7 +68,15 @@ def detect_format(path: Path, insist: str | None = None) -> str:
             return insist
         kinds = folder_files(path)
         # a YOLO export may carry a COCO copy, not the reverse; nothing recognised: the COCO reader says what is missing
-        return next((kind for kind in ("yolo", "coco", "via", "label-studio") if kind in kinds), "coco")
+        found = next((kind for kind in ("yolo", "coco", "via", "label-studio") if kind in kinds), None)
+        return found or detect_datumaro(path) or "coco"
+    if path.suffix.lower() == ".xml":  # CVAT for images (one XML; its images in images/ beside it)
+        kind = detect_datumaro(path)
+        if insist and kind != insist:
+            raise DatasetError(f"{path}: not a {insist} file" + (f" (it reads as {kind})" if kind else ""))
+        if kind is None:
+            raise DatasetError(f"{path}: not an XML this import reads (CVAT for images)")
+        return kind
     if path.suffix.lower() != ".json" or path.stat().st_size > MAX_SNIFF_BYTES:
         raise DatasetError(f"{path}: not a dataset JSON this import reads (COCO, VIA, Label Studio), nor a folder or zip")
     try:

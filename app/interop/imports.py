@@ -191,9 +191,11 @@ def import_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: st
 
 
 def coco_source(workspace: Workspace, path: Path, images: str | os.PathLike | None, scratch: Path, skip_bad: bool,
-                fmt: str | None = None) -> tuple[tuple[Path, Path], list[str]]:
+                fmt: str | None = None, notes: list[str] | None = None) -> tuple[tuple[Path, Path], list[str]]:
     """(COCO file, its image folder) for any input (`app.interop.format_detect`: a JSON with ``images``, a folder or
-    a zip of COCO, VIA, Label Studio or YOLO) and the messages of what its conversion left out."""
+    a zip of COCO, VIA, Label Studio, YOLO or a datumaro format) and the messages of what its conversion left out
+    (how it was read goes to ``notes``)."""
+    from app.interop.datumaro_import import DATUMARO_FORMATS, datumaro_to_coco
     from app.interop.format_detect import detect_format, folder_files
     from app.interop.import_sources import coco_from_zip, extract_zip, yolo_to_coco
     from app.interop.ml_backend.interop import export_to_coco_file
@@ -202,6 +204,10 @@ def coco_source(workspace: Workspace, path: Path, images: str | os.PathLike | No
     if path.suffix.lower() == ".zip":
         path = extract_zip(path, scratch / "zip")
     kind = detect_format(path, fmt)
+    if kind in DATUMARO_FORMATS:
+        coco, skipped, read = datumaro_to_coco(path, kind, workspace, scratch / "datumaro.json", skip_bad)
+        (notes if notes is not None else []).extend(read)
+        return coco, skipped
     if not path.is_dir():  # one JSON; its images in the --images folder
         root = Path(images) if images is not None else path.parent
         if kind == "coco":
@@ -241,13 +247,15 @@ def import_dataset(workspace: Workspace, ann: str | os.PathLike | None = None,
     if ann is not None and yolo is not None:
         raise WorkspaceError("Import either a COCO dataset (--ann) or a YOLO dataset (--yolo), not both at once")
     with scratch_dir(workspace) as scratch:
-        coco, name, skipped = None, None, []
+        coco, name, skipped, notes = None, None, [], []
         if yolo is not None or ann is not None:
             coco, skipped = coco_source(workspace, Path(ann if yolo is None else yolo), images, scratch, skip_bad,
-                                        "yolo" if yolo is not None else fmt)
+                                        "yolo" if yolo is not None else fmt, notes)
             name = Path(ann if yolo is None else yolo).name
         plan = plan_coco(workspace, *coco, skip_bad=skip_bad, source_name=name, progress=progress,
                          options=options) if coco else None
+        if plan:
+            plan.report.notes[:0] = notes
         predicted = plan_results(workspace, results, plan, skip_bad) if results is not None else None
         if preview:
             report = preview_coco(plan) if plan else ImportReport(preview=True)
