@@ -56,11 +56,12 @@ class ExplainPages:
         inst = require_selected(self.slot.ws, view)
         explainer = self._explainer(inst.image_id)
         meta = inst.meta or {}
-        note = ""
+        note, own = "", True
         with session.lock:
             if session.same_detection(explainer, meta, inst.score):
                 exp = explainer.instance(int(meta["det_index"]))
             else:
+                own = False  # the model's reading of a location, not of this instance: its class is the model's
                 if meta.get("model") == session.key and "point" in meta:
                     x, y = meta["point"]
                     class_index = meta.get("class_index")
@@ -75,7 +76,7 @@ class ExplainPages:
             note += " The mask was edited by hand; the pictures show what the model produced."
         names = {c.id: c.name for c in self.slot.ws.categories()}
         title = f"Instance #{inst.id} ({names.get(inst.category_id)})"
-        return self._page(inst.image_id, exp, inst.mask, title, note.strip(), explainer)
+        return self._page(inst.image_id, exp, inst.mask, title, note.strip(), explainer, own=own)
 
     def explain_point(self, view: View, x: float, y: float) -> tuple[View, ExplainView]:
         """What would the filters generated at (x, y) segment? (Explainer.at_point)"""
@@ -97,7 +98,9 @@ class ExplainPages:
         return self.images.add_at_point(view, view.probe[0], view.probe[1], category_id)
 
     def _page(self, image_id: int, exp, mask: np.ndarray, title: str, note: str, explainer,
-              probe: tuple[int, int] | None = None) -> ExplainView:
+              probe: tuple[int, int] | None = None, own: bool = True) -> ExplainView:
+        """`own`: the explanation is the instance's own detection (else the model's at a point of it: its class
+        line says so, so that a hand-drawn 'date' is not shown as 'class hazelnut')."""
         if isinstance(exp, SipMaskInstanceExplanation):
             return self._sipmask_page(image_id, exp, mask, title, note, explainer, probe)
         session = self.session
@@ -121,7 +124,8 @@ class ExplainPages:
         n_params = sum(w.size for w in exp.weights) + sum(b.size for b in exp.biases)
         x, y = exp.location
         lines = [f"### {title}",
-                 f"- class **{session.class_name(exp.class_index)}**, score {exp.score:.3f} "
+                 f"- {'class' if own else 'the model there says class'} **{session.class_name(exp.class_index)}**, "
+                 f"score {exp.score:.3f} "
                  f"(class prob {exp.class_prob:.3f}, centerness {exp.ctrness:.3f})",
                  f"- generated at location ({x:.0f}, {y:.0f}) px on FPN level **{level_name(exp.fpn_level)}** "
                  f"(stride {exp.stride}), grid cell (row {exp.grid_cell[0]}, col {exp.grid_cell[1]})",
@@ -146,7 +150,8 @@ class ExplainPages:
         m = exp.coefficients.shape[1]
         (x, y), (x1, y1, x2, y2), (cx, cy) = exp.location, exp.box, exp.split_image
         lines = [f"### {title}",
-                 f"- class **{session.class_name(exp.class_index)}**, score {exp.score:.3f} "
+                 f"- {'class' if own else 'the model there says class'} **{session.class_name(exp.class_index)}**, "
+                 f"score {exp.score:.3f} "
                  f"(class prob {exp.class_prob:.3f}, centerness {exp.ctrness:.3f})",
                  f"- predicted at location ({x:.0f}, {y:.0f}) px on FPN level **{level_name(exp.fpn_level)}** "
                  f"(stride {exp.stride}), grid cell (row {exp.grid_cell[0]}, col {exp.grid_cell[1]})",

@@ -44,7 +44,7 @@ class InteropHandlers:
         if not path:
             raise AppError("Choose a dataset zip to import first.")
         if Path(path).suffix.lower() != ".zip":
-            raise AppError(f"{Path(path).name}: upload a .zip (COCO, VIA or YOLO dataset with its images)")
+            raise AppError(f"{Path(path).name}: upload a .zip (a COCO, VIA, YOLO, CVAT, LabelMe, VOC, Cityscapes, Open Images or SA-1B dataset with its images)")
         options = ImportOptions(parse_category_map([m for m in str(mapping or "").replace("\n", ",").split(",")
                                                     if m.strip()]), duplicates or "skip", crowd or "auto")
         return import_dataset(self.service.ws, ann=path, skip_bad=bool(skip_bad), options=options, preview=preview)
@@ -91,8 +91,9 @@ def build_tab() -> dict:
     p = {}
     gr.Markdown("**Import a dataset** as labels (a person's instances, not predictions): a zip of a COCO dataset "
                 "(`annotations/*.json` + images, as CVAT, Roboflow or our export write it), of VIA JSON with its "
-                "images, or of a YOLO segmentation dataset (`data.yaml`, `images/`, `labels/`); the format is "
-                "recognised. Everything is checked first; a bad dataset imports "
+                "images, of a YOLO segmentation dataset (`data.yaml`, `images/`, `labels/`), or of CVAT for images "
+                "(XML), LabelMe, Pascal VOC, Cityscapes, Open Images or Segment Anything (read by datumaro); the "
+                "format is recognised. Everything is checked first; a bad dataset imports "
                 "nothing. Into a workspace with work: classes match by name, clashing ids get new ones, "
                 "**Preview import** shows the class mapping and new ids before anything is written. "
                 "For results JSON and folders use `python -m app import`.")

@@ -297,6 +297,8 @@ def test_explain_hand_drawn_instance_falls_back_to_its_inner_point(segmented):
     result = service.actions.click(view, 60, 60, "paint", size=25)
     exp = service.explain.explain_selected(result.view)
     assert "no generating location" in exp.text
+    # its class line is the model's reading there, not a second class of the instance (issue 22, obs. 8)
+    assert "- the model there says class **" in exp.text and "\n- class **" not in exp.text
 
 
 def test_explainers_are_cached_per_image_and_model(segmented, tiny_weights):

@@ -1,6 +1,6 @@
 // CondInst Studio canvas editor (runs as js_on_load of a gr.HTML; `element`, `trigger`, `props`, `watch`, `server`).
-// Scenes (JSON: see app/canvas.py) arrive as props.value from the page's events, or as the answer of the edit
-// channel: edits go to `server.edit({action: "stroke" | "polygon" | "pick" | ...})` (app/edit_channel.py), one
+// Scenes (JSON: see app/web/canvas.py) arrive as props.value from the page's events, or as the answer of the edit
+// channel: edits go to `server.edit({action: "stroke" | "polygon" | "pick" | ...})` (app/web/edit_channel.py), one
 // after another, geometry in ORIGINAL-image pixels. The canvas draws a stroke or polygon at once and shows the
 // server's answer when it comes (a refused edit is dropped, with the reason); then it asks the page to refresh
 // its side panels (trigger("submit")) without waiting for them.
