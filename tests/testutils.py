@@ -1,8 +1,11 @@
 """Helpers shared by the tests (importable: `tests/` is on pytest's pythonpath)."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
+import subprocess
 import statistics
 import time
 from pathlib import Path
@@ -192,3 +195,16 @@ def tiny_sipmask(preset: str = "sipmask_r50_caffe_fpn_gn_1x", seed: int = 0, min
         model.bbox_head.fcos_cls.bias.fill_(0.0)
         model.bbox_head.fcos_reg.bias.fill_(box_cells)
     return model.eval(), cfg
+
+
+def run_condinst_here(argv: list[str]) -> subprocess.CompletedProcess:
+    """`condinst <argv>` in this process: (exit code, stdout, stderr) as from a subprocess. A crash raises."""
+    from condinst.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import math
 import os
 import subprocess
@@ -22,7 +20,7 @@ from condinst.config import ConfigError
 from condinst.errors import UserError, run_reporting_errors, user_message
 from condinst.preprocess import ImageError
 from condinst.validate import ArgumentError
-from testutils import scaled
+from testutils import run_condinst_here, scaled
 from training.cli import UsageError
 from training.data import DatasetError
 
@@ -210,19 +208,6 @@ def _no_model_load(*args, **kwargs):
     raise _ModelLoaded(f"torch.load{args} before the arguments were checked")
 
 
-def _run_here(argv: list[str]) -> subprocess.CompletedProcess:
-    """`condinst <argv>` in this process: (exit code, stdout, stderr) as from a subprocess. A crash raises."""
-    from condinst.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
-
-
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
@@ -249,7 +234,7 @@ def test_every_command_refuses_bad_values_in_one_line_before_any_work(files, mon
 
     cases = _battery(files)
     monkeypatch.setattr(torch, "load", _no_model_load)
-    results = [_run_here(argv) for argv in cases]
+    results = [run_condinst_here(argv) for argv in cases]
     _assert_refused(cases, results)
     messages = [proc.stderr for proc in results]
     assert sum("--score-threshold" in m for m in messages) == 5

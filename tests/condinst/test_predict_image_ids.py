@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from condinst.checkpoint import save_checkpoint
 from condinst.model import CondInst
 from condinst.result_images import ResultIdError, gt_image_ids, images_file
-from testutils import REPO, randomize_, scaled, tiny_config
+from testutils import randomize_, run_condinst_here, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -46,10 +45,9 @@ def job(tmp_path_factory):
 
 
 def predict(job, output: Path, *extra) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "condinst", "predict", "--weights", str(job["weights"]), "--input",
-            str(job["photos"]), "--output", str(output), "--min-size", "128", "--max-size", "256", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled(300))
+    """`condinst predict` in this process (the CLI's own subprocess test is tests/condinst/test_cli_validation.py)."""
+    return run_condinst_here(["predict", "--weights", str(job["weights"]), "--input", str(job["photos"]), "--output",
+                              str(output), "--min-size", "128", "--max-size", "256", *extra])
 
 
 def evaluate(gt: COCO, results: Path) -> COCOeval:
