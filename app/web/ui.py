@@ -153,6 +153,7 @@ class AppUI:
                     p["solo"] = gr.Button("Solo", size="sm", elem_id="solo", min_width=50)
                     p["overlaps"] = gr.Button("Resolve overlaps", size="sm", elem_id="resolve-overlaps", min_width=50,
                                               scale=2)
+                p["video"] = video_ui.build_panel(categories)  # shown on a video's frames, above their instances
                 p["table"] = gr.Dataframe(table_frame([]), label="Instances (click a row to select)", interactive=False,
                                           elem_id="instances", max_height=260)
                 with gr.Row(equal_height=True):
@@ -161,7 +162,6 @@ class AppUI:
                                                 elem_id="speck-size", min_width=90)
                     p["remove_specks"] = gr.Button("Remove smaller specks", size="sm", elem_id="remove-specks")
                 p["team"] = TeamPage.build(take_over, is_team(self.service.accounts))  # review and presence
-                p["video"] = video_ui.build_panel(categories)  # shown on a video's frames
         with gr.Row():
             p["threshold"] = gr.Slider(0, 1, value=View().threshold, step=0.01, label="Score threshold",
                                        elem_id="threshold")

@@ -25,8 +25,8 @@ from app.annotate.render import outline, resize_image, resize_mask
 from app.video.sequences import VIDEO_TYPES  # noqa: F401 - the upload area (app/web/ui.py) offers these
 
 TRACK_HEADERS = ["track", "class", "frames", "count"]
-THUMB_WIDTH = 140  # px of one preview thumbnail
-STRIP_STYLE = "display:flex;gap:8px;overflow-x:auto;padding:4px 0"
+THUMB_WIDTH = 88  # px of one preview thumbnail: ten fit the side column in two rows
+STRIP_STYLE = "display:flex;flex-wrap:wrap;gap:6px;padding:4px 0"  # every frame in view, none scrolled away
 FIGURE_STYLE = "margin:0;flex:0 0 auto;text-align:center;font-size:13px"
 FILL = np.array([255, 140, 0], np.float32)  # the propagated mask on the thumbnails
 
@@ -214,7 +214,11 @@ def wire(on, vh: VideoHandlers, p: dict, state, annotate: list, image, table, mo
     on(p["split"].click, vh.on_split, [state, p["track"]], both, api_name="track_split")
     on(p["assign"].click, vh.on_assign, [state, p["track"]], both, api_name="track_assign")
     propagated = both + [p["preview"]]
-    on(p["propagate"].click, vh.on_propagate, [state, p["num_frames"]], propagated, api_name="propagate_preview",
-       **model)
+    # Accept / Discard are off while the preview computes (an Accept then would take the previous preview)
+    decide = [p["accept"], p["discard"]]
+    computing = p["propagate"].click(lambda: (gr.update(interactive=False),) * 2, None, decide, queue=False,
+                                     api_visibility="private")
+    on(computing.then, vh.on_propagate, [state, p["num_frames"]], propagated, api_name="propagate_preview",
+       **model).then(lambda: (gr.update(interactive=True),) * 2, None, decide, queue=False, api_visibility="private")
     on(p["accept"].click, vh.on_accept, [state], propagated, api_name="propagate_accept")
     on(p["discard"].click, vh.on_discard, [state], propagated, api_name="propagate_discard")
