@@ -9,14 +9,17 @@ largest first:
   accept   a shown model instance at IoU >= 0.85 (select + class key when its class is wrong);
   refine   else click-to-refine (at most 4 clicks at the centre of the largest error region, as
            bench/editor_refine.py; on the best shown instance at IoU >= 0.4, else a new instance),
-           stopping when a click gains < 0.02; accepted at >= 0.85;
+           stopping when a click gains < 0.02 or a first click gives < 0.5; accepted at >= 0.85;
+           after two refine attempts ending in polygons the rest of the image is drawn directly;
   brush    a proposal at >= 0.6 is accepted and fixed with up to 3 brush / eraser strokes along the
            largest error region (a stroke that does not help is undone);
   polygon  else (Esc, or Delete the accepted attempt) a polygon from scratch: the object's outline
            simplified to <= 1 px (app.polygons), one action per vertex + Enter.
-Before that, "resolve overlaps" (app.overlaps) when it removes duplicates and no object's match;
-after it, every shown instance matching no object is selected and deleted; then the image is marked
-reviewed. Actions are counted per kind; seconds from the per-action table in bench/labeling/costs.py.
+An object too small to reach 0.85 even drawn exactly (its <= 1 px outline filled as the app fills
+polygons: objects under ~80 px) has that drawing's IoU as its target. Before the objects, the score
+slider is moved when another threshold leaves clearly less work, and "resolve overlaps"
+(app.overlaps) is used when it removes duplicates and no object's match; after them, every shown
+instance matching no object is selected and deleted; then the image is marked reviewed. Actions are counted per kind; seconds from the per-action table in bench/labeling/costs.py.
 
 Strategies (one run, same images):
   loop          file order; after every k images: retrain in the app's job (fine-tune the current model
@@ -37,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import resource
 import shutil
 import sys
 import tempfile
@@ -50,6 +51,7 @@ if __package__ in (None, ""):
 
 # ---- everything this script takes from the app (one block: the app's modules are being reorganised) ----
 from app.actions import View
+from app.editing import polygon_window
 from app.errors import AppError
 from app.overlaps import overlap_items, resolve_overlaps
 from app.polygons import export_polygons
@@ -61,38 +63,21 @@ import numpy as np
 from bench.common import REPO, write_json
 from bench.editor_refine import DEFAULT_WEIGHTS, iou, next_click
 from bench.labeling.costs import ImageLog
+from bench.labeling.geometry import entropy, ious, matches, stroke_along
 from bench.labeling.report import print_tables, plot, summarize
-from bench.labeling.via import coco_masks, load_coco, via_to_coco
+from bench.labeling.rounds import HeldOut, retrain
+from bench.labeling.via import coco_masks, via_to_coco
 
 KUDZU = REPO.parent / "shared" / "datasets" / "kudzu"
 TARGET = 0.85
 MAX_CLICKS = 4
 MIN_GAIN = 0.02
+FIRST_CLICK_MIN = 0.5  # a first click on nothing that gives less: refine does not know this object
+GIVE_UP = 2  # refine attempts ending in a polygon after which the rest of the image is drawn
 BRUSH_FROM = 0.6
 MAX_STROKES = 3
 REFINE_FROM = 0.4
 OVERLAP_IOU = 0.6
-
-
-def ious(gts: list[np.ndarray], instances) -> np.ndarray:
-    """(objects, instances) mask IoU."""
-    from pycocotools import mask as mask_utils
-
-    if not gts or not instances:
-        return np.zeros((len(gts), len(instances)))
-    g = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in gts]
-    d = [{"size": list(i.rle["size"]), "counts": i.rle["counts"]} for i in instances]
-    return np.asarray(mask_utils.iou(d, g, [0] * len(g))).reshape(len(d), len(g)).T
-
-
-def matches(ious_: np.ndarray, threshold: float) -> dict[int, int]:
-    """Greedy one-to-one object -> instance column at IoU >= threshold, highest IoU first."""
-    pairs = sorted(((ious_[g, i], g, i) for g, i in zip(*np.nonzero(ious_ >= threshold))), reverse=True)
-    out, used = {}, set()
-    for _, g, i in pairs:
-        if g not in out and i not in used:
-            out[int(g)], used = int(i), used | {int(i)}
-    return out
 
 
 def polygon_vertices(mask: np.ndarray) -> list[np.ndarray]:
@@ -100,33 +85,20 @@ def polygon_vertices(mask: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(p).reshape(-1, 2) for p in export_polygons(mask)]
 
 
+def drawable(mask: np.ndarray) -> float:
+    """The IoU an exact drawing of the object reaches: its <= 1 px outline filled as the app fills polygons.
+    Tiny objects (< ~80 px) stay below 0.85 however they are drawn; for them this is the target."""
+    drawn = np.zeros_like(mask)
+    for points in polygon_vertices(mask):
+        window = polygon_window(points, mask.shape)
+        if window is not None:
+            drawn |= window.full(mask.shape)
+    return iou(mask, drawn)
+
+
 def polygon_cost(mask: np.ndarray) -> int:
     """Drawing one object from scratch as CVAT users do: vertices + class + confirm."""
     return sum(len(p) for p in polygon_vertices(mask)) + 2
-
-
-def stroke_along(region: np.ndarray, centre: tuple[float, float]) -> tuple[list[list[int]], int] | None:
-    """(points, width) of one brush drag along the ridge of an error region (ordered around `centre`)."""
-    import cv2
-
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
-    if count < 2:
-        return None
-    part = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    dist = cv2.distanceTransform(np.pad(part, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    top = float(dist.max())
-    width = int(min(max(2 * round(top) + 1, 3), 61))
-    ys, xs = np.nonzero(dist >= max(1.0, 0.7 * top))
-    if not len(xs):
-        return None
-    order = np.argsort(np.arctan2(ys - centre[1], xs - centre[0]))
-    pts = np.stack([xs[order], ys[order]], 1)
-    gaps = np.flatnonzero(np.abs(np.diff(pts, axis=0)).max(axis=1) > width)  # break into contiguous runs
-    runs = np.split(pts, gaps + 1)
-    run = max(runs, key=len)
-    step = max(1, width // 3)
-    points = run[::step].tolist() + ([run[-1].tolist()] if len(run) > 1 else [])
-    return [[int(x), int(y)] for x, y in points], width
 
 
 class Annotator:
@@ -150,12 +122,14 @@ class Annotator:
         view = View(image_id=image_id, picture=False)
         self.tool = None
         self.class_chosen = False
+        self.failures = 0  # refine attempts that ended in a polygon, on this image
+        self.targets = np.array([min(TARGET, drawable(g) - 1e-6) for g in gts])
         view = self.choose_threshold(view, gts, log)
         self.resolve(view, gts, log)
-        done = matches(ious(gts, self.shown(view)), TARGET)
+        done = matches(ious(gts, self.shown(view)), self.targets)
         claimed = {self.shown(view)[i].id for i in done.values()}
         for g in sorted(set(range(len(gts))) - set(done), key=lambda g: -int(gts[g].sum())):
-            inst_id = self.one_object(view, gts[g], claimed, log)
+            inst_id = self.one_object(view, gts[g], float(self.targets[g]), claimed, log)
             claimed.add(inst_id)
         for inst in self.shown(view):  # class keys on accepted model instances of another class
             if inst.id in claimed and inst.category_id != self.category:
@@ -168,7 +142,8 @@ class Annotator:
                 self.call(log, svc.actions.delete_selected, view)
                 log.add("select"); log.add("key"); log.outcomes["extra_deleted"] += 1
         final = self.shown(view)
-        found = matches(ious(gts, final), TARGET)
+        found = matches(ious(gts, final), self.targets)
+        log.outcomes["below_0.85_drawable"] = int((self.targets < TARGET).sum())
         log.complete = (len(found) == len(gts) == len(final)
                         and all(final[i].category_id == self.category for i in found.values()))
         self.call(log, svc.actions.set_reviewed, view, True)
@@ -185,7 +160,7 @@ class Annotator:
         def cost(t: float) -> float:
             cols = [k for k, inst in enumerate(live) if inst.shown_at(t)]
             sub = table[:, cols]
-            done = matches(sub, TARGET)
+            done = matches(sub, self.targets)
             extras = sum(best_iou[k] < REFINE_FROM for k in cols)
             rest = [g for g in range(len(gts)) if g not in done]
             return 2 * extras + sum(4 if sub.shape[1] and sub[g].max() >= REFINE_FROM else 8 for g in rest)
@@ -207,7 +182,7 @@ class Annotator:
             return
         gone = {r.remove for r in removals}
         kept = [inst for inst in shown if inst.id not in gone]
-        if len(matches(ious(gts, kept), TARGET)) < len(matches(ious(gts, shown), TARGET)):
+        if len(matches(ious(gts, kept), self.targets)) < len(matches(ious(gts, shown), self.targets)):
             return
         for r in removals:  # the app has no "resolve overlaps" action yet: emulated by its delete
             self.call(log, self.svc.actions.delete_selected, self.svc.actions.select(view, r.remove))
@@ -225,9 +200,11 @@ class Annotator:
             self.class_chosen = True
             log.add("key")
 
-    def one_object(self, view: View, gt: np.ndarray, claimed: set, log: ImageLog) -> int:
-        """Make one object right; the id of its instance."""
+    def one_object(self, view: View, gt: np.ndarray, goal: float, claimed: set, log: ImageLog) -> int:
+        """Make one object right (IoU >= goal); the id of its instance."""
         svc = self.svc
+        if self.failures >= GIVE_UP:  # refine failed twice on this image: draw the rest
+            return self.polygon(view, gt, log)
         shown = [inst for inst in self.shown(view) if inst.id not in claimed]
         row = ious([gt], shown)[0] if shown else np.zeros(0)
         target = shown[int(np.argmax(row))] if len(row) and row.max() >= REFINE_FROM else None
@@ -255,7 +232,8 @@ class Annotator:
                 break
             current = view.refine.mask
             value = iou(gt, current)
-            if value >= TARGET or value < best + MIN_GAIN:
+            if value >= goal or value < best + MIN_GAIN or (len(positive) + len(negative) == 1
+                                                             and value < FIRST_CLICK_MIN):
                 best = max(best, value)
                 break
             best = value
@@ -263,11 +241,11 @@ class Annotator:
         if view.refine is not None and value >= BRUSH_FROM:
             view, _ = self.call(log, svc.refiner.accept, view)
             log.add("key")
-            if value >= TARGET:
+            if value >= goal:
                 log.outcomes["refined"] += 1
                 return view.selected
-            value = self.brush(view, gt, log)
-            if value >= TARGET:
+            value = self.brush(view, gt, goal, log)
+            if value >= goal:
                 log.outcomes["brushed"] += 1
                 return view.selected
             view, _ = self.call(log, svc.actions.delete_selected, view)
@@ -275,9 +253,10 @@ class Annotator:
         elif view.refine is not None:
             view, _ = self.call(log, svc.refiner.discard, view)
             log.add("key")
+        self.failures += 1
         return self.polygon(view, gt, log)
 
-    def brush(self, view: View, gt: np.ndarray, log: ImageLog) -> float:
+    def brush(self, view: View, gt: np.ndarray, goal: float, log: ImageLog) -> float:
         """Up to MAX_STROKES brush / eraser drags on the selected instance; its IoU after them."""
         svc = self.svc
         mask = svc.actions.selected_instance(view).mask
@@ -300,7 +279,7 @@ class Annotator:
                 log.add("key")
                 break
             view, mask, value = after, inst.mask, new
-            if value >= TARGET:
+            if value >= goal:
                 break
         return value
 
@@ -322,63 +301,6 @@ class Annotator:
 
 
 # ---- strategies --------------------------------------------------------------------------------------
-
-def entropy(scores) -> float:
-    s = np.clip(np.asarray([v for v in scores if v is not None], float), 1e-6, 1 - 1e-6)
-    return float((-(s * np.log(s) + (1 - s) * np.log(1 - s))).sum())
-
-
-def retrain(service: Service, iterations: int, batch: int) -> dict:
-    """The app's retrain job on the reviewed images, then switch to its checkpoint; wall and CPU seconds."""
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    message = service.start_retrain(iterations, batch, reviewed_only=True)
-    status = service.jobs.wait(3600)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    info = {"message": message, "state": status.state, "wall_s": round(time.perf_counter() - start, 1),
-            "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
-            "iterations": iterations, "batch": batch}
-    if status.state != "done":
-        info["error"] = status.message
-        return info
-    service.use_retrained()
-    info["checkpoint"] = str(service.session.weights)
-    return info
-
-
-class HeldOut:
-    """Mask AP of the model in use on held-out images (cached by checkpoint)."""
-
-    def __init__(self, coco: dict, images_dir: Path):
-        self.coco, self.images_dir, self.cache = coco, images_dir, {}
-        self.gt = load_coco(coco)
-
-    def ap(self, service: Service) -> dict:
-        from PIL import Image
-
-        from training.evaluation import evaluate_results
-
-        key = str(service.session.weights)
-        if key in self.cache:
-            return self.cache[key]
-        session, named, agnostic = service.session, [], []
-        for image in self.coco["images"]:
-            rgb = np.asarray(Image.open(self.images_dir / image["file_name"]).convert("RGB"))
-            with session.lock:
-                result = session.predictor(rgb)[0]
-            masks = result.instance_masks
-            for k in range(len(result)):
-                entry = {"image_id": image["id"], "category_id": 1, "segmentation": masks.rle(k),
-                         "score": float(result.scores[k])}
-                agnostic.append(entry)
-                if session.class_name(int(result.classes[k])) == "kudzu":
-                    named.append(entry)
-        out = {}
-        for name, results in (("ap", named), ("ap_agnostic", agnostic)):
-            out[name] = (evaluate_results(self.gt, results, iou_types=("segm",))[0]["segm"]["AP"]
-                         if results else 0.0)
-        self.cache[key] = out
-        return out
-
 
 def run_strategy(name: str, args, pool: list[dict], masks: dict, held_out: HeldOut, workdir: Path,
                  retraining: bool, order: str, skip: int = 0) -> dict:
