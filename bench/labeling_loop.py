@@ -324,6 +324,8 @@ def run_strategy(name: str, args, pool: list[dict], masks: dict, held_out: HeldO
                 batch = remaining[:args.k]
             remaining = [g for g in remaining if g not in batch]
             row = {"round": len(rounds), "model": service.session.name, **held_out.ap(service), "images": []}
+            print(f"  {name} round {row['round']}: held-out mask AP kudzu {100 * row['ap']:.1f}, "
+                  f"class-agnostic {100 * row['ap_agnostic']:.1f}", flush=True)
             for g in batch:
                 if g not in ids:
                     ids[g] = service.images.add_files([paths[g]]).image_ids[0]
@@ -359,7 +361,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--strategies", default="loop,no_retrain,uncertainty")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "labeling_loop.json")
+    parser.add_argument("--from-json", type=Path, help="only re-render the tables, summary and plot of a result JSON")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return args
     for name in ("images", "k", "iterations", "batch", "val_images", "threads", "max_objects"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -374,8 +379,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def rerender(path: Path) -> int:
+    """Tables, summary and plot again from a result JSON (e.g. after the report's format changed)."""
+    payload = json.loads(path.read_text())
+    payload["summary"] = summarize(payload["runs"])
+    print_tables(payload["runs"], payload["summary"], payload["polygons_whole_set"])
+    plot(payload["runs"], path.with_suffix(".png"), payload["k"])
+    write_json(path, payload)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return rerender(args.from_json)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -405,12 +422,28 @@ def main(argv=None) -> int:
           f"{len(val['images'])} val images", flush=True)
     runs, start = [polygons], time.perf_counter()
     wanted = args.strategies.split(",")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    png = args.output.with_suffix(".png")
+
+    def report(final: bool) -> None:  # after every strategy: a stopped run keeps what it measured
+        summary = summarize(runs)
+        if final:
+            print_tables(runs, summary, whole)
+        plot(runs, png, args.k)
+        write_json(args.output, {"benchmark": "labeling_loop", "dataset": args.dataset.name,
+                                 "pool": [i["file_name"] for i in pool], "k": args.k, "iterations": args.iterations,
+                                 "batch": args.batch, "threads": args.threads, "target_iou": TARGET,
+                                 "held_out_images": [i["file_name"] for i in val["images"]], "summary": summary,
+                                 "polygons_whole_set": whole, "runs": runs, "complete_run": final,
+                                 "seconds": round(time.perf_counter() - start, 1)})
+
     workdir = Path(tempfile.mkdtemp(prefix="labeling_loop_"))
     try:
         loop = None
         if "loop" in wanted:
             loop = run_strategy("loop", args, pool, masks, held_out, workdir, True, "file")
             runs.append(loop)
+            report(False)
         if "no_retrain" in wanted:
             skip = args.k if loop else 0  # the loop's first round is this strategy's first round
             rest = run_strategy("no_retrain", args, pool, masks, held_out, workdir, False, "file", skip)
@@ -420,21 +453,12 @@ def main(argv=None) -> int:
                     dict(r, round=r["round"] + 1) for r in rest["rounds"]]
                 rest["images"] = first["images"] + rest["images"]
             runs.append(rest)
+            report(False)
         if "uncertainty" in wanted:
             runs.append(run_strategy("uncertainty", args, pool, masks, held_out, workdir, True, "uncertainty"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    summary = summarize(runs)
-    print_tables(runs, summary, whole)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    png = args.output.with_suffix(".png")
-    plot(runs, png, args.k)
-    write_json(args.output, {"benchmark": "labeling_loop", "dataset": args.dataset.name,
-                             "pool": [i["file_name"] for i in pool], "k": args.k, "iterations": args.iterations,
-                             "batch": args.batch, "threads": args.threads, "target_iou": TARGET,
-                             "held_out_images": [i["file_name"] for i in val["images"]], "summary": summary,
-                             "polygons_whole_set": whole, "runs": runs,
-                             "seconds": round(time.perf_counter() - start, 1)})
+    report(True)
     print(f"\nwrote {args.output} and {png} ({(time.perf_counter() - start) / 60:.1f} min)")
     return 0
 

@@ -23,6 +23,9 @@ def summarize(runs: list[dict]) -> dict:
         totals = _totals(run["images"])
         totals["vs_polygons"] = totals["actions_per_object"] / base if base else None
         totals["complete_images"] = sum(bool(i.get("complete", True)) for i in run["images"])
+        if run["strategy"] == "polygons":  # the same drawing with the class chosen once per image, not per object
+            sticky = totals["actions"] - totals["objects"] + totals["images"]
+            totals["actions_per_object_class_once_per_image"] = sticky / max(totals["objects"], 1)
         rows = []
         for r in run.get("rounds", []):
             row = {"round": r["round"], **_totals(r["images"]), "ap": r.get("ap"), "ap_agnostic": r.get("ap_agnostic")}
@@ -57,6 +60,10 @@ def print_tables(runs: list[dict], summary: dict, whole: dict) -> None:
                         ("actions", "actions", "{}"), ("actions/image", "actions_per_image", pct),
                         ("actions/object", "actions_per_object", "{:.2f}"), ("s/object", "seconds_per_object", pct),
                         ("x polygons", "vs_polygons", "{:.2f}"), ("complete", "complete_images", "{}")]))
+    sticky = summary.get("polygons", {}).get("actions_per_object_class_once_per_image")
+    if sticky:
+        print(f"\npolygons with the class chosen once per image (as the loop's polygons are counted): "
+              f"{sticky:.2f} actions per object")
     print(f"\npolygons over the whole set: train {whole['train']} actions / {whole['train_objects']} objects "
           f"({whole['train'] / max(whole['train_objects'], 1):.2f} per object), val {whole['val']} / "
           f"{whole['val_objects']} ({whole['val'] / max(whole['val_objects'], 1):.2f})")
