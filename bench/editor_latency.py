@@ -13,7 +13,8 @@ to go. Playwright drives Debian's Chromium with the real mouse and keyboard; the
 
 Actions, repeated --repeats times at each size: select (click inside an instance), stroke (brush drag inside
 the selected instance: the eraser, so that it always changes the mask), undo, polygon (four clicks + Enter), delete (the polygon's instance), refine click
-(a positive click inside an object; Escape discards it, not timed), class change (dropdown option), next image.
+(a positive click inside an object; Escape discards it, not timed), class change (dropdown option), class key
+(its digit key), next image.
 
     python -m bench.editor_latency                       # 30 repeats at 800x600 and 12 MP
     python -m bench.editor_latency --repeats 5 --sizes 800x600
@@ -41,7 +42,7 @@ from bench.common import REPO, RESULTS_DIR, environment, format_table, write_jso
 
 SAMPLE = REPO / "assets" / "samples" / "fruits_nuts_7.jpg"
 SIZES = {"800x600": (800, 600), "12mp": (4000, 3000)}
-ACTIONS = ("select", "stroke", "undo", "polygon", "delete", "refine click", "class change", "next image")
+ACTIONS = ("select", "stroke", "undo", "polygon", "delete", "refine click", "class change", "class key", "next image")
 
 # Page-side instrumentation: the last input event of each kind, and when the canvas showed each scene.
 PROBE_JS = """() => {
@@ -242,6 +243,11 @@ def one_repeat(page: Page, service, image_ids: list[int], r: int, samples) -> No
         page.page.get_by_role("option", name=target, exact=True).click()
     samples["class change"].append(page.timed(class_change, "click"))
     page.timed(lambda: page.page.locator("#undo").click(), "click")
+    # the same change by its digit key (app/web/keys.py: the n-th class of the list), through the edit channel
+    classes = page.page.evaluate("() => window.condinstEditor.state.scene.classes")
+    digit = str(next(k for k, (_, cid) in enumerate(classes, start=1) if cid != current))
+    samples["class key"].append(page.timed(lambda: keyboard.press(digit), "keydown"))
+    page.timed(lambda: keyboard.press("z"), "keydown")
 
     samples["next image"].append(page.timed(lambda: page.page.locator("#next").click(), "click",
                                             "s.image && s.image.id === arg", second))
