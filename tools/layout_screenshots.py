@@ -1,0 +1,94 @@
+"""Screenshots of the app as an annotator sees it, to look at by hand: the main view at 1280x720, 1400x1000 and
+1920x1080, the key list (`?`), a video frame, Explain and Import & QA at 1280x720 (bundled model, two bundled
+samples and a generated 8-frame clip; JPEG files in OUT).
+
+    python tools/layout_screenshots.py OUT [--port 7896]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+import videokit  # noqa: E402  (tests/videokit.py: the generated clip)
+from app.__main__ import launch  # noqa: E402
+from app.model.session import DEFAULT_WEIGHTS  # noqa: E402
+from app.service import Service  # noqa: E402
+
+SIZES = ((1280, 720), (1400, 1000), (1920, 1080))
+CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium (make browser-deps)
+
+
+def opened(page, url: str) -> None:
+    """Load `url` and wait until the canvas shows its picture."""
+    page.goto(url)
+    page.wait_for_function("() => window.condinstEditor && window.condinstEditor.state.img && "
+                           "window.condinstEditor.state.img.complete", timeout=120_000)
+    page.wait_for_timeout(1500)  # let the side panels settle for the picture
+
+
+def shoot(page, path: Path) -> None:
+    page.screenshot(path=str(path), quality=80)
+    print(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--port", type=int, default=7896)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        service = Service.create(Path(tmp) / "ws", DEFAULT_WEIGHTS)
+        service.images.add_samples(service.images.sample_names()[:2])
+        videokit.crossing_video(Path(tmp) / "clip", frames=8, mp4=True)
+        service.images.add_files([next((Path(tmp) / "clip").rglob("*.mp4"))])
+        demo = launch(service, "127.0.0.1", args.port, block=False)
+        url = f"http://127.0.0.1:{args.port}/"
+        first = service.ws.list_images()[0].id
+        frame = next(i.id for i in service.ws.list_images() if i.sequence_id is not None)
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM)
+                for width, height in SIZES:
+                    page = browser.new_page(viewport={"width": width, "height": height})
+                    opened(page, f"{url}?image={first}")
+                    shoot(page, args.out / f"main-{width}x{height}.jpg")
+                    page.close()
+                page = browser.new_page(viewport={"width": 1280, "height": 720})
+                opened(page, f"{url}?image={first}")
+                page.keyboard.press("?")
+                page.locator("#editor .ce-keys").wait_for(state="visible")
+                shoot(page, args.out / "keys-1280x720.jpg")
+                page.keyboard.press("Escape")
+                opened(page, f"{url}?image={frame}")
+                page.wait_for_selector("#video-header", state="visible")
+                shoot(page, args.out / "video-1280x720.jpg")
+                opened(page, f"{url}?image={first}")
+                biggest = max(service.ws.instances(first), key=lambda inst: inst.area)
+                page.locator("#instances [data-col='0']").filter(has_text=str(biggest.id)).first.click()
+                page.wait_for_function("id => document.querySelector('#selected input').value === String(id)",
+                                       arg=biggest.id)
+                page.get_by_role("tab", name="Explain").click()
+                page.wait_for_selector("#explain-text h3")
+                page.wait_for_timeout(1500)
+                shoot(page, args.out / "explain-1280x720.jpg")
+                page.get_by_role("tab", name="Import & QA").click()
+                page.wait_for_timeout(1000)
+                shoot(page, args.out / "import-qa-1280x720.jpg")
+                browser.close()
+        finally:
+            demo.close()
+            service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
