@@ -16,6 +16,7 @@ from app import view as view_lookups
 from app.store.actor import StaleEdit
 from app.errors import ServiceError
 from app.annotate.images import ImageLibrary
+from app.annotate.mask_edits import MaskEditor
 from app.annotate.overlaps import DEFAULT_MIN_IOU, overlap_items, resolve_overlaps
 from app.store.masks import disc, preview_scale
 from app.store.records import is_crowd
@@ -39,8 +40,8 @@ class Annotator:
     """The actions of the annotate view, on the workspace (segmenting new images and reviewing through the
     image library and the review rules)."""
 
-    def __init__(self, workspace: WorkspaceSlot, images: ImageLibrary, reviews: Reviews):
-        self.slot, self.images, self.reviews = workspace, images, reviews
+    def __init__(self, workspace: WorkspaceSlot, images: ImageLibrary, reviews: Reviews, edits: MaskEditor):
+        self.slot, self.images, self.reviews, self.edits = workspace, images, reviews, edits
 
     @property
     def ws(self):
@@ -176,8 +177,8 @@ class Annotator:
 
     # ---- edits -----------------------------------------------------------------------------------------
     def click(self, view: View, x: float, y: float, tool: str, size: int = 15, category_id: int | None = None,
-              join: bool = False) -> ClickResult:
-        """A click on the image with one of TOOLS."""
+              join: bool = False, overlap: str = "overlap") -> ClickResult:
+        """A click on the image with one of TOOLS (`overlap`: the canvas's overlap rule for brush clicks)."""
         if tool not in TOOLS:
             raise ServiceError(f"Unknown tool {tool!r}; use one of {', '.join(TOOLS)}.")
         if tool == "select":
@@ -189,28 +190,26 @@ class Annotator:
                     raise ServiceError(f"Nothing selected and no instance at ({int(x)}, {int(y)}): select an "
                                        "instance, or use 'Paint new' to start one.")
                 return ClickResult(picked, message + f" Click again to {'erase' if tool == 'erase' else 'paint'}.", tool)
-            return ClickResult(*self.brush(view, x, y, size, erase=tool == "erase", join=join), tool)
+            return ClickResult(*self.brush(view, x, y, size, erase=tool == "erase", join=join, overlap=overlap), tool)
         if tool == "paint":
             return ClickResult(*self.paint_new(view, x, y, size, category_id), "brush")
         return ClickResult(*self.images.add_at_point(view, x, y, category_id), tool)
 
-    def brush(self, view: View, x: float, y: float, size: int, erase: bool = False,
-              join: bool = False) -> tuple[View, str]:
-        """Paint (or erase) a disc on the selected mask; `join` strokes from the previous click."""
+    def brush(self, view: View, x: float, y: float, size: int, erase: bool = False, join: bool = False,
+              overlap: str = "overlap") -> tuple[View, str]:
+        """Paint (or erase) a disc on the selected mask; `join` strokes from the previous click.
+
+        The canvas's edit (`MaskEditor.stroke_points`): a one-point stroke, or a two-point one when joined, under the
+        same overlap rule, one undo step."""
         inst = self.require_selected(view)
         x, y = self.check_point(view, x, y)
         previous = view.last_point[1:] if join and view.last_point and view.last_point[0] == inst.id else None
-        shape = disc(inst.mask.shape, x, y, size, previous)
-        mask = inst.mask & ~shape if erase else inst.mask | shape
-        new_view = replace(view, last_point=(inst.id, x, y))
-        if erase and not mask.any():
-            self.ws.delete_instance(inst.id)
-            return (replace(new_view, selected=None, last_point=None),
-                    f"Erased all of instance #{inst.id}; it was deleted (Undo brings it back).")
-        if np.array_equal(mask, inst.mask):
-            return new_view, f"No change: the {'eraser' if erase else 'brush'} did not touch instance #{inst.id}."
-        self.ws.set_mask(inst.id, mask)
-        return new_view, f"{'Erased from' if erase else 'Painted'} instance #{inst.id}."
+        points = np.array([previous, (x, y)] if previous else [(x, y)], np.float64)
+        new_view, message = self.edits.stroke_points(view, "erase" if erase else "brush", points, max(1, int(size)),
+                                                     overlap)
+        if new_view.selected is None:  # erased all of it: deleted
+            return new_view, message
+        return replace(new_view, last_point=(inst.id, x, y)), message
 
     def default_category(self, category_id: int | None) -> int:
         return view_lookups.default_category(self.ws, category_id)

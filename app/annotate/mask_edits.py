@@ -91,10 +91,16 @@ class MaskEditor:
     def stroke(self, view: "View", tool: str, points, width, overlap: str = "overlap",
                category_id: int | None = None) -> tuple["View", str]:
         """A brush / eraser drag on the selected instance; a brush drag with nothing selected makes a new one."""
+        return self.stroke_points(view, tool, editing.parse_points(points, "stroke"), editing.check_width(width),
+                                  overlap, category_id)
+
+    def stroke_points(self, view: "View", tool: str, pts: np.ndarray, size: int, overlap: str = "overlap",
+                      category_id: int | None = None) -> tuple["View", str]:
+        """`stroke` of checked points ((N, 2) x, y) and a whole width >= 1 (the Click view's brush click: one
+        point, or two when joined to the previous click)."""
         if tool not in TOOLS:
             raise ServiceError(f"Unknown stroke tool {tool!r}; use brush or erase.")
         image_id = require_image(view)
-        pts, size = editing.parse_points(points, "stroke"), editing.check_width(width)
         overlap = editing.check_overlap(overlap)
         selected = selected_instance(self.ws, view)
         if selected is None:

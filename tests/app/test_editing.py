@@ -179,3 +179,31 @@ def test_refine_later_click_changes_only_its_own_part():
     refused = local_update(prior, proposal, [((160, 100), True)], [((160, 100), True), ((165, 60), False)])
     assert (refused == prior).all()
     assert (local_update(prior, prior, [((160, 100), True)], [((160, 100), True)]) == prior).all()
+
+
+def test_click_view_brush_is_a_one_point_canvas_stroke_with_its_overlap_rule(opened):
+    """A Click-view brush click goes through the canvas's stroke: same disc, same overlap rule, one undo step."""
+    service, view = opened
+    ws = service.ws
+    record = ws.get_image_record(view.image_id)
+    shape = (record.height, record.width)
+    category = ws.categories()[0].id
+    mine, theirs = np.zeros(shape, bool), np.zeros(shape, bool)
+    mine[20:40, 20:40] = True
+    theirs[50:100, 50:100] = True
+    target, other = ws.add_instance(view.image_id, category, mine), ws.add_instance(view.image_id, category, theirs)
+    view = service.actions.select(view, target)
+    result = service.actions.click(view, 55, 55, "brush", size=15, overlap="over")
+    dot = expected_stroke(shape, [[55, 55]], 15)
+    assert np.array_equal(ws.get_instance(target).mask, mine | dot)
+    assert np.array_equal(ws.get_instance(other).mask, theirs & ~dot) and "cut from 1" in result.message
+    assert result.view.last_point == (target, 55, 55)
+    service.actions.undo(result.view)  # one step brings back both
+    assert np.array_equal(ws.get_instance(target).mask, mine) and np.array_equal(ws.get_instance(other).mask, theirs)
+    result = service.actions.click(view, 60, 60, "brush", size=9, overlap="under")
+    assert np.array_equal(ws.get_instance(target).mask, mine) and "No change" in result.message
+    joined = service.actions.click(service.actions.click(view, 10, 10, "brush", size=5).view, 10, 30, "brush",
+                                   size=5, join=True)
+    assert np.array_equal(ws.get_instance(target).mask,
+                          mine | expected_stroke(shape, [[10, 10]], 5) | expected_stroke(shape, [[10, 10], [10, 30]], 5))
+    assert joined.view.last_point == (target, 10, 30)
