@@ -25,6 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Before torch loads OpenMP: idle PyTorch threads sleep, as ONNX Runtime's do (condinst/export.py); spinning ones
+# made PyTorch 6x slower than ONNX Runtime on a busy machine (bench/README.md). Set the variable to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

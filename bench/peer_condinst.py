@@ -4,7 +4,7 @@
     python bench/peer_condinst.py infer --split SPLIT --images IMAGES --out DIR --results results.json
 
 `train` runs `condinst train` with configs/fruits_nuts_default.json (the recipe of `make default-model`:
-SGD 0.01, batch 4, multi-scale 288-352, flip, 1200 iterations) scaled to the budget: a 20-iteration
+SGD 0.01, batch 4, multi-scale 288-352, flip, 1200 iterations) scaled to the budget: a 10-iteration
 probe measures the seconds per iteration on this machine now, then the real run gets as many
 iterations as fit in what is left, with the recipe's LR steps at the same fractions (900/1200,
 1100/1200) and its warm-up (100, at most a twelfth of the run). `infer` writes the held-out images'
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RECIPE = ROOT / "configs" / "fruits_nuts_default.json"
-PROBE_ITERS = 20
+PROBE_ITERS = 10
 
 
 def scaled_config(max_iter: int, out: Path) -> Path:
@@ -42,11 +42,16 @@ def scaled_config(max_iter: int, out: Path) -> Path:
     return out
 
 
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_train(args, max_iter: int, out: Path) -> float:
     """`condinst train` for `max_iter` iterations into `out`; returns its wall seconds."""
-    config = scaled_config(max_iter, out.parent / f"{out.name}.json")
+    config = scaled_config(max_iter, out.parent / f"{out.name}_config.json")
     command = [sys.executable, "-m", "condinst", "train", "--config", str(config), "--device", "cpu",
-               "--num-workers", "1", "--no-progress", "--log-period", str(min(10, max_iter)), "--seed", str(args.seed),
+               "--num-workers", "1", "--no-progress", "--log-period", str(min(5, max_iter)), "--seed", str(args.seed),
                "--train-ann", str(Path(args.split) / "train.json"), "--train-images", args.images,
                "--output-dir", str(out)]
     start = time.perf_counter()
@@ -61,7 +66,7 @@ def train(args) -> dict:
         train_s = run_train(args, args.max_iter, out / "train")
         return {"train_s": train_s, "iterations": args.max_iter, "batch": 4, "epochs": args.max_iter * 4 / 15,
                 "weights": str(out / "train" / "model_final.pth"),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "cpu_s": children_cpu_s()}
     budget = 60 * args.minutes
     probe_s = run_train(args, PROBE_ITERS, out / "probe")
     lines = [json.loads(line) for line in (out / "probe" / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -71,7 +76,7 @@ def train(args) -> dict:
     train_s = run_train(args, max_iter, out / "train")
     return {"train_s": probe_s + train_s, "probe_s": probe_s, "probe_s_per_iter": step_s, "iterations": max_iter,
             "batch": 4, "epochs": max_iter * 4 / 15, "weights": str(out / "train" / "model_final.pth"),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "cpu_s": children_cpu_s()}
 
 
 def infer(args) -> dict:

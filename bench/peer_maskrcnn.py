@@ -32,6 +32,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def build(args):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -104,7 +109,7 @@ def train(args) -> dict:
     torch.save(model.state_dict(), weights)
     return {"train_s": time.perf_counter() - start, "iterations": iteration, "batch": args.batch,
             "epochs": iteration * args.batch / len(items), "min_size": args.min_size, "max_size": args.max_size,
-            "weights": str(weights), "peak_rss_mb": peak_rss_mb()}
+            "weights": str(weights), "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_s()}
 
 
 def infer(args) -> dict:

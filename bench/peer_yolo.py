@@ -32,6 +32,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its finished children (data-loading workers)."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF,
+                                                                           resource.RUSAGE_CHILDREN)))
+
+
 def prepare_dataset(split: Path, images: Path, root: Path) -> tuple[Path, dict[int, int]]:
     """YOLO layout of split/{train,val}.json under `root` (labels by Ultralytics' converter, images linked);
     returns the data yaml and the class index -> COCO category id map."""
@@ -71,7 +77,8 @@ def train(args) -> dict:
     seconds = time.perf_counter() - start
     trainer = model.trainer
     return {"train_s": seconds, "epochs": trainer.epoch + 1, "images": len(trainer.train_loader.dataset),
-            "batch": args.batch, "imgsz": args.imgsz, "weights": str(Path(trainer.last)), "peak_rss_mb": peak_rss_mb()}
+            "batch": args.batch, "imgsz": args.imgsz, "weights": str(Path(trainer.last)), "peak_rss_mb": peak_rss_mb(),
+            "cpu_s": cpu_s()}
 
 
 def infer(args) -> dict:

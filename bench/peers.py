@@ -73,7 +73,8 @@ def run_peer(peer: str, args, split: Path, work: Path) -> dict:
 
     out, results = work / peer, work / f"{peer}_results.json"
     train_cmd, infer_cmd = peer_commands(peer, args, split, out, results)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads), "YOLO_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads), "YOLO_OFFLINE": "1",
+           "OMP_WAIT_POLICY": "PASSIVE"}  # idle OpenMP threads sleep: no CPU burnt spinning on a shared machine
     row = {"peer": peer}
     for step, command in (("train", train_cmd), ("infer", infer_cmd)):
         start = time.perf_counter()
@@ -92,7 +93,7 @@ def run_peer(peer: str, args, split: Path, work: Path) -> dict:
     latency = row["infer"]["latency"]
     row.update(mask_ap=_pct(metrics["segm"]["AP"]), mask_ap50=_pct(metrics["segm"]["AP50"]),
                box_ap=_pct(metrics["bbox"]["AP"]), params_m=row["infer"]["params"] / 1e6,
-               train_min=row["train"]["train_s"] / 60, train_rss_mb=row["train"]["peak_rss_mb"],
+               train_min=row["train"]["train_s"] / 60, train_cpu_min=row["train"].get("cpu_s", float("nan")) / 60, train_rss_mb=row["train"]["peak_rss_mb"],
                infer_rss_mb=row["infer"]["peak_rss_mb"], detections=len(json.loads(results.read_text())),
                **{f"{k}_ms": latency[k]["median_ms"] if k in latency else None
                   for k in ("PyTorch", "onnxruntime", "openvino")})
@@ -110,7 +111,7 @@ def _schedule(train: dict) -> str:
     return f"{train['epochs']} ep x {train['images']} img"
 
 
-COLUMNS = [("peer", "peer", "{}"), ("train min", "train_min", "{:.1f}"), ("schedule", "schedule", "{}"),
+COLUMNS = [("peer", "peer", "{}"), ("train min", "train_min", "{:.1f}"), ("CPU min", "train_cpu_min", "{:.1f}"), ("schedule", "schedule", "{}"),
            ("mask AP", "mask_ap", "{:.1f}"), ("mask AP50", "mask_ap50", "{:.1f}"), ("box AP", "box_ap", "{:.1f}"),
            ("params M", "params_m", "{:.2f}"), ("PyTorch ms", "PyTorch_ms", "{:.0f}"),
            ("ORT ms", "onnxruntime_ms", "{:.0f}"), ("OpenVINO ms", "openvino_ms", "{:.0f}"),
