@@ -161,9 +161,15 @@ def main() -> None:
         print(note)
     import torch
 
-    write_json(args.out, {"benchmark": "peers", "settings": settings_of(args), "notes": notes, "rows": rows,
-                          "held_out_image_ids": list(VAL_IDS), "work_dir": str(work),
-                          "environment": environment(torch.device("cpu")), "load_average": os.getloadavg()})
+    payload = {"benchmark": "peers", "settings": settings_of(args), "notes": notes, "rows": rows,
+               "held_out_image_ids": list(VAL_IDS), "work_dir": str(work),
+               "environment": environment(torch.device("cpu")), "load_average": os.getloadavg()}
+    write_json(args.out, json.loads(anonymised(json.dumps(payload))))
+
+
+def anonymised(text: str) -> str:
+    """The JSON text with this checkout's and the home folder's paths written as `.` and `~`."""
+    return text.replace(str(ROOT.parent / "shared"), "../shared").replace(str(ROOT), ".").replace(str(Path.home()), "~")
 
 
 if __name__ == "__main__":
