@@ -1,11 +1,15 @@
 """Speed and mask AP of the bundled model: fp32 / INT8 x PyTorch / ONNX Runtime / OpenVINO, one run.
 
-    python bench/backends.py [--iters 5] [--threads 2] [--no-r50]
+    python bench/backends.py [--rounds 15] [--threads 2] [--no-r50] [--no-sipmask] [--profile 5]
 
 Exports the bundled model (assets/default_model/model.pth) as the whole graph, fp32 and INT8
 (calibrated on the training split's images), evaluates mask and box AP on its held-out images (ids
 15 16 17 of shared/datasets/fruits_nuts, as `make default-model`) and times the full prediction
-(preprocessing, graph, mask pasting) per image. Then the same for the R-50 layout (preset MS_R_50_1x,
+(preprocessing, graph, mask pasting) per image: every backend once per round, `--rounds` rounds in turn
+(bench/backend_profile.py), so that a busy machine's load falls on all backends alike; the table has the
+median ms/image, its ratio to PyTorch within each round (median: the ranking statistic), and the three
+stages; `--profile N` adds ONNX Runtime's operator profile of the fp32 and INT8 graphs (which operators
+stay in fp32, where the time goes). Every runtime gets `--threads` threads (default 2). Then the same for the R-50 layout (preset MS_R_50_1x,
 random weights forced to 100 detections an image: speed only, no AP) on the held-out photos at
 800 px, INT8 calibrated on four training photos, with the parity of its ONNX Runtime graph against
 PyTorch on the first photo (classes, largest box and score differences, smallest mask IoU). Then SipMask
@@ -21,9 +25,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Before torch loads OpenMP: idle PyTorch threads sleep, as ONNX Runtime's do (condinst/export.py); spinning ones
+# made PyTorch 6x slower than ONNX Runtime on a busy machine (bench/README.md). Set the variable to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.backend_profile import interleaved, op_profile  # noqa: E402
 from bench.common import add_common_args, environment, format_table, setup, time_fn, write_json  # noqa: E402
 
 DATA = Path(os.environ.get("CONDINST_SHARED", ROOT.parent / "shared")) / "datasets" / "fruits_nuts" / "data"
@@ -34,10 +42,17 @@ VAL_IDS = {15, 16, 17}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, "backends", iters=5, warmup=1)
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="bundled model: timed rounds, every backend once per round in turn (median; default 15)")
+    parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                        help="also ONNX Runtime's operator profile of the fp32 and INT8 graphs over RUNS runs")
     parser.add_argument("--no-r50", action="store_true", help="leave out the R-50 rows (minutes on 2 cores)")
     parser.add_argument("--no-bundled", action="store_true", help="leave out the bundled model's rows")
     parser.add_argument("--no-sipmask", action="store_true", help="leave out the SipMask real-time R-50 rows")
+    parser.set_defaults(threads=2)
     args = parser.parse_args()
+    if args.rounds < 1 or args.threads < 1:
+        parser.error("--rounds and --threads must be >= 1")
     device = setup(args)
     import importlib.util
     import json
@@ -65,22 +80,46 @@ def main() -> None:
         from condinst.quantize import quantize_int8
 
         int8 = quantize_int8(fp32, tmp / "int8.onnx", train_images)
-        cases = [("PyTorch", "fp32", lambda: Predictor.from_weights(WEIGHTS))]
+        cases = [("PyTorch", "fp32", lambda: Predictor.from_weights(WEIGHTS))]  # the first: ratios are to it
         for backend in backends:
             for precision, path in (("fp32", fp32), ("INT8", int8)):
                 cases.append((backend, precision, lambda b=backend, p=path: Predictor.from_weights(
                     p, threads=args.threads, backend=b)))
-    rows = []
-    for runtime, precision, make in cases:
-        predictor = make()
-        out = evaluate(predictor, dataset, log_summary=False)
-        timing = time_fn(lambda: [predictor(im) for im in images], device, args.iters, args.warmup,
-                         batch_size=len(images))
-        rows.append({"model": "bundled", "runtime": runtime, "precision": precision,
-                     "ms_per_image": timing["ms_per_image"], "mask_ap": 100 * out.metrics["segm"]["AP"],
-                     "box_ap": 100 * out.metrics["bbox"]["AP"], "detections": out.num_detections, "timing": timing})
-        print(f"{runtime} {precision}: {timing['ms_per_image']:.0f} ms/image, mask AP {rows[-1]['mask_ap']:.2f}",
-              file=sys.stderr)
+    rows, profiles = [], {}
+    if cases:
+        predictors = {}
+        for runtime, precision, make in cases:
+            predictor = predictors[runtime, precision] = make()
+            out = evaluate(predictor, dataset, log_summary=False, progress=False)
+            rows.append({"model": "bundled", "runtime": runtime, "precision": precision,
+                         "mask_ap": 100 * out.metrics["segm"]["AP"], "box_ap": 100 * out.metrics["bbox"]["AP"],
+                         "detections": out.num_detections})
+        timing = interleaved({f"{r} {p}": predictor for (r, p), predictor in predictors.items()}, images,
+                             args.rounds, args.warmup)
+        for row in rows:
+            t = timing[f"{row['runtime']} {row['precision']}"]
+            row.update(ms_per_image=t["ms_per_image"], min_ms=t["min_ms"], iqr_ms=t["iqr_ms"],
+                       vs_pytorch=t["ratio_to_first"], **{f"{k}_ms": v for k, v in t["stages_ms"].items()}, timing=t)
+            print(f"{row['runtime']} {row['precision']}: {row['ms_per_image']:.0f} ms/image "
+                  f"(x{row['vs_pytorch']:.2f} PyTorch), mask AP {row['mask_ap']:.2f}", file=sys.stderr)
+        if args.profile:
+            onnx_model = predictors["onnxruntime", "fp32"].model
+
+            def feeds():
+                out = []
+                for image in images:
+                    batch, sizes = predictors["onnxruntime", "fp32"].prepare([image])
+                    out.append(onnx_model.feeds(batch, sizes[0], onnx_model.cfg))
+                return out
+
+            profiles = {name: op_profile(path, feeds, args.threads, args.profile) for name, path in
+                        (("fp32", fp32), ("INT8", int8))}
+            for name, profile in profiles.items():
+                top = ", ".join(f"{op} {e['ms_per_run']:.1f} ms ({e['nodes']})" for op, e in
+                                list(profile["ops"].items())[:8])
+                print(f"ORT {name} graph {profile['total_ms_per_run']:.1f} ms/run: {top}; int8 compute "
+                      f"{100 * profile['int8_compute_share']:.0f} %, Q/DQ {100 * profile['quantize_dequantize_share']:.0f}"
+                      f" %, fp32 {100 * profile['fp32_share']:.0f} %", file=sys.stderr)
     parity = sipmask_parity = None
     if not args.no_r50:
         r50_rows, parity = _r50(tmp, images, train_images[:4], backends, args, device)
@@ -89,13 +128,17 @@ def main() -> None:
         sipmask_rows, sipmask_parity = _sipmask(tmp, images, backends, args, device)
         rows += sipmask_rows
     print(format_table(rows, [("model", "model", "{}"), ("runtime", "runtime", "{}"), ("precision", "precision", "{}"),
-                              ("ms/image", "ms_per_image", "{:.0f}"), ("mask AP", "mask_ap", "{:.2f}"),
+                              ("ms/image", "ms_per_image", "{:.0f}"), ("min", "min_ms", "{:.0f}"),
+                              ("x PyTorch", "vs_pytorch", "{:.2f}"), ("prepare", "prepare_ms", "{:.0f}"),
+                              ("graph", "graph_ms", "{:.0f}"), ("finish", "finish_ms", "{:.0f}"),
+                              ("mask AP", "mask_ap", "{:.2f}"),
                               ("box AP", "box_ap", "{:.2f}"), ("detections", "detections", "{}")]))
     if parity:
         print(f"R-50 parity, ONNX Runtime vs PyTorch: {parity}")
     if sipmask_parity:
         print(f"SipMask real-time parity vs PyTorch: {sipmask_parity}")
     write_json(args.out, {"benchmark": "backends", "model": str(WEIGHTS.relative_to(ROOT)), "rows": rows,
+                          "ort_op_profiles": profiles, "load_average": os.getloadavg(),
                           "r50_parity": parity, "sipmask_parity": sipmask_parity, "environment": environment(device),
                           "images": len(images)})
 

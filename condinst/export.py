@@ -132,6 +132,9 @@ def _session(path: str | os.PathLike, threads: int | None):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # not the warning about overridable (initializer) inputs
+    # Idle pool threads sleep instead of spinning: spinning threads take the cores from the mask pasting that
+    # follows each run and from other processes (bench/README.md: 2x faster end to end on a busy 2-core machine).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     try:

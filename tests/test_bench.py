@@ -308,3 +308,62 @@ def test_import_throughput_runs_and_counts_every_annotation(tmp_path):
     rows = read(out)["results"]
     assert [(r["format"], r["annotations"], r["images"]) for r in rows] == [("coco", 300, 3), ("yolo", 200, 2)]
     assert all(r["annotations_per_s"] > 0 and r["cpu_s"] > 0 for r in rows)
+
+
+# ---- backends: interleaved timing; peers from scratch --------------------------------------------------
+
+class _StagedPredictor:
+    """A predictor whose three stages record the order of the calls it gets (prepare / graph / finish)."""
+
+    def __init__(self, name: str, log: list[str], detections: int):
+        self.name, self.log, self.detections, self.cfg = name, log, detections, None
+        self.model = self
+
+    def prepare(self, images):
+        self.log.append(self.name)
+        return torch.zeros(1, 3, 8, 8), [(8, 8)]
+
+    def inference(self, batch, sizes, cfg):
+        return ["instances"]
+
+    def finish(self, instances, padded_size, input_sizes, image_sizes):
+        return [list(range(self.detections))]
+
+
+def test_interleaved_times_every_backend_once_per_round():
+    from bench.backend_profile import interleaved
+
+    log: list[str] = []
+    cases = {"a": _StagedPredictor("a", log, 3), "b": _StagedPredictor("b", log, 2)}
+    images = [np.zeros((8, 8, 3), np.uint8)] * 2
+    out = interleaved(cases, images, rounds=3, warmup=1)
+    assert log == ["a", "a", "b", "b"] * 4  # round-robin: (warm-up + 3 rounds) x (a's 2 images, then b's)
+    assert out["a"]["ratio_to_first"] == 1.0
+    assert out["b"]["rounds"] == 3 and len(out["b"]["per_round_ms"]) == 3
+    assert out["a"]["detections"] == 6 and out["b"]["detections"] == 4
+    assert set(out["b"]["stages_ms"]) == {"prepare", "graph", "finish"}
+    assert out["b"]["ms_per_image"] == pytest.approx(float(np.median(out["b"]["per_round_ms"])))
+
+
+@pytest.mark.slow
+def test_peers_smoke_scores_each_peer_with_one_evaluator(tmp_path):
+    from bench import peers
+
+    if not (peers.DATA / "trainval.json").is_file():
+        pytest.skip(f"no {peers.DATA}")
+    missing = tmp_path / "no-venv" / "bin" / "python"  # the Ultralytics venv absent: its rows skip with a note
+    out = tmp_path / "peers.json"
+    result = subprocess.run([sys.executable, "-m", "bench.peers", "--smoke", "--peers", "condinst,maskrcnn,yolov8n-seg",
+                             "--yolo-python", str(missing), "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=scaled(1500),
+                            env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = read(out)
+    assert payload["benchmark"] == "peers"
+    assert [row["peer"] for row in payload["rows"]] == ["condinst", "maskrcnn"]
+    assert any("Ultralytics rows skipped" in note for note in payload["notes"])
+    for row in payload["rows"]:
+        assert "error" not in row, row.get("error")
+        assert set(row["metrics"]) == {"bbox", "segm"}
+        assert row["params_m"] > 0 and row["train_rss_mb"] > 0 and row["PyTorch_ms"] > 0
+    assert "Ultralytics rows skipped" in result.stdout
