@@ -102,7 +102,7 @@ class ExplainPages:
         """`own`: the explanation is the instance's own detection (else the model's at a point of it: its class
         line says so, so that a hand-drawn 'date' is not shown as 'class hazelnut')."""
         if isinstance(exp, SipMaskInstanceExplanation):
-            return self._sipmask_page(image_id, exp, mask, title, note, explainer, probe)
+            return self._sipmask_page(image_id, exp, mask, title, note, explainer, probe, own)
         session = self.session
         image = self.slot.ws.get_image(image_id)
         panel = render.scaled_size(*image.shape[:2], min(1.0, 480 / max(image.shape[:2])))
@@ -137,7 +137,7 @@ class ExplainPages:
         return ExplainView(location, coord_x, coord_y, grid, filters, probability, "\n".join(lines))
 
     def _sipmask_page(self, image_id: int, exp: SipMaskInstanceExplanation, mask: np.ndarray, title: str, note: str,
-                      explainer, probe: tuple[int, int] | None) -> ExplainView:
+                      explainer, probe: tuple[int, int] | None, own: bool = True) -> ExplainView:
         """SipMask's panels (`app.annotate.sipmask_explain`) in the places of CondInst's."""
         session = self.session
         image = self.slot.ws.get_image(image_id)
