@@ -14,6 +14,7 @@ Every argument is checked before any work (before qa loads the model); an expect
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -178,13 +179,46 @@ def progress_printer(every_s: float = 2.0):
 
 
 def run_import(args: argparse.Namespace) -> str:
+    """Import into the workspace; a workspace this command had to create is removed again when the import fails
+    or is only a --dry-run (a failed start leaves nothing behind)."""
     from app.interop.imports import import_dataset
-    from app.store.workspace import Workspace
+    from app.store.workspace import DB_FILE_NAME, Workspace
 
-    with Workspace.open(args.workspace) as workspace:
-        return import_dataset(workspace, ann=args.ann, images=args.images, yolo=args.yolo, results=args.results,
-                              skip_bad=args.skip_bad, progress=progress_printer(), options=import_options(args),
-                              preview=args.dry_run, fmt=args.format).summary()
+    root = Path(args.workspace).absolute()
+    fresh = not (root / DB_FILE_NAME).exists()
+    made = first_missing(root)  # the folder the workspace creates (None: it exists)
+    before = set(root.iterdir()) if made is None else set()
+    keep = False
+    try:
+        with Workspace.open(root) as workspace:
+            summary = import_dataset(workspace, ann=args.ann, images=args.images, yolo=args.yolo,
+                                     results=args.results, skip_bad=args.skip_bad, progress=progress_printer(),
+                                     options=import_options(args), preview=args.dry_run, fmt=args.format).summary()
+        keep = not args.dry_run
+        return summary
+    finally:
+        if fresh and not keep:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            else:
+                remove_new_entries(root, before)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The highest folder of ``path`` (itself included) that does not exist yet: what creating it makes."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def remove_new_entries(root: Path, before: set[Path]) -> None:
+    """Remove the entries of ``root`` that were not among ``before``."""
+    for entry in set(root.iterdir()) - before:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def import_options(args: argparse.Namespace):
