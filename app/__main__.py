@@ -109,6 +109,9 @@ def create_service(args: argparse.Namespace):
     weights = check_arguments(args)
     from app.store.process_lock import LockError, WorkspaceLock
 
+    from app.commands import first_missing
+
+    made = first_missing(Path(args.workspace).expanduser().resolve())  # what taking the lock creates
     try:  # before the model loads: a second app on the same workspace stops here
         args.lock = WorkspaceLock(args.workspace)
         stale = args.lock.acquire()
@@ -128,6 +131,10 @@ def create_service(args: argparse.Namespace):
         if message is None:
             raise
         args.lock.release()
+        if made is not None:  # a failed start leaves nothing behind: the folder made for the lock goes again
+            args.lock.path.unlink(missing_ok=True)
+            remove_empty_folders(args.lock.path.parent, made)
+        args.lock = None
         raise SystemExit(f"error: cannot load the model: {message}") from None
     if service.workspace_error:
         print(f"warning: the workspace cannot be opened (the app starts anyway): {service.workspace_error}",
@@ -135,6 +142,18 @@ def create_service(args: argparse.Namespace):
     for notice in service.notices:
         print(f"note: {notice}", file=sys.stderr)
     return service
+
+
+def remove_empty_folders(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` (included) while they are empty."""
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+        folder = folder.parent
 
 
 def launch(service, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=None,

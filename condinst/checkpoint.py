@@ -49,10 +49,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        text = str(e)
+        unsafe = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
+        if unsafe:  # a real pickle naming a Python object: torch.load(weights_only=False) would run its code
             raise CheckpointError(f"{path}: refused: the file contains Python objects besides tensors "
-                                  f"and is not loaded, since it could run code ({msg})") from None
+                                  f"({unsafe.group(1)}) and is not loaded, since it could run code") from None
+        detail = re.search(r"Unsupported operand \d+", text)  # bytes that are no pickle at all
+        msg = detail.group(0) if detail else (text.splitlines()[0] if text else type(e).__name__)
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")

@@ -216,6 +216,32 @@ def test_the_app_refuses_a_bad_onnx_at_start_in_one_line(tmp_path, kind, monkeyp
     message = str(stop.value.code)
     assert message.startswith("error: cannot load the model: ") and str(weights) in message
     assert len(message.splitlines()) == 1
+    assert not (tmp_path / "ws").exists()  # a failed start leaves nothing behind (the lock's folder went again)
+
+
+def test_a_checkpoint_that_does_not_load_leaves_no_workspace_and_names_what_it_is(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+
+    import app.__main__ as app_main
+    from app.__main__ import main
+
+    monkeypatch.setattr(app_main, "launch", lambda *a, **k: pytest.fail("the app started serving"))
+    garbage, unsafe = tmp_path / "garbage.pth", tmp_path / "unsafe.pth"
+    garbage.write_bytes(b"garbage\n")
+    torch.save({"args": argparse.Namespace(lr=1)}, unsafe)
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    for weights, workspace, expected in ((garbage, tmp_path / "new" / "ws", "not a readable PyTorch checkpoint"),
+                                         (unsafe, existing, "Python objects besides tensors (argparse.Namespace)")):
+        with pytest.raises(SystemExit) as stop:
+            main(["--weights", str(weights), "--workspace", str(workspace), "--port", str(_fx.free_port())])
+        message = str(stop.value.code)
+        assert message.startswith("error: cannot load the model: ") and expected in message, message
+        assert "Weights only load failed" not in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+    assert existing.is_dir()  # the person's folder stays (its released lock file may stay with it)
 
 
 # ---- 14: test sizes are bounded before anything is allocated ------------------------------------------------------
