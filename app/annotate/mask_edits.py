@@ -47,11 +47,12 @@ class MaskEditor:
                 out.append(inst)
         return out
 
-    def _apply(self, view: "View", window: Window, target: int | None, erase: bool, overlap: str,
+    def _apply(self, view: "View", window: Window, shape: tuple[int, int], instance, erase: bool, overlap: str,
                category_id: int | None, label: str) -> tuple["View", str]:
-        """Add (erase) a window to `target`, or make a new instance of it (target None), under the overlap rule."""
+        """Add (erase) a window to `instance` (as read once for this edit), or make a new instance of it (None),
+        under the overlap rule; `shape` is the image's (height, width)."""
         image_id = require_image(view)
-        shape = self._shape(image_id)
+        target = None if instance is None else instance.id
         changes: dict[int, np.ndarray] = {}
         if not erase and overlap != "overlap":
             others = self._others(view, window, target)
@@ -72,9 +73,9 @@ class MaskEditor:
             new_id = self.ws.edit_masks(image_id, changes, label, new=(category, window.full(shape), "user"))
             cut = f"; cut from {len(changes)} other instance(s)" if changes else ""
             return replace(view, selected=new_id, last_point=None, refine=None), f"Added instance #{new_id}{cut}."
-        if is_crowd(self.ws.get_instance(target)):  # say so even when the stroke would change nothing
+        if is_crowd(instance):  # say so even when the stroke would change nothing
             raise ServiceError(crowd_message(target))
-        mask = self.ws.get_instance(target).mask
+        mask = instance.mask
         before = mask[window.slices].copy()
         editing.paint(mask, window, erase)
         if np.array_equal(before, mask[window.slices]) and not changes:
@@ -107,12 +108,12 @@ class MaskEditor:
             check_selection(self.ws, view)  # deleted meanwhile by someone else: no new instance
         if selected is None and tool == "erase":
             raise ServiceError("Select the instance to erase from first.")
-        window = editing.stroke_window(pts, size, self._shape(image_id))
+        shape = self._shape(image_id)
+        window = editing.stroke_window(pts, size, shape)
         if window is None:
             raise ServiceError("The stroke lies outside the image.")
-        target = selected.id if selected else None
-        return self._apply(view, window, target, tool == "erase", overlap, category_id,
-                           f"{tool} stroke" + (f" on instance {target}" if target else ": new instance"))
+        return self._apply(view, window, shape, selected, tool == "erase", overlap, category_id,
+                           f"{tool} stroke" + (f" on instance {selected.id}" if selected else ": new instance"))
 
     def polygon(self, view: "View", points, mode: str = "new", category_id: int | None = None,
                 overlap: str = "overlap") -> tuple["View", str]:
@@ -122,16 +123,16 @@ class MaskEditor:
         image_id = require_image(view)
         pts = editing.parse_points(points, "polygon", minimum=3)
         overlap = editing.check_overlap(overlap)
-        target = None
+        selected = None
         if mode != "new":
             selected = selected_instance(self.ws, view)
             if selected is None:
                 raise ServiceError(f"Select the instance to {mode} the polygon {'to' if mode == 'add' else 'from'}.")
-            target = selected.id
-        window = editing.polygon_window(pts, self._shape(image_id))
+        shape = self._shape(image_id)
+        window = editing.polygon_window(pts, shape)
         if window is None:
             raise ServiceError("The polygon lies outside the image.")
-        return self._apply(view, window, target, mode == "cut", overlap, category_id, f"polygon ({mode})")
+        return self._apply(view, window, shape, selected, mode == "cut", overlap, category_id, f"polygon ({mode})")
 
     def fill_holes(self, view: "View") -> tuple["View", str]:
         inst = require_selected(self.ws, view)

@@ -207,3 +207,33 @@ def test_click_view_brush_is_a_one_point_canvas_stroke_with_its_overlap_rule(ope
     assert np.array_equal(ws.get_instance(target).mask,
                           mine | expected_stroke(shape, [[10, 10]], 5) | expected_stroke(shape, [[10, 10], [10, 30]], 5))
     assert joined.view.last_point == (target, 10, 30)
+
+
+def test_a_stroke_reads_its_instance_and_image_once(opened, monkeypatch):
+    """One stroke on the selected instance: one read of that instance and its mask, one of the image's size (the
+    write's own check aside), whatever the overlap rule."""
+    service, view = opened
+    ws = service.ws
+    record = ws.get_image_record(view.image_id)
+    mask = np.zeros((record.height, record.width), bool)
+    mask[20:60, 20:60] = True
+    target = ws.add_instance(view.image_id, ws.categories()[0].id, mask)
+    view = service.actions.select(view, target)
+    reads = {"instance": 0, "image": 0}
+    workspace_type = type(ws)
+    get_instance, get_image_record = workspace_type.get_instance, workspace_type.get_image_record
+
+    def counted_instance(self, instance_id):
+        reads["instance"] += instance_id == target
+        return get_instance(self, instance_id)
+
+    def counted_image(self, image_id):
+        reads["image"] += 1
+        return get_image_record(self, image_id)
+
+    monkeypatch.setattr(workspace_type, "get_instance", counted_instance)
+    monkeypatch.setattr(workspace_type, "get_image_record", counted_image)
+    view, message = service.edits.stroke(view, "erase", [[25, 30], [45, 30]], 5, overlap="over")
+    assert message.startswith("Erased from") and not ws.get_instance(target).mask[30, 35]
+    assert reads["instance"] == 2  # the stroke's one read, and the check above
+    assert reads["image"] <= 2  # the stroke's size, and the write's (edit_masks checks its image)
