@@ -23,6 +23,7 @@ from app.annotate.screen import TABLE_HEADERS
 from app.service import Service
 from app.web.canvas import CanvasScenes
 from app.web.team_page import TeamPage
+from app.team.accounts import is_team
 
 MODEL_CHOICE = ("(model's choice)", 0)
 ANNOTATE_OUTPUTS = 12
@@ -61,7 +62,8 @@ class Handlers:
         self.service = service
         self.actions = service.actions
         self.canvas = CanvasScenes(service.slot)  # the canvas editor's scenes
-        self.team = TeamPage(service, self.annotate, ANNOTATE_OUTPUTS, STATUS_INDEX)
+        self.team = TeamPage(service.slot, service.presence, service.actions, service.reviews, service.role,
+                             lambda: is_team(service.accounts), self.annotate, ANNOTATE_OUTPUTS, STATUS_INDEX)
 
     @staticmethod
     def warning(message: str) -> str:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Callable
 
 import gradio as gr
 
-from app.team.accounts import is_team
 from app.view import View
 from app.store.actor import acting, current_user
 from app.errors import ServiceError
@@ -32,7 +31,10 @@ from app.web.guard import WARNING
 from app.annotate.review import LABELS, STATES
 
 if TYPE_CHECKING:
-    from app.service import Service
+    from app.annotate.actions import Annotator
+    from app.annotate.review import Reviews
+    from app.store.workspace_slot import WorkspaceSlot
+    from app.team.presence import Presence
 
 POLL_SECONDS = 3.0
 MAX_SESSIONS = 4096
@@ -49,10 +51,14 @@ window.addEventListener("focus", () => { const b = document.querySelector("#team
 class TeamPage:
     """Team events and the extras of every annotate output (see the module docstring)."""
 
-    def __init__(self, service: "Service", annotate: Callable[..., tuple], n_outputs: int, status_index: int):
+    def __init__(self, slot: "WorkspaceSlot", presence: "Presence", actions: "Annotator", reviews: "Reviews",
+                 role: Callable[[str | None], str], team: Callable[[], bool],
+                 annotate: Callable[..., tuple], n_outputs: int, status_index: int):
         """`annotate(view, message)` is the annotate view's output bundle: `n_outputs` values, the status
-        line at `status_index` (a poll leaves it alone)."""
-        self.service = service
+        line at `status_index` (a poll leaves it alone). `role(user)` is a person's role and `team()` whether
+        logins are per person (both read when asked: the accounts are set after the page is built)."""
+        self.slot, self.presence, self.actions, self.reviews = slot, presence, actions, reviews
+        self.role, self.team = role, team
         self.annotate = annotate
         self.n_outputs, self.status_index = n_outputs, status_index
         self._latest: OrderedDict[str, tuple[int, View]] = OrderedDict()  # session -> (version, last view sent)
@@ -63,7 +69,7 @@ class TeamPage:
         """Act as the logged-in person; edits are checked against what this session last saw."""
         user = getattr(request, "username", None) if request is not None else None
         view = args[0] if args and isinstance(args[0], View) else None
-        presence = self.service.presence
+        presence = self.presence
         stack = contextlib.ExitStack()
         token = _SESSION.set(getattr(request, "session_hash", None))
         stack.callback(_SESSION.reset, token)
@@ -101,52 +107,52 @@ class TeamPage:
     def conflict(self, view: View, message: str) -> tuple:
         """Someone else changed what this edit was about: a warning and the image as it is now."""
         gr.Warning(message)
-        return self.annotate(self.service.actions.refresh(replace(view, refine=None)), WARNING + message)
+        return self.annotate(self.actions.refresh(replace(view, refine=None)), WARNING + message)
 
     # ---- every annotate output ------------------------------------------------------------------------
     def stamp(self, view: View) -> tuple | None:
         """What, if it changes, makes the poll refresh the page: the image's last write (unless this person is
         its editor: then only they write it, and a poll racing their own edit must not replace its view), its
         review, who is on it."""
-        if self.service.workspace is None or view.image_id is None:
+        if self.slot.workspace is None or view.image_id is None:
             return None
-        record = self.service.ws.get_image_record(view.image_id)
-        editor = self.service.presence.editor(record.id)
+        record = self.slot.ws.get_image_record(view.image_id)
+        editor = self.presence.editor(record.id)
         mine = editor is not None and editor[0] == current_user()  # nobody else writes its instances then
         return (record.id, None if mine else record.updated_at, record.review_state, editor[0] if editor else None,
-                tuple(self.service.presence.viewers(record.id)))
+                tuple(self.presence.viewers(record.id)))
 
     def observe(self, view: View) -> View:
         """The person is on this image now; remember the revisions and the stamp the page will show."""
-        self.service.presence.seen(current_user(), view.image_id)
-        if self.service.workspace is None or view.image_id is None:
+        self.presence.seen(current_user(), view.image_id)
+        if self.slot.workspace is None or view.image_id is None:
             return replace(view, seen=None, stamp=None)
-        seen = {inst.id: inst.revision for inst in self.service.ws.instances(view.image_id)}
+        seen = {inst.id: inst.revision for inst in self.slot.ws.instances(view.image_id)}
         return replace(view, seen=seen, stamp=self.stamp(view))
 
     def info(self, view: View) -> str:
         """Who edits / views the image, its review state, who made the selected instance."""
-        service, user = self.service, current_user()
-        if service.workspace is None or view.image_id is None:
+        user = current_user()
+        if self.slot.workspace is None or view.image_id is None:
             return ""
         parts, warning = [], ""
-        editor = service.presence.editor(view.image_id)
+        editor = self.presence.editor(view.image_id)
         if editor is not None and editor[0] != user:
             since = datetime.fromtimestamp(editor[1]).strftime("%H:%M")
             warning = (f"\n\n**{editor[0]} is editing this image** (since {since}): you view it read-only; press "
                        "**Take over** to edit it")
-        others = [u for u in service.presence.viewers(view.image_id) if u != user and (not editor or u != editor[0])]
+        others = [u for u in self.presence.viewers(view.image_id) if u != user and (not editor or u != editor[0])]
         if others:
             parts.append("also viewing: " + ", ".join(others))
-        record = service.ws.get_image_record(view.image_id)
-        if is_team(service.accounts) and (record.review_state != "annotated" or record.reviewed_by):
-            parts.append(service.reviews.summary(view.image_id))
-        selected = service.actions.selected_instance(view)
+        record = self.slot.ws.get_image_record(view.image_id)
+        if self.team() and (record.review_state != "annotated" or record.reviewed_by):
+            parts.append(self.reviews.summary(view.image_id))
+        selected = self.actions.selected_instance(view)
         if selected is not None and (selected.created_by or selected.updated_by):
             parts.append(f"#{selected.id} created by {selected.created_by or 'the model'}, last changed by "
                          f"{selected.updated_by or 'nobody'} {selected.updated_at[11:19]} UTC")
         if user is not None:
-            parts.append(f"you: {user} ({service.role(user)})")
+            parts.append(f"you: {user} ({self.role(user)})")
         return "".join(f" - {part}" for part in parts) + warning
 
     # ---- events ---------------------------------------------------------------------------------------
@@ -158,19 +164,19 @@ class TeamPage:
         """
         version, sent = self._sent()
         view = sent or view
-        self.service.presence.seen(current_user(), view.image_id)
+        self.presence.seen(current_user(), view.image_id)
         skip = tuple([gr.skip()] * self.n_outputs)
         if view.stamp is not None and self.stamp(view) == view.stamp:
             return skip
-        outputs = list(self.annotate(self.service.actions.refresh(view)))
+        outputs = list(self.annotate(self.actions.refresh(view)))
         if not self.remember(outputs[0], unless_after=version if sent is not None else None):
             return skip  # another event of this session answered meanwhile: its view is newer
         outputs[self.status_index] = gr.skip()
         return tuple(outputs)  # (remembered once more by `sent`: the same view)
 
     def on_transition(self, view: View, target: str, comment: str = ""):
-        image_id = self.service.actions.require_image(view)
-        return self.annotate(view, self.service.reviews.transition(image_id, target, comment,
+        image_id = self.actions.require_image(view)
+        return self.annotate(view, self.reviews.transition(image_id, target, comment,
                                                                      threshold=view.threshold))
 
     def on_state_filter(self, view: View, state: str):
@@ -178,15 +184,15 @@ class TeamPage:
         if state is not None and state not in STATES:
             raise ServiceError(f"Unknown review state {str(state)[:40]!r}; use one of {', '.join(STATES)}.")
         view = replace(view, state_filter=state)
-        record = None if view.image_id is None else self.service.ws.get_image_record(view.image_id)
+        record = None if view.image_id is None else self.slot.ws.get_image_record(view.image_id)
         if state is not None and (record is None or record.review_state != state):
-            view, message = self.service.actions.step(view, +1)
+            view, message = self.actions.step(view, +1)
             return self.annotate(view, message or f"Showing images {LABELS[state]}.")
         return self.annotate(view, f"Showing images {LABELS[state]}." if state else "Showing all images.")
 
     def on_take_over(self, view: View):
-        image_id = self.service.actions.require_image(view)
-        before = self.service.presence.take_over(current_user(), image_id)
+        image_id = self.actions.require_image(view)
+        before = self.presence.take_over(current_user(), image_id)
         message = f"You edit this image now; {before} views it read-only." if before else "You edit this image now."
         return self.annotate(view, message)
 
