@@ -111,9 +111,13 @@ class FrameSequence:
 
         for f in self.info.frame_files:
             try:
-                yield read_image(f)
+                image = read_image(f)
             except ImageError as e:
                 raise VideoError(f"{self.info.path}: frame {f.name}: {e}") from None
+            if image.shape[:2] != (self.info.height, self.info.width):  # an EXIF block the header did not show
+                raise VideoError(f"{self.info.path}: frame {f.name} decodes to {image.shape[1]}x{image.shape[0]}, not "
+                                 f"the {self.info.width}x{self.info.height} its header says")
+            yield image
 
 
 class VideoFile:
