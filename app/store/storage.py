@@ -21,6 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from app.store import actor, history
+from app.store.categories import category_exists
 from app.store.db import now
 from app.errors import WorkspaceError
 from app.store.ingest import PreparedImage
@@ -56,7 +57,7 @@ def insert_instance(conn, image_id: int, category_id: int, enc: EncodedMask, sou
     if source not in INSTANCE_SOURCES:
         raise WorkspaceError(f"Instance source must be one of {INSTANCE_SOURCES}, got {source!r}")
     category_id = check_id(category_id, "Category id")
-    if not conn.execute("SELECT 1 FROM categories WHERE id = ?", (category_id,)).fetchone():
+    if not category_exists(conn, category_id):
         raise WorkspaceError(f"Category {category_id} does not exist; add it first")
     stamp = now()
     instance_id = int(conn.execute(
@@ -77,7 +78,7 @@ def insert_instances(conn, image_id: int, items: list[tuple[int | None, int, Enc
     if source not in INSTANCE_SOURCES:
         raise WorkspaceError(f"Instance source must be one of {INSTANCE_SOURCES}, got {source!r}")
     for category_id in {category_id for _, category_id, _, _ in items}:
-        if not conn.execute("SELECT 1 FROM categories WHERE id = ?", (check_id(category_id, "Category id"),)).fetchone():
+        if not category_exists(conn, check_id(category_id, "Category id")):
             raise WorkspaceError(f"Category {category_id} does not exist; add it first")
     stamp, user = now(), actor.current_user()
     conn.executemany(
