@@ -95,7 +95,7 @@ class Service:
         self.screens = Screens(slot, self.sequences)
         self.explain = ExplainPages(slot, session, self.images)
         self.refiner = Refiner(slot, session, self.images)
-        self.propagation = Propagator(slot, session, self.sequences, self.tracks)
+        self.propagation = Propagator(slot, session, self.sequences)
         self.presence = Presence()
         self.accounts = None  # set by app.__main__.launch when logins are required
         self._jobs = None

@@ -113,6 +113,25 @@ def header_orientation(im: Image.Image) -> int:
     return int(exif.get(0x0112, 1) or 1)
 
 
+def shown_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as `read_image` returns it, from the header alone: EXIF orientations
+    5-8 (a quarter turn) swap the sides. A broken EXIF block means no rotation. THE reader of "image size after
+    EXIF": the loader's entry checks, `image_size`, the video frame reader and the app's importers use it."""
+    width, height = im.size
+    try:
+        orientation = header_orientation(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block only means "no rotation"
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """`shown_size` of an image file, opening only its header; PIL's errors (UnidentifiedImageError, OSError,
+    ...) pass through."""
+    with Image.open(path) as im:
+        return shown_size(im)
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB, honouring EXIF orientation.
 

@@ -18,10 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 
 from .errors import UserError
-from .preprocess import header_orientation
+from .preprocess import image_size
 from .untrusted import InputError, read_json
 
 
@@ -73,17 +72,6 @@ def gt_image_ids(ann_file: str | os.PathLike, paths: list[Path]) -> list[int]:
                                 "give the GT file_names their folders")
         ids.append(best[0])
     return ids
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as the image shows after its EXIF orientation, from the header."""
-    with Image.open(path) as im:
-        width, height = im.size
-        try:
-            orientation = header_orientation(im)
-        except Exception:  # noqa: BLE001 - a broken EXIF block only means "no rotation" (as read_image)
-            orientation = 1
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def images_coco(paths: list[Path], ids: list[int], results: list[dict]) -> dict[str, Any]:

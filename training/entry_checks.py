@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from condinst.preprocess import header_orientation
+from condinst.preprocess import shown_size
 
 # How far (pixels) a box may reach past the image border: exported annotations often overshoot by
 # a rounding error (COCO has boxes ending at x = width + 0.01).
@@ -40,14 +40,11 @@ def check_image_file(path: Path, height: int, width: int, open_header: bool) -> 
         return None
     try:
         with Image.open(path) as im:
-            w, h = im.size
-            orientation = header_orientation(im)
+            w, h = shown_size(im)  # EXIF rotation by 90 degrees: read_image transposes
     except UnidentifiedImageError:
         return f"{path} is not an image file (format not recognised)"
     except (OSError, ValueError, SyntaxError) as e:
         return f"{path} cannot be read as an image ({e})"
-    if orientation in (5, 6, 7, 8):  # EXIF rotation by 90 degrees: read_image transposes
-        w, h = h, w
     if (h, w) != (height, width):
         return f"{path} is {w}x{h} (WxH) but the JSON says {width}x{height}"
     return None

@@ -9,16 +9,16 @@
 
 The role is checked here, on the server, for the person acting (`app.store.actor.current_user`);
 without accounts everyone is an admin. Each transition is one transaction that updates the image
-and appends to the ``reviews`` log (who, when, comment). Editing an accepted image keeps the edit
-and sends it back to "annotated" (`storage.touch_review`).
+and appends to the ``reviews`` log (who, when, comment), through `app.store.review_state.write`, the one
+writer of the review columns. Editing an accepted image keeps the edit and sends it back to "annotated"
+(`review_state.touch`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
-from app.store import actor
-from app.store.db import now
+from app.store import actor, review_state
+from app.store.review_state import ReviewEvent
 from app.errors import ServiceError
 from app.store.workspace_slot import WorkspaceSlot
 
@@ -29,15 +29,6 @@ TRANSITIONS = {("annotated", "in_review"): False, ("rejected", "in_review"): Fal
                ("in_review", "accepted"): True, ("annotated", "accepted"): True, ("rejected", "accepted"): True,
                ("in_review", "rejected"): True, ("accepted", "annotated"): True, ("in_review", "annotated"): False}
 LABELS = {"annotated": "annotated", "in_review": "in review", "accepted": "accepted", "rejected": "rejected"}
-
-
-@dataclass(frozen=True)
-class ReviewEvent:
-    image_id: int
-    state: str
-    user: str | None
-    comment: str | None
-    created_at: str
 
 
 class Reviews:
@@ -64,11 +55,10 @@ class Reviews:
             raise ServiceError("Say what is wrong: a rejection needs a comment.")
         user, role = actor.current_user(), self.role()
         with self.ws.db.write() as conn:
-            row = conn.execute("SELECT review_state, review_threshold FROM images WHERE id = ?",
-                               (int(image_id),)).fetchone()
-            if row is None:
+            review = review_state.read(conn, image_id)
+            if review is None:
                 raise ServiceError(f"Image {image_id} does not exist.")
-            current, frozen = row
+            current = review.state
             if current == target:
                 return f"Image {image_id} is already {LABELS[target]}."
             if (current, target) not in TRANSITIONS:
@@ -77,23 +67,17 @@ class Reviews:
             if TRANSITIONS[(current, target)] and role not in REVIEWER_ROLES:
                 raise ServiceError(f"Only a reviewer can make an image {LABELS[target]} (you are {role}).")
             accepted = target == "accepted"
-            frozen = (float(threshold) if threshold is not None else frozen) if accepted else None
-            conn.execute("UPDATE images SET review_state = ?, reviewed = ?, review_threshold = ?, reviewed_by = ?,"
-                         " review_comment = ?, changed_after_review = CASE WHEN ? THEN 0 ELSE changed_after_review"
-                         " END, updated_at = ? WHERE id = ?",
-                         (target, int(accepted), frozen, user if TRANSITIONS[(current, target)] else None, comment,
-                          int(accepted), now(), int(image_id)))
-            conn.execute("INSERT INTO reviews (image_id, state, user, comment, created_at) VALUES (?, ?, ?, ?, ?)",
-                         (int(image_id), target, user, comment, now()))
+            frozen = (float(threshold) if threshold is not None else review.threshold) if accepted else None
+            review_state.write(conn, image_id, review_state.Review(
+                target, frozen, user if TRANSITIONS[(current, target)] else None, comment,
+                False if accepted else review.changed_after_review), log_user=user)
         by = f" by {user}" if user else ""
         return f"Image {image_id} is now {LABELS[target]}{by}" + (f": {comment}" if comment else ".")
 
     def log(self, image_id: int) -> list[ReviewEvent]:
         """The image's review events, oldest first."""
         with self.ws.db.read() as conn:
-            rows = conn.execute("SELECT image_id, state, user, comment, created_at FROM reviews WHERE image_id = ?"
-                                " ORDER BY id", (int(image_id),)).fetchall()
-        return [ReviewEvent(*row) for row in rows]
+            return review_state.events(conn, image_id)
 
     def summary(self, image_id: int) -> str:
         """One line for the workspace view: state, who reviewed, the comment, the last events."""

@@ -32,6 +32,7 @@ import PIL.Image
 from pycocotools import mask as mask_utils
 
 from app.interop.import_sources import IMAGE_SUFFIXES
+from app.store import storage
 from app.store.ingest import oriented_size
 from app.store.workspace import Workspace
 from condinst.untrusted import is_inside
@@ -259,8 +260,7 @@ def datumaro_to_coco(path: Path, kind: str, workspace: Workspace, out: Path,
         category[name] = known.get(name, next_id)
         next_id += name not in known
     with workspace.db.read() as conn:
-        image_id, ann_id = (conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {t}").fetchone()[0]
-                            for t in ("images", "instances"))
+        image_id, ann_id = storage.last_ids(conn)
     coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": i, "name": n}
                                                                              for n, i in category.items()]}
     for file_name, width, height, shapes in entries:

@@ -42,6 +42,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from app.store import storage
 from app.store.ingest import oriented_size
 from app.store.workspace import Workspace
 from condinst.untrusted import InputError, inside, is_inside, parse_json, read_json
@@ -230,8 +231,7 @@ def yolo_to_coco(root: Path, workspace: Workspace, out: Path, skip_bad: bool = F
             ids.append(known.get(name, next_id))
             next_id += name not in known
     with workspace.db.read() as conn:
-        image_id, ann_id = (conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {t}").fetchone()[0]
-                            for t in ("images", "instances"))
+        image_id, ann_id = storage.last_ids(conn)
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                     and "images" in p.relative_to(root).parts[:-1])
     if not images:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.store import predictions_store, storage
+from app.store import categories, predictions_store, storage
 from app.errors import WorkspaceError
 from app.interop.crowd_masks import crowd_ids
 from app.interop.import_ids import category_table, keep_or_renumber
@@ -66,7 +66,7 @@ def _encode_annotations(images: list, progress: Progress | None) -> dict[int, En
 def _taken_ids(workspace: Workspace) -> tuple[set[int], set[int]]:
     """The image ids and instance ids the workspace uses."""
     with workspace.db.read() as conn:
-        return tuple({row[0] for row in conn.execute(f"SELECT id FROM {table}")} for table in ("images", "instances"))
+        return storage.used_ids(conn)
 
 
 def _prepare(workspace: Workspace, dataset: CocoInstances, info) -> PreparedImage:
@@ -145,7 +145,7 @@ def plan_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: str 
 def write_coco(workspace: Workspace, conn, plan: CocoPlan, progress: Progress | None = None) -> ImportReport:
     """Write a planned dataset inside the caller's write transaction; returns its report."""
     report, dataset = plan.report, plan.dataset
-    conn.executemany("INSERT INTO categories (id, name) VALUES (?, ?)", list(plan.new_categories.items()))
+    categories.insert_categories(conn, plan.new_categories)
     images = [info for info in dataset.images if info.id in plan.image_ids]
     for done, info in enumerate(images, start=1):
         if info.id in plan.prepared:

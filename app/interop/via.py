@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from app.store import storage
 from app.store.ingest import oriented_size
 from app.store.workspace import Workspace
 from condinst.untrusted import InputError, OutsideError, inside, read_json
@@ -187,8 +188,7 @@ def via_to_coco(files: list[tuple[Path, Path]], root: Path, workspace: Workspace
         category[cls] = known.get(cls, next_id)
         next_id += cls not in known
     with workspace.db.read() as conn:
-        image_id, ann_id = (conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {t}").fetchone()[0]
-                            for t in ("images", "instances"))
+        image_id, ann_id = storage.last_ids(conn)
     coco: dict[str, Any] = {"images": [], "annotations": [],
                             "categories": [{"id": category[c], "name": c} for c in classes]}
     for name, path, shapes in entries:

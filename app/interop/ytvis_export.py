@@ -32,6 +32,7 @@ from typing import Any
 from pycocotools import mask as mask_utils
 
 from app.interop.export import ExportError, disk_errors, fsync_file, publish
+from app.store import video_store
 from app.store.ingest import sanitize_file_name
 from app.video.tracks import track_category
 from condinst.io import atomic_open, fsync_dir
@@ -53,7 +54,7 @@ def build_ytvis(workspace, reviewed_only: bool = False) -> YtvisExport:
     snapshot = workspace.snapshot(reviewed_only=reviewed_only)
     store = getattr(workspace, "workspace", workspace)  # a ThresholdedWorkspace wraps the Workspace
     with store.db.read() as conn:
-        sequences = {row[0]: row[1:] for row in conn.execute("SELECT id, name, num_frames, fps FROM sequences")}
+        sequences = {seq.id: (seq.name, seq.num_frames, seq.fps) for seq in video_store.sequences(conn)}
     frames: dict[int, list] = {}
     for image in snapshot.images:
         if image.sequence_id is not None:

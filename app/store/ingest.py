@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from app.errors import WorkspaceError
 from app.store.masks import PREVIEW_MAX_SIDE, preview_size
-from condinst.preprocess import ImageError, header_orientation, read_image, to_rgb_uint8
+from condinst.preprocess import ImageError, header_orientation, image_size, read_image, to_rgb_uint8
 
 DEFAULT_MAX_PIXELS = 50_000_000
 # Formats whose bytes are kept as uploaded: accepted extensions, first canonical.
@@ -105,10 +105,9 @@ def oriented_size(path: Path) -> tuple[int, int]:
     """(width, height) as the image shows after its EXIF orientation, from the header alone; (0, 0) when the header
     cannot be read (the importer's decode then refuses the file with its own message)."""
     try:
-        _, _, width, height, orientation = image_header(path)
+        return image_size(path)  # the library's one reader of the size after EXIF
     except Exception:  # noqa: BLE001 - reported by the decode
         return 0, 0
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def image_header(path: Path) -> tuple[str, str, int, int, int]:

@@ -2,14 +2,16 @@
 
 Each function works inside the caller's transaction (``Workspace.db.write()`` / ``read()``), so one
 edit, import, video or propagation is stored whole or not at all. `app.store.workspace`, `app.store.predictions_store`,
-`app.interop.imports`, `app.video.sequences`, `app.video.tracks` and `app.video.propagation` all write through these.
+`app.interop.imports`, `app.video.sequences`, `app.video.tracks` and `app.video.propagation` all write through these;
+no module outside `app.store` holds SQL (tests/app/test_structure.py).
 
     encode(mask, height, width)     a full-size mask (array, RLE dict or EncodedMask) -> EncodedMask, size-checked
     insert_instance(conn, ...)      a new instance row (+ its undo "created" change)
     insert_instances(conn, ...)     many new instance rows of one image in one statement (an import: no undo)
     insert_image(conn, stage, ...)  an image's files (claimed, atomic, named by content) + its row
+    add_image_row(conn, ...)        the one insert of an image row (still images and video frames)
     image_record / list_images / instances    rows read as records
-    touch_review(conn, image_id)    an edit of a reviewed image sends it back for review
+    last_ids / used_ids             the image and instance ids taken (an import numbers its rows around them)
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from app.store import actor, history
+from app.store.categories import category_exists
 from app.store.db import now
 from app.errors import WorkspaceError
 from app.store.ingest import PreparedImage
@@ -54,7 +57,7 @@ def insert_instance(conn, image_id: int, category_id: int, enc: EncodedMask, sou
     if source not in INSTANCE_SOURCES:
         raise WorkspaceError(f"Instance source must be one of {INSTANCE_SOURCES}, got {source!r}")
     category_id = check_id(category_id, "Category id")
-    if not conn.execute("SELECT 1 FROM categories WHERE id = ?", (category_id,)).fetchone():
+    if not category_exists(conn, category_id):
         raise WorkspaceError(f"Category {category_id} does not exist; add it first")
     stamp = now()
     instance_id = int(conn.execute(
@@ -75,7 +78,7 @@ def insert_instances(conn, image_id: int, items: list[tuple[int | None, int, Enc
     if source not in INSTANCE_SOURCES:
         raise WorkspaceError(f"Instance source must be one of {INSTANCE_SOURCES}, got {source!r}")
     for category_id in {category_id for _, category_id, _, _ in items}:
-        if not conn.execute("SELECT 1 FROM categories WHERE id = ?", (check_id(category_id, "Category id"),)).fetchone():
+        if not category_exists(conn, check_id(category_id, "Category id")):
             raise WorkspaceError(f"Category {category_id} does not exist; add it first")
     stamp, user = now(), actor.current_user()
     conn.executemany(
@@ -104,12 +107,22 @@ def insert_image(conn, stage: Staging, prepared: PreparedImage, segmented_by: st
             stage.place(prepared.preview_jpeg, f"{PREVIEWS_DIR_NAME}/{digest}.jpg")
     except OSError as exc:
         raise WorkspaceError(f"Cannot write into {root / IMAGES_DIR_NAME}: {exc.strerror}") from None
-    stamp = now()
+    return add_image_row(conn, relative, digest, prepared.name, prepared.size[0], prepared.size[1], segmented_by,
+                         image_id=image_id)
+
+
+def add_image_row(conn, file_path: str, sha256: str, name: str, height: int, width: int, segmented_by: str | None,
+                  image_id: int | None = None, sequence_id: int | None = None, frame_index: int | None = None,
+                  stamp: str | None = None) -> int:
+    """THE insert of an image row (a still image through `insert_image`, a video frame from
+    `app.video.sequences`): its file (already in place under the workspace), content hash, name and size, the
+    model that segmented it, and for a frame its sequence and index. Returns the image id."""
+    stamp = stamp or now()
     return int(conn.execute(
-        "INSERT INTO images (id, file_path, sha256, original_name, width, height, reviewed, created_at,"
-        " updated_at, segmented_by) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-        (image_id, relative, digest, prepared.name, prepared.size[1], prepared.size[0], stamp, stamp,
-         segmented_by)).lastrowid)
+        "INSERT INTO images (id, file_path, sha256, original_name, width, height, reviewed, created_at, updated_at,"
+        " segmented_by, sequence_id, frame_index) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+        (image_id, file_path, sha256, name, int(width), int(height), stamp, stamp, segmented_by, sequence_id,
+         frame_index)).lastrowid)
 
 
 def image_record(conn, image_id: int) -> ImageRecord:
@@ -130,7 +143,12 @@ def instances(conn, image_id: int, include_deleted: bool) -> list[Instance]:
     return [instance_from_row(row) for row in conn.execute(query, (int(image_id),))]
 
 
-def touch_review(conn, image_id: int) -> None:
-    """An edit of a reviewed image un-reviews it and marks it for re-review (the edit stays)."""
-    conn.execute("UPDATE images SET reviewed = 0, changed_after_review = 1, review_state = 'annotated'"
-                 " WHERE id = ? AND reviewed = 1", (image_id,))
+def last_ids(conn) -> tuple[int, int]:
+    """(largest image id, largest instance id), 0 when none: an importer numbers its new rows after them."""
+    return tuple(conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+                 for table in ("images", "instances"))
+
+
+def used_ids(conn) -> tuple[set[int], set[int]]:
+    """(the image ids, the instance ids) the workspace uses."""
+    return tuple({row[0] for row in conn.execute(f"SELECT id FROM {table}")} for table in ("images", "instances"))

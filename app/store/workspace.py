@@ -29,11 +29,12 @@ from typing import Any, Mapping, Sequence, Union
 import cv2
 import numpy as np
 
-from app.store import history, predictions_store, storage, sweep
-from app.store.db import Database, now
+from app.store import categories as category_rows, history, predictions_store, review_state, storage, sweep
+from app.store.db import Database
 from app.errors import AppError, WorkspaceError
 from app.store.ingest import DEFAULT_MAX_PIXELS, PreparedImage, prepare_array, prepare_file
 from app.store.masks import decode_mask, encode_with_preview, preview_size
+from app.store.review_state import Review
 from app.store.staging import Staging
 from app.store.records import (INSTANCE_COLUMNS, Category, ImageRecord, Instance, Prediction, PredictionReport,
                          WorkspaceSnapshot, check_id, check_label, default_workspace_dir, instance_from_row,
@@ -43,7 +44,6 @@ from condinst.io import atomic_write_bytes
 
 DB_FILE_NAME = "workspace.sqlite"
 DEFAULT_HISTORY_LIMIT = 200
-STATE = {True: "accepted", False: "annotated"}  # review_state of set_reviewed; app.annotate.review has the transitions
 ImageSource = Union[str, os.PathLike, np.ndarray, PreparedImage]
 __all__ = ["Workspace", "WorkspaceError", "Category", "ImageRecord", "Instance", "Prediction", "PredictionReport",
            "WorkspaceSnapshot", "default_workspace_dir", "resolve_inside", "check_id", "DB_FILE_NAME"]
@@ -121,7 +121,7 @@ class Workspace:
             if self.db.migrated_from == 1:  # v1 images with instances were segmented; v1 reviews used 0.3
                 conn.execute("UPDATE images SET segmented_by = 'v1' WHERE segmented_by IS NULL AND id IN"
                              " (SELECT image_id FROM instances)")
-                conn.execute("UPDATE images SET review_threshold = 0.3 WHERE reviewed = 1")
+                review_state.freeze_v1_reviews(conn)
 
     def sweep(self, min_age: float = 300.0) -> int:
         """Remove what killed writers left in the workspace, only what is known to be a leftover and never a
@@ -135,41 +135,25 @@ class Workspace:
     # ---- categories ------------------------------------------------------------------------------
     def add_category(self, name: str, category_id: int | None = None, supercategory: str = "object") -> int:
         """Add a category; ``category_id`` defaults to max id + 1. Returns its id."""
-        name = check_label(name)
         with self.db.write() as conn:
-            if category_id is None:
-                category_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM categories").fetchone()[0]
-            category_id = check_id(category_id, "Category id")
-            if conn.execute("SELECT 1 FROM categories WHERE id = ?", (category_id,)).fetchone():
-                raise WorkspaceError(f"Category id {category_id} already exists")
-            if conn.execute("SELECT 1 FROM categories WHERE name = ?", (name,)).fetchone():
-                raise WorkspaceError(f"A class named {name!r} already exists")
-            conn.execute("INSERT INTO categories (id, name, supercategory) VALUES (?, ?, ?)",
-                         (category_id, name, str(supercategory)))
-        return category_id
+            return category_rows.add_category(conn, name, category_id, supercategory)
 
     def ensure_categories(self, names: Mapping[int, str]) -> None:
         """Add every ``id -> name`` that is missing (existing categories keep their names)."""
         items = [(check_id(cid, "Category id"), check_label(name)) for cid, name in names.items()]
         with self.db.read() as conn:
-            present = {row[0] for row in conn.execute("SELECT id FROM categories")}
-        if all(cid in present for cid, _ in items):
-            return  # no write: starting the app beside a CLI import's transaction does not wait for it
+            if not category_rows.missing_categories(conn, items):
+                return  # no write: starting the app beside a CLI import's transaction does not wait for it
         with self.db.write() as conn:
-            conn.executemany("INSERT OR IGNORE INTO categories (id, name) VALUES (?, ?)", items)
+            category_rows.ensure_categories(conn, items)
 
     def rename_category(self, category_id: int, name: str) -> None:
-        name = check_label(name)
         with self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM categories WHERE name = ? AND id != ?",
-                            (name, check_id(category_id, "Category id"))).fetchone():
-                raise WorkspaceError(f"A class named {name!r} already exists")
-            if conn.execute("UPDATE categories SET name = ? WHERE id = ?", (name, int(category_id))).rowcount == 0:
-                raise WorkspaceError(f"Category {category_id} does not exist")
+            category_rows.rename_category(conn, category_id, name)
 
     def categories(self) -> list[Category]:
         with self.db.read() as conn:
-            return [Category(*row) for row in conn.execute("SELECT id, name, supercategory FROM categories ORDER BY id")]
+            return category_rows.all_categories(conn)
 
     # ---- images ----------------------------------------------------------------------------------
     def prepare(self, source: ImageSource, file_name: str | None = None) -> PreparedImage:
@@ -249,13 +233,13 @@ class Workspace:
         return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
     def set_reviewed(self, image_id: int, reviewed: bool = True, threshold: float | None = None) -> None:
-        """Mark an image reviewed (freezing `threshold`, if given) or not (not an undo step)."""
+        """Mark an image accepted (freezing `threshold`, if given) or annotated (not an undo step, no review log
+        event: `app.annotate.review` has the people's transitions)."""
         with self.db.write() as conn:
             record = storage.image_record(conn, image_id)
             frozen = (float(threshold) if threshold is not None else record.review_threshold) if reviewed else None
-            conn.execute("UPDATE images SET reviewed = ?, review_threshold = ?, changed_after_review = 0,"
-                         " review_state = ?, updated_at = ? WHERE id = ?",
-                         (int(bool(reviewed)), frozen, STATE[bool(reviewed)], now(), record.id))
+            review_state.write(conn, record.id, Review("accepted" if reviewed else "annotated", frozen,
+                                                       record.reviewed_by, record.review_comment, False))
 
     # ---- instances: reads ------------------------------------------------------------------------
     def instances(self, image_id: int, include_deleted: bool = False) -> list[Instance]:
@@ -274,12 +258,11 @@ class Workspace:
     def snapshot(self, reviewed_only: bool = False) -> WorkspaceSnapshot:
         """Categories, images, image paths and live instances in one read."""
         with self.db.read() as conn:
-            categories = [Category(*row) for row in conn.execute("SELECT id, name, supercategory FROM categories"
-                                                                 " ORDER BY id")]
+            classes = category_rows.all_categories(conn)
             images = storage.list_images(conn, reviewed_only)
             paths = {img.id: resolve_inside(self.root, img.file_path) for img in images}
             instances = {img.id: storage.instances(conn, img.id, False) for img in images}
-        return WorkspaceSnapshot(categories, images, paths, instances)
+        return WorkspaceSnapshot(classes, images, paths, instances)
 
     # ---- instances: writes -----------------------------------------------------------------------
     def set_predictions(self, image_id: int, predictions: Sequence[Prediction], model: str = "model") -> PredictionReport:
@@ -301,7 +284,7 @@ class Workspace:
         enc = storage.encode(mask, record.height, record.width)
         with self.db.write() as conn:
             new_id, change = storage.insert_instance(conn, record.id, category_id, enc, source, score, meta)
-            storage.touch_review(conn, record.id)
+            review_state.touch(conn, record.id)
             history.push(conn, record.id, f"add instance {new_id}", [change], self.history_limit)
             return new_id
 
@@ -322,14 +305,14 @@ class Workspace:
                 if not row["deleted"]:
                     changes.append(history.update(conn, row["id"], {"deleted": 1, "user_edited": 1}))
             if changes:
-                storage.touch_review(conn, record.id)
+                review_state.touch(conn, record.id)
                 history.push(conn, record.id, label, changes, self.history_limit)
             return len(changes)
 
     def set_category(self, instance_id: int, category_id: int) -> None:
         category_id = check_id(category_id, "Category id")
         with self.db.read() as conn:
-            if not conn.execute("SELECT 1 FROM categories WHERE id = ?", (category_id,)).fetchone():
+            if not category_rows.category_exists(conn, category_id):
                 raise WorkspaceError(f"Category {category_id} does not exist; add it first")
         self._edit(instance_id, {"category_id": category_id, "user_edited": 1}, "change category")
 
@@ -367,7 +350,7 @@ class Workspace:
                 new_id, change = storage.insert_instance(conn, record.id, new[0], new_enc, new[2], None, None)
                 changes.append(change)
             if changes:
-                storage.touch_review(conn, record.id)
+                review_state.touch(conn, record.id)
                 history.push(conn, record.id, label, changes, self.history_limit)
             return new_id
 
@@ -390,7 +373,7 @@ class Workspace:
                 return
             change = history.update(conn, row["id"], values)
             if review:
-                storage.touch_review(conn, row["image_id"])
+                review_state.touch(conn, row["image_id"])
             history.push(conn, row["image_id"], f"{label} instance {instance_id}", [change], self.history_limit)
 
     # ---- undo / redo ------------------------------------------------------------------------------

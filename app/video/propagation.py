@@ -20,13 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from app.store import actor, history, storage
+from app.store import actor, history, storage, video_store
 from app.errors import ServiceError
 from app.store.masks import decode_mask, encode_mask
 from app.store.records import is_crowd, refuse_crowd
 from app.video.sequences import SequenceLibrary
 from app.model.session import ModelSession
-from app.video.tracks import TrackEditor
 from app.view import View, require_image, selected_instance
 from app.store.workspace_slot import WorkspaceSlot
 from condinst.video.propagate import PropagationError, propagate
@@ -56,9 +55,8 @@ class PropagationState:
 class Propagator:
     """Preview / accept / discard on a View (see the module docstring)."""
 
-    def __init__(self, workspace: WorkspaceSlot, session: ModelSession, sequences: SequenceLibrary,
-                 tracks: TrackEditor):
-        self.slot, self.session, self.sequences, self.tracks = workspace, session, sequences, tracks
+    def __init__(self, workspace: WorkspaceSlot, session: ModelSession, sequences: SequenceLibrary):
+        self.slot, self.session, self.sequences = workspace, session, sequences
 
     @property
     def ws(self):
@@ -133,7 +131,7 @@ class Propagator:
         track_id = pending.track_id
         with ws.db.write() as conn:  # any refusal below rolls the whole accept back
             if track_id is None:  # an instance on no track starts one, so its frames stay linked
-                track_id = self.tracks.next_track(conn, ws.get_image_record(pending.frame_id).sequence_id)
+                track_id = video_store.next_track(conn, ws.get_image_record(pending.frame_id).sequence_id)
                 changes = [history.update(conn, pending.source, {"track_id": track_id})]
             else:
                 changes = []
@@ -153,14 +151,14 @@ class Propagator:
     @staticmethod
     def _check_unchanged(conn, frame_id: int, track_id: int, target: tuple[int, int] | None) -> None:
         """StaleEdit (nothing written) if the frame was reviewed or its track instance changed since the preview."""
-        reviewed, index = conn.execute("SELECT reviewed, frame_index FROM images WHERE id = ?", (frame_id,)).fetchone()
-        if reviewed:
+        frame = storage.image_record(conn, frame_id)
+        index = frame.frame_index
+        if frame.reviewed:
             raise actor.StaleEdit(f"Frame {index} was reviewed after the preview; nothing was changed: preview again.")
         if target is None:
-            row = conn.execute("SELECT id FROM instances WHERE image_id = ? AND track_id = ? AND deleted = 0",
-                               (frame_id, track_id)).fetchone()
-            if row is not None:
-                raise actor.StaleEdit(f"Instance #{row[0]} joined this track on frame {index} after the preview; "
+            joined = video_store.track_instance_on(conn, frame_id, track_id)
+            if joined is not None:
+                raise actor.StaleEdit(f"Instance #{joined} joined this track on frame {index} after the preview; "
                                       "nothing was changed: preview again.")
             return
         row = history.row(conn, target[0])

@@ -4,8 +4,8 @@
     service.sequences.get(sequence_id)          # SequenceRecord: name, fps, frame count, size
     service.sequences.frame_ids(sequence_id)    # image ids of its frames, in order
 
-Storage (schema v4, `app.store.db`): one `sequences` row (name, the video file's sha256, fps, frame count,
-size, tracker); each frame an `images` row with `sequence_id` / `frame_index`, its file
+Storage (schema v4, `app.store.db`; rows written by `app.store.video_store` and `storage.add_image_row`): one
+`sequences` row (name, the video file's sha256, fps, frame count, size, tracker); each frame an `images` row with `sequence_id` / `frame_index`, its file
 `images/<video sha256[:16]>-<frame index>.png` (the decoded frame, lossless: the pixels the model
 saw); each TRACKED prediction an `instances` row with the `track_id` the tracker gave it: what
 `python -m condinst video` outputs. Detections the tracker left out (the model's duplicates of a
@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from app.store import storage
+from app.store import storage, video_store
 from app.store.db import now
 from app.errors import AppError, ServiceError
 from app.store.ingest import prepare_array, sanitize_file_name
-from app.store.records import ImageRecord, check_id
+from app.store.records import ImageRecord
+from app.store.video_store import SequenceRecord
 from app.model.session import ModelSession
 from app.store.workspace_slot import WorkspaceSlot
 from condinst.io import atomic_write_bytes, fsync_dir
@@ -44,18 +45,6 @@ DEFAULT_MAX_FRAMES = 300
 BATCH_SIZE = 4
 VIDEO_TYPES = (".mp4", ".avi", ".webm", ".mkv", ".mov")  # what the upload area offers
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class SequenceRecord:
-    id: int
-    name: str
-    fps: float
-    num_frames: int
-    width: int
-    height: int
-    tracker: str | None
-    created_at: str
 
 
 @dataclass
@@ -85,14 +74,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sequence_of(conn, sequence_id: int) -> SequenceRecord:
-    row = conn.execute("SELECT id, name, fps, num_frames, width, height, tracker, created_at FROM sequences"
-                       " WHERE id = ?", (check_id(sequence_id, "Sequence id"),)).fetchone()
-    if row is None:
-        raise ServiceError(f"Sequence {sequence_id} does not exist")
-    return SequenceRecord(*row)
-
-
 class SequenceLibrary:
     """The workspace's video sequences: adding videos, reading sequences and their frames."""
 
@@ -107,19 +88,16 @@ class SequenceLibrary:
     # ---- reading -----------------------------------------------------------------------------------
     def get(self, sequence_id: int) -> SequenceRecord:
         with self.ws.db.read() as conn:
-            return sequence_of(conn, sequence_id)
+            return video_store.sequence_of(conn, sequence_id)
 
     def all(self) -> list[SequenceRecord]:
         with self.ws.db.read() as conn:
-            rows = conn.execute("SELECT id, name, fps, num_frames, width, height, tracker, created_at FROM sequences"
-                                " ORDER BY id").fetchall()
-        return [SequenceRecord(*row) for row in rows]
+            return video_store.sequences(conn)
 
     def frame_ids(self, sequence_id: int) -> list[int]:
         """Image ids of the sequence's frames, in frame order."""
         with self.ws.db.read() as conn:
-            return [row[0] for row in conn.execute("SELECT id FROM images WHERE sequence_id = ? ORDER BY frame_index",
-                                                   (check_id(sequence_id, "Sequence id"),))]
+            return video_store.frame_ids(conn, sequence_id)
 
     def frame_id(self, sequence_id: int, frame_index: int) -> int:
         ids = self.frame_ids(sequence_id)
@@ -144,9 +122,9 @@ class SequenceLibrary:
                                "frames (--max-video-frames): cut it or raise the limit.")
         sha = file_sha256(path)
         with self.ws.db.read() as conn:
-            row = conn.execute("SELECT id, num_frames FROM sequences WHERE sha256 = ?", (sha,)).fetchone()
-        if row is not None:
-            return VideoReport(row[0], self.frame_ids(row[0])[0], row[1], 0, 0, existed=True)
+            stored = video_store.find_sequence(conn, sha)
+        if stored is not None:
+            return VideoReport(stored.id, self.frame_ids(stored.id)[0], stored.num_frames, 0, 0, existed=True)
         with self.ws.stage.folder("video") as folder:  # removed afterwards, whatever happens
             try:
                 frames = self._segment(source, sha[:16], name, folder, progress)
@@ -226,17 +204,12 @@ class SequenceLibrary:
                      stamp: str) -> tuple[int, int, int]:
         """The sequence, frame and instance rows; returns (sequence id, first frame's image id, instances)."""
         session, height, width, count = self.session, info.height, info.width, 0
-        sequence_id = int(conn.execute(
-            "INSERT INTO sequences (name, sha256, fps, num_frames, width, height, tracker, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, sha, float(info.fps), len(frames), width, height, "condinst", stamp)).lastrowid)
+        sequence_id = video_store.insert_sequence(conn, name, sha, info.fps, len(frames), width, height, "condinst",
+                                                  stamp)
         first = None
         for index, ((relative, _, frame_name, digest, _, tracks), (items, encs)) in enumerate(zip(frames, encoded)):
-            image_id = int(conn.execute(
-                "INSERT INTO images (file_path, sha256, original_name, width, height, reviewed, created_at,"
-                " updated_at, segmented_by, sequence_id, frame_index) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                (relative, digest, frame_name, width, height, stamp, stamp, session.key, sequence_id,
-                 index)).lastrowid)
+            image_id = storage.add_image_row(conn, relative, digest, frame_name, height, width, session.key,
+                                             sequence_id=sequence_id, frame_index=index, stamp=stamp)
             first = image_id if first is None else first
             for row, (item, enc) in enumerate(zip(items, encs)):
                 if row not in tracks:  # a duplicate or low-score detection the tracker left out

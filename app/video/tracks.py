@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from app.store import history, storage
+from app.store import history, review_state, video_store
 from app.errors import ServiceError
 from app.store.records import check_id, refuse_crowd
 from app.store.workspace_slot import WorkspaceSlot
@@ -37,13 +37,6 @@ class TrackSummary:
     @property
     def span(self) -> str:
         return f"{self.frames[0]}-{self.frames[-1]}" if len(self.frames) > 1 else str(self.frames[0])
-
-
-def _live_track(conn, sequence_id: int, track_id: int) -> list[tuple[int, int, int]]:
-    """(instance id, frame index, category id) of a track's live instances, in frame order."""
-    return conn.execute("SELECT i.id, m.frame_index, i.category_id FROM instances i JOIN images m ON m.id = i.image_id"
-                        " WHERE m.sequence_id = ? AND i.track_id = ? AND i.deleted = 0 ORDER BY m.frame_index, i.id",
-                        (sequence_id, track_id)).fetchall()
 
 
 class TrackEditor:
@@ -66,10 +59,7 @@ class TrackEditor:
     # ---- reading -----------------------------------------------------------------------------------
     def tracks(self, sequence_id: int) -> list[TrackSummary]:
         with self.ws.db.read() as conn:
-            rows = conn.execute("SELECT i.track_id, m.frame_index, i.category_id FROM instances i JOIN images m"
-                                " ON m.id = i.image_id WHERE m.sequence_id = ? AND i.track_id IS NOT NULL AND"
-                                " i.deleted = 0 ORDER BY i.track_id, m.frame_index",
-                                (check_id(sequence_id, "Sequence id"),)).fetchall()
+            rows = video_store.track_rows(conn, sequence_id)
         by_track: dict[int, list[tuple[int, int]]] = {}
         for track_id, frame_index, category_id in rows:
             by_track.setdefault(track_id, []).append((frame_index, category_id))
@@ -120,7 +110,7 @@ class TrackEditor:
             if not later or len(later) == len(members):
                 raise ServiceError(f"Track {track_id} has frames {members[0][1]} to {members[-1][1]}: split it at a "
                                    f"frame after its first one and not after its last one, not at {frame_index}.")
-            new_id = self.next_track(conn, sequence_id)
+            new_id = video_store.next_track(conn, sequence_id)
             self._apply(conn, frame_id, {iid: {"track_id": new_id} for iid in later},
                         f"split track {track_id} at frame {frame_index}")
         return f"Track {track_id} split at frame {frame_index}: frames {frame_index}+ are track {new_id}."
@@ -131,11 +121,11 @@ class TrackEditor:
         sequence_id, frame_index = self.frame(inst.image_id)
         with self.ws.db.write() as conn:
             if track_id is None:
-                track_id = self.next_track(conn, sequence_id)
+                track_id = video_store.next_track(conn, sequence_id)
             track_id = check_id(track_id, "Track id")
             if track_id == inst.track_id:
                 return f"Instance #{inst.id} is already on track {track_id}."
-            taken = [iid for iid, f, _ in _live_track(conn, sequence_id, track_id) if f == frame_index]
+            taken = [iid for iid, f, _ in video_store.live_track(conn, sequence_id, track_id) if f == frame_index]
             if taken:
                 raise ServiceError(f"Track {track_id} already has instance #{taken[0]} on frame {frame_index}; "
                                    "delete it or pick another track.")
@@ -146,15 +136,10 @@ class TrackEditor:
     # ---- helpers -----------------------------------------------------------------------------------
     @staticmethod
     def _members(conn, sequence_id: int, track_id: int) -> list[tuple[int, int, int]]:
-        members = _live_track(conn, sequence_id, check_id(track_id, "Track id"))
+        members = video_store.live_track(conn, sequence_id, check_id(track_id, "Track id"))
         if not members:
             raise ServiceError(f"Sequence {sequence_id} has no track {track_id}.")
         return members
-
-    @staticmethod
-    def next_track(conn, sequence_id: int) -> int:
-        return int(conn.execute("SELECT COALESCE(MAX(i.track_id), 0) + 1 FROM instances i JOIN images m"
-                                " ON m.id = i.image_id WHERE m.sequence_id = ?", (sequence_id,)).fetchone()[0])
 
     def _apply(self, conn, frame_id: int, values: dict[int, dict], label: str) -> None:
         """Write each instance's new values (stale-checked), mark their frames, push ONE undo entry."""
@@ -162,9 +147,9 @@ class TrackEditor:
         for instance_id, changed in values.items():
             change = history.update(conn, instance_id, {**changed, "user_edited": 1})
             changes.append(change)
-            frames.add(conn.execute("SELECT image_id FROM instances WHERE id = ?", (instance_id,)).fetchone()[0])
+            frames.add(history.row(conn, instance_id)["image_id"])
         for image_id in frames:
-            storage.touch_review(conn, image_id)
+            review_state.touch(conn, image_id)
         history.push(conn, int(frame_id), label, changes, self.ws.history_limit)
 
 

@@ -88,13 +88,13 @@ class FrameSequence:
     def __init__(self, path: Path, files: list[Path], fps: float):
         from PIL import Image, UnidentifiedImageError
 
+        from ..preprocess import shown_size
+
         size = None
         for f in files:
             try:
                 with Image.open(f) as im:
-                    w, h = im.size
-                    if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # read_image transposes these
-                        w, h = h, w
+                    w, h = shown_size(im)  # as read_image returns the frame (EXIF-oriented)
             except FileNotFoundError:
                 raise VideoError(f"{path}: frame {f.name}: no such file") from None
             except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -111,9 +111,13 @@ class FrameSequence:
 
         for f in self.info.frame_files:
             try:
-                yield read_image(f)
+                image = read_image(f)
             except ImageError as e:
                 raise VideoError(f"{self.info.path}: frame {f.name}: {e}") from None
+            if image.shape[:2] != (self.info.height, self.info.width):  # an EXIF block the header did not show
+                raise VideoError(f"{self.info.path}: frame {f.name} decodes to {image.shape[1]}x{image.shape[0]}, not "
+                                 f"the {self.info.width}x{self.info.height} its header says")
+            yield image
 
 
 class VideoFile:

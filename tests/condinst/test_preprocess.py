@@ -32,6 +32,20 @@ def test_exif_orientation_matches_pil(tmp_path, small_strips, orientation):
     assert np.array_equal(read_image(tmp_path / "o.png"), expected)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_image_size_is_the_size_read_image_returns(tmp_path, orientation, suffix):
+    """The one reader of "image size after EXIF" (loader checks, video frames, importers) from the header alone."""
+    im = Image.fromarray(np.zeros((23, 31, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(tmp_path / f"o{suffix}", exif=exif)
+    height, width = read_image(tmp_path / f"o{suffix}").shape[:2]
+    assert preprocess.image_size(tmp_path / f"o{suffix}") == (width, height)
+    with Image.open(tmp_path / f"o{suffix}") as opened:
+        assert preprocess.shown_size(opened) == (width, height)
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "P", "CMYK", "1", "I;16", "I", "F"])
 def test_every_mode_decodes_as_the_whole_image_conversion(tmp_path, small_strips, mode):
     rng = np.random.default_rng(0)

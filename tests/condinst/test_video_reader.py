@@ -124,3 +124,24 @@ def test_frames_are_streamed_not_loaded_whole(tmp_path):
     tracemalloc.stop()
     assert count == 300
     assert peak < 10 * 240 * 320 * 3, peak  # under 10 frames' worth at any time
+
+
+def test_a_frame_whose_exif_turn_hides_after_the_pixels_is_one_error(tmp_path):
+    """The header reader (`condinst.preprocess.shown_size`) does not read a PNG's eXIf chunk placed after the pixel
+    data, `read_image` does and turns the frame: the frame's decoded size is checked against its header's."""
+    import struct
+    import zlib
+
+    Image.fromarray(frame(0)).save(tmp_path / "frame_0.png")
+    Image.fromarray(frame(1)).save(tmp_path / "frame_1.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a quarter turn
+    raw = exif.tobytes()[6:]  # without "Exif\0\0": a PNG eXIf chunk holds the TIFF block
+    chunk = struct.pack(">I", len(raw)) + b"eXIf" + raw + struct.pack(">I", zlib.crc32(b"eXIf" + raw))
+    data = (tmp_path / "frame_1.png").read_bytes()
+    end = data.rindex(b"IEND") - 4
+    (tmp_path / "frame_1.png").write_bytes(data[:end] + chunk + data[end:])
+    video = open_video(tmp_path)
+    assert (video.info.height, video.info.width) == (H, W)
+    with pytest.raises(VideoError, match=f"frame_1.png decodes to {H}x{W}, not the {W}x{H} its header says"):
+        list(video.frames())

@@ -179,6 +179,7 @@ def export_to_coco_file(export: str | Path, images_dir: str | Path, workspace, o
     Category ids: a label the workspace has keeps its id, new labels get new ids; image and annotation
     ids follow the workspace's. DatasetError on the first problem unless `skip_bad`.
     """
+    from app.store import storage
     from app.store.ingest import oriented_size
 
     tasks = read_export(export)
@@ -187,8 +188,7 @@ def export_to_coco_file(export: str | Path, images_dir: str | Path, workspace, o
     images_dir = Path(images_dir)
     known = {c.name: c.id for c in workspace.categories()}
     with workspace.db.read() as conn:
-        max_image, max_instance = (conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
-                                   for table in ("images", "instances"))
+        max_image, max_instance = storage.last_ids(conn)
     categories: dict[str, int] = {}
     next_category = max([0, *known.values()]) + 1
     problems: list[str] = []

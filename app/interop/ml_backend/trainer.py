@@ -79,7 +79,7 @@ class Trainer:
         """The tasks' images (downloaded from Label Studio) and their masks as folder/images + a COCO file."""
         images = folder / "images"
         images.mkdir(parents=True, exist_ok=True)
-        from app.store.ingest import image_header
+        from condinst.preprocess import image_size
 
         def image_of(task: dict) -> dict | None:
             try:
@@ -87,12 +87,10 @@ class Trainer:
                     raise FetchError("the task has no integer id")
                 path = self.studio.download(task_image_url(task, config.value), task["id"], images,
                                             f"task-{task['id']}")
-                _, _, width, height, orientation = image_header(path)
+                width, height = image_size(path)  # as the image shows after its EXIF orientation
             except (FetchError, OSError, ValueError) as exc:
                 log.warning("training: task %s skipped: %s", task.get("id"), exc)
                 return None
-            if orientation in (5, 6, 7, 8):
-                width, height = height, width
             return {"file_name": path.name, "width": width, "height": height}
 
         def category_of(label: str) -> int | None:
