@@ -32,6 +32,7 @@ from app.view import View, visible
 from app.store.workspace_slot import WorkspaceSlot
 
 EDITOR_DIR = Path(__file__).resolve().parent / "editor"
+EDITOR_JS = ("editor.js", "editor_page.js")  # one function body, in this order (the second uses the first's names)
 PALETTE = sv.ColorPalette.DEFAULT
 REFINE_COLOR = (255, 255, 255)
 CROWD_COLOR = (160, 160, 160)  # crowd regions: grey, hatched
@@ -42,7 +43,7 @@ def editor_files() -> dict[str, str]:
     """html_template, css_template and js_on_load of the editor component."""
     return {"html_template": (EDITOR_DIR / "editor.html").read_text(),
             "css_template": (EDITOR_DIR / "editor.css").read_text(),
-            "js_on_load": (EDITOR_DIR / "editor.js").read_text()}
+            "js_on_load": "\n".join((EDITOR_DIR / name).read_text() for name in EDITOR_JS)}
 
 
 def data_url(kind: str, data: bytes) -> str:
