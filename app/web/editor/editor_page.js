@@ -1,4 +1,4 @@
-// CondInst Studio canvas editor, part 2 (loaded after editor.js, in the same js_on_load function: it uses its
+// CondInst Studio canvas editor, part 3 (loaded after editor.js and editor_video.js, in the same js_on_load function: it uses its
 // `st`, `send`, `draw`, ...): the page's buttons, class dropdowns and keys through the edit channel, the
 // toolbar, and the start.
 // The page's Undo / Redo / Delete and image navigation buttons (and their keys) go through the edit
