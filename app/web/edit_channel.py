@@ -15,6 +15,8 @@ image pixels, as the event data of the editor has always been):
     {"action": "next" | "previous" | "next_unreviewed"}      (the page's image navigation)
     {"action": "frame", "delta": +1 | -1} | {"action": "frame", "index": n}   another frame of the shown video
     {"action": "track", "track": track id}   select the track's instance on the shown frame
+    {"action": "tile", "image": id, "box": [x, y, w, h]} -> {"tile": {"id", "box", "src"}}  a full-resolution crop
+        of the shown image (the canvas zoomed past its preview; `app.web.canvas.CanvasScenes.tile`), the view unchanged
     {"action": "prefetch"} -> {"pictures": [image, ...]}  the pictures of the next / previous images (and video
         frames) that the canvas does not hold, the view unchanged
     + "class": id of the class for a new instance (0 or absent: the model's choice)
@@ -81,6 +83,8 @@ class EditChannel:
             return {"ok": False, "message": "An edit must be a JSON object.", "scene": None}
         if payload.get("action") == "prefetch":
             return self.prefetch(payload, request)
+        if payload.get("action") == "tile":
+            return self.tile(payload, request)
         if request.session_hash is None or request.session_hash not in self.blocks.state_holder:
             return {"ok": False, "message": "This page's session is unknown to the server: reload the page.",
                     "scene": None}
@@ -125,6 +129,23 @@ class EditChannel:
             ids -= held | {view.image_id, None}
             pictures = [self.canvas.picture(image_id) for image_id in sorted(ids)]
         return {"ok": True, "message": "", "pictures": pictures}
+
+    def tile(self, payload: dict, request: gr.Request) -> dict:
+        """A full-resolution crop of the image the session shows (another image's: refused)."""
+        if request.session_hash is None or request.session_hash not in self.blocks.state_holder:
+            return {"ok": False, "message": "", "tile": None}
+        with self.team.context((None,), request):
+            _, sent = self.team._sent()
+            view = sent or self._stored(request)
+            if view.image_id is None or payload.get("image") != view.image_id:
+                return {"ok": False, "message": "That image is not shown.", "tile": None}
+            try:
+                return {"ok": True, "message": "", "tile": self.canvas.tile(view.image_id, payload.get("box"))}
+            except (UserError, OSError) as exc:
+                text = user_message(exc)
+                if text is None:
+                    raise
+                return {"ok": False, "message": text, "tile": None}
 
     def _apply(self, view: View, data: dict) -> tuple[View, str]:
         action, category = data.get("action"), _category(data.get("class"))

@@ -206,3 +206,17 @@ def test_frame_steps_and_track_picks_of_a_video(app_factory, crossing_mp4):
     assert picked["ok"] and picked["scene"]["selected"] == tracked.id
     missing = edit({"action": "track", "track": 999}, request)
     assert missing["ok"] and missing["scene"]["selected"] is None and "no instance" in missing["message"]
+
+
+def test_a_tile_is_a_bounded_crop_of_the_shown_image(running):
+    edit, ws = channel_of(running), running.service.ws
+    request = session(running, "anna")
+    image = ws.list_images()[0].id
+    record = ws.get_image_record(image)
+    tile = edit({"action": "tile", "image": image, "box": [-5, 10, 100000, 40]}, request)["tile"]
+    assert tile["id"] == image and tile["box"] == [0, 10, min(record.width, 2048), 40]
+    assert tile["src"].startswith("data:image/jpeg;base64,")
+    refused = edit({"action": "tile", "image": image, "box": "everything"}, request)
+    assert not refused["ok"] and refused["message"] == "A tile is [x, y, w, h] in whole image pixels."
+    assert edit({"action": "tile", "image": image + 999, "box": [0, 0, 8, 8]}, request)["tile"] is None
+    assert stored_view(running, request).image_id == image  # the view unchanged

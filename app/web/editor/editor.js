@@ -163,6 +163,7 @@ function draw() {
   ctx.setTransform(st.s * dpr, 0, 0, st.s * dpr, st.ox * dpr, st.oy * dpr);
   ctx.imageSmoothingEnabled = st.s < 1;
   if (st.img.complete) ctx.drawImage(st.img, 0, 0, scene.image.pw, scene.image.ph);
+  drawTile(scene); wantTile();  // zoomed past the preview: the full-resolution region (editor_tiles.js)
   for (const inst of scene.instances) {
     const m = st.masks.get(inst.id); if (!m || !m.img.complete) continue;
     ctx.globalAlpha = inst.id === scene.selected ? Math.min(1, st.opacity + 0.25) : st.opacity;

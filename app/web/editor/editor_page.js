@@ -108,7 +108,7 @@ new ResizeObserver(() => (st.unfitted && canvas.clientWidth ? fit() : draw())).o
 window.addEventListener("resize", () => { fitHeight(); draw(); });
 
 // `send` queues an edit behind those in flight (the page's z / y / Delete keys use it, whatever the buttons show).
-window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize, send, key,
+window.condinstEditor = {state: st, toImage, toScreen, fit, draw, setTool, setSize, send, key,
                          shown: () => !!canvas.offsetParent};
 setTool("select");
 watch("value", () => setScene(props.value));
