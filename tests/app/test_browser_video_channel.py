@@ -80,3 +80,32 @@ def test_a_track_row_click_selects_its_instance(app, page):
         cell.click()
         page.wait_for_function("id => window.condinstEditor.state.scene.selected === id", arg=target.id)
         assert page.locator("#track-id input").input_value() == str(target.track_id)  # Gradio's select still fills it
+
+
+def test_accept_is_off_while_the_propagation_preview_computes(app, page, monkeypatch):
+    import threading
+
+    ws = app.service.ws
+    frames = app.service.sequences.frame_ids(1)
+    target = next(i for i in ws.instances(frames[0]) if i.track_id is not None)
+    entered, release, preview = threading.Event(), threading.Event(), app.service.propagation.preview
+
+    def held(view, num_frames):  # the preview computes until the test has looked at the buttons
+        entered.set()
+        release.wait(120)
+        return preview(view, num_frames)
+    monkeypatch.setattr(app.service.propagation, "preview", held)
+    with screenshot_on_failure(page, "video-channel-accept-off"):
+        open_editor(page, app.url, frames[0])
+        page.evaluate("id => window.condinstEditor.send({action: 'select', id})", target.id)
+        page.wait_for_function("id => window.condinstEditor.state.scene.selected === id", arg=target.id)
+        page.locator("#propagate-frames input").fill("2")
+        page.locator("#propagate").click()
+        try:
+            assert entered.wait(120)
+            page.wait_for_function("() => document.querySelector('#propagate-accept').disabled && "
+                                   "document.querySelector('#propagate-discard').disabled")
+        finally:
+            release.set()
+        page.wait_for_function("() => !document.querySelector('#propagate-accept').disabled")
+        page.locator("#propagation-preview .propagation-strip").wait_for()
