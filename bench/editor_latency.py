@@ -14,9 +14,10 @@ to go. Playwright drives Debian's Chromium with the real mouse and keyboard; the
 Actions, repeated --repeats times at each size: select (click inside an instance), stroke (brush drag inside
 the selected instance: the eraser, so that it always changes the mask), undo, polygon (four clicks + Enter), delete (the polygon's instance), refine click
 (a positive click inside an object; Escape discards it, not timed), class change (dropdown option), class key
-(its digit key), next image.
+(its digit key), next image. The "video" size: a workspace item of a 12-frame 480x360 pan over the sample, and
+"Frame >" clicked (back with "< Frame" from the last frame) until the canvas shows the new frame.
 
-    python -m bench.editor_latency                       # 30 repeats at 800x600 and 12 MP
+    python -m bench.editor_latency                       # 30 repeats at 800x600, 12 MP and the video
     python -m bench.editor_latency --repeats 5 --sizes 800x600
     # table + bench/results/editor_latency.json (p50 / p95 per action and size)
 """
@@ -41,8 +42,10 @@ import torch
 from bench.common import REPO, RESULTS_DIR, environment, format_table, write_json
 
 SAMPLE = REPO / "assets" / "samples" / "fruits_nuts_7.jpg"
-SIZES = {"800x600": (800, 600), "12mp": (4000, 3000)}
-ACTIONS = ("select", "stroke", "undo", "polygon", "delete", "refine click", "class change", "class key", "next image")
+SIZES = {"800x600": (800, 600), "12mp": (4000, 3000), "video": (480, 360)}  # video: a 12-frame pan, 480x360
+VIDEO_FRAMES = 12
+ACTIONS = ("select", "stroke", "undo", "polygon", "delete", "refine click", "class change", "class key", "next image",
+           "video frame step")
 
 # Page-side instrumentation: the last input event of each kind, and when the canvas showed each scene.
 PROBE_JS = """() => {
@@ -111,6 +114,43 @@ def make_images(folder: Path, sizes: list[str]) -> dict[str, Path]:
             (crop.transpose(Image.FLIP_LEFT_RIGHT) if copy else crop).save(path, quality=92)
             paths.setdefault(name, []).append(path)
     return paths
+
+
+def make_video(folder: Path) -> Path:
+    """A short pan over the sample photo as an mp4 (bench.video.camera_frames): the video workspace's item."""
+    from bench.video import camera_frames
+    from condinst.video.render import VideoWriter
+
+    w, h = SIZES["video"]
+    path = folder / "pan.mp4"
+    writer = VideoWriter(path, 10.0)
+    for frame in camera_frames(VIDEO_FRAMES, (h, w), False, 0):
+        writer.write(frame)
+    writer.close()
+    return path
+
+
+def run_video(page: "Page", frame_ids: list[int], repeats: int, log) -> dict[str, list]:
+    """`Frame >` clicked `repeats` times (back with `< Frame` at the last frame), each timed until the canvas
+    shows the new frame."""
+    samples = defaultdict(list)
+    page.open(frame_ids[0])
+    index, step = 0, +1
+    for r in range(repeats):
+        if not 0 <= index + step < len(frame_ids):
+            step = -step
+        index += step
+        button = "#next-frame" if step > 0 else "#previous-frame"
+        try:
+            samples["video frame step"].append(page.timed(lambda: page.page.locator(button).click(), "click",
+                                                          "s.image && s.image.id === arg", frame_ids[index]))
+        except Stuck:
+            samples["stuck"].append("video frame step")
+            log(f"  repeat {r + 1}/{repeats}: the frame never showed (page limit): counted as stuck")
+            page.open(frame_ids[index])
+            continue
+        log(f"  repeat {r + 1}/{repeats}")
+    return samples
 
 
 def interior_points(service, image_id: int) -> list[tuple[int, int, int]]:
@@ -274,7 +314,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=None, help="checkpoint (default: the bundled model)")
     parser.add_argument("--repeats", type=int, default=30, help="repeats of every action per size (default 30)")
-    parser.add_argument("--sizes", default="800x600,12mp", help="comma list of 800x600, 12mp")
+    parser.add_argument("--sizes", default="800x600,12mp,video", help="comma list of 800x600, 12mp, video")
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "editor_latency.json")
     args = parser.parse_args(argv)
@@ -302,7 +342,7 @@ def main(argv=None) -> int:
     clock.install(Handlers, EditChannel)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
-        images = make_images(Path(tmp), sizes)
+        images = make_images(Path(tmp), [s for s in sizes if s != "video"])
         service = Service.create(Path(tmp) / "ws", args.weights or DEFAULT_WEIGHTS)
         demo = launch(service, "127.0.0.1", args.port, block=False)
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -311,9 +351,14 @@ def main(argv=None) -> int:
         try:
             for size in sizes:
                 print(f"{size}: {args.repeats} repeats", flush=True)
-                ids = service.images.add_files(images[size]).image_ids
-                samples = run_size(Page(page, f"http://127.0.0.1:{args.port}/", clock), service, ids, args.repeats,
-                                   lambda text: print(text, flush=True))
+                on_page, log = Page(page, f"http://127.0.0.1:{args.port}/", clock), lambda text: print(text, flush=True)
+                if size == "video":
+                    service.images.add_files([make_video(Path(tmp))])
+                    sequence = max(s.id for s in service.sequences.all())
+                    samples = run_video(on_page, service.sequences.frame_ids(sequence), args.repeats, log)
+                else:
+                    ids = service.images.add_files(images[size]).image_ids
+                    samples = run_size(on_page, service, ids, args.repeats, log)
                 rows += summarise(samples, size)
         finally:
             browser.close()

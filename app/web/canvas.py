@@ -27,22 +27,27 @@ import numpy as np
 import supervision as sv
 
 from app.store.masks import preview_size, shrink_mask
+from app.errors import AppError
 from app.store.records import is_crowd
 from app.view import View, visible
 from app.store.workspace_slot import WorkspaceSlot
 
 EDITOR_DIR = Path(__file__).resolve().parent / "editor"
+EDITOR_JS = ("editor.js", "editor_tiles.js", "editor_video.js", "editor_page.js")  # one function body, in this order (the others use editor.js's names)
 PALETTE = sv.ColorPalette.DEFAULT
 REFINE_COLOR = (255, 255, 255)
 CROWD_COLOR = (160, 160, 160)  # crowd regions: grey, hatched
 _SEQ = itertools.count(1)
+TILE_MAX_SIDE = 2048  # px of a full-resolution tile (a canvas a few screens wide at 1:1)
+# full colour resolution (no 4:2:0 chroma halving: at 1:1 every pixel shows): fine detail within ~3 levels
+TILE_JPEG = [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 
 
 def editor_files() -> dict[str, str]:
     """html_template, css_template and js_on_load of the editor component."""
     return {"html_template": (EDITOR_DIR / "editor.html").read_text(),
             "css_template": (EDITOR_DIR / "editor.css").read_text(),
-            "js_on_load": (EDITOR_DIR / "editor.js").read_text()}
+            "js_on_load": "\n".join((EDITOR_DIR / name).read_text() for name in EDITOR_JS)}
 
 
 def data_url(kind: str, data: bytes) -> str:
@@ -75,6 +80,7 @@ class CanvasScenes:
         self.slot = workspace
         self._pngs: OrderedDict = OrderedDict()  # (instance id, mask bytes) -> (box, data URL)
         self.cache_size = cache_size
+        self._full = None  # (image id, (H, W, 3) RGB) of the last tile's image
 
     def instance_png(self, inst, scale: float):
         """(box, PNG data URL, key) of an instance's display-size mask; unchanged masks are not encoded again."""
@@ -110,6 +116,23 @@ class CanvasScenes:
             ok, jpeg = cv2.imencode(".jpg", ws.get_preview(record.id)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
             image["src"] = data_url("jpeg", jpeg.tobytes())
         return image
+
+    def tile(self, image_id: int, box) -> dict:
+        """A full-resolution crop of an image for the canvas zoomed in past its preview: ``box`` [x, y, w, h] in
+        original pixels (clipped to the image; at most TILE_MAX_SIDE a side) -> {"id", "box" (as clipped), "src":
+        JPEG data URL}. The last image decoded is kept, so that panning around it does not decode it again."""
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                for v in box)):
+            raise AppError("A tile is [x, y, w, h] in whole image pixels.")
+        if self._full is None or self._full[0] != image_id:
+            self._full = None  # the old one goes before the new one is decoded
+            self._full = (image_id, self.slot.ws.get_image(image_id))
+        rgb = self._full[1]
+        height, width = rgb.shape[:2]
+        x0, y0 = min(max(box[0], 0), width - 1), min(max(box[1], 0), height - 1)
+        x1, y1 = min(x0 + min(max(box[2], 1), TILE_MAX_SIDE), width), min(y0 + min(max(box[3], 1), TILE_MAX_SIDE), height)
+        ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[y0:y1, x0:x1, ::-1]), TILE_JPEG)
+        return {"id": image_id, "box": [x0, y0, x1 - x0, y1 - y0], "src": data_url("jpeg", jpeg.tobytes())}
 
     def scene_dict(self, view: View, have: dict[int, str] | None = None,
                    pictures: set[int] | None = None) -> tuple[View, dict]:

@@ -13,7 +13,12 @@ image pixels, as the event data of the editor has always been):
     {"action": "refine", "positive": [[x, y], ...], "negative": [...]}  |  {"action": "refine_accept" | "refine_discard"}
     {"action": "delete" | "overlaps" | "undo" | "redo" | "resend" | "scene"}   (overlaps: resolve the image's duplicates)
     {"action": "next" | "previous" | "next_unreviewed"}      (the page's image navigation)
-    {"action": "prefetch"} -> {"pictures": [image, ...]}  the next / previous images' pictures, the view unchanged
+    {"action": "frame", "delta": +1 | -1} | {"action": "frame", "index": n}   another frame of the shown video
+    {"action": "track", "track": track id}   select the track's instance on the shown frame
+    {"action": "tile", "image": id, "box": [x, y, w, h]} -> {"tile": {"id", "box", "src"}}  a full-resolution crop
+        of the shown image (the canvas zoomed past its preview; `app.web.canvas.CanvasScenes.tile`), the view unchanged
+    {"action": "prefetch"} -> {"pictures": [image, ...]}  the pictures of the next / previous images (and video
+        frames) that the canvas does not hold, the view unchanged
     + "class": id of the class for a new instance (0 or absent: the model's choice)
     + "have": {instance id: key} of the masks the canvas holds (their pictures are not sent again)
     + "pictures": [image id, ...] whose pictures the canvas holds (prefetched: not sent again)
@@ -45,8 +50,9 @@ MAX_HAVE = 20_000  # masks a canvas can claim to hold (a bound on what a request
 class EditChannel:
     """``edit(payload, request)``: the server function behind the editor's edits."""
 
-    def __init__(self, actions, edits, refiner, canvas, team):
+    def __init__(self, actions, edits, refiner, canvas, team, sequences):
         self.actions, self.edits, self.refiner, self.canvas, self.team = actions, edits, refiner, canvas, team
+        self.sequences = sequences  # app.video.sequences.Sequences: the frames of a video
         self.blocks = self.state = None
 
     def bind(self, blocks: gr.Blocks, state: gr.State) -> None:
@@ -77,6 +83,8 @@ class EditChannel:
             return {"ok": False, "message": "An edit must be a JSON object.", "scene": None}
         if payload.get("action") == "prefetch":
             return self.prefetch(payload, request)
+        if payload.get("action") == "tile":
+            return self.tile(payload, request)
         if request.session_hash is None or request.session_hash not in self.blocks.state_holder:
             return {"ok": False, "message": "This page's session is unknown to the server: reload the page.",
                     "scene": None}
@@ -115,11 +123,29 @@ class EditChannel:
             view = sent or self._stored(request)
             try:
                 ids = {self.actions.neighbour(view, delta) for delta in (+1, -1)}
+                ids |= set(self._frames(view)[1])
             except (UserError, OSError):
                 ids = set()
             ids -= held | {view.image_id, None}
             pictures = [self.canvas.picture(image_id) for image_id in sorted(ids)]
         return {"ok": True, "message": "", "pictures": pictures}
+
+    def tile(self, payload: dict, request: gr.Request) -> dict:
+        """A full-resolution crop of the image the session shows (another image's: refused)."""
+        if request.session_hash is None or request.session_hash not in self.blocks.state_holder:
+            return {"ok": False, "message": "", "tile": None}
+        with self.team.context((None,), request):
+            _, sent = self.team._sent()
+            view = sent or self._stored(request)
+            if view.image_id is None or payload.get("image") != view.image_id:
+                return {"ok": False, "message": "That image is not shown.", "tile": None}
+            try:
+                return {"ok": True, "message": "", "tile": self.canvas.tile(view.image_id, payload.get("box"))}
+            except (UserError, OSError) as exc:
+                text = user_message(exc)
+                if text is None:
+                    raise
+                return {"ok": False, "message": text, "tile": None}
 
     def _apply(self, view: View, data: dict) -> tuple[View, str]:
         action, category = data.get("action"), _category(data.get("class"))
@@ -156,12 +182,51 @@ class EditChannel:
             return self.actions.redo(view)
         if action in ("next", "previous", "next_unreviewed"):
             return self.actions.step(view, -1 if action == "previous" else +1, unreviewed=action == "next_unreviewed")
+        if action == "frame":
+            return self._frame(view, data)
+        if action == "track":
+            return self._track(view, data)
         if action == "scene":  # the canvas lost a picture it was told it holds: the scene again, pictures included
             return view, ""
         if action == "resend":
             return replace(view, canvas_image=None), ""
         raise AppError(f"Unknown editor action {str(action)[:40]!r}.")
 
+    def _frames(self, view: View) -> tuple[list[int], list[int]]:
+        """(the shown video's frame ids in order, those just before and after the shown one); ([], []) when the
+        shown image is no video frame."""
+        if view.image_id is None:
+            return [], []
+        record = self.actions.ws.get_image_record(view.image_id)
+        if record.sequence_id is None:
+            return [], []
+        ids = self.sequences.frame_ids(record.sequence_id)
+        return ids, ids[max(record.frame_index - 1, 0):record.frame_index] + ids[record.frame_index + 1:][:1]
+
+    def _frame(self, view: View, data: dict) -> tuple[View, str]:
+        """Another frame of the shown video: `delta` frames on (held at the first / last), or frame `index`."""
+        ids, _ = self._frames(view)
+        if not ids:
+            raise AppError("The shown image is not a video frame.")
+        index, delta = data.get("index"), data.get("delta")
+        if index is None:
+            if delta not in (-1, 1):
+                raise AppError(f"A frame step is -1 or +1, not {str(delta)[:20]!r}.")
+            here = ids.index(view.image_id)
+            return self.actions.go_to(view, ids[min(max(here + delta, 0), len(ids) - 1)]), ""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(ids):
+            raise AppError(f"This video has frames 0 to {len(ids) - 1}, not {str(index)[:20]}.")
+        return self.actions.go_to(view, ids[index]), ""
+
+    def _track(self, view: View, data: dict) -> tuple[View, str]:
+        """Select the instance of a track on the shown frame (a click on the video panel's track row)."""
+        track = _instance_id(data.get("track"))
+        image_id = self.actions.require_image(view)
+        hit = next((inst for inst in self.actions.ws.instances(image_id) if track is not None and inst.track_id == track),
+                   None)
+        if hit is None:
+            return self.actions.select(view, None), f"Track {track} has no instance on this frame."
+        return self.actions.select(view, hit.id), f"Track {track}: instance #{hit.id}."
 
     def _tap(self, view: View, data: dict, category: int | None) -> tuple[View, str]:
         """A brush / eraser click without a drag: on an instance other than the selected one it selects that

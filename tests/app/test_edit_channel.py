@@ -183,3 +183,40 @@ def test_class_key_and_deselect_go_through_the_channel(running):
                 {"action": "tap", "tool": "brush", "points": [[1, 2], [3, 4]]}):
         answer = edit(bad, request)
         assert answer["ok"] is False and answer["message"] and "\n" not in answer["message"]
+
+
+def test_frame_steps_and_track_picks_of_a_video(app_factory, crossing_mp4):
+    app = app_factory()
+    app.service.images.add_files([crossing_mp4])
+    edit, frames = channel_of(app), app.service.sequences.frame_ids(1)
+    request = session(app, "anna", View(image_id=frames[0]))
+    prefetched = edit({"action": "prefetch"}, request)
+    assert [p["id"] for p in prefetched["pictures"]] == [frames[1]]  # the next frame (no other image, no frame -1)
+    answer = edit({"action": "frame", "delta": 1, "pictures": [frames[1]]}, request)
+    assert answer["ok"] and answer["scene"]["image"]["id"] == frames[1] and "src" not in answer["scene"]["image"]
+    assert stored_view(app, request).image_id == frames[1]
+    assert edit({"action": "frame", "delta": -1}, request)["scene"]["image"]["id"] == frames[0]
+    assert edit({"action": "frame", "delta": -1}, request)["scene"]["image"]["id"] == frames[0]  # held at the first
+    assert edit({"action": "frame", "index": 7}, request)["scene"]["image"]["id"] == frames[7]
+    refused = edit({"action": "frame", "index": 8}, request)
+    assert not refused["ok"] and refused["message"] == "This video has frames 0 to 7, not 8."
+    assert not edit({"action": "frame", "delta": 3}, request)["ok"]
+    tracked = next(i for i in app.service.ws.instances(frames[7]) if i.track_id is not None)
+    picked = edit({"action": "track", "track": tracked.track_id}, request)
+    assert picked["ok"] and picked["scene"]["selected"] == tracked.id
+    missing = edit({"action": "track", "track": 999}, request)
+    assert missing["ok"] and missing["scene"]["selected"] is None and "no instance" in missing["message"]
+
+
+def test_a_tile_is_a_bounded_crop_of_the_shown_image(running):
+    edit, ws = channel_of(running), running.service.ws
+    request = session(running, "anna")
+    image = ws.list_images()[0].id
+    record = ws.get_image_record(image)
+    tile = edit({"action": "tile", "image": image, "box": [-5, 10, 100000, 40]}, request)["tile"]
+    assert tile["id"] == image and tile["box"] == [0, 10, min(record.width, 2048), 40]
+    assert tile["src"].startswith("data:image/jpeg;base64,")
+    refused = edit({"action": "tile", "image": image, "box": "everything"}, request)
+    assert not refused["ok"] and refused["message"] == "A tile is [x, y, w, h] in whole image pixels."
+    assert edit({"action": "tile", "image": image + 999, "box": [0, 0, 8, 8]}, request)["tile"] is None
+    assert stored_view(running, request).image_id == image  # the view unchanged

@@ -22,10 +22,12 @@ function toScreen(x, y) { return [st.ox + x * k() * st.s, st.oy + y * k() * st.s
 function local(ev) { const r = canvas.getBoundingClientRect(); return [ev.clientX - r.left, ev.clientY - r.top]; }
 let queue = Promise.resolve();  // edits are sent one after another, in the order they were made
 function held() { const have = {}; st.masks.forEach((m, id) => { have[id] = m.key; }); return have; }
+function classNamed(label) {  // [name, id] of a dropdown's label: "name (id)" (app.service.categories), or the name
+  return ((st.scene && st.scene.classes) || []).find((c) => label === c[0] + " (" + c[1] + ")" || label === c[0]);
+}
 function newClass() {  // a digit key's class, else the page's "class for new instances" dropdown (0: the model's choice)
   if (st.newClass != null) return st.newClass;
-  const input = document.querySelector("#new-class input"), classes = (st.scene && st.scene.classes) || [];
-  const hit = input && classes.find((c) => c[0] === input.value);
+  const input = document.querySelector("#new-class input"), hit = input && classNamed(input.value);
   return hit ? hit[1] : 0;
 }
 function say(text, ok) {
@@ -161,6 +163,7 @@ function draw() {
   ctx.setTransform(st.s * dpr, 0, 0, st.s * dpr, st.ox * dpr, st.oy * dpr);
   ctx.imageSmoothingEnabled = st.s < 1;
   if (st.img.complete) ctx.drawImage(st.img, 0, 0, scene.image.pw, scene.image.ph);
+  drawTile(scene); wantTile();  // zoomed past the preview: the full-resolution region (editor_tiles.js)
   for (const inst of scene.instances) {
     const m = st.masks.get(inst.id); if (!m || !m.img.complete) continue;
     ctx.globalAlpha = inst.id === scene.selected ? Math.min(1, st.opacity + 0.25) : st.opacity;
@@ -297,81 +300,5 @@ canvas.addEventListener("wheel", (ev) => {
   zoomAt(cx, cy, Math.pow(1.0015, -ev.deltaY));
 }, {passive: false});
 
-// The page's Undo / Redo / Delete and image navigation buttons (and their keys) go through the edit
-// channel while the canvas is shown; their Gradio events stay for the API and the Click view.
-const CHANNEL_BUTTONS = {undo: "undo", redo: "redo", delete: "delete", next: "next", previous: "previous",
-                         "next-unreviewed": "next_unreviewed", "resolve-overlaps": "overlaps"};
-if (window.condinstEditorClicks) document.removeEventListener("click", window.condinstEditorClicks, true);
-window.condinstEditorClicks = (ev) => {
-  const button = ev.target && ev.target.closest ? ev.target.closest("button[id]") : null;
-  const action = button && CHANNEL_BUTTONS[button.id];
-  if (!action || !canvas.offsetParent || button.disabled) return;
-  ev.preventDefault(); ev.stopImmediatePropagation();
-  send({action});
-};
-document.addEventListener("click", window.condinstEditorClicks, true);
-
-// Keys (app/web/keys.py routes them here while the canvas is shown, wherever the focus is): key(action, key).
-const TOOLS = ["select", "brush", "erase", "polygon", "refine"];
-const CHANNEL_KEYS = {undo: "undo", redo: "redo", delete: "delete", overlaps: "overlaps", next: "next",
-                      previous: "previous", next_unreviewed: "next_unreviewed"};
-function classKey(digit) {  // digit n: the n-th class of the list
-  const classes = (st.scene && st.scene.classes) || [], hit = classes[Number(digit) - 1];
-  if (!hit) { say("There is no class " + digit + " (" + classes.length + " classes).", false); return; }
-  if (st.scene && st.scene.selected != null) send({action: "class", category: hit[1]});
-  else { st.newClass = hit[1]; say("New instances: " + hit[0] + " (" + digit + ").", true); }
-}
-function escape() {
-  if (st.poly.length) { st.poly = []; draw(); }
-  else if (st.scene && st.scene.refine) send({action: "refine_discard"});
-  else if (st.pos.length || st.neg.length) { st.pos = []; st.neg = []; draw(); }
-  else if (st.scene && st.scene.selected != null) send({action: "select", id: null});
-}
-function showKeys(show) {
-  const box = $(".ce-keys"), rows = (window.condinstKeys && window.condinstKeys.help) || [];
-  if (!box.firstChild) {
-    const table = document.createElement("table");
-    for (const [keys, text] of rows) {
-      const tr = table.insertRow(); tr.insertCell().textContent = keys; tr.insertCell().textContent = text;
-    }
-    box.appendChild(table);
-  }
-  box.hidden = show === undefined ? !box.hidden : !show;
-}
-function key(action, raw) {
-  if (TOOLS.includes(action)) setTool(action);
-  else if (action === "class") classKey(raw);
-  else if (CHANNEL_KEYS[action]) send({action: CHANNEL_KEYS[action]});
-  else if (action === "smaller") setSize(st.size / 1.25 - 0.5);
-  else if (action === "bigger") setSize(st.size * 1.25 + 0.5);
-  else if (action === "help") showKeys();
-  else if (action === "escape") { if (!$(".ce-keys").hidden) showKeys(false); else escape(); }
-  else if (action === "accept") {
-    if (st.tool === "polygon" && st.poly.length) closePolygon();
-    else if (st.scene && st.scene.refine) send({action: "refine_accept"});
-    else return false;
-  } else return false;
-  return true;
-}
-document.addEventListener("input", (ev) => {  // the page's class dropdown chosen again: it counts, not a digit key
-  if (ev.target && ev.target.closest && ev.target.closest("#new-class")) st.newClass = null;
-}, true);
-root.addEventListener("keydown", (ev) => {  // space held: pan with the left button
-  if (ev.key === " ") { st.space = true; root.classList.add("panning"); ev.preventDefault(); ev.stopPropagation(); }
-});
-root.addEventListener("keyup", (ev) => { if (ev.key === " ") { st.space = false; root.classList.remove("panning"); } });
-element.querySelectorAll(".ce-tools button").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
-$(".ce-size").addEventListener("input", (ev) => setSize(Number(ev.target.value)));
-$(".ce-opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value); st.opacityTouched = true; draw(); });
-$(".ce-fit").addEventListener("click", fit);
-$(".ce-help").addEventListener("click", () => showKeys());
-$(".ce-one").addEventListener("click", oneToOne);
-new ResizeObserver(() => (st.unfitted && canvas.clientWidth ? fit() : draw())).observe(canvas);
-window.addEventListener("resize", () => { fitHeight(); draw(); });
-
-// `send` queues an edit behind those in flight (the page's z / y / Delete keys use it, whatever the buttons show).
-window.condinstEditor = {state: st, toImage, toScreen, fit, setTool, setSize, send, key,
-                         shown: () => !!canvas.offsetParent};
-setTool("select");
-watch("value", () => setScene(props.value));
-if (props.value) setScene(props.value);
+// The page's buttons, dropdowns and keys, and the editor's start: editor_page.js (loaded after this file, in the
+// same function: app.web.canvas.editor_files).
