@@ -172,6 +172,19 @@ class ModelSession:
             self.explainers.put(key, explainer)
         return explainer
 
+    def refine(self, image_key: str, load_image: Callable[[], np.ndarray], positive, negative,
+               prior: np.ndarray | None = None, done=()) -> tuple[np.ndarray, int | None]:
+        """Click-to-refine (`condinst.refine.refine_mask`) on an image: the (H, W) bool mask for the
+        [(x, y)] positive / negative clicks and the model class under the positive ones; prior / done: the
+        mask being refined and the ((x, y), value) clicks it already answers (a later click is local)."""
+        from condinst.refine import refine_mask
+
+        explainer = self.explainer(image_key, load_image)
+        image = load_image()
+        with self.lock:
+            return refine_mask(explainer, image, positive, negative, self.predictor.cfg.mask_head.mask_threshold,
+                               prior, done)
+
     def predictions(self, image_key: str, load_image: Callable[[], np.ndarray]) -> list[Prediction]:
         """The model's detections of an image as workspace predictions (per-instance RLE; nothing full-size)."""
         if self.explains:  # the explainer keeps the dense outputs for Explain / refine; same result
