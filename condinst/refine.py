@@ -16,12 +16,15 @@ The candidates' logits are at stride 4: a boundary can be off by a few pixels wh
 `snap_to_image` re-places it with the image as guidance (GrabCut in a band of about one logit cell
 either side of the boundary; what lies deeper inside or outside is fixed, so is every click's disc).
 
-Later clicks correct locally (`local_update`): with a pending proposal (or a selected instance's mask)
-as prior, a new click changes only the connected part of (new proposal != prior) that holds it, then
-that change's boundary is snapped to the image inside a window around the click; a click the result
-still gets wrong is made right by a disc reaching its nearest right pixel (`click_disc`). Every click
-is a hard constraint: its own small disc always has the click's value (`enforce_clicks`), so a later
-click never flips what an earlier click fixed.
+Later clicks correct locally (`correct_at_click`): with a pending proposal (or a selected instance's
+mask) as prior, GrabCut re-decides the pixels near a new click on the click's side of the boundary
+(a window that follows the boundary, sized by the click's distance to it), and of what changes
+towards the click's value only the connected part holding the click is kept: a positive click only
+adds, a negative one only removes, nothing away from the click moves. Where the image alone cannot
+say, the candidates' change around the click is taken (`local_update`), and a click still wrong is
+made right by a disc reaching its nearest right pixel (`click_disc`). Every click is a hard
+constraint: its small disc always has the click's value (`enforce_clicks`), so a later click never
+flips what an earlier click fixed.
 
 Points are (x, y) original-image pixels; masks (H, W) bool at the original size.
 """
@@ -46,6 +49,12 @@ OPEN = 0.004  # of the long side: a later click's change is opened by a disc thi
 CLICK_RADIUS = 2  # px: the disc around each click that always has the click's value
 BAND_CELLS = 1.5  # the snap band: this many logit cells either side of the boundary
 GRABCUT_ITERS = 3
+# A later click's correction (`correct_at_click`), in units of d, the click's distance to the nearest pixel that
+# already has its value (at most MAX_SHARE x the square root of the mask's area):
+MAX_SHARE = 0.1
+NEAR_REACH = 3.0  # everything this near the click
+SIDE_REACH = 2.5  # and, on the click's side of the boundary, this far off the boundary
+ALONG_REACH = 8.0  # and this far along it
 
 
 def _grid_points(points, scale, stride, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -185,12 +194,13 @@ def local_update(prior: np.ndarray, proposal: np.ndarray, fresh, clicks) -> np.n
 
 
 def snap_to_image(image: np.ndarray, mask: np.ndarray, band: int, clicks=(), window: np.ndarray | None = None,
-                  iterations: int = GRABCUT_ITERS) -> np.ndarray:
+                  unsure: np.ndarray | None = None, iterations: int = GRABCUT_ITERS) -> np.ndarray:
     """(H, W) bool: `mask` with its boundary re-placed where the (H, W, 3) uint8 image shows an edge.
 
     GrabCut (colour models + contrast-sensitive smoothness) decides only the pixels within `band` px
     of the boundary; deeper inside stays in, farther outside stays out, every click's disc keeps the
-    click's value, and so does everything outside `window` ((H, W) bool, None = everywhere).
+    click's value, and so does everything outside `window` ((H, W) bool, None = everywhere); the pixels
+    of `unsure` ((H, W) bool, e.g. what a later click changed) are decided by GrabCut whatever their depth.
     """
     if not mask.any() or band < 1:
         return mask
@@ -205,6 +215,10 @@ def snap_to_image(image: np.ndarray, mask: np.ndarray, band: int, clicks=(), win
     labels = np.where(m > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     labels[inside > band] = cv2.GC_FGD
     labels[outside > band] = cv2.GC_BGD
+    if unsure is not None:
+        u = unsure[y0:y1, x0:x1]
+        labels[u & (m > 0)] = cv2.GC_PR_FGD
+        labels[u & (m == 0)] = cv2.GC_PR_BGD
     if window is not None:
         fixed = ~window[y0:y1, x0:x1]
         labels[fixed & (m > 0)] = cv2.GC_FGD
@@ -221,6 +235,36 @@ def snap_to_image(image: np.ndarray, mask: np.ndarray, band: int, clicks=(), win
     cv2.grabCut(crop, labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
     out = mask.copy()
     out[y0:y1, x0:x1] = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    return out
+
+
+def correct_at_click(image: np.ndarray, mask: np.ndarray, x: int, y: int, value: bool, clicks, band: int
+                     ) -> np.ndarray:
+    """(H, W) bool: `mask` corrected around one click at (x, y) that says `value`, by the image alone.
+
+    The click sits in the middle of an error region about twice as wide as its distance d to the
+    nearest pixel that has `value`; such a region follows the boundary. GrabCut decides afresh the
+    pixels on the click's side of the boundary within SIDE_REACH x d of it and ALONG_REACH x d of the
+    click (at least two bands), the click's disc fixed; of what it changes towards `value` only the
+    connected part that holds the click is kept: a positive click only adds, a negative one only
+    removes, and nothing away from the click moves.
+    """
+    if mask[y, x] == value:
+        return mask
+    wrong = (mask != value).astype(np.uint8)
+    depth = cv2.distanceTransform(wrong, cv2.DIST_L2, 3)  # distance to the nearest pixel that has `value`
+    d = min(float(depth[y, x]), MAX_SHARE * np.sqrt(max(int(mask.sum()), 1)))
+    along, near = np.zeros(mask.shape, np.uint8), np.zeros(mask.shape, np.uint8)
+    cv2.circle(along, (int(x), int(y)), int(max(ALONG_REACH * d, 2 * band)), 1, -1)
+    cv2.circle(near, (int(x), int(y)), int(max(NEAR_REACH * d, 2 * band)), 1, -1)
+    window = (near > 0) | ((along > 0) & (wrong > 0) & (depth <= max(SIDE_REACH * d, band)))
+    seeded = enforce_clicks(mask, [((x, y), value)])
+    snapped = snap_to_image(image, seeded, band, clicks, window, unsure=window)
+    change = ((snapped == value) & (mask != value)).astype(np.uint8)
+    out = mask.copy()
+    if change[y, x]:
+        _, labels = cv2.connectedComponents(change, connectivity=4)
+        out[labels == labels[y, x]] = value
     return out
 
 
@@ -249,15 +293,17 @@ def refine_mask(explainer: Explainer, image: np.ndarray | None, positive, negati
     if prior is not None and prior.any():
         done = {(tuple(p), bool(v)) for p, v in done}
         fresh = [c for c in clicks if (tuple(c[0]), c[1]) not in done]
-        updated = local_update(prior, full, fresh, clicks)
+        if image is None:
+            updated = local_update(prior, full, fresh, clicks)
+        else:
+            updated = prior.copy()
+            for (x, y), value in fresh:
+                updated = correct_at_click(image, updated, x, y, value, clicks, band)
+                if updated[y, x] != value:  # the image alone could not say: the candidates' change there
+                    updated = local_update(updated, full, [((x, y), value)], clicks)
         for (x, y), value in fresh:
             if updated[y, x] != value:
                 click_disc(updated, x, y, value, reach)
-        if image is not None:
-            changed = updated != prior
-            if changed.any():
-                window = cv2.dilate(changed.astype(np.uint8), np.ones((2 * band + 1,) * 2, np.uint8)) > 0
-                updated = snap_to_image(image, updated, band, clicks, window)
         full = updated
     elif image is not None:
         full = snap_to_image(image, enforce_clicks(full, clicks), band, clicks)

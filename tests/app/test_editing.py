@@ -161,7 +161,7 @@ def test_refine_proposes_accepts_discards_and_undoes(opened):
 
 
 def test_refine_later_click_changes_only_its_own_part():
-    from app.annotate.refine import local_update
+    from condinst.refine import local_update
 
     prior = np.zeros((200, 200), bool)
     prior[50:150, 50:150] = True  # the proposal so far
