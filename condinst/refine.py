@@ -232,6 +232,7 @@ def snap_to_image(image: np.ndarray, mask: np.ndarray, band: int, clicks=(), win
         return mask
     crop = np.ascontiguousarray(image[y0:y1, x0:x1, ::-1])  # GrabCut reads BGR-ordered 8-bit
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means starts from OpenCV's global RNG: the same clicks give the same mask
     cv2.grabCut(crop, labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
     out = mask.copy()
     out[y0:y1, x0:x1] = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
