@@ -47,13 +47,12 @@ MAX_PART = 0.5  # a click's candidate correction is at most this fraction of the
 REACH = 0.08  # of the long side: how far a click's own correction may reach
 OPEN = 0.004  # of the long side: a later click's change is opened by a disc this wide (cuts thin bridges)
 CLICK_RADIUS = 2  # px: the disc around each click that always has the click's value
-BAND_CELLS = 1.5  # the snap band: this many logit cells either side of the boundary
+BAND_CELLS = 1.0  # the snap band: this many logit cells either side of the boundary
 GRABCUT_ITERS = 3
 # A later click's correction (`correct_at_click`), in units of d, the click's distance to the nearest pixel that
 # already has its value (at most MAX_SHARE x the square root of the mask's area):
 MAX_SHARE = 0.1
-NEAR_REACH = 3.0  # everything this near the click
-SIDE_REACH = 2.5  # and, on the click's side of the boundary, this far off the boundary
+SIDE_REACH = 2.5  # on the click's side of the boundary, this far off the boundary
 ALONG_REACH = 8.0  # and this far along it
 
 
@@ -239,14 +238,15 @@ def snap_to_image(image: np.ndarray, mask: np.ndarray, band: int, clicks=(), win
     return out
 
 
-def correct_at_click(image: np.ndarray, mask: np.ndarray, x: int, y: int, value: bool, clicks, band: int
-                     ) -> np.ndarray:
-    """(H, W) bool: `mask` corrected around one click at (x, y) that says `value`, by the image alone.
+def correct_at_click(image: np.ndarray, mask: np.ndarray, x: int, y: int, value: bool, clicks, band: int,
+                     proposal: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: `mask` corrected around one click at (x, y) that says `value`, with the image as guide.
 
     The click sits in the middle of an error region about twice as wide as its distance d to the
     nearest pixel that has `value`; such a region follows the boundary. GrabCut decides afresh the
     pixels on the click's side of the boundary within SIDE_REACH x d of it and ALONG_REACH x d of the
-    click (at least two bands), the click's disc fixed; of what it changes towards `value` only the
+    click (at least two bands), the click's disc fixed, starting from the model's `proposal` ((H, W)
+    bool, optional) where it agrees with the click; of what it changes towards `value` only the
     connected part that holds the click is kept: a positive click only adds, a negative one only
     removes, and nothing away from the click moves.
     """
@@ -255,11 +255,14 @@ def correct_at_click(image: np.ndarray, mask: np.ndarray, x: int, y: int, value:
     wrong = (mask != value).astype(np.uint8)
     depth = cv2.distanceTransform(wrong, cv2.DIST_L2, 3)  # distance to the nearest pixel that has `value`
     d = min(float(depth[y, x]), MAX_SHARE * np.sqrt(max(int(mask.sum()), 1)))
-    along, near = np.zeros(mask.shape, np.uint8), np.zeros(mask.shape, np.uint8)
-    cv2.circle(along, (int(x), int(y)), int(max(ALONG_REACH * d, 2 * band)), 1, -1)
-    cv2.circle(near, (int(x), int(y)), int(max(NEAR_REACH * d, 2 * band)), 1, -1)
-    window = (near > 0) | ((along > 0) & (wrong > 0) & (depth <= max(SIDE_REACH * d, band)))
+    window = np.zeros(mask.shape, np.uint8)
+    cv2.circle(window, (int(x), int(y)), int(max(ALONG_REACH * d, 2 * band)), 1, -1)
+    window = (window > 0) & (wrong > 0) & (depth <= max(SIDE_REACH * d, band))
     seeded = enforce_clicks(mask, [((x, y), value)])
+    if proposal is not None:  # the model's own change towards the click (connected to it) seeds the colour models
+        grow = (((proposal == value) & window) | (seeded == value)).astype(np.uint8)
+        _, labels = cv2.connectedComponents(grow, connectivity=4)
+        seeded[(labels == labels[y, x]) & window] = value
     snapped = snap_to_image(image, seeded, band, clicks, window, unsure=window)
     change = ((snapped == value) & (mask != value)).astype(np.uint8)
     out = mask.copy()
@@ -299,7 +302,7 @@ def refine_mask(explainer: Explainer, image: np.ndarray | None, positive, negati
         else:
             updated = prior.copy()
             for (x, y), value in fresh:
-                updated = correct_at_click(image, updated, x, y, value, clicks, band)
+                updated = correct_at_click(image, updated, x, y, value, clicks, band, full)
                 if updated[y, x] != value:  # the image alone could not say: the candidates' change there
                     updated = local_update(updated, full, [((x, y), value)], clicks)
         for (x, y), value in fresh:
