@@ -52,8 +52,8 @@ GRABCUT_ITERS = 3
 # A later click's correction (`correct_at_click`), in units of d, the click's distance to the nearest pixel that
 # already has its value (at most MAX_SHARE x the square root of the mask's area):
 MAX_SHARE = 0.1
-SIDE_REACH = 2.5  # on the click's side of the boundary, this far off the boundary
-ALONG_REACH = 8.0  # and this far along it
+SIDE_REACH = 2.0  # on the click's side of the boundary, this far off the boundary
+ALONG_REACH = 5.0  # and this far along it
 
 
 def _grid_points(points, scale, stride, shape) -> tuple[np.ndarray, np.ndarray]:

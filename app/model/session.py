@@ -96,6 +96,7 @@ class ModelSession:
         self.key = model_key(self.weights)
         self.explainers = ExplainerCache(explainer_cache)
         self.lock = threading.RLock()
+        self._refine_image: tuple[str, np.ndarray] | None = None  # (image key, RGB) of the last refine
 
     @classmethod
     def load(cls, weights: str | Path | None, config: str | None = None, device: str = "cpu", fast: bool = False,
@@ -180,7 +181,9 @@ class ModelSession:
         from condinst.refine import refine_mask
 
         explainer = self.explainer(image_key, load_image)
-        image = load_image()
+        last = self._refine_image  # the pixels of the image refined last (clicks come in series on one image)
+        image = last[1] if last is not None and last[0] == image_key else load_image()
+        self._refine_image = (image_key, image)
         with self.lock:
             return refine_mask(explainer, image, positive, negative, self.predictor.cfg.mask_head.mask_threshold,
                                prior, done)
