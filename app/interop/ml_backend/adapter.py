@@ -9,8 +9,8 @@ Pre-annotations are the model's detections (`app.model.session.ModelSession.pred
 `Predictor` as ``condinst predict``) scoring at least ``score_threshold``, one region per instance
 in the project's kind (brush RLE or polygons), labelled by `match_labels`. With a ``context`` of
 keypoints (``is_positive`` true / false) and / or a rectangle, the answer is one mask from CondInst's
-click-to-refine (`ModelSession.refine`, `condinst.refine.refine_mask`): a rectangle alone acts as a positive click at its
-centre, and the mask is kept inside the rectangle.
+click-to-refine (`ModelSession.refine` -> `condinst.refine.refine_mask`): a rectangle alone acts as a positive
+click at its centre, and the mask is kept inside the rectangle.
 """
 from __future__ import annotations
 
