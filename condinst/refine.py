@@ -43,7 +43,7 @@ TEMPERATURE = 1.0
 W_PRIOR = 10.0
 CLICK_FLOOR = float(np.log(0.05))  # a click a candidate misses costs at most this much
 W_DET = 0.5
-MAX_PART = 0.5  # a click's candidate correction is at most this fraction of the proposal
+MAX_PART = 0.5  # a click's candidate correction (and a negative click's cut) is at most this fraction of the mask
 REACH = 0.08  # of the long side: how far a click's own correction may reach
 OPEN = 0.004  # of the long side: a later click's change is opened by a disc this wide (cuts thin bridges)
 CLICK_RADIUS = 2  # px: the disc around each click that always has the click's value
@@ -248,7 +248,7 @@ def correct_at_click(image: np.ndarray, mask: np.ndarray, x: int, y: int, value:
     click (at least two bands), the click's disc fixed, starting from the model's `proposal` ((H, W)
     bool, optional) where it agrees with the click; of what it changes towards `value` only the
     connected part that holds the click is kept: a positive click only adds, a negative one only
-    removes, and nothing away from the click moves.
+    removes (at most MAX_PART of the mask: a part, not the object), and nothing away from the click moves.
     """
     if mask[y, x] == value:
         return mask
@@ -268,7 +268,9 @@ def correct_at_click(image: np.ndarray, mask: np.ndarray, x: int, y: int, value:
     out = mask.copy()
     if change[y, x]:
         _, labels = cv2.connectedComponents(change, connectivity=4)
-        out[labels == labels[y, x]] = value
+        part = labels == labels[y, x]
+        if value or part.sum() <= MAX_PART * mask.sum():  # a negative click cuts a part, not the object
+            out[part] = value
     return out
 
 
