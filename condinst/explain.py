@@ -18,7 +18,7 @@ import torch
 
 from .detections import Detections, cell_detections, fcos_scores
 from .dynamic_mask_head import split_params
-from .postprocess import ImageResult, mask_probs_to_image
+from .postprocess import ImageResult, binarize, mask_probs_to_image
 from .predictor import Predictor
 
 
@@ -145,7 +145,7 @@ class Explainer:
             logits = self.model.mask_logits(self.outputs.mask_feats, det)
             probs = mask_probs_to_image(logits.float().sigmoid(), self.padded_size, self.input_size, self.image_size)
         probs = probs[0].cpu().numpy()
-        return PointSegmentation(mask=probs > self.cfg.mask_head.mask_threshold, probs=probs,
+        return PointSegmentation(mask=binarize(probs, self.cfg.mask_head.mask_threshold), probs=probs,
                                  explanation=explanation)
 
     def candidates(self, points, radius: int = 2) -> CandidateMasks:

@@ -20,6 +20,7 @@ from .config import CondInstConfig
 from .detections import Detections, decode_level, level_locations, mask_nms, nms_and_topk
 from .dynamic_mask_head import DynamicMaskHead
 from .heads import MaskBranch, ProposalGenerator
+from .postprocess import binarize
 
 
 @dataclass
@@ -139,7 +140,7 @@ class CondInst(nn.Module):
     def _mask_nms(self, det: Detections, mask_feats: torch.Tensor, cfg: CondInstConfig) -> Detections:
         # IoUs are computed on the stride-8 masks (before upsampling) to bound memory.
         probs = self.mask_logits(mask_feats, det, 0, upsample=False).sigmoid()
-        return mask_nms(det, probs[:, 0] > cfg.mask_head.mask_threshold, cfg.fcos)
+        return mask_nms(det, binarize(probs[:, 0], cfg.mask_head.mask_threshold), cfg.fcos)
 
     @torch.no_grad()
     def inference(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],

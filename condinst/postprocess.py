@@ -145,6 +145,12 @@ class ImageResult:
         return f"ImageResult({len(self)} instances, image_size={self.image_size})"
 
 
+def binarize(probs, threshold: float):
+    """Mask probabilities (any shape, torch or numpy) -> bool masks: `probs > threshold`, the one rule by
+    which a mask probability becomes a mask pixel (the threshold is `cfg.mask_head.mask_threshold`)."""
+    return probs > threshold
+
+
 def rescale_boxes(boxes: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
     """Scale (K, 4) boxes from input (h, w) to output (H, W) pixels and clip them to the output."""
     (ih, iw), (oh, ow) = input_size, output_size
@@ -256,7 +262,7 @@ def paste_masks(probs: torch.Tensor, padded_size: tuple[int, int], input_size: t
                                        align_corners=False)[0, 0, ys[0] : ys[1], xs[0] : xs[1]]
             else:
                 values = _resample_window(stage1[k], rows, cols, ys, xs)
-            mask = values > threshold
+            mask = binarize(values, threshold)
             mr, mc = mask.any(1).nonzero().squeeze(1), mask.any(0).nonzero().squeeze(1)
             if len(mr) == 0:
                 crops.append(mask[:0, :0])

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import supervision as sv
 
+from condinst.postprocess import binarize
 from condinst.visualize import draw
 
 DEFAULT_MAX_SIDE = 1600
@@ -180,7 +181,8 @@ def probability_map(probs: np.ndarray, size: tuple[int, int], threshold: float =
                     caption: str = "mask probability") -> np.ndarray:
     """Probabilities in [0, 1] as an inferno heatmap with the threshold contour in white."""
     image = upscale(colormap(probs, 0.0, 1.0, cv2.COLORMAP_INFERNO), size)
-    above = cv2.resize(probs.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR) > threshold
+    resized = cv2.resize(probs.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    above = binarize(resized, threshold)
     contours, _ = cv2.findContours(above.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(image, contours, -1, WHITE, 1)
     return with_caption(image, f"{caption} (contour at {threshold:g}), max {float(probs.max(initial=0)):.2f}")

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from app.annotate import render
+from condinst.postprocess import binarize
 from condinst.sipmask.explain import QUADRANTS, SipMaskInstanceExplanation
 
 LABELS = {"location": "Location that predicted the coefficients (cell, FPN level), its box and quadrant split",
@@ -133,7 +134,7 @@ def assembly(exp: SipMaskInstanceExplanation, image: np.ndarray, mask: np.ndarra
         tint[region] = (0, 200, 255)
         photo = np.ascontiguousarray(cv2.addWeighted(photo, 0.55, tint, 0.45, 0))
         render.outline(photo, region, color=(0, 200, 255), thickness=1)
-    above = probs > exp.threshold
+    above = binarize(probs, exp.threshold)
     panels = [(render.diverging(logits), f"1. summed logits [{float(logits.min()):.1f}, {float(logits.max()):.1f}]"),
               (render.colormap(probs, 0.0, 1.0, cv2.COLORMAP_INFERNO), "2. sigmoid, 0 outside the box"),
               (np.where(above[..., None], np.uint8(255), np.uint8(40)).repeat(3, 2),

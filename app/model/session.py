@@ -96,6 +96,7 @@ class ModelSession:
         self.key = model_key(self.weights)
         self.explainers = ExplainerCache(explainer_cache)
         self.lock = threading.RLock()
+        self._refine_image: tuple[str, np.ndarray] | None = None  # (image key, RGB) of the last refine
 
     @classmethod
     def load(cls, weights: str | Path | None, config: str | None = None, device: str = "cpu", fast: bool = False,
@@ -171,6 +172,21 @@ class ModelSession:
                 explainer = (SipMaskExplainer if self.is_sipmask else Explainer)(self.predictor, image)
             self.explainers.put(key, explainer)
         return explainer
+
+    def refine(self, image_key: str, load_image: Callable[[], np.ndarray], positive, negative,
+               prior: np.ndarray | None = None, done=()) -> tuple[np.ndarray, int | None]:
+        """Click-to-refine (`condinst.refine.refine_mask`) on an image: the (H, W) bool mask for the
+        [(x, y)] positive / negative clicks and the model class under the positive ones; prior / done: the
+        mask being refined and the ((x, y), value) clicks it already answers (a later click is local)."""
+        from condinst.refine import refine_mask
+
+        explainer = self.explainer(image_key, load_image)
+        last = self._refine_image  # the pixels of the image refined last (clicks come in series on one image)
+        image = last[1] if last is not None and last[0] == image_key else load_image()
+        self._refine_image = (image_key, image)
+        with self.lock:
+            return refine_mask(explainer, image, positive, negative, self.predictor.cfg.mask_head.mask_threshold,
+                               prior, done)
 
     def predictions(self, image_key: str, load_image: Callable[[], np.ndarray]) -> list[Prediction]:
         """The model's detections of an image as workspace predictions (per-instance RLE; nothing full-size)."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..detections import Detections
-from ..postprocess import _MARGIN, ImageResult, InstanceMasks, _Axis, _resample_window
+from ..postprocess import _MARGIN, ImageResult, InstanceMasks, _Axis, _resample_window, binarize
 from .crop_split import crop_split
 
 
@@ -251,7 +251,8 @@ def threshold_resized(probs: torch.Tensor, out_size: tuple[int, int], image_size
     n, h, w = probs.shape
     height, width = image_size
     if not (out_size[0] >= h and out_size[1] >= w and probs.device.type == "cpu"):
-        big = F.interpolate(probs[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0] > threshold
+        big = binarize(F.interpolate(probs[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0],
+                       threshold)
         full = torch.zeros((n, height, width), dtype=torch.bool, device=probs.device)
         full[:, : min(height, out_size[0]), : min(width, out_size[1])] = big[:, :height, :width]
         return InstanceMasks.from_dense(full)
@@ -272,7 +273,7 @@ def threshold_resized(probs: torch.Tensor, out_size: tuple[int, int], image_size
             crops.append(torch.zeros((0, 0), dtype=torch.bool, device=probs.device))
             offsets.append((0, 0))
             continue
-        mask = _resample_window(probs[k], rows, cols, (y0, y1), (x0, x1)) > threshold
+        mask = binarize(_resample_window(probs[k], rows, cols, (y0, y1), (x0, x1)), threshold)
         mr, mc = mask.any(1).nonzero().squeeze(1), mask.any(0).nonzero().squeeze(1)
         if len(mr) == 0:
             crops.append(mask[:0, :0])

@@ -44,7 +44,7 @@ from ..detections import Detections
 from ..errors import UserError
 from ..explain import Explainer
 from ..layers import aligned_bilinear
-from ..postprocess import mask_probs_to_image
+from ..postprocess import binarize, mask_probs_to_image
 from ..predictor import Predictor
 from .segmenter import Frame, segment_frames
 from .tracker import pairwise_mask_iou
@@ -144,7 +144,7 @@ def fit_filters(explainer: Explainer, mask: np.ndarray, config: PropagationConfi
     cands = explainer.candidates(mask_points(mask, config.max_points), radius=1)
     threshold = explainer.cfg.mask_head.mask_threshold
     target = grid_mask(mask, cands.scale, cands.stride, tuple(cands.probs.shape[1:])) > 0.5
-    iou = pairwise_mask_iou((cands.probs > threshold).flatten(1), target.reshape(1, -1))[:, 0]
+    iou = pairwise_mask_iou(binarize(cands.probs, threshold).flatten(1), target.reshape(1, -1))[:, 0]
     best = int(iou.argmax())
     return FittedFilters(cands.detections.select(torch.tensor([best])), float(iou[best]))
 

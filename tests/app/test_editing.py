@@ -161,7 +161,7 @@ def test_refine_proposes_accepts_discards_and_undoes(opened):
 
 
 def test_refine_later_click_changes_only_its_own_part():
-    from app.annotate.refine import local_update
+    from condinst.refine import local_update
 
     prior = np.zeros((200, 200), bool)
     prior[50:150, 50:150] = True  # the proposal so far
@@ -237,3 +237,26 @@ def test_a_stroke_reads_its_instance_and_image_once(opened, monkeypatch):
     assert message.startswith("Erased from") and not ws.get_instance(target).mask[30, 35]
     assert reads["instance"] == 2  # the stroke's one read, and the check above
     assert reads["image"] <= 2  # the stroke's size, and the write's (edit_masks checks its image)
+
+
+def test_refine_clicks_are_hard_constraints_and_a_later_click_moves_towards_itself(opened):
+    """Every click's pixel has its value after every later click (positive in, negative out), and a later
+    click changes the proposal only towards its own value (a positive click adds, a negative one removes)."""
+    service, view = opened
+    ws = service.ws
+    record = ws.get_image_record(view.image_id)
+    rng = np.random.default_rng(3)
+    target = max(ws.instances(view.image_id), key=lambda inst: inst.area)
+    ys, xs = np.nonzero(target.mask)
+    positive, negative = [[int(xs[len(xs) // 2]), int(ys[len(ys) // 2])]], []
+    view = service.actions.select(view, None)
+    view, _ = service.refiner.refine(view, json.dumps(positive), "[]")
+    for _ in range(6):
+        before = view.refine.mask
+        x, y = int(rng.integers(0, record.width)), int(rng.integers(0, record.height))
+        value = not before[y, x]  # a click the proposal gets wrong
+        (positive if value else negative).append([x, y])
+        view, _ = service.refiner.refine(view, json.dumps(positive), json.dumps(negative))
+        after = view.refine.mask
+        assert all(after[py, px] for px, py in positive) and not any(after[ny, nx] for nx, ny in negative)
+        assert (after[after != before] == value).all()

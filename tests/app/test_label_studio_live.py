@@ -170,7 +170,6 @@ def test_label_studio_shows_condinsts_masks(studio, browser):
 def test_keypoint_context_returns_condinsts_refined_mask(studio, predicted):
     import cv2
 
-    from app.annotate.refine import refine_mask
     from app.model.session import ModelSession
     from condinst.preprocess import read_image
 
@@ -190,7 +189,7 @@ def test_keypoint_context_returns_condinsts_refined_mask(studio, predicted):
     refined = np.load(region["mask"])
     session = ModelSession.load(WEIGHTS)
     rgb = read_image(FRUITS / "0.jpg")
-    expected, _ = refine_mask(session, session.explainer("0.jpg", lambda: rgb), [(int(x), int(y))], [])
+    expected, _ = session.refine("0.jpg", lambda: rgb, [(int(x), int(y))], [])
     assert iou(refined, expected) >= 0.99
     assert iou(refined, target) >= 0.8  # the object clicked
 

@@ -9,8 +9,8 @@ Pre-annotations are the model's detections (`app.model.session.ModelSession.pred
 `Predictor` as ``condinst predict``) scoring at least ``score_threshold``, one region per instance
 in the project's kind (brush RLE or polygons), labelled by `match_labels`. With a ``context`` of
 keypoints (``is_positive`` true / false) and / or a rectangle, the answer is one mask from CondInst's
-click-to-refine (`app.annotate.refine.refine_mask`): a rectangle alone acts as a positive click at its
-centre, and the mask is kept inside the rectangle.
+click-to-refine (`ModelSession.refine` -> `condinst.refine.refine_mask`): a rectangle alone acts as a positive
+click at its centre, and the mask is kept inside the rectangle.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from app.interop.ml_backend.label_config import (LabelConfig, LabelConfigError, 
                                          parse_label_config)
 from app.interop.ml_backend.results import ResultError, mask_regions, percent_box, percent_point
 from app.interop.ml_backend.trainer import Trainer, model_version
-from app.annotate.refine import refine_mask
 from condinst.errors import UserError
 from condinst.preprocess import read_image
 from training.entry_checks import describe, is_id
@@ -164,8 +163,7 @@ class CondInstBackend:
         if not positive:
             raise RequestError("Click inside the object first (a positive keypoint), or draw a rectangle around it.")
         start = time.perf_counter()
-        explainer = self.session.explainer(key, lambda: rgb)
-        mask, class_index = refine_mask(self.session, explainer, positive, negative)
+        mask, class_index = self.session.refine(key, lambda: rgb, positive, negative)
         if box is not None:
             inside = np.zeros_like(mask)
             inside[box[1]:box[3], box[0]:box[2]] = True
