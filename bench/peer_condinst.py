@@ -3,14 +3,14 @@
     python bench/peer_condinst.py train --split SPLIT --images IMAGES --out DIR --cpu-minutes 8
     python bench/peer_condinst.py infer --split SPLIT --images IMAGES --out DIR --results results.json
 
-`train` runs `condinst train` with configs/fruits_nuts_default.json (the recipe of `make default-model`:
-SGD 0.01, batch 4, multi-scale 288-352, flip, 1200 iterations) scaled to the CPU budget
-(`--cpu-minutes`, the probe included; `--minutes` caps the wall): a 10-iteration probe measures the
-CPU seconds per iteration (its last step time x its CPU/wall ratio), then the real run gets as many
-iterations as fit in what is left (its schedule is fixed before it starts, as `condinst train` needs), with the recipe's LR steps at the same fractions (900/1200,
-1100/1200) and its warm-up (100, at most a twelfth of the run). `infer` writes the held-out images'
-COCO results (the config's test settings), the CPU latency of one photo with PyTorch and with the
-whole exported graph in ONNX Runtime and OpenVINO, the parameter count and the peak RSS.
+`train` runs `condinst train` with configs/fruits_nuts_default.json (the recipe of `make default-model`: SGD
+0.01, batch 4, multi-scale 288-352, flip, 1200 iterations) scaled to the CPU budget (`--cpu-minutes`, the
+probe included; `--minutes` caps the wall): a 10-iteration probe measures the CPU seconds per iteration (its
+last step time x its CPU/wall ratio), then the real run gets as many iterations as fit in what is left (its
+schedule is fixed before it starts, as `condinst train` needs), with the recipe's LR steps at the same
+fractions (900/1200, 1100/1200) and its warm-up (100, at most a twelfth of the run). `infer` writes the
+held-out images' COCO results (the config's test settings), the CPU latency of one photo with PyTorch and with
+the whole exported graph in ONNX Runtime and OpenVINO, the parameter count and the peak RSS.
 """
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--images", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--results")
-    parser.add_argument("--cpu-minutes", type=float, default=8.0, help="training budget in CPU minutes (probe included)")
+    parser.add_argument("--cpu-minutes", type=float, default=8.0,
+                        help="training budget in CPU minutes (probe included)")
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock cap (a safety)")
     parser.add_argument("--max-iter", type=int, help="train this many iterations instead of fitting the budget")
     parser.add_argument("--no-export", action="store_true", help="PyTorch latency only")

@@ -1,17 +1,17 @@
-"""torchvision Mask R-CNN R-50-FPN as a peer of `bench.peers`, trained from scratch on a time budget.
+"""torchvision Mask R-CNN R-50-FPN as a peer of `bench.peers`, trained from scratch on a CPU budget.
 
     python bench/peer_maskrcnn.py train --split SPLIT --images IMAGES --out DIR --cpu-minutes 8 [--min-size 288,320,352]
     python bench/peer_maskrcnn.py infer --split SPLIT --images IMAGES --out DIR --results results.json
 
 `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)` (BatchNorm, every layer trainable: what
-torchvision builds without weights) with torchvision's detection reference recipe: SGD momentum 0.9,
-LR 0.02 x batch / 16, weight decay 1e-4, linear warm-up over the first epoch from 1/1000, x0.1 at 16/26
-and 22/26 of the schedule, horizontal flip. The schedule is laid over the CPU budget (`--cpu-minutes`,
-`bench.cpu_budget`: the LR steps at those fractions of the CPU seconds spent; `--minutes` caps the wall). `--min-size/--max-size` set its resize (torchvision's
-800 / 1333 costs ~5x the time of an image at 352 / 640 on the CPU; the budget decides). `infer` writes
-COCO results of the held-out images (torchvision's defaults: score 0.05, 100 detections, masks at 0.5),
-the CPU latency of one photo with PyTorch and, when the export works, its ONNX graph in ONNX Runtime
-and OpenVINO, the parameter count and the peak RSS.
+torchvision builds without weights) with torchvision's detection reference recipe: SGD momentum 0.9, LR 0.02 x
+batch / 16, weight decay 1e-4, linear warm-up over the first epoch from 1/1000, x0.1 at 16/26 and 22/26 of the
+schedule, horizontal flip. The schedule is laid over the CPU budget (`--cpu-minutes`, `bench.cpu_budget`: the
+LR steps at those fractions of the CPU seconds spent; `--minutes` caps the wall). `--min-size/--max-size` set
+its resize (torchvision's 800 / 1333 costs ~5x the time of an image at 352 / 640 on the CPU; the budget
+decides). `infer` writes COCO results of the held-out images (torchvision's defaults: score 0.05, 100
+detections, masks at 0.5), the CPU latency of one photo with PyTorch and, when the export works, its ONNX
+graph in ONNX Runtime and OpenVINO, the parameter count and the peak RSS.
 """
 from __future__ import annotations
 

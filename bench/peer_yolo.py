@@ -3,15 +3,15 @@
     python bench/peer_yolo.py train --model yolov8n-seg.yaml --split SPLIT --images IMAGES --out DIR --cpu-minutes 8
     python bench/peer_yolo.py infer --weights DIR/weights/last.pt --split SPLIT --images IMAGES --out DIR
 
-`train` converts the COCO split to YOLO labels with Ultralytics' own converter and trains from scratch (a
-yaml model, no weights) with Ultralytics' defaults for a custom dataset (imgsz 640, batch 16, optimizer
-auto, mosaic, its own augmentations) for a CPU budget (`--cpu-minutes`, `bench.cpu_budget`, counting
-its data-loading worker): after each epoch the epochs are re-fitted to the budget at the CPU seconds per
-epoch so far and the LR schedule re-laid over them (what its own `time=` mode does with wall time), and
-the epoch in which the budget runs out is the last. `infer` writes the held-out images' COCO results (boxes and RLE masks at the original size,
-conf 0.001 as Ultralytics' own validation), the CPU latency of one photo with PyTorch and with the
-ONNX / OpenVINO exports (default conf 0.25), and the parameter count. Each step writes a JSON with its
-peak RSS. Nothing is downloaded: the process runs with YOLO_OFFLINE=1, plots off, settings sync off.
+`train` converts the COCO split to YOLO labels with Ultralytics' own converter and trains from scratch (a yaml
+model, no weights) with Ultralytics' defaults for a custom dataset (imgsz 640, batch 16, optimizer auto,
+mosaic, its own augmentations) for a CPU budget (`--cpu-minutes`, `bench.cpu_budget`, counting its
+data-loading worker): after each epoch the epochs are re-fitted to the budget at the CPU seconds per epoch so
+far and the LR schedule re-laid over them (what its own `time=` mode does with wall time), and the epoch in
+which the budget runs out is the last. `infer` writes the held-out images' COCO results (boxes and RLE masks
+at the original size, conf 0.001 as Ultralytics' own validation), the CPU latency of one photo with PyTorch
+and with the ONNX / OpenVINO exports (default conf 0.25), and the parameter count. Each step writes a JSON
+with its peak RSS. Nothing is downloaded: the process runs with YOLO_OFFLINE=1, plots off, settings sync off.
 """
 from __future__ import annotations
 

@@ -3,19 +3,18 @@
     python -m bench.peers [--cpu-minutes 8] [--peers condinst,yolov8n-seg,yolo11n-seg,yolov8s-seg,maskrcnn]
     python -m bench.peers --smoke          # a few iterations each: checks the plumbing, not a benchmark
 
-What a user with a small custom dataset and no GPU (and no pretrained weights) would compare: on
-fruits_nuts with the bundled model's split (held-out images 15 16 17, as `make default-model`), each
-tool trains from scratch with its own recipe for small data under the same CPU budget
-(`--cpu-minutes`: CPU seconds of the peer's process tree, `bench.cpu_budget`; `--minutes` is only a wall
-cap) on `--threads` CPU threads, under `nice -n 10`; then one evaluator (pycocotools, `training.evaluation.evaluate_results`) scores
-every model's COCO results of the held-out images, and each tool's own predict path is timed on one
-800x600 photo (median of `--iters`), with PyTorch and with its ONNX Runtime / OpenVINO exports.
+What a user with a small custom dataset and no GPU (and no pretrained weights) would compare: on fruits_nuts
+with the bundled model's split (held-out images 15 16 17, as `make default-model`), each tool trains from
+scratch with its own recipe for small data under the same CPU budget (`--cpu-minutes`: CPU seconds of the
+peer's process tree, `bench.cpu_budget`; `--minutes` is only a wall cap) on `--threads` CPU threads, under
+`nice -n 10`; then one evaluator (pycocotools, `training.evaluation.evaluate_results`) scores every model's
+COCO results of the held-out images, and each tool's own predict path is timed on one 800x600 photo (median of
+`--iters`), with PyTorch and with its ONNX Runtime / OpenVINO exports.
 
 Each peer trains and predicts in its own subprocesses (so that its peak RSS is its own):
 `bench/peer_condinst.py`, `bench/peer_yolo.py` (in the Ultralytics venv: `--yolo-python`, default
-~/.cache/condinst-studio/ultralytics-venv/bin/python; its rows are skipped with a note when it is
-absent) and `bench/peer_maskrcnn.py`. Nothing is downloaded. Prints one table, writes
-bench/results/peers.json.
+~/.cache/condinst-studio/ultralytics-venv/bin/python; its rows are skipped with a note when it is absent) and
+`bench/peer_maskrcnn.py`. Nothing is downloaded. Prints one table, writes bench/results/peers.json.
 """
 from __future__ import annotations
 
@@ -81,7 +80,8 @@ def run_peer(peer: str, args, split: Path, work: Path) -> dict:
     row = {"peer": peer}
     for step, command in (("train", train_cmd), ("infer", infer_cmd)):
         start = time.perf_counter()
-        done = subprocess.run([*(NICE if step == "train" else []), *command], cwd=work, env=env, capture_output=True, text=True)
+        niced = [*NICE, *command] if step == "train" else command
+        done = subprocess.run(niced, cwd=work, env=env, capture_output=True, text=True)
         (work / f"{peer}_{step}.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
