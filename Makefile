@@ -16,7 +16,7 @@ XDIST := -n $(JOBS) --dist loadfile --no-loadscope-reorder
 SHARED ?= ../shared
 RUN_DIR ?= runs/default_model
 
-.PHONY: venv run test test-fast test-busy browser-deps label-studio-env default-model clean
+.PHONY: venv run test test-fast test-busy browser-deps label-studio-env ultralytics-env peers default-model clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,21 @@ browser-deps:
 # with ours), built once; the test builds it too when missing, and skips only if it cannot be built.
 label-studio-env: venv
 	$(PY) tools/label_studio_env.py
+
+# Ultralytics YOLO-seg for `python -m bench.peers`: its own venv under the user's cache (nothing goes into ours). It sees
+# our venv's packages (the same torch, onnxruntime, openvino, pycocotools) through a .pth file, so pip adds only
+# ultralytics and its small dependencies (opencv-python, polars, psutil, ultralytics-thop); no second torch.
+ULTRALYTICS_VENV ?= $(HOME)/.cache/condinst-studio/ultralytics-venv
+ultralytics-env: venv
+	@test -x $(ULTRALYTICS_VENV)/bin/python || $(PY) -m venv $(ULTRALYTICS_VENV)
+	$(PY) -c "import site; print(site.getsitepackages()[0])" \
+		> $$($(ULTRALYTICS_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/condinst-studio-torch.pth
+	$(ULTRALYTICS_VENV)/bin/pip install -q ultralytics
+	$(ULTRALYTICS_VENV)/bin/python -c "import torch, ultralytics; print('ultralytics', ultralytics.__version__, 'torch', torch.__version__)"
+
+# CondInst vs YOLO-seg vs Mask R-CNN from scratch on fruits_nuts, 8 CPU-minutes each (bench/README.md, "Peers").
+peers: ultralytics-env
+	$(PY) -m bench.peers --cpu-minutes 8 --peers condinst,yolov8n-seg,yolo11n-seg,maskrcnn
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not browser" $(XDIST) $(PYTEST_ARGS)

@@ -1,15 +1,16 @@
-"""Our CondInst recipe as a peer of `bench.peers`: the bundled model's recipe fitted to a time budget.
+"""Our CondInst recipe as a peer of `bench.peers`: the bundled model's recipe fitted to a CPU budget.
 
-    python bench/peer_condinst.py train --split SPLIT --images IMAGES --out DIR --minutes 6
+    python bench/peer_condinst.py train --split SPLIT --images IMAGES --out DIR --cpu-minutes 8
     python bench/peer_condinst.py infer --split SPLIT --images IMAGES --out DIR --results results.json
 
-`train` runs `condinst train` with configs/fruits_nuts_default.json (the recipe of `make default-model`:
-SGD 0.01, batch 4, multi-scale 288-352, flip, 1200 iterations) scaled to the budget: a 10-iteration
-probe measures the seconds per iteration on this machine now, then the real run gets as many
-iterations as fit in what is left, with the recipe's LR steps at the same fractions (900/1200,
-1100/1200) and its warm-up (100, at most a twelfth of the run). `infer` writes the held-out images'
-COCO results (the config's test settings), the CPU latency of one photo with PyTorch and with the
-whole exported graph in ONNX Runtime and OpenVINO, the parameter count and the peak RSS.
+`train` runs `condinst train` with configs/fruits_nuts_default.json (the recipe of `make default-model`: SGD
+0.01, batch 4, multi-scale 288-352, flip, 1200 iterations) scaled to the CPU budget (`--cpu-minutes`, the
+probe included; `--minutes` caps the wall): a 10-iteration probe measures the CPU seconds per iteration (its
+last step time x its CPU/wall ratio), then the real run gets as many iterations as fit in what is left (its
+schedule is fixed before it starts, as `condinst train` needs), with the recipe's LR steps at the same
+fractions (900/1200, 1100/1200) and its warm-up (100, at most a twelfth of the run). `infer` writes the
+held-out images' COCO results (the config's test settings), the CPU latency of one photo with PyTorch and with
+the whole exported graph in ONNX Runtime and OpenVINO, the parameter count and the peak RSS.
 """
 from __future__ import annotations
 
@@ -47,36 +48,46 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_train(args, max_iter: int, out: Path) -> float:
-    """`condinst train` for `max_iter` iterations into `out`; returns its wall seconds."""
+def run_train(args, max_iter: int, out: Path, timeout_s: float | None = None) -> tuple[float, float]:
+    """`condinst train` for `max_iter` iterations into `out`; returns its (wall, CPU) seconds."""
     config = scaled_config(max_iter, out.parent / f"{out.name}_config.json")
     command = [sys.executable, "-m", "condinst", "train", "--config", str(config), "--device", "cpu",
                "--num-workers", "1", "--no-progress", "--log-period", str(min(5, max_iter)), "--seed", str(args.seed),
                "--train-ann", str(Path(args.split) / "train.json"), "--train-images", args.images,
                "--output-dir", str(out)]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), children_cpu_s()
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                   stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+                   stdout=subprocess.DEVNULL, timeout=timeout_s)
+    return time.perf_counter() - start, children_cpu_s() - cpu_start
+
+
+def iterations_for_budget(budget_cpu_s: float, probe_wall_s: float, probe_cpu_s: float, step_wall_s: float,
+                          probe_iters: int = PROBE_ITERS) -> tuple[int, float]:
+    """Iterations of the real run that fit in what the probe left of `budget_cpu_s`, and the CPU seconds per
+    iteration: the probe's last logged step time (wall, past the first slow steps) times its CPU/wall ratio;
+    the rest of the probe's CPU (start-up: imports, model, data) is paid again by the real run."""
+    step_cpu_s = step_wall_s * probe_cpu_s / probe_wall_s
+    startup_cpu_s = max(0.0, probe_cpu_s - probe_iters * step_cpu_s)
+    return max(probe_iters, int((budget_cpu_s - probe_cpu_s - startup_cpu_s) / step_cpu_s)), step_cpu_s
 
 
 def train(args) -> dict:
     out = Path(args.out)
+    peak = lambda: resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # noqa: E731
     if args.max_iter:  # a fixed schedule (the smoke run): no probe
-        train_s = run_train(args, args.max_iter, out / "train")
+        train_s, cpu_s = run_train(args, args.max_iter, out / "train")
         return {"train_s": train_s, "iterations": args.max_iter, "batch": 4, "epochs": args.max_iter * 4 / 15,
-                "weights": str(out / "train" / "model_final.pth"),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "cpu_s": children_cpu_s()}
-    budget = 60 * args.minutes
-    probe_s = run_train(args, PROBE_ITERS, out / "probe")
+                "weights": str(out / "train" / "model_final.pth"), "peak_rss_mb": peak(), "cpu_s": cpu_s}
+    wall_cap = 60 * args.minutes
+    probe_s, probe_cpu_s = run_train(args, PROBE_ITERS, out / "probe", timeout_s=wall_cap)
     lines = [json.loads(line) for line in (out / "probe" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     step_s = [line["time"] for line in lines if "time" in line][-1]  # the last window: past the first slow steps
-    startup_s = max(0.0, probe_s - PROBE_ITERS * step_s)
-    max_iter = max(PROBE_ITERS, int((budget - probe_s - startup_s) / step_s))
-    train_s = run_train(args, max_iter, out / "train")
-    return {"train_s": probe_s + train_s, "probe_s": probe_s, "probe_s_per_iter": step_s, "iterations": max_iter,
+    max_iter, step_cpu_s = iterations_for_budget(60 * args.cpu_minutes, probe_s, probe_cpu_s, step_s)
+    train_s, cpu_s = run_train(args, max_iter, out / "train", timeout_s=max(60.0, wall_cap - probe_s))
+    return {"train_s": probe_s + train_s, "probe_s": probe_s, "probe_cpu_s": probe_cpu_s,
+            "probe_s_per_iter": step_s, "probe_cpu_s_per_iter": step_cpu_s, "iterations": max_iter,
             "batch": 4, "epochs": max_iter * 4 / 15, "weights": str(out / "train" / "model_final.pth"),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "cpu_s": children_cpu_s()}
+            "peak_rss_mb": peak(), "cpu_s": probe_cpu_s + cpu_s}
 
 
 def infer(args) -> dict:
@@ -116,7 +127,9 @@ def main() -> None:
     parser.add_argument("--images", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--results")
-    parser.add_argument("--minutes", type=float, default=6.0)
+    parser.add_argument("--cpu-minutes", type=float, default=8.0,
+                        help="training budget in CPU minutes (probe included)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock cap (a safety)")
     parser.add_argument("--max-iter", type=int, help="train this many iterations instead of fitting the budget")
     parser.add_argument("--no-export", action="store_true", help="PyTorch latency only")
     parser.add_argument("--threads", type=int, default=2)

@@ -1,15 +1,17 @@
 """Ultralytics YOLO-seg as a peer of `bench.peers`: runs inside the Ultralytics venv, not ours.
 
-    python bench/peer_yolo.py train --model yolov8n-seg.yaml --split SPLIT --images IMAGES --out DIR --minutes 6
+    python bench/peer_yolo.py train --model yolov8n-seg.yaml --split SPLIT --images IMAGES --out DIR --cpu-minutes 8
     python bench/peer_yolo.py infer --weights DIR/weights/last.pt --split SPLIT --images IMAGES --out DIR
 
-`train` converts the COCO split to YOLO labels with Ultralytics' own converter and trains from scratch (a
-yaml model, no weights) with Ultralytics' defaults for a custom dataset (imgsz 640, batch 16, optimizer
-auto, mosaic, its own augmentations) for a wall-clock budget (`time=`, which re-fits the LR schedule to
-the budget). `infer` writes the held-out images' COCO results (boxes and RLE masks at the original size,
-conf 0.001 as Ultralytics' own validation), the CPU latency of one photo with PyTorch and with the
-ONNX / OpenVINO exports (default conf 0.25), and the parameter count. Each step writes a JSON with its
-peak RSS. Nothing is downloaded: the process runs with YOLO_OFFLINE=1, plots off, settings sync off.
+`train` converts the COCO split to YOLO labels with Ultralytics' own converter and trains from scratch (a yaml
+model, no weights) with Ultralytics' defaults for a custom dataset (imgsz 640, batch 16, optimizer auto,
+mosaic, its own augmentations) for a CPU budget (`--cpu-minutes`, `bench.cpu_budget`, counting its
+data-loading worker): after each epoch the epochs are re-fitted to the budget at the CPU seconds per epoch so
+far and the LR schedule re-laid over them (what its own `time=` mode does with wall time), and the epoch in
+which the budget runs out is the last. `infer` writes the held-out images' COCO results (boxes and RLE masks
+at the original size, conf 0.001 as Ultralytics' own validation), the CPU latency of one photo with PyTorch
+and with the ONNX / OpenVINO exports (default conf 0.25), and the parameter count. Each step writes a JSON
+with its peak RSS. Nothing is downloaded: the process runs with YOLO_OFFLINE=1, plots off, settings sync off.
 """
 from __future__ import annotations
 
@@ -25,17 +27,13 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.cpu_budget import CpuBudget  # noqa: E402  (standard library only: fine in the Ultralytics venv)
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_s() -> float:
-    """CPU seconds (user + system) of this process and its finished children (data-loading workers)."""
-    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF,
-                                                                           resource.RUSAGE_CHILDREN)))
 
 
 def prepare_dataset(split: Path, images: Path, root: Path) -> tuple[Path, dict[int, int]]:
@@ -70,7 +68,12 @@ def train(args) -> dict:
     root = Path(args.out)
     data, _ = prepare_dataset(Path(args.split), Path(args.images), root / "data")
     model = YOLO(args.model)
+    budget = CpuBudget(60 * args.cpu_minutes)
+    model.add_callback("on_train_batch_end", lambda trainer: _stop_at_budget(trainer, budget))
+    model.add_callback("on_fit_epoch_end", lambda trainer: _refit_epochs(trainer, budget, args.max_epochs))
     start = time.perf_counter()
+    # time= puts the trainer in its time mode (epochs re-fitted after each epoch, LR schedule re-laid over
+    # them); the callbacks then re-fit to the CPU budget instead, and time= stays only as a wall cap.
     model.train(data=str(data), time=args.minutes / 60, epochs=args.max_epochs, imgsz=args.imgsz, batch=args.batch,
                 device="cpu", workers=args.workers, plots=False, amp=False, pretrained=False, seed=args.seed,
                 project=str(root), name="train", exist_ok=True, val=False, verbose=False)
@@ -78,7 +81,25 @@ def train(args) -> dict:
     trainer = model.trainer
     return {"train_s": seconds, "epochs": trainer.epoch + 1, "images": len(trainer.train_loader.dataset),
             "batch": args.batch, "imgsz": args.imgsz, "weights": str(Path(trainer.last)), "peak_rss_mb": peak_rss_mb(),
-            "cpu_s": cpu_s()}
+            "cpu_s": budget.used(), "stopped_by": "cpu budget" if budget.reached() else "epochs or wall cap"}
+
+
+def _stop_at_budget(trainer, budget: CpuBudget) -> None:
+    """on_train_batch_end: the trainer ends the epoch (validates, saves last.pt) and stops."""
+    if budget.reached():
+        trainer.stop = True
+
+
+def _refit_epochs(trainer, budget: CpuBudget, max_epochs: int) -> None:
+    """on_fit_epoch_end (after the trainer's own wall-time re-fit): as many epochs as the CPU budget holds at
+    the CPU seconds per epoch so far, the LR schedule re-laid over them as the trainer's time mode does."""
+    done = trainer.epoch - trainer.start_epoch + 1
+    epochs = budget.units_that_fit(budget.used(), done, max_epochs)
+    trainer.epochs = trainer.args.epochs = epochs
+    trainer._setup_scheduler()
+    trainer.scheduler.last_epoch = trainer.epoch
+    wall_out = (time.time() - trainer.train_time_start) > trainer.args.time * 3600
+    trainer.stop = wall_out or budget.reached() or done >= epochs
 
 
 def infer(args) -> dict:
@@ -149,8 +170,9 @@ def main() -> None:
     parser.add_argument("--images", required=True)
     parser.add_argument("--out", required=True, help="folder of the run; the step's JSON is written as OUT/STEP.json")
     parser.add_argument("--results", help="COCO results JSON to write (infer)")
-    parser.add_argument("--minutes", type=float, default=6.0)
-    parser.add_argument("--max-epochs", type=int, default=300, help="ceiling; the time budget stops first")
+    parser.add_argument("--cpu-minutes", type=float, default=8.0, help="training budget in CPU minutes")
+    parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock cap (a safety)")
+    parser.add_argument("--max-epochs", type=int, default=300, help="ceiling; the CPU budget stops first")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
