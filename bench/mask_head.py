@@ -61,10 +61,11 @@ def make_inputs(head: DynamicMaskHead, num_instances: int, image_size: tuple[int
 
 
 def run_head(head: DynamicMaskHead, inputs: dict[str, torch.Tensor], device: torch.device,
-             dtype: torch.dtype | None) -> torch.Tensor:
+             dtype: torch.dtype | None, upsample: bool = True) -> torch.Tensor:
+    """(N, 1, 2H, 2W) mask logits; (N, 1, H, W) at the features' stride when not `upsample`."""
     with torch.no_grad(), autocast(device, dtype):
         return head.mask_logits(inputs["mask_feats"], 8, inputs["locations"], inputs["fpn_levels"],
-                                inputs["im_inds"], inputs["params"])
+                                inputs["im_inds"], inputs["params"], upsample=upsample)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -87,12 +88,16 @@ def main(argv: list[str] | None = None) -> dict:
                 inputs["mask_feats"] = base["mask_feats"].to(dtype)
                 inputs["params"] = base["params"].to(dtype)
             out = run_head(head, inputs, device, dtype)
+            # The per-instance GEMMs run in `dtype`; autocast runs the upsampling's replicate pads in float32,
+            # so the upsampled output is float32 whatever the head computed in.
+            head_dtype = run_head(head, inputs, device, dtype, upsample=False).dtype
             reset_peak_memory(device)
             timing = time_fn(lambda: run_head(head, inputs, device, dtype), device, args.iters, args.warmup)
             timing.update(peak_memory_mb(device))
             release_memory(device)
             row = {"instances": n, "dtype": name, "mask_feats_shape": list(base["mask_feats"].shape),
                    "output_shape": list(out.shape), "output_dtype": str(out.dtype).replace("torch.", ""),
+                   "head_dtype": str(head_dtype).replace("torch.", ""),
                    "us_per_instance": timing["median_ms"] * 1000.0 / n, **timing}
             rows.append(row)
             print(f"  {n:4d} instances {name}: {row['median_ms']:.3f} ms  output {tuple(out.shape)}", flush=True)

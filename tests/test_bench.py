@@ -251,7 +251,15 @@ def test_mask_head_cuda_bf16(tmp_path):
     payload = mask_head.main(["--device", "cuda", *FAST, "--image-size", "64x96", "--instances", "10",
                               "--out", str(tmp_path / "mask_head.json")])
     assert [r["dtype"] for r in payload["results"]] == ["fp32", "bf16"]
-    assert payload["results"][1]["output_dtype"] == "bfloat16"
+    assert [r["head_dtype"] for r in payload["results"]] == ["float32", "bfloat16"]
+    assert payload["results"][1]["output_dtype"] == "float32"  # autocast upsamples in float32
+
+
+def test_mask_head_bf16_runs_its_products_in_bf16_on_cpu(tmp_path):
+    payload = mask_head.main(["--device", "cpu", *FAST, "--image-size", "64x96", "--instances", "10",
+                              "--dtypes", "fp32,bf16", "--out", str(tmp_path / "mask_head.json")])
+    assert [r["head_dtype"] for r in payload["results"]] == ["float32", "bfloat16"]
+    assert [r["output_dtype"] for r in payload["results"]] == ["float32", "float32"]
 
 
 @pytest.mark.gpu
