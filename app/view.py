@@ -7,13 +7,50 @@ the user, `StaleEdit` when someone else deleted the selection). Every part of th
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from app.store.actor import StaleEdit, current_user
 from app.errors import ServiceError
+from app.store.masks import decode_mask
 from app.store.workspace import Instance, Workspace, WorkspaceError
 
 DEFAULT_THRESHOLD = 0.3
+
+
+@dataclass(frozen=True)
+class RefineState:
+    """A pending proposal: clicks (original pixels), target instance (None = new), proposed mask RLE."""
+
+    target: int | None
+    category_id: int | None
+    positive: tuple[tuple[int, int], ...]
+    negative: tuple[tuple[int, int], ...]
+    counts: bytes
+    height: int
+    width: int
+
+    @property
+    def mask(self):
+        """(H, W) bool."""
+        return decode_mask(self.counts, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class PropagationState:
+    """A pending propagation of instance `source` (track `track_id`, class `category_id`) of frame
+    `frame_id`: per next frame (image id, mask RLE counts, confidence, (id, revision) of the track's
+    instance there or None); `note` says where and why it stopped early (None: all asked frames)."""
+
+    frame_id: int
+    source: int
+    track_id: int | None
+    category_id: int
+    frames: tuple[tuple[int, bytes, float, tuple[int, int] | None], ...]
+    height: int
+    width: int
+    note: str | None
+
+    def mask(self, k: int):
+        return decode_mask(self.frames[k][1], self.height, self.width)
 
 
 @dataclass
@@ -30,8 +67,8 @@ class View:
     opacity: float = 0.45
     labels: bool = True
     last_pick: tuple[int, int] | None = None  # (x, y) of the last selecting click, for cycling
-    refine: Any = None  # a pending click-to-refine proposal (app.annotate.refine.RefineState)
-    propagation: Any = None  # a pending video mask propagation (app.video.propagation.PropagationState)
+    refine: RefineState | None = None  # a pending click-to-refine proposal (app.annotate.refine)
+    propagation: PropagationState | None = None  # a pending video mask propagation (app.video.propagation)
     canvas_image: int | None = None  # the image the canvas editor already holds (its pixels are sent once)
     picture: bool = True  # whether the overlay picture (Click view) is drawn; the page's editor tab turns it off
     seen: dict | None = None  # instance id -> revision this session was last shown (app.store.actor: no lost update)

@@ -7,33 +7,15 @@ discarded (Esc). A later click refines the pending proposal (or the selected ins
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from app.annotate.editing import parse_points
 from app.errors import ServiceError
 from app.annotate.images import ImageLibrary
-from app.store.masks import decode_mask, encode_mask
+from app.store.masks import encode_mask
 from app.model.session import ModelSession
-from app.view import View, check_point, default_category, require_image, selected_instance
+from app.view import RefineState, View, check_point, default_category, require_image, selected_instance
 from app.store.workspace_slot import WorkspaceSlot
-
-
-@dataclass(frozen=True)
-class RefineState:
-    """A pending proposal: clicks (original pixels), target instance (None = new), proposed mask RLE."""
-
-    target: int | None
-    category_id: int | None
-    positive: tuple[tuple[int, int], ...]
-    negative: tuple[tuple[int, int], ...]
-    counts: bytes
-    height: int
-    width: int
-
-    @property
-    def mask(self):
-        """(H, W) bool."""
-        return decode_mask(self.counts, self.height, self.width)
 
 
 class Refiner:

@@ -18,38 +18,19 @@ refuses the whole accept with the workspace's stale-edit message (nothing is wri
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from app.store import actor, history, storage, video_store
 from app.errors import ServiceError
-from app.store.masks import decode_mask, encode_mask
+from app.store.masks import encode_mask
 from app.store.records import is_crowd, refuse_crowd
 from app.video.sequences import SequenceLibrary
 from app.model.session import ModelSession
-from app.view import View, require_image, selected_instance
+from app.view import PropagationState, View, require_image, selected_instance
 from app.store.workspace_slot import WorkspaceSlot
 from condinst.video.propagate import PropagationError, propagate
 
 MAX_FRAMES = 50  # frames one preview may cover
-
-
-@dataclass(frozen=True)
-class PropagationState:
-    """A pending propagation of instance `source` (track `track_id`, class `category_id`) of frame
-    `frame_id`: per next frame (image id, mask RLE counts, confidence, (id, revision) of the track's
-    instance there or None); `note` says where and why it stopped early (None: all asked frames)."""
-
-    frame_id: int
-    source: int
-    track_id: int | None
-    category_id: int
-    frames: tuple[tuple[int, bytes, float, tuple[int, int] | None], ...]
-    height: int
-    width: int
-    note: str | None
-
-    def mask(self, k: int):
-        return decode_mask(self.frames[k][1], self.height, self.width)
 
 
 class Propagator:
