@@ -112,7 +112,7 @@ class ImageLibrary:
                     report.instances += self.ensure_segmented(existing)
                     report.image_ids.append(existing)
                     continue
-                predictions = self._predict(prepared.sha256, lambda: prepared.rgb, prepared.name)
+                predictions = self._predict(prepared.sha256, prepared.pixels, prepared.name)
                 image_id = self.ws.add_image(prepared, predictions=predictions, segmented_by=self.session.key)
             except AppError as exc:
                 report.errors.append(str(exc))

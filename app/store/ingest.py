@@ -60,6 +60,10 @@ class PreparedImage:
         """(height, width)."""
         return self.rgb.shape[0], self.rgb.shape[1]
 
+    def pixels(self) -> np.ndarray:
+        """The decoded image, (H, W, 3) uint8: a loader for the model session (which may not need it)."""
+        return self.rgb
+
 
 def sanitize_file_name(name: str, default: str = "image") -> str:
     """Reduce a user-supplied file name to a safe single path component (no folders, no dot files)."""

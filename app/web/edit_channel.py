@@ -50,7 +50,8 @@ MAX_HAVE = 20_000  # masks a canvas can claim to hold (a bound on what a request
 class EditChannel:
     """``edit(payload, request)``: the server function behind the editor's edits."""
 
-    def __init__(self, actions, edits, refiner, canvas, team, sequences):
+    def __init__(self, slot, actions, edits, refiner, canvas, team, sequences):
+        self.slot = slot  # app.store.workspace_slot.WorkspaceSlot: the open workspace
         self.actions, self.edits, self.refiner, self.canvas, self.team = actions, edits, refiner, canvas, team
         self.sequences = sequences  # app.video.sequences.Sequences: the frames of a video
         self.blocks = self.state = None
@@ -107,7 +108,7 @@ class EditChannel:
                 view, scene = self.canvas.scene_dict(view, have=_have(payload.get("have")),
                                                      pictures=_ids(payload.get("pictures")))
                 self._store(request, view)
-                image_id, ws = view.image_id, self.actions.ws
+                image_id, ws = view.image_id, self.slot.ws
                 can_undo = image_id is not None and ws.can_undo(image_id)
                 can_redo = image_id is not None and ws.can_redo(image_id)
         return {"ok": ok, "message": message, "scene": scene, "undo": can_undo, "redo": can_redo}
@@ -197,7 +198,7 @@ class EditChannel:
         shown image is no video frame."""
         if view.image_id is None:
             return [], []
-        record = self.actions.ws.get_image_record(view.image_id)
+        record = self.slot.ws.get_image_record(view.image_id)
         if record.sequence_id is None:
             return [], []
         ids = self.sequences.frame_ids(record.sequence_id)
@@ -222,7 +223,7 @@ class EditChannel:
         """Select the instance of a track on the shown frame (a click on the video panel's track row)."""
         track = _instance_id(data.get("track"))
         image_id = self.actions.require_image(view)
-        hit = next((inst for inst in self.actions.ws.instances(image_id) if track is not None and inst.track_id == track),
+        hit = next((inst for inst in self.slot.ws.instances(image_id) if track is not None and inst.track_id == track),
                    None)
         if hit is None:
             return self.actions.select(view, None), f"Track {track} has no instance on this frame."

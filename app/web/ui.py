@@ -74,8 +74,8 @@ class AppUI:
     def __init__(self, service: Service):
         self.service = service
         self.h = Handlers(service)
-        self.channel = EditChannel(service.actions, service.edits, service.refiner, self.h.canvas, self.h.team,
-                                   service.sequences)
+        self.channel = EditChannel(service.slot, service.actions, service.edits, service.refiner, self.h.canvas,
+                                   self.h.team, service.sequences)
 
     def categories(self) -> list[tuple[str, int]]:
         return self.service.categories() if self.service.workspace is not None else []

@@ -32,6 +32,12 @@ class ImageLog:
     outcomes: Counter = field(default_factory=Counter)  # accepted, class_key, refined, brushed, polygon, extra_deleted, ...
     complete: bool = False   # every object at IoU >= the target with the right class, nothing extra
     machine_s: float = 0.0   # wall time of the service calls
+    steps: list = field(default_factory=list)  # (what was made right, its actions), in the order done
+
+    def step(self, what: str, since: int) -> None:
+        """Book the actions taken since the total was `since` to `what` (e.g. "false positive")."""
+        if self.total > since or what.startswith("accepted"):
+            self.steps.append((what, self.total - since))
 
     def add(self, kind: str, count: int = 1) -> None:
         if kind not in SECONDS:
@@ -49,4 +55,5 @@ class ImageLog:
     def to_dict(self) -> dict:
         return {"name": self.name, "objects": self.objects, "actions": self.total, "seconds": round(self.seconds, 1),
                 "by_kind": dict(self.actions), "outcomes": dict(self.outcomes), "complete": self.complete,
-                "machine_s": round(self.machine_s, 2)}
+                "machine_s": round(self.machine_s, 2),
+                "steps": [list(step) for step in self.steps]}
