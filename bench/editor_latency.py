@@ -267,6 +267,7 @@ def one_repeat(page: Page, service, image_ids: list[int], r: int, samples) -> No
                                         "s.selected === null"))
 
     page.tool("refine")
+    keyboard.press("Escape")  # a new object on top of the instance (else the first click would select it)
     samples["refine click"].append(page.timed(lambda: mouse.click(*page.at(x, y)), "pointerdown",
                                               "!!(s.refine && s.refine.png)"))
     page.timed(lambda: keyboard.press("Escape"), "keydown", "!s.refine")

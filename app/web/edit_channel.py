@@ -11,7 +11,10 @@ image pixels, as the event data of the editor has always been):
     {"action": "pick", "x": x, "y": y}   |   {"action": "select", "id": instance id or null}
     {"action": "class", "category": class id}   the selected instance's class
     {"action": "refine", "positive": [[x, y], ...], "negative": [...]}  |  {"action": "refine_accept" | "refine_discard"}
+        (the first click on an instance other than the selected one selects it, as a brush tap does, unless
+        the click carries "new": true, which the editor sends after Esc)
     {"action": "delete" | "overlaps" | "undo" | "redo" | "resend" | "scene"}   (overlaps: resolve the image's duplicates)
+    {"action": "delete_at", "x": x, "y": y}   Delete with nothing selected: the instance under the pointer
     {"action": "next" | "previous" | "next_unreviewed"}      (the page's image navigation)
     {"action": "frame", "delta": +1 | -1} | {"action": "frame", "index": n}   another frame of the shown video
     {"action": "track", "track": track id}   select the track's instance on the shown frame
@@ -168,13 +171,18 @@ class EditChannel:
                 raise AppError("Choose a class.")
             return self.actions.set_category(view, category)
         if action == "refine":
-            return self.refiner.refine(view, data.get("positive"), data.get("negative"), category)
+            return self._refine(view, data, category)
         if action == "refine_accept":
             return self.refiner.accept(view)
         if action == "refine_discard":
             return self.refiner.discard(view)
         if action == "delete":
             return self.actions.delete_selected(view)
+        if action == "delete_at":  # Delete with nothing selected: the instance under the pointer (as in CVAT)
+            picked, _ = self.actions.select_at(replace(view, last_pick=None), data.get("x"), data.get("y"))
+            if picked.selected is None:
+                raise AppError("Nothing to delete here: select an instance or point at one.")
+            return self.actions.delete_selected(picked)
         if action == "overlaps":
             return self.actions.resolve_overlaps(view)
         if action == "undo":
@@ -241,6 +249,23 @@ class EditChannel:
             return self.actions.select_at(view, x, y)
         return self.edits.stroke(view, data.get("tool"), [[x, y]], data.get("width"), data.get("overlap", "overlap"),
                                  category)
+
+
+    def _refine(self, view: View, data: dict, category: int | None) -> tuple[View, str]:
+        """A refine click. The first click of a proposal on an instance other than the selected one selects that
+        instance (as a brush tap does: no switch to the Select tool between two fixes); the next clicks refine it.
+        ``"new": true`` (the editor sends it after Esc) starts a new object there instead."""
+        positive, negative = data.get("positive"), data.get("negative")
+        if view.refine is None and not data.get("new") and isinstance(positive, list) and isinstance(negative, list) \
+                and len(positive) + len(negative) == 1:
+            point = (positive or negative)[0]
+            if isinstance(point, list) and len(point) == 2:
+                x, y = self.actions.check_point(view, *point)
+                hits = [inst.id for inst in self.actions.instances_at(view, x, y)]
+                if hits and view.selected not in hits:
+                    view, message = self.actions.select_at(view, x, y)
+                    return view, message + " Click again to refine it (Esc, then click, for a new object here)."
+        return self.refiner.refine(view, positive, negative, category)
 
 
 def event_request(raw) -> gr.Request:

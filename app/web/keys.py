@@ -19,12 +19,13 @@ KEYMAP: list[tuple[str, tuple[str, ...], str]] = [
     ("brush", ("b",), "Brush: drag paints the selected instance (a click on another instance selects it)"),
     ("erase", ("e",), "Eraser: drag erases from the selected instance"),
     ("polygon", ("g",), "Polygon: click vertices, Enter or a click on the first vertex closes"),
-    ("refine", ("c",), "Click-to-refine: click = object, right / Shift click = not object"),
+    ("refine", ("c",), "Click-to-refine: click = object, right / Shift click = not object (a first click on "
+                             "another instance selects it; Esc, then click: a new object there)"),
     ("class", DIGITS, "Class 1-9 of the list: the selected instance's class (nothing selected: "
                                   "the class of the next new instance)"),
     ("undo", ("Ctrl+z", "z"), "Undo"),
     ("redo", ("Ctrl+Shift+z", "Ctrl+y", "y"), "Redo"),
-    ("delete", ("Delete", "Backspace"), "Delete the selected instance"),
+    ("delete", ("Delete", "Backspace"), "Delete the selected instance (nothing selected: the one under the pointer)"),
     ("overlaps", ("d",), "Resolve overlaps: keep the best of each group of duplicate masks"),
     ("escape", ("Escape",), "Cancel the polygon or the refine proposal; else deselect"),
     ("accept", ("Enter",), "Close the polygon / accept the refine proposal"),

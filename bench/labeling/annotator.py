@@ -75,7 +75,7 @@ class Annotator:
         classes = list(classes) if classes is not None else [self.default] * len(gts)
         log, svc = ImageLog(name=name, objects=len(gts)), self.svc
         view = View(image_id=image_id, picture=False)
-        self.tool = None
+        self.tool = "select"  # the editor opens on Select
         self.chosen = None  # the class new instances get (a class key when an object needs another)
         self.failures = 0  # refine attempts that ended in a polygon, on this image
         self.targets = np.array([min(TARGET, drawable(g) - 1e-6) for g in gts])
@@ -107,9 +107,11 @@ class Annotator:
         for inst in self.shown(view):  # extras: select + Delete
             if inst.id not in claimed:
                 since = log.total
+                if view.selected is not None:  # else Delete takes the instance under the pointer: no click
+                    log.add("select")
                 view = self.call(log, svc.actions.select, view, inst.id)
-                self.call(log, svc.actions.delete_selected, view)
-                log.add("select"); log.add("key"); log.outcomes["extra_deleted"] += 1
+                view, _ = self.call(log, svc.actions.delete_selected, view)
+                log.add("key"); log.outcomes["extra_deleted"] += 1
                 log.step("false positive", since)
         final = self.shown(view)
         found = matches(ious(gts, final), self.targets)
@@ -182,11 +184,15 @@ class Annotator:
         target = shown[int(np.argmax(row))] if len(row) and row.max() >= REFINE_FROM else None
         if target is not None:
             self.started_from = "boundary fix"
-            self.use_tool("select", log)
+            if self.tool == "polygon":  # there a click adds a vertex; with any other tool it selects the instance
+                self.use_tool("select", log)
             view = self.call(log, svc.actions.select, view, target.id)
             log.add("select")
             current = target.mask
         else:
+            first = next_click(gt, np.zeros_like(gt))
+            if view.selected is not None or (first is not None and svc.actions.instances_at(view, first[0], first[1])):
+                log.add("key")  # Esc: else the first refine click would refine (or select) an instance
             view = self.call(log, svc.actions.select, view, None)
             self.choose_class(log)
             current = np.zeros_like(gt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.view import View
 from app.web.edit_channel import EditChannel
 from browserkit import (BROWSER_MARKS, canvas_point as at, interior, open_editor, playwright_or_skip,
                         screenshot_on_failure, wait_status)
@@ -75,6 +76,40 @@ def test_a_refused_edit_is_dropped_from_the_canvas_with_its_reason(app, page):
         assert page.evaluate("() => window.condinstEditor.state.pending.length") == 0  # the drawn stroke is gone
         wait_status(page, "Not done")  # the status line says it too
         assert sorted((i.id, i.rle_counts) for i in ws.instances(image)) == before
+
+
+def test_refine_moves_to_the_next_instance_and_delete_takes_the_one_pointed_at(app, page):
+    """Issue 22, keyboard-first: with the refine tool on, a click on another instance selects it (no tool switch
+    between two fixes) and the next click proposes for it; Esc + Delete over an instance deletes that one."""
+    ws = app.service.ws
+    image = ws.list_images()[0].id
+    big, other = sorted(ws.instances(image), key=lambda inst: -inst.area)[:2]
+    bx, by = interior(big.mask)
+    ox, oy = interior(other.mask)
+    with screenshot_on_failure(page, "edit-channel-refine-pick-delete"):
+        open_editor(page, app.url, image)
+        page.mouse.click(*at(page, ox, oy))  # the Select tool (the default): select `other`
+        page.wait_for_function("id => window.condinstEditor.state.scene.selected === id", arg=other.id)
+        page.keyboard.press("c")  # refine
+        page.mouse.click(*at(page, bx, by))
+        page.wait_for_function("id => window.condinstEditor.state.scene.selected === id", arg=big.id)
+        assert page.evaluate("() => window.condinstEditor.state.scene.refine") is None
+        page.mouse.click(*at(page, bx, by))
+        page.wait_for_function("() => !!window.condinstEditor.state.scene.refine")
+        page.keyboard.press("Escape")  # discards the proposal
+        page.wait_for_function("() => !window.condinstEditor.state.scene.refine")
+        page.keyboard.press("Escape")  # deselects
+        page.wait_for_function("() => window.condinstEditor.state.scene.selected === null")
+        before = {inst.id for inst in ws.instances(image)}
+        under = app.service.actions.instances_at(View(image_id=image), bx, by)[0].id  # what the pointer is over
+        page.mouse.move(*at(page, bx, by))
+        page.keyboard.press("Delete")
+        page.wait_for_function("() => (document.querySelector('#editor .ce-msg') || {}).textContent"
+                               ".startsWith('Deleted instance')")
+        assert {inst.id for inst in ws.instances(image)} == before - {under}
+        page.keyboard.press("z")
+        page.wait_for_function("() => (document.querySelector('#editor .ce-msg') || {}).textContent"
+                               ".startsWith('Undid')")
 
 
 @pytest.fixture(scope="module")

@@ -220,3 +220,48 @@ def test_a_tile_is_a_bounded_crop_of_the_shown_image(running):
     assert not refused["ok"] and refused["message"] == "A tile is [x, y, w, h] in whole image pixels."
     assert edit({"action": "tile", "image": image + 999, "box": [0, 0, 8, 8]}, request)["tile"] is None
     assert stored_view(running, request).image_id == image  # the view unchanged
+
+
+def test_a_first_refine_click_on_another_instance_selects_it_and_the_next_refines_it(running):
+    """Between two boundary fixes the refine tool stays on: the first click of a proposal on an instance other than
+    the selected one selects it (no proposal yet); the next click proposes for it; after Esc ("new") a click on an
+    instance starts a new object there."""
+    edit, ws = channel_of(running), running.service.ws
+    image = ws.list_images()[0].id
+    big, other = sorted(ws.instances(image), key=lambda inst: -inst.area)[:2]
+    request = session(running, "anna", View(image_id=image, selected=other.id))
+    x, y = interior(big.mask)
+    picked = edit({"action": "refine", "positive": [[x, y]], "negative": []}, request)
+    assert picked["ok"] and picked["scene"]["selected"] == big.id and picked["scene"]["refine"] is None
+    assert "Click again to refine it" in picked["message"]
+    proposed = edit({"action": "refine", "positive": [[x, y]], "negative": []}, request)
+    assert proposed["ok"] and proposed["scene"]["refine"] is not None
+    assert stored_view(running, request).refine.target == big.id
+    edit({"action": "refine_discard"}, request)
+    edit({"action": "select", "id": None}, request)  # Esc: deselect, and the editor's next refine click is "new"
+    fresh = edit({"action": "refine", "positive": [[x, y]], "negative": [], "new": True}, request)
+    assert fresh["ok"] and fresh["scene"]["refine"] is not None
+    assert stored_view(running, request).refine.target is None  # a new object on top of `big`
+    edit({"action": "refine_discard"}, request)
+    assert ws.get_instance(big.id).area == big.area  # nothing was accepted
+
+
+def test_delete_with_nothing_selected_deletes_the_instance_under_the_pointer(running):
+    """CVAT's hover + Delete: one key per false positive instead of a click and a key."""
+    edit, ws = channel_of(running), running.service.ws
+    image = ws.list_images()[0].id
+    target = max(ws.instances(image), key=lambda inst: inst.area)
+    request = session(running, "anna", View(image_id=image))
+    before = {inst.id for inst in ws.instances(image)}
+    x, y = interior(target.mask)
+    hits = [inst.id for inst in running.service.actions.instances_at(View(image_id=image), x, y)]
+    gone = edit({"action": "delete_at", "x": x, "y": y}, request)
+    assert gone["ok"] and gone["message"] == f"Deleted instance #{hits[0]}."
+    assert {inst.id for inst in ws.instances(image)} == before - {hits[0]}
+    assert gone["undo"] and stored_view(running, request).selected is None
+    edit({"action": "undo"}, request)
+    assert {inst.id for inst in ws.instances(image)} == before
+    ys, xs = np.nonzero(~np.any([inst.mask for inst in ws.instances(image)], axis=0))
+    nothing = edit({"action": "delete_at", "x": int(xs[0]), "y": int(ys[0])}, request)
+    assert not nothing["ok"] and nothing["message"].startswith("Nothing to delete here")
+    assert {inst.id for inst in ws.instances(image)} == before

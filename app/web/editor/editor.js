@@ -225,7 +225,7 @@ function drawLabels(scene) {
 }
 
 function setTool(tool) {
-  st.tool = tool; st.poly = [];
+  st.tool = tool; st.poly = []; st.newNext = false;
   element.querySelectorAll(".ce-tools button").forEach((b) => b.classList.toggle("active", b.dataset.tool === tool));
   canvas.dataset.tool = tool; draw();
 }
@@ -239,7 +239,9 @@ function closePolygon() {
   if (pts.length >= 3) send({action: "polygon", points: pts, mode: $(".ce-mode").value, overlap: $(".ce-overlap").value});
   draw();
 }
-function sendRefine() { send({action: "refine", positive: st.pos, negative: st.neg}); draw(); }
+function sendRefine() {  // after Esc the first click starts a new object even on an instance (else it selects that one)
+  send({action: "refine", positive: st.pos, negative: st.neg, new: st.newNext}); st.newNext = false; draw();
+}
 
 canvas.addEventListener("contextmenu", (ev) => ev.preventDefault());
 canvas.addEventListener("pointerdown", (ev) => {

@@ -60,6 +60,7 @@ function classKey(digit) {  // digit n: the n-th class of the list
   else { st.newClass = hit[1]; say("New instances: " + hit[0] + " (" + digit + ").", true); }
 }
 function escape() {
+  st.newNext = true;  // the next refine click starts a new object, also on an instance
   if (st.poly.length) { st.poly = []; draw(); }
   else if (st.scene && st.scene.refine) send({action: "refine_discard"});
   else if (st.pos.length || st.neg.length) { st.pos = []; st.neg = []; draw(); }
@@ -79,7 +80,9 @@ function showKeys(show) {
 function key(action, raw) {
   if (TOOLS.includes(action)) setTool(action);
   else if (action === "class") classKey(raw);
-  else if (CHANNEL_KEYS[action]) send({action: CHANNEL_KEYS[action]});
+  else if (action === "delete" && st.scene && st.scene.selected == null && st.mouse) {  // the instance pointed at
+    const p = toImage(st.mouse[0], st.mouse[1]); send({action: "delete_at", x: p[0], y: p[1]});
+  } else if (CHANNEL_KEYS[action]) send({action: CHANNEL_KEYS[action]});
   else if (action === "smaller") setSize(st.size / 1.25 - 0.5);
   else if (action === "bigger") setSize(st.size * 1.25 + 0.5);
   else if (action === "help") showKeys();
