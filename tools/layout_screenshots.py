@@ -1,12 +1,14 @@
 """Screenshots of the app as an annotator sees it, to look at by hand: the main view at 1280x720, 1400x1000 and
-1920x1080, the key list (`?`), a video frame, Explain and Import & QA at 1280x720 (bundled model, two bundled
-samples and a generated 8-frame clip; JPEG files in OUT).
+1920x1080, the key list (`?`), a video frame, Explain and Import & QA at 1280x720, and the team view (a second app
+with two accounts: bob's page while anna edits) at 1280x720 and 1920x1080 (bundled model, two bundled samples and
+a generated 8-frame clip; JPEG files in OUT).
 
     python tools/layout_screenshots.py OUT [--port 7896]
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +23,7 @@ import videokit  # noqa: E402  (tests/videokit.py: the generated clip)
 from app.__main__ import launch  # noqa: E402
 from app.model.session import DEFAULT_WEIGHTS  # noqa: E402
 from app.service import Service  # noqa: E402
+from app.team.accounts import Account, Accounts, hash_password  # noqa: E402
 
 SIZES = ((1280, 720), (1400, 1000), (1920, 1080))
 CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium (make browser-deps)
@@ -87,7 +90,46 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             demo.close()
             service.close()
+        team_view(Path(tmp) / "team", args.out, args.port + 1)
     return 0
+
+
+def team_view(workspace: Path, out: Path, port: int) -> None:
+    """Two accounts on one app: anna hides an instance (she becomes the image's editor); bob's page is shot."""
+    secret = hash_password("screenshots")
+    service = Service.create(workspace, DEFAULT_WEIGHTS)
+    service.images.add_samples(service.images.sample_names()[:1])
+    demo = launch(service, "127.0.0.1", port, auth=Accounts({name: Account(name, "annotator", secret)
+                                                              for name in ("anna", "bob")}), block=False)
+    url = f"http://127.0.0.1:{port}/?image={service.ws.list_images()[0].id}"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM)
+            pages = {}
+            for name, (width, height) in (("anna", (1280, 720)), ("bob", (1280, 720)), ("bob-wide", (1920, 1080))):
+                page = browser.new_context(viewport={"width": width, "height": height}).new_page()
+                page.goto(url)
+                page.locator("input[type=password]").wait_for()
+                page.locator("input:not([type=password])").first.fill(name.split("-")[0])
+                page.locator("input[type=password]").fill("screenshots")
+                page.get_by_role("button", name=re.compile("login", re.I)).click()
+                page.wait_for_function("() => window.condinstEditor && window.condinstEditor.state.img && "
+                                       "window.condinstEditor.state.img.complete", timeout=120_000)
+                pages[name] = page
+                if name == "anna":
+                    first = service.ws.instances(service.ws.list_images()[0].id)[0]
+                    page.locator("#instances [data-col='0']").filter(has_text=str(first.id)).first.click()
+                    page.locator("#hide").click()
+                    page.wait_for_function("() => document.body.innerText.includes('hidden')")
+            for name in ("bob", "bob-wide"):
+                pages[name].wait_for_function("() => document.querySelector('#info').innerText.includes('anna')",
+                                              timeout=60_000)
+                width, height = pages[name].viewport_size["width"], pages[name].viewport_size["height"]
+                shoot(pages[name], out / f"team-{width}x{height}.jpg")
+            browser.close()
+    finally:
+        demo.close()
+        service.close()
 
 
 if __name__ == "__main__":

@@ -75,3 +75,25 @@ def test_later_negative_clicks_cut_an_extra_band_and_never_add():
     mask[30:130, 140:160] = True  # an extra band of background right of the disc
     out = correct_until_done(image, truth, mask, False)
     assert iou(mask, truth) < 0.9 and iou(out, truth) > 0.97
+
+
+def test_a_big_crop_is_snapped_at_a_lower_scale_to_within_a_few_pixels_and_keeps_its_hard_labels():
+    """At 12 MP a fruit's crop is ~0.6 MP and GrabCut took ~1 s there: above GRABCUT_MAX_PIXELS it runs at the
+    scale that brings the crop there, and the answer only fills the unsure band."""
+    from condinst.refine import grabcut
+
+    image, truth = disc_image(shape=(800, 1000), centre=(500, 400), radius=300)
+    off = np.zeros(truth.shape, np.uint8)
+    cv2.circle(off, (512, 400), 300, 1, -1)  # the model's mask, 12 px off to the right
+    band = 24
+    inside = cv2.distanceTransform(off, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - off, cv2.DIST_L2, 3)
+    labels = np.where(off > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    labels[inside > band] = cv2.GC_FGD
+    labels[outside > band] = cv2.GC_BGD
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+    full = grabcut(bgr, labels, max_pixels=10**9)
+    small = grabcut(bgr, labels, max_pixels=100_000)  # 0.8 MP cut at about a third of the scale
+    assert iou(full, truth) > 0.995 and iou(small, truth) > 0.99 and iou(off.astype(bool), truth) < 0.96
+    assert (small != full).sum() <= 2 * np.pi * 300  # on average within a pixel of the full-scale boundary
+    assert small[labels == cv2.GC_FGD].all() and not small[labels == cv2.GC_BGD].any()
