@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest accepted upload (default %(default)s)")
     parser.add_argument("--max-video-frames", type=positive_int, default=300,
                         help="longest video the upload takes, in frames (default %(default)s)")
+    parser.add_argument("--resolve-overlaps", type=overlap_iou, default=None, metavar="IOU",
+                        help="resolve overlaps when images are segmented: of the model's masks overlapping by >= IOU "
+                             "(e.g. 0.6) keep only the best score (default: keep all; the editor's key d does it "
+                             "on demand)")
     return parser
 
 
@@ -71,6 +75,15 @@ def port_number(text: str) -> int:
     value = positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port (1..65535), got {text!r}")
+    return value
+
+
+def overlap_iou(text: str) -> float:
+    from condinst.validate import probability
+
+    value = probability(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text!r}")
     return value
 
 
@@ -136,6 +149,7 @@ def create_service(args: argparse.Namespace):
             remove_empty_folders(args.lock.path.parent, made)
         args.lock = None
         raise SystemExit(f"error: cannot load the model: {message}") from None
+    service.images.overlap_iou = args.resolve_overlaps
     if service.workspace_error:
         print(f"warning: the workspace cannot be opened (the app starts anyway): {service.workspace_error}",
               file=sys.stderr)  # one line: the error says what to do (--recover or the page's 'Recover workspace')

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from app.annotate.overlaps import OverlapItem, resolve_overlaps
 from app.errors import AppError, ServiceError
 from app.video.sequences import SequenceLibrary
 from app.model.session import ModelSession
@@ -81,6 +82,9 @@ class ImageLibrary:
     def __init__(self, workspace: WorkspaceSlot, session: ModelSession, sequences: SequenceLibrary, samples_dir: Path):
         self.slot, self.session, self.sequences = workspace, session, sequences
         self.samples_dir = Path(samples_dir)
+        # "Resolve overlaps" applied to what the model segments (`app serve --resolve-overlaps IOU`): of the model's
+        # predictions overlapping by >= this mask IoU only the best score is stored; None: all are stored.
+        self.overlap_iou: float | None = None
 
     @property
     def ws(self):
@@ -126,7 +130,10 @@ class ImageLibrary:
 
     def _predict(self, key: str, load, name: str):
         try:
-            return self.session.predictions(key, load)
+            predictions = self.session.predictions(key, load)
+            if self.overlap_iou is not None:
+                predictions = without_duplicates(predictions, self.overlap_iou)
+            return predictions
         except AppError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model failing on one image must not stop the batch
@@ -216,3 +223,12 @@ class ImageLibrary:
                 "location": [round(v, 2) for v in exp.location], "class_index": exp.class_index}
         new_id = self.ws.add_instance(image_id, category, point.mask, source="point", score=exp.score, meta=meta)
         return replace(view, selected=new_id, last_point=None), f"Added instance #{new_id} at ({x}, {y})."
+
+
+def without_duplicates(predictions: list, min_iou: float) -> list:
+    """The model's predictions (`app.store.records.Prediction`, masks as `EncodedMask`) less those that overlap a
+    better-scored one by >= `min_iou` (`app.annotate.overlaps`: the editor's "resolve overlaps" rule)."""
+    items = [OverlapItem(id=k, rle={"size": list(p.mask.size), "counts": p.mask.counts}, score=p.score, edited=False)
+             for k, p in enumerate(predictions)]
+    gone = {r.remove for r in resolve_overlaps(items, min_iou)}
+    return [p for k, p in enumerate(predictions) if k not in gone]

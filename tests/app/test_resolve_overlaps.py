@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from app.service import Service
 from app.view import View
@@ -50,3 +51,35 @@ def test_resolve_overlaps_removes_the_models_duplicates_in_one_undo_step(service
     assert {inst.id for inst in ws.instances(image.id)} == {best, dupe, alone, person, model_on_person}
     _, again = service.actions.resolve_overlaps(replace(view, threshold=0.96))  # the model instances are not shown now
     assert again.startswith("No overlaps") and not ws.get_instance(dupe).deleted
+
+
+def test_resolve_overlaps_when_images_are_segmented(service, image_paths, monkeypatch):
+    """`app serve --resolve-overlaps IOU`: the model's duplicates are never stored; without it every prediction is."""
+    from app.store.masks import encode_with_preview
+    from app.store.records import Prediction
+
+    image = image_paths[0]
+    width, height = Image.open(image).size
+    shape = (height, width)
+    cat = service.ws.categories()[0].id
+    made = [Prediction(cat, 0.8, encode_with_preview(box_mask(shape, 12, 12, 112, 112))),  # a duplicate of the next
+            Prediction(cat, 0.9, encode_with_preview(box_mask(shape, 10, 10, 110, 110))),
+            Prediction(cat, 0.7, encode_with_preview(box_mask(shape, 150, 150, 250, 250)))]
+    monkeypatch.setattr(service.session, "predictions", lambda key, load: list(made))
+    service.images.overlap_iou = 0.6
+    first = service.images.add_files([image]).image_ids[0]
+    assert sorted(inst.score for inst in service.ws.instances(first)) == pytest.approx([0.7, 0.9])
+    service.images.overlap_iou = None
+    service.images.segment([first])  # the model again, nothing kept back now
+    assert sorted(inst.score for inst in service.ws.instances(first)) == pytest.approx([0.7, 0.8, 0.9])
+
+
+def test_the_app_refuses_an_overlap_iou_outside_0_1_before_loading_anything(tmp_path):
+    import subprocess
+    import sys
+
+    for bad in ("0", "1.5", "nan", "x"):
+        out = subprocess.run([sys.executable, "-m", "app", "--resolve-overlaps", bad, "--workspace",
+                              str(tmp_path / "ws")], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--resolve-overlaps" in out.stderr, out.stderr
+    assert not (tmp_path / "ws").exists()
