@@ -120,8 +120,11 @@ def outline(canvas: np.ndarray, mask: np.ndarray, color=WHITE, thickness: int = 
 
 def put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.5,
              color=WHITE) -> None:
-    """Readable text: the given colour over a black halo, in place."""
-    cv2.putText(canvas, text, origin, FONT, scale, BLACK, 3, cv2.LINE_AA)
+    """Readable text, in place: the given colour on a filled dark box (a halo of the same strokes looked
+    overprinted once the picture was scaled down and JPEG-encoded); `origin` is the text's baseline start."""
+    (w, h), base = cv2.getTextSize(text, FONT, scale, 1)
+    x, y = origin
+    cv2.rectangle(canvas, (x - 3, y - h - 3), (x + w + 3, y + base + 1), (20, 20, 20), -1)
     cv2.putText(canvas, text, origin, FONT, scale, color, 1, cv2.LINE_AA)
 
 
@@ -251,6 +254,9 @@ def filter_panel(weight: np.ndarray, bias: np.ndarray, title: str, input_labels:
     return with_caption(framed, f"{title}  {weight.shape[0]}x{weight.shape[1]} +bias, |max|={limit:.2f}")
 
 
+LABEL_BAND = 40  # px left free above the filters for the page's label chip
+
+
 def filters_image(weights: list[np.ndarray], biases: list[np.ndarray], num_coord_channels: int = 2,
                   cell: int = 22) -> np.ndarray:
     """All layers of an instance's generated filters, stacked vertically on one image."""
@@ -264,7 +270,9 @@ def filters_image(weights: list[np.ndarray], biases: list[np.ndarray], num_coord
         panels.append(filter_panel(weight, bias, f"layer {layer}", labels, cell))
     width = max(panel.shape[1] for panel in panels)
     padded = [np.pad(p, ((0, 8), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
-    return np.concatenate(padded, axis=0)
+    # a white band on top: the page's label chip sits over the picture's top-left corner, where layer 0's column
+    # headers (x, y: the coordinate inputs) would otherwise hide under it
+    return np.concatenate([np.full((LABEL_BAND, width, 3), 255, np.uint8)] + padded, axis=0)
 
 
 def location_view(image: np.ndarray, location: tuple[float, float], stride: int, level_name: str,
