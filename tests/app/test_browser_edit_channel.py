@@ -112,6 +112,28 @@ def test_refine_moves_to_the_next_instance_and_delete_takes_the_one_pointed_at(a
                                ".startsWith('Undid')")
 
 
+def test_labels_stay_inside_the_canvas_and_never_overlap(app, page):
+    """Issue 22: a label above an instance at the canvas's top edge was cut off (seen on a video frame); labels never
+    overlap each other."""
+    ws = app.service.ws
+    image = ws.list_images()[0].id
+    with screenshot_on_failure(page, "labels-inside"):
+        open_editor(page, app.url, image)
+        top = min(ws.instances(image), key=lambda inst: inst.bbox[1])
+        # pan so that the topmost instance's box starts 4 px below the canvas's top edge
+        page.evaluate("y => { const e = window.condinstEditor, st = e.state; st.oy = 4 - y * st.s; e.draw(); }",
+                      top.bbox[1])
+        boxes, size = page.evaluate("() => [window.condinstEditor.state.labelBoxes, "
+                                    "[document.querySelector('#editor canvas').clientWidth, "
+                                    "document.querySelector('#editor canvas').clientHeight]]")
+    assert boxes
+    for x, y, w, h in boxes:
+        assert 0 <= x and x + w <= size[0] + 0.5 and 0 <= y and y + h <= size[1] + 0.5, (x, y, w, h)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3])
+
+
 @pytest.fixture(scope="module")
 def gallery(app_factory, image_paths):
     running = app_factory()

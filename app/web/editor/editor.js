@@ -204,13 +204,15 @@ function drawLabels(scene) {
   ctx.font = "12px sans-serif";
   const placed = [], hit = (a, b) => a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3];
   const order = scene.instances.slice().sort((a, b) => (b.id === scene.selected) - (a.id === scene.selected));
+  const cw = canvas.clientWidth, ch = canvas.clientHeight;
   for (const inst of order) {
     const [sx, sy] = [st.ox + inst.box[0] * st.s, st.oy + inst.box[1] * st.s];
     let spot = null, text = null;
     for (const t of [inst.label, "#" + inst.id]) {
-      const w = ctx.measureText(t).width + 6;
+      const w = ctx.measureText(t).width + 6, x = Math.max(0, Math.min(sx, cw - w));  // never cut by an edge
       for (const dy of [-15, 0, 15, 30, -30, 45]) {
-        const r = [sx, sy + dy, w, 15];
+        const r = [x, sy + dy, w, 15];
+        if (r[1] < 0 || r[1] + r[3] > ch) continue;
         if (!placed.some((q) => hit(q, r))) { spot = r; text = t; break; }
       }
       if (spot) break;
@@ -221,7 +223,7 @@ function drawLabels(scene) {
     ctx.fillStyle = inst.color; ctx.fillRect(spot[0], spot[1], spot[2], spot[3]);
     ctx.fillStyle = luma > 140 ? "#000" : "#fff"; ctx.fillText(text, spot[0] + 3, spot[1] + 12);
   }
-  canvas.dataset.labels = String(placed.length);
+  canvas.dataset.labels = String(placed.length); st.labelBoxes = placed;
 }
 
 function setTool(tool) {
