@@ -201,8 +201,12 @@ def wire(on, vh: VideoHandlers, p: dict, state, annotate: list, image, table, mo
     dropdown and the instance list."""
     panel = [p["panel"], p["header"], p["slider"], p["tracks"]]
     both = annotate + panel
-    for shown in (image, table):  # another frame, or its instances changed (an undo of a track operation)
-        on(shown.change, vh.on_image_change, [state], panel, api_visibility="private")
+    # Another frame, or its instances changed (an undo of a track operation): ONE refresh when both change in one
+    # update (a frame step changes the image list and the instance table: the panel was refreshed twice, and the
+    # late second refresh could reset a frame number being typed).
+    def either(fn, inputs, outputs, **kwargs):
+        return gr.on([image.change, table.change], fn, inputs, outputs, trigger_mode="once", **kwargs)
+    on(either, vh.on_image_change, [state], panel, api_visibility="private")
     on(p["slider"].release, vh.on_frame, [state, p["slider"]], both, api_visibility="private",
        bounds={"Frame": (0, None)}, **model)
     on(p["api_go"].click, vh.on_frame, [state, p["api_frame"]], both, api_name="go_to_frame", **model)

@@ -48,7 +48,7 @@ def test_frame_steps_and_a_typed_frame_go_through_the_channel(app, page, monkeyp
         assert page.evaluate("() => window.condinstEditor.state.scene.image.src") is None  # the prefetched picture (no src sent)
         wait_text(page, "#video-header", "frame 1 of")  # the panel follows
         # a frame number typed into the slider's field + Enter
-        # (the panel is refreshed twice after a step, for the image and for its instance list: both done first)
+        # (the panel is refreshed once after a step, for the image and its instance list together: done first)
         page.wait_for_function("() => !document.querySelector('#video-panel .pending, #tracks .pending')")
         box = page.locator("#frame-slider input[type=number]")
         box.fill("5")
