@@ -181,6 +181,21 @@ class Page:
                                     "window.condinstEditor.state.img.complete && "
                                     "window.condinstEditor.state.scene.image.id === id", arg=image_id)
         self.page.evaluate(PROBE_JS)
+        self.settled()
+
+    def settled(self) -> None:
+        """Wait until the canvas's place and view transform hold still for 3 animation frames (the page may refit
+        the canvas once its side panels arrive, later on a loaded machine): a click placed from a transform read
+        before that lands elsewhere (one 'stuck' select in 89 under load)."""
+        self.page.evaluate("""() => new Promise((done) => {
+            const canvas = document.querySelector('#editor canvas'), st = window.condinstEditor.state;
+            const look = () => { const r = canvas.getBoundingClientRect();
+                                 return [r.x, r.y, r.width, r.height, st.s, st.ox, st.oy].join(','); };
+            let last = look(), same = 0;
+            const tick = () => { const now = look(); same = now === last ? same + 1 : 0; last = now;
+                                 if (same >= 3) done(); else requestAnimationFrame(tick); };
+            requestAnimationFrame(tick);
+        })""")
         self.box = self.page.locator("#editor canvas").bounding_box()
 
     def at(self, x: float, y: float) -> tuple[float, float]:

@@ -121,3 +121,34 @@ def test_fast_mode_stays_close_to_reference(parity_dir):
         drift.append(abs(ref.scores[j] - fast.scores[k]).item())
     assert len(ious) >= 95
     assert np.mean(ious) >= 0.9 and max(drift) <= 0.02
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("fast", [False, True], ids=["fp32", "fast"])
+def test_official_detections_on_cuda(variant, fast, parity_dir):
+    """The official outputs (AdelaiDet, CPU) from our model on a CUDA device: the same detections and masks in fp32
+    (cuDNN's convolutions reorder the sums: scores to 1e-3), and in fast mode (channels_last, device-side resize,
+    bf16 autocast) the same detections within bf16's rounding."""
+    folder = parity_dir / variant
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present")
+    meta = json.loads((folder / "meta.json").read_text())
+    ref = dict(np.load(folder / "outputs.npz"))
+    predictor = Predictor.from_weights(folder / "state_dict.pth", device="cuda", min_size=meta["min_size_test"],
+                                       max_size=meta["max_size_test"], fast=fast)
+    result = predictor(read_image(folder / "input.png"))[0]
+    classes, scores = result.classes.cpu().numpy(), result.scores.float().cpu().numpy()
+    masks, locations = result.masks.cpu().numpy(), result.detections.locations.float().cpu().numpy()
+    # a detection is its (location, class), as the official `inst_locations` / `pred_classes` list them
+    ours = {(tuple(np.round(loc, 1)), int(c)): k for k, (loc, c) in enumerate(zip(locations, classes))}
+    matched = [(k, j) for j, (loc, c) in enumerate(zip(ref["inst_locations"], ref["pred_classes"]))
+               if (k := ours.get((tuple(np.round(loc.astype(np.float32), 1)), int(c)))) is not None]
+    assert len(matched) >= (len(ref["scores"]) if not fast else 0.9 * len(ref["scores"])), (len(matched), len(ref["scores"]))
+    k, j = (np.array(v) for v in zip(*matched))
+    assert np.abs(scores[k] - ref["scores"][j]).max() <= (1e-3 if not fast else 2e-2)
+    assert np.abs(result.boxes.float().cpu().numpy()[k] - ref["pred_boxes"][j]).max() <= (0.1 if not fast else 2.0)
+    inter = (masks[k] & ref["pred_masks"][j]).sum(axis=(1, 2))
+    union = (masks[k] | ref["pred_masks"][j]).sum(axis=(1, 2))
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    assert iou.min() >= (0.98 if not fast else 0.8) and iou.mean() >= (0.995 if not fast else 0.95), (iou.min(), iou.mean())
