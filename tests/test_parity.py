@@ -123,32 +123,46 @@ def test_fast_mode_stays_close_to_reference(parity_dir):
     assert np.mean(ious) >= 0.9 and max(drift) <= 0.02
 
 
+# On CUDA: (mode, TF32 convs/matmuls) -> (share of the 100 detections found, score / box / mask IoU (min, mean) bounds).
+# PyTorch runs fp32 convolutions in TF32 by default on Ampere and later (torch.backends.cudnn.allow_tf32): about
+# 1e-3 relative error, enough to swap detections at the top-100 cutoff; with TF32 off fp32 matches the official
+# CPU outputs as closely as our CPU path does. Fast mode (bf16 autocast) drifts further.
+# The tiny models' random weights give masks whose logits sit near the threshold: under TF32 or bf16 some flip
+# whole (a mask IoU of 0 for one detection), so there only the mean IoU is bounded.
+CUDA_BOUNDS = {("fp32", False): (1.0, 2e-4, 0.05, 0.99, 0.999), ("fp32", True): (0.97, 5e-3, 0.5, 0.0, 0.95),
+               ("fast", True): (0.85, 5e-2, 3.0, 0.0, 0.8)}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("fast", [False, True], ids=["fp32", "fast"])
-def test_official_detections_on_cuda(variant, fast, parity_dir):
-    """The official outputs (AdelaiDet, CPU) from our model on a CUDA device: the same detections and masks in fp32
-    (cuDNN's convolutions reorder the sums: scores to 1e-3), and in fast mode (channels_last, device-side resize,
-    bf16 autocast) the same detections within bf16's rounding."""
+@pytest.mark.parametrize("mode, tf32", list(CUDA_BOUNDS), ids=["fp32", "fp32-tf32", "fast"])
+def test_official_detections_on_cuda(variant, mode, tf32, parity_dir, monkeypatch):
+    """The official outputs (AdelaiDet, CPU) from our model on a CUDA device, detections matched by location and
+    class (`inst_locations`, `pred_classes`), within CUDA_BOUNDS."""
     folder = parity_dir / variant
     if not folder.is_dir():
         pytest.skip(f"{folder} not present")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    found, score_tol, box_tol, iou_min, iou_mean = CUDA_BOUNDS[(mode, tf32)]
     meta = json.loads((folder / "meta.json").read_text())
     ref = dict(np.load(folder / "outputs.npz"))
     predictor = Predictor.from_weights(folder / "state_dict.pth", device="cuda", min_size=meta["min_size_test"],
-                                       max_size=meta["max_size_test"], fast=fast)
+                                       max_size=meta["max_size_test"], fast=mode == "fast")
     result = predictor(read_image(folder / "input.png"))[0]
     classes, scores = result.classes.cpu().numpy(), result.scores.float().cpu().numpy()
     masks, locations = result.masks.cpu().numpy(), result.detections.locations.float().cpu().numpy()
-    # a detection is its (location, class), as the official `inst_locations` / `pred_classes` list them
     ours = {(tuple(np.round(loc, 1)), int(c)): k for k, (loc, c) in enumerate(zip(locations, classes))}
     matched = [(k, j) for j, (loc, c) in enumerate(zip(ref["inst_locations"], ref["pred_classes"]))
                if (k := ours.get((tuple(np.round(loc.astype(np.float32), 1)), int(c)))) is not None]
-    assert len(matched) >= (len(ref["scores"]) if not fast else 0.9 * len(ref["scores"])), (len(matched), len(ref["scores"]))
     k, j = (np.array(v) for v in zip(*matched))
-    assert np.abs(scores[k] - ref["scores"][j]).max() <= (1e-3 if not fast else 2e-2)
-    assert np.abs(result.boxes.float().cpu().numpy()[k] - ref["pred_boxes"][j]).max() <= (0.1 if not fast else 2.0)
+    score = np.abs(scores[k] - ref["scores"][j]).max()
+    box = np.abs(result.boxes.float().cpu().numpy()[k] - ref["pred_boxes"][j]).max()
     inter = (masks[k] & ref["pred_masks"][j]).sum(axis=(1, 2))
     union = (masks[k] | ref["pred_masks"][j]).sum(axis=(1, 2))
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    assert iou.min() >= (0.98 if not fast else 0.8) and iou.mean() >= (0.995 if not fast else 0.95), (iou.min(), iou.mean())
+    print(f"{variant} {mode} tf32={tf32}: {len(matched)}/{len(ref['scores'])} matched, score {score:.2e}, box "
+          f"{box:.3f} px, mask IoU min {iou.min():.4f} mean {iou.mean():.4f}")
+    assert len(matched) >= found * len(ref["scores"]), (len(matched), len(ref["scores"]))
+    assert score <= score_tol and box <= box_tol
+    assert iou.min() >= iou_min and iou.mean() >= iou_mean, (iou.min(), iou.mean())
