@@ -45,20 +45,13 @@ def user_message(exc: BaseException) -> str | None:
     return lines[0].strip() if lines else type(exc).__name__
 
 
-def report(exc: BaseException) -> bool:
-    """Print an expected error as `error: <message>` on stderr and say True; False (nothing printed) for a bug."""
-    message = user_message(exc)
-    if message is None:
-        return False
-    print(f"error: {message}", file=sys.stderr)
-    return True
-
-
 def run_reporting_errors(fn: Callable[..., int], *args) -> int:
     """`fn(*args)`; an expected error is printed as `error: <message>` on stderr and gives EXIT_USAGE."""
     try:
         return fn(*args)
     except Exception as e:
-        if not report(e):
+        message = user_message(e)
+        if message is None:
             raise
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
