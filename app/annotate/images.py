@@ -131,14 +131,14 @@ class ImageLibrary:
     def _predict(self, key: str, load, name: str):
         try:
             predictions = self.session.predictions(key, load)
-            if self.overlap_iou is not None:
-                predictions = without_duplicates(predictions, self.overlap_iou)
-            return predictions
         except AppError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model failing on one image must not stop the batch
             logger.exception("segmentation of %s failed", name)
             raise ServiceError(f"{name}: the model failed on this image ({type(exc).__name__}: {exc})") from None
+        if self.overlap_iou is not None:  # our own rule, not the model: outside the model's failure report
+            predictions = without_duplicates(predictions, self.overlap_iou)
+        return predictions
 
     def sample_names(self) -> list[str]:
         if not self.samples_dir.is_dir():

@@ -244,12 +244,17 @@ class EditChannel:
         if not (isinstance(points, list) and len(points) == 1 and isinstance(points[0], list) and len(points[0]) == 2):
             raise AppError("A tap is one point [x, y].")
         x, y = self.actions.check_point(view, *points[0])
-        hits = [inst.id for inst in self.actions.instances_at(view, x, y)]
-        if hits and view.selected not in hits:
-            return self.actions.select_at(view, x, y)
+        picked = self._select_another(view, x, y)
+        if picked is not None:
+            return picked
         return self.edits.stroke(view, data.get("tool"), [[x, y]], data.get("width"), data.get("overlap", "overlap"),
                                  category)
 
+    def _select_another(self, view: View, x: int, y: int) -> tuple[View, str] | None:
+        """The editor's rule for a click with a drawing tool: on an instance other than the selected one it selects
+        that instance ((view, message)); None when (x, y) holds no instance or holds the selected one."""
+        hits = [inst.id for inst in self.actions.instances_at(view, x, y)]
+        return self.actions.select_at(view, x, y) if hits and view.selected not in hits else None
 
     def _refine(self, view: View, data: dict, category: int | None) -> tuple[View, str]:
         """A refine click. The first click of a proposal on an instance other than the selected one selects that
@@ -260,11 +265,9 @@ class EditChannel:
                 and len(positive) + len(negative) == 1:
             point = (positive or negative)[0]
             if isinstance(point, list) and len(point) == 2:
-                x, y = self.actions.check_point(view, *point)
-                hits = [inst.id for inst in self.actions.instances_at(view, x, y)]
-                if hits and view.selected not in hits:
-                    view, message = self.actions.select_at(view, x, y)
-                    return view, message + " Click again to refine it (Esc, then click, for a new object here)."
+                picked = self._select_another(view, *self.actions.check_point(view, *point))
+                if picked is not None:
+                    return picked[0], picked[1] + " Click again to refine it (Esc, then click, for a new object here)."
         return self.refiner.refine(view, positive, negative, category)
 
 
