@@ -47,6 +47,18 @@ VIDEO_FRAMES = 12
 ACTIONS = ("select", "stroke", "undo", "polygon", "delete", "refine click", "class change", "class key", "next image",
            "video frame step")
 
+# Resolves once the editor's canvas (its place on the page and its view transform) held still for 3 animation
+# frames: clicks are placed from that transform (also tests/browserkit.canvas_point).
+CANVAS_SETTLED_JS = """() => new Promise((done) => {
+  const canvas = document.querySelector('#editor canvas'), st = window.condinstEditor.state;
+  const look = () => { const r = canvas.getBoundingClientRect();
+                       return [r.x, r.y, r.width, r.height, st.s, st.ox, st.oy].join(','); };
+  let last = look(), same = 0;
+  const tick = () => { const now = look(); same = now === last ? same + 1 : 0; last = now;
+                       if (same >= 3) done(); else requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);
+})"""
+
 # Page-side instrumentation: the last input event of each kind, and when the canvas showed each scene.
 PROBE_JS = """() => {
   if (window.__lat) return;
@@ -187,15 +199,7 @@ class Page:
         """Wait until the canvas's place and view transform hold still for 3 animation frames (the page may refit
         the canvas once its side panels arrive, later on a loaded machine): a click placed from a transform read
         before that lands elsewhere (one 'stuck' select in 89 under load)."""
-        self.page.evaluate("""() => new Promise((done) => {
-            const canvas = document.querySelector('#editor canvas'), st = window.condinstEditor.state;
-            const look = () => { const r = canvas.getBoundingClientRect();
-                                 return [r.x, r.y, r.width, r.height, st.s, st.ox, st.oy].join(','); };
-            let last = look(), same = 0;
-            const tick = () => { const now = look(); same = now === last ? same + 1 : 0; last = now;
-                                 if (same >= 3) done(); else requestAnimationFrame(tick); };
-            requestAnimationFrame(tick);
-        })""")
+        self.page.evaluate(CANVAS_SETTLED_JS)
         self.box = self.page.locator("#editor canvas").bounding_box()
 
     def at(self, x: float, y: float) -> tuple[float, float]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.editor_latency import CANVAS_SETTLED_JS
 from testutils import scaled_ms
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -144,22 +145,11 @@ def open_editor(page, url: str, image_id: int) -> None:
                            "window.condinstEditor.state.scene.image.id === id", arg=image_id)
 
 
-SETTLED_JS = """() => new Promise((done) => {
-  const canvas = document.querySelector('#editor canvas'), st = window.condinstEditor.state;
-  const look = () => { const r = canvas.getBoundingClientRect();
-                       return [r.x, r.y, r.width, r.height, st.s, st.ox, st.oy].join(','); };
-  let last = look(), same = 0;
-  const tick = () => { const now = look(); same = now === last ? same + 1 : 0; last = now;
-                       if (same >= 3) done(); else requestAnimationFrame(tick); };
-  requestAnimationFrame(tick);
-})"""
-
-
 def canvas_point(page, x: int, y: int) -> tuple[float, float]:
     """The page position of original-image pixel (x, y) on the editor's canvas, as the editor maps it once the
     canvas's place and view transform held still for 3 animation frames (the page refits the canvas when its side
     panels arrive, later on a loaded machine: a click placed from the transform before that lands elsewhere)."""
-    page.evaluate(SETTLED_JS)
+    page.evaluate(CANVAS_SETTLED_JS)
     box = page.locator("#editor canvas").bounding_box()
     s, ox, oy, k = page.evaluate("() => { const s = window.condinstEditor.state; const i = s.scene.image; "
                                  "return [s.s, s.ox, s.oy, i.pw / i.width]; }")
