@@ -81,7 +81,8 @@ def test_a_track_row_click_selects_its_instance(app, page):
             [t.strip() for t in page.locator("#tracks [data-col='0']").all_inner_texts()].index(str(target.track_id)))
         cell.click()
         page.wait_for_function("id => window.condinstEditor.state.scene.selected === id", arg=target.id)
-        assert page.locator("#track-id input").input_value() == str(target.track_id)  # Gradio's select still fills it
+        # Gradio's select event still fills the track field; it travels apart from the channel, so it may land later
+        page.wait_for_function("v => document.querySelector('#track-id input').value === v", arg=str(target.track_id))
 
 
 def test_accept_is_off_while_the_propagation_preview_computes(app, page, monkeypatch):
