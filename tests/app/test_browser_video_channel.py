@@ -10,7 +10,7 @@ import pytest
 
 import videokit
 from app.web.edit_channel import EditChannel
-from browserkit import BROWSER_MARKS, open_editor, playwright_or_skip, screenshot_on_failure, wait_text
+from browserkit import BROWSER_MARKS, open_editor, playwright_or_skip, screenshot_on_failure, show_click_view, wait_text
 
 pytestmark = [*BROWSER_MARKS, pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="fruits_nuts photos not found")]
 playwright_or_skip()
@@ -64,6 +64,24 @@ def test_frame_steps_and_a_typed_frame_go_through_the_channel(app, page, monkeyp
         shown(page, frames[4])
         wait_text(page, "#video-header", "frame 4 of")
         assert calls.count("frame") == 2
+
+
+def test_a_frame_typed_in_the_click_view_shows_that_frame(app, page):
+    frames = app.service.sequences.frame_ids(1)
+    with screenshot_on_failure(page, "video-channel-click-view-typed"):
+        open_editor(page, app.url, frames[0])
+        wait_text(page, "#video-header", "frame 0 of 0-7")
+        show_click_view(page)
+        page.locator("#main-image img").wait_for()
+        before = page.locator("#main-image img").get_attribute("src")
+        page.wait_for_function("() => !document.querySelector('#video-panel .pending, #tracks .pending')")
+        box = page.locator("#frame-slider input[type=number]")
+        box.fill("3")
+        box.press("Enter")
+        wait_text(page, "#video-header", "frame 3 of")
+        page.wait_for_function("src => { const i = document.querySelector('#main-image img'); "
+                               "return i && i.src && i.getAttribute('src') !== src; }", arg=before)
+        assert page.locator("#frame-slider input[type=range]").evaluate("e => e.value") == "3"
 
 
 def test_a_track_row_click_selects_its_instance(app, page):

@@ -1,7 +1,8 @@
 // CondInst Studio canvas editor, part 2 of 3 (loaded after editor.js, in the same js_on_load function: it uses its
 // `st`, `send`, `canvas`): the video panel (app/web/video_ui.py) through the edit channel while the canvas is shown.
 // "< Frame" / "Frame >" (and their keys , and .), the frame slider (released, or a number typed + Enter) send
-// {action: "frame"} and get the new frame's scene only (its picture prefetched: `prefetch` in editor.js); a click
+// {action: "frame"} and get the new frame's scene only (its picture prefetched: `prefetch` in editor.js; a typed
+// frame goes this way in the Click view too, whose picture the panels' refresh then draws); a click
 // on a row of the tracks table selects that track's instance on the frame ({action: "track"}). The Gradio events
 // stay for the API (`next_frame`, `previous_frame`, `go_to_frame`) and the Click view.
 const FRAME_BUTTONS = {"previous-frame": -1, "next-frame": +1};
@@ -27,9 +28,9 @@ const videoListeners = {
     ev.stopImmediatePropagation();
     const n = frameNumber(range); if (n != null) send({action: "frame", index: n});
   },
-  keydown: (ev) => {  // a frame number typed + Enter
+  keydown: (ev) => {  // a frame number typed + Enter (in the Click view too: Gradio's slider has no event for it)
     const box = ev.target && ev.target.closest ? ev.target.closest("#frame-slider input[type=number]") : null;
-    if (!box || ev.key !== "Enter" || !canvas.offsetParent) return;
+    if (!box || ev.key !== "Enter") return;
     ev.preventDefault(); ev.stopImmediatePropagation();
     const n = frameNumber(box); if (n == null) return;
     frameTyped = false; send({action: "frame", index: n});
@@ -37,9 +38,9 @@ const videoListeners = {
   input: (ev) => {
     if (ev.target && ev.target.closest && ev.target.closest("#frame-slider input[type=number]")) frameTyped = true;
   },
-  blur: (ev) => {  // leaving the number field: the frame typed there (once)
+  blur: (ev) => {  // leaving the number field: the frame typed there (once; in the Click view too)
     const box = ev.target && ev.target.closest ? ev.target.closest("#frame-slider input[type=number]") : null;
-    if (!box || !canvas.offsetParent) return;
+    if (!box) return;
     ev.stopImmediatePropagation();
     const n = frameNumber(box);
     if (n != null && frameTyped) send({action: "frame", index: n});
