@@ -7,6 +7,7 @@ was (`gr.skip()`), so no output is replaced by an error overlay and the page kee
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import gradio as gr
@@ -35,6 +36,15 @@ PICTURE_FORMATS = {"picture": "jpeg", "location": "jpeg"}
 
 def table_frame(rows: list[list]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_HEADERS)
+
+
+def same_rows(shown: pd.DataFrame | None, table: pd.DataFrame) -> bool:
+    """Whether a table the page sent back (`shown`) holds exactly `table`'s headers and rows (compared as JSON,
+    the form both travel in)."""
+    if not isinstance(shown, pd.DataFrame):
+        return False
+    as_json = lambda frame: json.dumps([list(frame.columns), frame.values.tolist()], default=str)  # noqa: E731
+    return as_json(shown) == as_json(table)
 
 
 def progress_html(status) -> str:
@@ -205,13 +215,17 @@ class Handlers:
         return (*self.annotate(result.view, result.message), result.tool)
 
     # ---- canvas editor ------------------------------------------------------------------------------
-    def on_panels(self, view: View, evt: gr.EventData):
+    def on_panels(self, view: View, shown_table: pd.DataFrame | None, evt: gr.EventData):
         """After an edit through the canvas's own channel (`app.web.edit_channel`): the side panels and the status
-        line, not the canvas (it shows the edit already) and not the view (the channel stored it)."""
+        line, not the canvas (it shows the edit already) and not the view (the channel stored it). The instance
+        table is sent only when its rows differ from `shown_table`, the rows the page shows now (a select, a
+        refused edit, an undo back to what is shown: nothing to re-render)."""
         data = getattr(evt, "_data", None) or {}
         message = str(data.get("message", ""))[:500]
         outputs = list(self.annotate(view, message if data.get("ok", True) else self.warning(message)))
         outputs[0] = outputs[-1] = gr.skip()  # the view (a newer edit may have stored one) and the canvas
+        if same_rows(shown_table, outputs[2]):
+            outputs[2] = gr.skip()
         return tuple(outputs)
 
     def on_view_tab(self, view: View, picture: bool):

@@ -334,8 +334,8 @@ class AppUI:
         on(a["picture"].select, h.on_image_select, click_in, annotate + [a["tool"]], api_visibility="private", **MODEL)
         on(a["api_click"].click, h.on_click, [state, a["api_x"], a["api_y"], a["tool"], a["size"], a["new_class"],
                                               a["join"]], annotate + [a["tool"]], api_name="click_image", **MODEL)
-        on(a["editor"].submit, h.on_panels, [state], annotate, api_visibility="private", show_progress="hidden",
-           trigger_mode="always_last")
+        on(a["editor"].submit, h.on_panels, [state, a["table"]], annotate, api_visibility="private",
+           show_progress="hidden", trigger_mode="always_last")
         self.channel.bind(demo, state)
         api, buttons = a["api"], a["api_buttons"]
         on(buttons["stroke"].click, h.on_stroke, [state, api["tool"], api["points"], api["width"], api["overlap"],

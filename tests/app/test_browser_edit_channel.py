@@ -167,3 +167,38 @@ def test_n_and_p_show_prefetched_images_through_the_channel(gallery, page, monke
         wait_status(page, "")  # the page's side panels follow (the image list shows the image)
         page.wait_for_function("t => document.querySelector('#image-choice input').value.startsWith(t)",
                                arg=f"{first}:")
+
+
+def test_the_panels_refresh_resends_the_instance_table_only_when_its_rows_changed(app, page, monkeypatch):
+    import queue
+
+    import app.web.handlers as handlers
+
+    ws = app.service.ws
+    image = ws.list_images()[0].id
+    target = max(ws.instances(image), key=lambda inst: inst.area)
+    x, y = interior(target.mask)
+    answers, same_rows = queue.Queue(), handlers.same_rows
+
+    def recorded(shown, table):  # each panels refresh: did the page already show these rows?
+        same = same_rows(shown, table)
+        answers.put(same)
+        return same
+    monkeypatch.setattr(handlers, "same_rows", recorded)
+    with screenshot_on_failure(page, "edit-channel-table-delta"):
+        open_editor(page, app.url, image)
+        page.wait_for_function("id => [...document.querySelectorAll('#instances [data-col=\"0\"]')]"
+                               ".some(c => c.innerText.trim() === String(id))", arg=target.id)
+        page.evaluate("id => window.condinstEditor.send({action: 'select', id})", target.id)
+        page.wait_for_function("id => window.condinstEditor.state.scene.selected === id", arg=target.id)
+        assert answers.get(timeout=120) is True  # a select changes no row: the table is not sent again
+        page.locator("#editor button[data-tool=erase]").click()
+        page.mouse.move(*at(page, x - 6, y))
+        page.mouse.down()
+        page.mouse.move(*at(page, x + 6, y), steps=4)
+        page.mouse.up()
+        assert answers.get(timeout=120) is False  # the stroke changed the instance's area: its row is new
+        area = str(ws.get_instance(target.id).area)
+        assert area != str(target.area)
+        page.wait_for_function("a => [...document.querySelectorAll('#instances [data-col=\"3\"]')]"
+                               ".some(c => c.innerText.trim() === a)", arg=area)
