@@ -20,7 +20,7 @@ import pandas as pd
 
 from app.view import View
 from app.web.canvas import data_url
-from app.web.handlers import Handlers
+from app.web.handlers import Handlers, same_rows
 from app.annotate.render import outline, resize_image, resize_mask
 from app.video.sequences import VIDEO_TYPES  # noqa: F401 - the upload area (app/web/ui.py) offers these
 
@@ -82,6 +82,12 @@ def build_panel(categories: list[tuple[str, int]]) -> dict:
     return p
 
 
+def shown_already(shown_header: str | None, shown_tracks: pd.DataFrame | None, panel: tuple) -> bool:
+    """Whether the page's header and tracks table (sent back by the event) are those of `panel`
+    (`VideoHandlers.panel`'s outputs): the same frame of the same sequence, the same tracks."""
+    return panel[1] == (shown_header or "") and same_rows(shown_tracks, panel[3])
+
+
 class VideoHandlers:
     """Handlers of the panel; `h` is the page's `Handlers` (its output bundles)."""
 
@@ -108,8 +114,12 @@ class VideoHandlers:
         image_id = self.actions.require_image(view)
         return self.service.tracks.frame(image_id)
 
-    def on_image_change(self, view: View):
-        return self.panel(view)
+    def on_image_change(self, view: View, shown_header: str | None, shown_tracks: pd.DataFrame | None):
+        """The panel after the shown image or its instances changed; nothing is sent when the page shows this
+        frame's header and tracks already (a frame step changes the image list and the instance table: the
+        second of its two triggers finds the panel refreshed, and a frame number being typed is left alone)."""
+        outputs = self.panel(view)
+        return (gr.skip(),) * len(outputs) if shown_already(shown_header, shown_tracks, outputs) else outputs
 
     def on_frame(self, view: View, index: int):
         sequence_id, _ = self.frame(view)
@@ -206,7 +216,7 @@ def wire(on, vh: VideoHandlers, p: dict, state, annotate: list, image, table, mo
     # late second refresh could reset a frame number being typed).
     def either(fn, inputs, outputs, **kwargs):
         return gr.on([image.change, table.change], fn, inputs, outputs, trigger_mode="once", **kwargs)
-    on(either, vh.on_image_change, [state], panel, api_visibility="private")
+    on(either, vh.on_image_change, [state, p["header"], p["tracks"]], panel, api_visibility="private")
     on(p["slider"].release, vh.on_frame, [state, p["slider"]], both, api_visibility="private",
        bounds={"Frame": (0, None)}, **model)
     on(p["api_go"].click, vh.on_frame, [state, p["api_frame"]], both, api_name="go_to_frame", **model)

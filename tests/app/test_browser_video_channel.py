@@ -66,6 +66,39 @@ def test_frame_steps_and_a_typed_frame_go_through_the_channel(app, page, monkeyp
         assert calls.count("frame") == 2
 
 
+def test_each_frame_step_refreshes_the_video_panel_once(app, page, monkeypatch):
+    import queue
+
+    import app.web.video_ui as video_ui
+
+    frames = app.service.sequences.frame_ids(1)
+    refreshes, shown_already = queue.Queue(), video_ui.shown_already
+
+    def recorded(header, tracks, panel):  # each run of the panel's refresh: was it sent to the page?
+        skipped = shown_already(header, tracks, panel)
+        refreshes.put((not skipped, panel[1]))
+        return skipped
+    monkeypatch.setattr(video_ui, "shown_already", recorded)
+    with screenshot_on_failure(page, "video-channel-one-refresh"):
+        open_editor(page, app.url, frames[0])
+        wait_text(page, "#video-header", "frame 0 of 0-7")
+        page.wait_for_function("() => !document.querySelector('#video-panel .pending, #tracks .pending')")
+        while not refreshes.empty():
+            refreshes.get()
+        for step in (1, 2, 3):
+            page.locator("#next-frame").click()
+            wait_text(page, "#video-header", f"frame {step} of")
+            page.wait_for_function("() => !document.querySelector('#video-panel .pending, #tracks .pending')")
+        page.locator("#video-header").click()
+        sent = []
+        while not refreshes.empty():
+            sent.append(refreshes.get())
+        sent_headers = [header for was_sent, header in sent if was_sent]  # runs that found it shown are not sent
+        assert len(sent_headers) == 3, sent
+        assert all(f"frame **{k}**" in header for k, header in zip((1, 2, 3), sent_headers)), sent
+        print(f"panel refresh runs over 3 frame steps: {len(sent)}, sent: {len(sent_headers)}")
+
+
 def test_a_frame_typed_in_the_click_view_shows_that_frame(app, page):
     frames = app.service.sequences.frame_ids(1)
     with screenshot_on_failure(page, "video-channel-click-view-typed"):
