@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError, run_reporting_errors
+from .errors import UserError, reported
 from .validate import (OneLineParser, check_device, edge_size, existing_dir, existing_file, non_negative_int,
                        positive_int, probability, writable_dir, writable_file)
 
@@ -320,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     # The chosen command's parser only: `condinst predict` does not build the video and training parsers.
     chosen = {argv[0]: available[argv[0]]} if argv and argv[0] in available else available
     args = build_parser(chosen).parse_args(argv)
-    return run_reporting_errors(chosen[args.command].run, args)
+    try:
+        return chosen[args.command].run(args)
+    except Exception as exc:
+        return reported(exc)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,9 @@ needs a single rule: a `UserError`, or an `OSError` about a named path, is the u
 wrong and becomes `error: <one line>`; anything else is a bug and keeps its traceback.
 
     try:
-        ...
+        return run(args)
     except Exception as e:
-        message = user_message(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
+        return reported(e)  # `error: <message>` on stderr and EXIT_USAGE, or the bug raised again
 """
 from __future__ import annotations
 
@@ -45,13 +42,19 @@ def user_message(exc: BaseException) -> str | None:
     return lines[0].strip() if lines else type(exc).__name__
 
 
+def reported(exc: BaseException) -> int:
+    """Called in an ``except`` block: an expected error is printed as `error: <message>` on stderr and gives
+    EXIT_USAGE; anything else (a bug) is raised again with its traceback."""
+    message = user_message(exc)
+    if message is None:
+        raise exc
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def run_reporting_errors(fn: Callable[..., int], *args) -> int:
-    """`fn(*args)`; an expected error is printed as `error: <message>` on stderr and gives EXIT_USAGE."""
+    """`fn(*args)`, its expected errors `reported`."""
     try:
         return fn(*args)
     except Exception as e:
-        message = user_message(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return reported(e)

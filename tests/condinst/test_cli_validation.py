@@ -55,6 +55,26 @@ def test_run_reporting_errors_prints_one_line_and_lets_bugs_through(capsys):
     assert run_reporting_errors(lambda: 0) == 0
 
 
+def test_the_cli_reports_an_expected_error_in_one_line_and_a_bug_with_its_traceback(capsys, monkeypatch):
+    from dataclasses import replace
+
+    from condinst import cli
+
+    bug = RuntimeError("a bug")
+
+    def run(kind):
+        def fails(args):
+            raise kind
+        return fails
+    monkeypatch.setattr(cli, "PREDICT", replace(cli.PREDICT, run=run(UserError("--input: no such file\n(detail)"))))
+    assert cli.main(["predict", "--weights", "w.pth", "--input", "x.jpg", "--output", "o.json"]) == 2
+    assert capsys.readouterr().err == "error: --input: no such file\n"
+    monkeypatch.setattr(cli, "PREDICT", replace(cli.PREDICT, run=run(bug)))
+    with pytest.raises(RuntimeError) as raised:
+        cli.main(["predict", "--weights", "w.pth", "--input", "x.jpg", "--output", "o.json"])
+    assert raised.value is bug
+
+
 # ---- the checks ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "2", "-1", "1.0001", "abc", ""])
