@@ -157,7 +157,7 @@ class AppUI:
                 p["video"] = video_ui.build_panel(categories)  # shown on a video's frames, above their instances
                 p["table"] = gr.Dataframe(table_frame([]), label="Instances (click a row to select)", interactive=False,
                                           elem_id="instances", max_height=260)
-                with gr.Row(equal_height=True):
+                with gr.Row(equal_height=False):  # the buttons keep their size beside the taller field
                     p["fill_holes"] = gr.Button("Fill holes", size="sm", elem_id="fill-holes")
                     p["speck_size"] = gr.Number(value=50, precision=0, minimum=1, label="Speck size (px)",
                                                 elem_id="speck-size", min_width=90)
