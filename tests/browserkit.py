@@ -57,6 +57,7 @@ def click_image(page, selector: str, x: float, y: float) -> None:
         show_click_view(page)
     img = page.locator(selector)
     img.wait_for(state="visible")
+    wait_picture_loaded(page, selector)  # its natural size (and the box it is fitted into) are those of the picture
     img.scroll_into_view_if_needed()  # as a person scrolls to the picture before clicking it
     box = img.bounding_box()
     natural_w, natural_h = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
@@ -64,6 +65,13 @@ def click_image(page, selector: str, x: float, y: float) -> None:
     left = box["x"] + (box["width"] - natural_w * scale) / 2
     top = box["y"] + (box["height"] - natural_h * scale) / 2
     page.mouse.click(left + (x + 0.5) * scale, top + (y + 0.5) * scale)
+
+
+def wait_picture_loaded(page, selector: str) -> None:
+    """Wait until the <img> matching `selector` has loaded its picture (visible is not loaded: before that its
+    natural size is 0, or the previous picture's)."""
+    page.wait_for_function("sel => { const e = document.querySelector(sel); "
+                           "return e && e.complete && e.naturalWidth > 0; }", arg=selector)
 
 
 def wait_text(page, selector: str, text: str, timeout: float = 60_000) -> None:

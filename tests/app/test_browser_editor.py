@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.editor_latency import CANVAS_SETTLED_JS
 from browserkit import README_SCREENSHOTS, SAVE_SCREENSHOTS, wait_status
 
 
@@ -31,6 +32,9 @@ def app(app_factory, image_paths):
 
 # ---- helpers ------------------------------------------------------------------------------------------
 def editor_state(page) -> dict:
+    """The editor's view transform and scene, once the canvas held still (browserkit.canvas_point: the page may
+    still be placing it; a drag mapped from an earlier transform lands elsewhere)."""
+    page.evaluate(CANVAS_SETTLED_JS)
     return page.evaluate("() => { const s = window.condinstEditor.state; const i = s.scene.image; "
                          "return {s: s.s, ox: s.ox, oy: s.oy, k: i.pw / i.width, image: i.id, size: s.size, "
                          "seq: s.scene.seq, ids: s.scene.instances.map(x => x.id), selected: s.scene.selected}; }")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.editor_latency import CANVAS_SETTLED_JS
 from browserkit import BROWSER_MARKS, click_image, screenshot_on_failure, playwright_or_skip, show_click_view, wait_status, wait_text
 
 pytestmark = BROWSER_MARKS
@@ -68,7 +69,11 @@ def test_layout_reload_and_hotkeys(app, page, image_paths):
     with screenshot_on_failure(page, "foundation-layout"):
         open_app(page, f"{app.url}?image={first}")
         wait_text(page, "#info", "image 1 of")
-        # the canvas editor (the default view) is large and above the fold
+        # the canvas editor (the default view) is large and above the fold: measured once it shows the image and
+        # the page has placed it (its height is set when its scene arrives, apart from the info line)
+        page.wait_for_function("id => { const e = window.condinstEditor; return e && e.state.scene && "
+                               "e.state.scene.image && e.state.scene.image.id === id; }", arg=first)
+        page.evaluate(CANVAS_SETTLED_JS)
         picture, table = page.locator("#editor canvas").bounding_box(), page.locator("#instances").bounding_box()
         assert picture["y"] + picture["height"] <= 900 and picture["height"] >= 500
         assert table["x"] > picture["x"] + picture["width"] - 5 and table["y"] < 900  # the list beside it

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from app.web.keys import KEYMAP
+from bench.editor_latency import CANVAS_SETTLED_JS
 from browserkit import (BROWSER_MARKS, canvas_point as at, interior, open_editor, playwright_or_skip,
                         screenshot_on_failure)
 from testutils import timeout_scale
@@ -101,6 +102,7 @@ def test_the_core_loop_fits_the_screen_without_scrolling(app, browser, width, he
             open_editor(page, app.url, app.service.ws.list_images()[0].id)
             page.wait_for_function("h => document.querySelector('#editor canvas').getBoundingClientRect().bottom "
                                    "<= h", arg=height)
+            page.evaluate(CANVAS_SETTLED_JS)  # measured once the page has placed the canvas and its panels
             boxes = page.evaluate("""() => Object.fromEntries(['#editor canvas', '#editor .ce-tools', '#undo',
                 '#delete', '#next', '#previous', '#instances', '#selected-class', '#editor .ce-msg']
                 .map(s => { const r = document.querySelector(s).getBoundingClientRect();

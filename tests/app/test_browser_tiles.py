@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from app.web.edit_channel import EditChannel
+from bench.editor_latency import CANVAS_SETTLED_JS
 from browserkit import BROWSER_MARKS, open_editor, playwright_or_skip, screenshot_on_failure
 
 pytestmark = BROWSER_MARKS
@@ -51,6 +52,7 @@ def test_zoomed_to_one_to_one_the_canvas_shows_the_original_pixels(app_factory, 
         page.evaluate("() => { const st = window.condinstEditor.state; st.opacity = 0; st.opacityTouched = true; "
                       "st.scene.labels = false; }")  # the picture only: no mask or label over it
         assert page.evaluate("() => window.condinstEditor.state.tile") is None  # fitted: the preview is enough
+        page.evaluate(CANVAS_SETTLED_JS)  # 1:1 around the centre of the canvas as placed, not as it is being placed
         page.locator("#editor .ce-one").click()
         page.wait_for_function("() => { const t = window.condinstEditor.state.tile; return t && t.img.complete; }")
         page.evaluate("() => window.condinstEditor.draw()")

@@ -11,6 +11,7 @@ import pytest
 import videokit
 from app.web.edit_channel import EditChannel
 from browserkit import BROWSER_MARKS, open_editor, playwright_or_skip, screenshot_on_failure, show_click_view, wait_text
+from testutils import scaled
 
 pytestmark = [*BROWSER_MARKS, pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="fruits_nuts photos not found")]
 playwright_or_skip()
@@ -146,7 +147,7 @@ def test_accept_is_off_while_the_propagation_preview_computes(app, page, monkeyp
 
     def held(view, num_frames):  # the preview computes until the test has looked at the buttons
         entered.set()
-        release.wait(120)
+        release.wait(scaled(120))
         return preview(view, num_frames)
     monkeypatch.setattr(app.service.propagation, "preview", held)
     with screenshot_on_failure(page, "video-channel-accept-off"):
@@ -156,7 +157,7 @@ def test_accept_is_off_while_the_propagation_preview_computes(app, page, monkeyp
         page.locator("#propagate-frames input").fill("2")
         page.locator("#propagate").click()
         try:
-            assert entered.wait(120)
+            assert entered.wait(scaled(120))
             page.wait_for_function("() => document.querySelector('#propagate-accept').disabled && "
                                    "document.querySelector('#propagate-discard').disabled")
         finally:

@@ -15,8 +15,8 @@ import pytest
 import videokit
 from app.annotate.editing import fill_holes
 from app.annotate.render import inside_point
-from browserkit import (BROWSER_MARKS, playwright_or_skip, readme_screenshot, screenshot_on_failure, wait_status,
-                        wait_text)
+from browserkit import (BROWSER_MARKS, canvas_point, playwright_or_skip, readme_screenshot, screenshot_on_failure,
+                        wait_status, wait_text)
 
 pytestmark = [*BROWSER_MARKS, pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="fruits_nuts photos not found")]
 playwright_or_skip()
@@ -25,13 +25,6 @@ playwright_or_skip()
 def editor(page, expression: str):
     """`expression` evaluated on the canvas editor's state `s` (app/web/editor/editor.js)."""
     return page.evaluate(f"() => {{ const s = window.condinstEditor.state; return {expression}; }}")
-
-
-def on_canvas(page, x: int, y: int) -> tuple[float, float]:
-    """The page position of the centre of image pixel (x, y) in the canvas editor (its view transform)."""
-    box = page.locator("#editor canvas").bounding_box()
-    ox, oy, scale = editor(page, "[s.ox, s.oy, s.s * s.scene.image.pw / s.scene.image.width]")
-    return box["x"] + ox + (x + 0.5) * scale, box["y"] + oy + (y + 0.5) * scale
 
 
 def shown_frame(page) -> int:
@@ -100,7 +93,7 @@ def test_fix_a_mask_propagate_three_frames_accept_and_undo(app_factory, page, cr
 
         # select the track's instance on frame 0 with a click of the select tool
         page.locator("#editor button[data-tool=select]").click()
-        page.mouse.click(*on_canvas(page, *inside_point(inst.mask)))
+        page.mouse.click(*canvas_point(page, *inside_point(inst.mask)))
         page.wait_for_function("id => window.condinstEditor.state.scene.selected === id", arg=inst.id)
         wait_text(page, "#info", f"#{inst.id}")
 
@@ -113,9 +106,9 @@ def test_fix_a_mask_propagate_three_frames_accept_and_undo(app_factory, page, cr
         else:  # no hole: widen it a little at its right edge
             x, y = inside_point(inst.mask)
             x = int(np.nonzero(inst.mask[y])[0].max())
-        page.mouse.move(*on_canvas(page, x - 6, y))
+        page.mouse.move(*canvas_point(page, x - 6, y))
         page.mouse.down()
-        page.mouse.move(*on_canvas(page, x + 6, y), steps=6)
+        page.mouse.move(*canvas_point(page, x + 6, y), steps=6)
         page.mouse.up()
         wait_status(page, "Painted instance")
         fixed = ws.get_instance(inst.id).mask

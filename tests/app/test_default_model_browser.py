@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from browserkit import (README_SCREENSHOTS, ROWS, SAVE_SCREENSHOTS, click_image, new_page, pick_option, playwright_or_skip,
-                        show_click_view, wait_status, wait_text)
+                        show_click_view, wait_picture_loaded, wait_status, wait_text)
 from testutils import scaled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,6 +178,7 @@ def overlay_visible(page, selector: str = "#main-image img") -> bool:
         show_click_view(page)
     img = page.locator(selector)
     img.wait_for(state="visible")
+    wait_picture_loaded(page, selector)  # visible is not loaded: the tab's event sends the picture, then it loads
     width, height, complete = img.evaluate("el => [el.naturalWidth, el.naturalHeight, el.complete]")
     box = img.bounding_box()
     return complete and width > 0 and height > 0 and box is not None and box["width"] > 100
