@@ -33,8 +33,15 @@ Strategies (one run, same images):
 Per round: actions per image / object and the held-out mask AP (kudzu val split, class "kudzu";
 "agnostic": every prediction counted as kudzu) of the model in use.
 
+Datasets (bench/labeling/datasets.py): a VIA folder (kudzu: train/ + val/, one class; the start model is
+the bundled fruits model) or a COCO one (fruits_nuts: its trainval.json, per-object classes; the start
+model is trained here from scratch on --start-images, bench/labeling/start_model.py, cached under runs/;
+the images to label are the others but --held-out, whose mask AP over the dataset's classes is reported).
+
     python -m bench.labeling_loop                    # kudzu; table + plot + JSON in bench/results/
     python -m bench.labeling_loop --images 4 --k 2   # smaller
+    python -m bench.labeling_loop --dataset ../shared/datasets/fruits_nuts --strategies loop,no_retrain \
+        --output bench/results/labeling_loop_fruits.json   # 3-image start model, 12 images to label
 """
 from __future__ import annotations
 
@@ -54,25 +61,30 @@ from bench.common import REPO, write_json
 from bench.editor_refine import DEFAULT_WEIGHTS
 from bench.labeling.annotator import TARGET, Annotator, polygon_cost
 from bench.labeling.costs import ImageLog
+from bench.labeling.datasets import LabelingSet, coco_file, is_via, load_dataset
 from bench.labeling.geometry import entropy
 from bench.labeling.report import print_tables, plot, summarize
 from bench.labeling.rounds import HeldOut, retrain
-from bench.labeling.via import coco_masks, via_to_coco
+from bench.labeling.start_model import start_model
 
 KUDZU = REPO.parent / "shared" / "datasets" / "kudzu"
 
 
 # ---- strategies --------------------------------------------------------------------------------------
 
-def run_strategy(name: str, args, pool: list[dict], masks: dict, held_out: HeldOut, workdir: Path,
+def run_strategy(name: str, args, data: LabelingSet, held_out: HeldOut, workdir: Path,
                  retraining: bool, order: str, skip: int = 0) -> dict:
-    """Label `pool` (COCO image entries) with one strategy; per-image logs and per-round rows."""
+    """Label `data.pool` (COCO image entries) with one strategy; per-image logs and per-round rows."""
+    pool, masks = data.pool, data.masks
     service = Service.create(workdir / name, args.weights)
     try:
-        service.actions.add_class("kudzu")
-        category = next(c.id for c in service.ws.categories() if c.name == "kudzu")
-        annotator = Annotator(service, category)
-        paths = {image["id"]: args.dataset / "train" / image["file_name"] for image in pool}
+        have = {c.name for c in service.ws.categories()}
+        for class_name in data.class_names:  # the model's classes keep their ids; new ones are added
+            if class_name not in have:
+                service.actions.add_class(class_name)
+        ids_of = {c.name: c.id for c in service.ws.categories()}
+        annotator = Annotator(service, ids_of[data.class_names[0]])
+        paths = {image["id"]: data.images_dir / image["file_name"] for image in pool}
         ids: dict[int, int] = {}
         if order == "uncertainty":  # every image is in the workspace, segmented by the model in use
             ids = dict(zip(paths, service.images.add_files(list(paths.values())).image_ids))
@@ -86,12 +98,12 @@ def run_strategy(name: str, args, pool: list[dict], masks: dict, held_out: HeldO
                 batch = remaining[:args.k]
             remaining = [g for g in remaining if g not in batch]
             row = {"round": len(rounds), "model": service.session.name, **held_out.ap(service), "images": []}
-            print(f"  {name} round {row['round']}: held-out mask AP kudzu {100 * row['ap']:.1f}, "
+            print(f"  {name} round {row['round']}: held-out mask AP {100 * row['ap']:.1f}, "
                   f"class-agnostic {100 * row['ap_agnostic']:.1f}", flush=True)
             for g in batch:
                 if g not in ids:
                     ids[g] = service.images.add_files([paths[g]]).image_ids[0]
-                log = annotator.label(ids[g], paths[g].name, masks[g])
+                log = annotator.label(ids[g], paths[g].name, masks[g], [ids_of[c] for c in data.classes[g]])
                 logs.append(log.to_dict())
                 row["images"].append(log.to_dict())
                 print(f"  {name} round {row['round']} {paths[g].name}: {log.objects} objects, {log.total} actions"
@@ -111,15 +123,23 @@ def run_strategy(name: str, args, pool: list[dict], masks: dict, held_out: HeldO
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=KUDZU, help="a VIA dataset with train/ and val/")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--dataset", type=Path, default=KUDZU,
+                        help="a VIA dataset with train/ and val/, or a COCO one with trainval.json")
+    parser.add_argument("--weights", type=Path, help="the start model (default: the bundled one for VIA, "
+                        "one trained on --start-images for COCO)")
     parser.add_argument("--images", type=int, default=12, help="images of train/ to label (file order)")
     parser.add_argument("--max-objects", type=int, default=40,
                         help="skip train images with more objects (a compute cap of this machine)")
     parser.add_argument("--k", type=int, default=4, help="images per round")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per retrain")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--val-images", type=int, default=8, help="held-out val/ images for the mask AP")
+    parser.add_argument("--val-images", type=int, default=8, help="held-out val/ images for the mask AP (VIA)")
+    parser.add_argument("--start-images", type=int, nargs="+", default=[0, 1, 2],
+                        help="COCO: image ids the start model is trained on (not labeled)")
+    parser.add_argument("--held-out", type=int, nargs="+", default=[15, 16, 17],
+                        help="COCO: image ids of the held-out mask AP (not labeled)")
+    parser.add_argument("--start-iterations", type=int, default=300, help="COCO: start model iterations")
+    parser.add_argument("--start-batch", type=int, default=2, help="COCO: start model images per iteration")
     parser.add_argument("--strategies", default="loop,no_retrain,uncertainty")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "labeling_loop.json")
@@ -127,16 +147,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.from_json:
         return args
-    for name in ("images", "k", "iterations", "batch", "val_images", "threads", "max_objects"):
+    for name in ("images", "k", "iterations", "batch", "val_images", "threads", "max_objects", "start_iterations",
+                 "start_batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     unknown = set(args.strategies.split(",")) - {"loop", "no_retrain", "uncertainty"}
     if unknown:
         parser.error(f"unknown strategies: {', '.join(sorted(unknown))}")
-    for split in ("train", "val"):
-        if not (args.dataset / split / "via_region_data.json").is_file():
-            parser.error(f"{args.dataset / split} has no via_region_data.json")
-    if not args.weights.is_file():
+    if not is_via(args.dataset) and coco_file(args.dataset) is None:
+        parser.error(f"{args.dataset}: neither a VIA dataset (train/ and val/ with via_region_data.json) "
+                     f"nor a COCO one (trainval.json)")
+    if is_via(args.dataset) and args.weights is None:
+        args.weights = DEFAULT_WEIGHTS
+    if set(args.start_images) & set(args.held_out):
+        parser.error("--start-images and --held-out share an image")
+    if args.weights is not None and not args.weights.is_file():
         parser.error(f"--weights {args.weights} does not exist")
     return args
 
@@ -146,7 +171,7 @@ def rerender(path: Path) -> int:
     payload = json.loads(path.read_text())
     payload["summary"] = summarize(payload["runs"])
     print_tables(payload["runs"], payload["summary"], payload["polygons_whole_set"])
-    plot(payload["runs"], path.with_suffix(".png"), payload["k"])
+    plot(payload["runs"], path.with_suffix(".png"), payload["k"], payload.get("dataset", "kudzu"))
     write_json(path, payload)
     return 0
 
@@ -158,30 +183,31 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    train, problems = via_to_coco(args.dataset / "train" / "via_region_data.json", args.dataset / "train", "kudzu")
-    val, more = via_to_coco(args.dataset / "val" / "via_region_data.json", args.dataset / "val", "kudzu")
-    for line in problems + more:
+    try:
+        data = load_dataset(args.dataset, args.images, args.max_objects, args.val_images, tuple(args.start_images),
+                            tuple(args.held_out))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in data.problems:
         print("skipped:", line)
-    masks = coco_masks(train)
-    counts = {i["id"]: len(masks[i["id"]]) for i in train["images"]}
-    pool = [i for i in train["images"] if counts[i["id"]] <= args.max_objects][:args.images]
-    val_masks = coco_masks(val)
-    whole = {"train": sum(polygon_cost(m) for ms in masks.values() for m in ms),
-             "train_objects": sum(counts.values()),
-             "val": sum(polygon_cost(m) for ms in val_masks.values() for m in ms),
-             "val_objects": sum(len(v) for v in val_masks.values())}
-    val = {**val, "images": val["images"][:args.val_images]}
-    val["annotations"] = [a for a in val["annotations"] if a["image_id"] in {i["id"] for i in val["images"]}]
-    held_out = HeldOut(val, args.dataset / "val")
+    start_info = None
+    if args.weights is None:  # COCO without --weights: the start model of --start-images
+        args.weights, start_info = start_model(coco_file(args.dataset), data.images_dir, tuple(args.start_images),
+                                               args.start_iterations, args.start_batch, args.threads)
+        print(f"start model: {args.weights} ({'cached' if start_info['cached'] else 'trained'}: "
+              f"{start_info.get('wall_s', '?')} s wall, {start_info.get('cpu_s', '?')} s CPU)", flush=True)
+    pool, masks, whole = data.pool, data.masks, data.whole
+    held_out = HeldOut(data.held_out, data.held_out_dir)
     polygons = {"strategy": "polygons", "images": []}
     for image in pool:
-        log = ImageLog(name=image["file_name"], objects=counts[image["id"]], complete=True)
+        log = ImageLog(name=image["file_name"], objects=len(masks[image["id"]]), complete=True)
         for m in masks[image["id"]]:
             log.add("vertex", polygon_cost(m) - 2)
             log.add("key", 2)
         polygons["images"].append(log.to_dict())
-    print(f"pool: {len(pool)} images, {sum(counts[i['id']] for i in pool)} objects; held out: "
-          f"{len(val['images'])} val images", flush=True)
+    print(f"pool: {len(pool)} images, {sum(len(masks[i['id']]) for i in pool)} objects; held out: "
+          f"{len(data.held_out['images'])} images", flush=True)
     runs, start = [polygons], time.perf_counter()
     wanted = args.strategies.split(",")
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -191,24 +217,26 @@ def main(argv=None) -> int:
         summary = summarize(runs)
         if final:
             print_tables(runs, summary, whole)
-        plot(runs, png, args.k)
-        write_json(args.output, {"benchmark": "labeling_loop", "dataset": args.dataset.name,
+        plot(runs, png, args.k, data.name)
+        write_json(args.output, {"benchmark": "labeling_loop", "dataset": data.name, "format": data.kind,
+                                 "classes": data.class_names, "weights": str(args.weights), "start_model": start_info,
+                                 **data.extra,
                                  "pool": [i["file_name"] for i in pool], "k": args.k, "iterations": args.iterations,
                                  "batch": args.batch, "threads": args.threads, "target_iou": TARGET,
-                                 "held_out_images": [i["file_name"] for i in val["images"]], "summary": summary,
-                                 "polygons_whole_set": whole, "runs": runs, "complete_run": final,
+                                 "held_out_images": [i["file_name"] for i in data.held_out["images"]],
+                                 "summary": summary, "polygons_whole_set": whole, "runs": runs, "complete_run": final,
                                  "seconds": round(time.perf_counter() - start, 1)})
 
     workdir = Path(tempfile.mkdtemp(prefix="labeling_loop_"))
     try:
         loop = None
         if "loop" in wanted:
-            loop = run_strategy("loop", args, pool, masks, held_out, workdir, True, "file")
+            loop = run_strategy("loop", args, data, held_out, workdir, True, "file")
             runs.append(loop)
             report(False)
         if "no_retrain" in wanted:
             skip = args.k if loop else 0  # the loop's first round is this strategy's first round
-            rest = run_strategy("no_retrain", args, pool, masks, held_out, workdir, False, "file", skip)
+            rest = run_strategy("no_retrain", args, data, held_out, workdir, False, "file", skip)
             if loop:
                 first = loop["rounds"][0]
                 rest["rounds"] = [{k: v for k, v in first.items() if k != "retrain"}] + [
@@ -217,7 +245,7 @@ def main(argv=None) -> int:
             runs.append(rest)
             report(False)
         if "uncertainty" in wanted:
-            runs.append(run_strategy("uncertainty", args, pool, masks, held_out, workdir, True, "uncertainty"))
+            runs.append(run_strategy("uncertainty", args, data, held_out, workdir, True, "uncertainty"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(True)

@@ -130,3 +130,75 @@ def test_labeling_loop_smoke_two_images_without_retraining(tmp_path):
     assert summary["no_retrain"]["objects"] == 4 and summary["no_retrain"]["complete_images"] == 2
     assert [r["round"] for r in summary["no_retrain"]["rounds"]] == [0, 1]
     assert payload["polygons_whole_set"]["train_objects"] == 4
+
+
+# ---- the COCO path (fruits_nuts layout) --------------------------------------------------------------
+
+def write_coco_dataset(root: Path) -> Path:
+    """images/ + trainval.json: 4 images (ids 0..3) of a square ("square") and a disc ("disc"), COCO polygons."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    coco = {"images": [], "annotations": [],
+            "categories": [{"id": 1, "name": "square", "supercategory": "x"}, {"id": 2, "name": "disc", "supercategory": "x"}]}
+    for k in range(4):
+        image = rng.integers(90, 140, (240, 320, 3), dtype=np.uint8)
+        x, y = 60 + 30 * k, 70
+        square = [x - 25, y - 20, x + 25, y - 20, x + 25, y + 20, x - 25, y + 20]
+        t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+        disc = np.stack([(200 + 30 * np.cos(t)).round(), (160 + 30 * np.sin(t)).round()], 1).ravel().tolist()
+        for n, (polygon, category) in enumerate(((square, 1), (disc, 2))):
+            cv2.fillPoly(image, [np.asarray(polygon, np.int32).reshape(-1, 2)], (30, 160 + 40 * n, 60))
+            xs, ys = polygon[0::2], polygon[1::2]
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": k, "category_id": category,
+                                        "segmentation": [polygon], "iscrowd": 0, "area": 1.0,
+                                        "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]})
+        cv2.imwrite(str(root / "images" / f"{k}.jpg"), image)
+        coco["images"].append({"id": k, "file_name": f"{k}.jpg", "width": 320, "height": 240})
+    (root / "trainval.json").write_text(json.dumps(coco))
+    return root / "trainval.json"
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="the bundled model is not in this checkout")
+def test_labeling_loop_coco_dataset_labels_each_object_with_its_class(tmp_path):
+    from bench import labeling_loop
+    from bench.labeling.annotator import polygon_cost
+    from bench.labeling.datasets import load_dataset
+
+    write_coco_dataset(tmp_path / "shapes")
+    data = load_dataset(tmp_path / "shapes", 12, 40, start_ids=(0,), held_out_ids=(3,))
+    assert [i["id"] for i in data.pool] == [1, 2] and data.kind == "coco"
+    assert data.classes[1] == ["square", "disc"] and data.class_names == ["square", "disc"]
+    out = tmp_path / "out" / "labeling_loop_shapes.json"
+    assert labeling_loop.main(["--dataset", str(tmp_path / "shapes"), "--weights", str(WEIGHTS), "--start-images", "0",
+                               "--held-out", "3", "--k", "1", "--strategies", "no_retrain", "--threads", "1",
+                               "--output", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["dataset"] == "shapes" and payload["format"] == "coco"
+    assert payload["classes"] == ["square", "disc"] and payload["held_out_images"] == ["3.jpg"]
+    assert payload["pool"] == ["1.jpg", "2.jpg"] and payload["start_image_ids"] == [0]
+    runs = {run["strategy"]: run for run in payload["runs"]}
+    # the annotator finished both images: each object at IoU >= 0.85 with its own class (the bundled model's
+    # classes are date / fig / hazelnut, so every class here was set by the annotator), nothing extra
+    assert all(i["complete"] and i["objects"] == 2 for i in runs["no_retrain"]["images"])
+    assert [r["round"] for r in runs["no_retrain"]["rounds"]] == [0, 1]
+    assert all(0.0 <= r["ap"] <= 1.0 for r in runs["no_retrain"]["rounds"])
+    polygons = [i["actions"] for i in runs["polygons"]["images"]]
+    assert polygons == [sum(polygon_cost(m) for m in data.masks[g]) for g in (1, 2)]
+    assert payload["summary"]["polygons"]["actions"] == sum(polygons)
+
+
+def test_start_model_trains_on_the_chosen_images_and_is_cached(tmp_path):
+    from bench.labeling.start_model import start_model
+    from condinst.predictor import load_model
+
+    trainval = write_coco_dataset(tmp_path / "shapes")
+    weights, info = start_model(trainval, tmp_path / "shapes" / "images", (0, 1), 2, 1, threads=1, cache=tmp_path / "c")
+    assert not info["cached"] and info["cpu_s"] > 0 and weights.is_file()
+    _, cfg = load_model(str(weights))
+    assert tuple(cfg.class_names) == ("square", "disc") and cfg.solver.max_iter == 2
+    train = json.loads((weights.parents[1] / "train.json").read_text())
+    assert sorted(i["id"] for i in train["images"]) == [0, 1]
+    again, info = start_model(trainval, tmp_path / "shapes" / "images", (0, 1), 2, 1, threads=1, cache=tmp_path / "c")
+    assert again == weights and info["cached"]
+    with pytest.raises(ValueError, match="id 7"):
+        start_model(trainval, tmp_path / "shapes" / "images", (7,), 2, 1, cache=tmp_path / "c")

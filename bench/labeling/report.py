@@ -51,7 +51,7 @@ def print_tables(runs: list[dict], summary: dict, whole: dict) -> None:
         print(format_table(rows, [("strategy", "strategy", "{}"), ("round", "round", "{}"), ("images", "images", "{}"),
                                   ("objects", "objects", "{}"), ("actions/image", "actions_per_image", pct),
                                   ("actions/object", "actions_per_object", "{:.2f}"),
-                                  ("s/object", "seconds_per_object", pct), ("mask AP kudzu", "ap", pct),
+                                  ("s/object", "seconds_per_object", pct), ("mask AP", "ap", pct),
                                   ("mask AP agnostic", "ap_agnostic", pct), ("retrain wall s", "retrain_wall_s", "{}"),
                                   ("retrain CPU s", "retrain_cpu_s", "{}")]))
         print()
@@ -69,7 +69,7 @@ def print_tables(runs: list[dict], summary: dict, whole: dict) -> None:
           f"{whole['val_objects']} ({whole['val'] / max(whole['val_objects'], 1):.2f})")
 
 
-def plot(runs: list[dict], path: Path, k: int) -> None:
+def plot(runs: list[dict], path: Path, k: int, dataset: str = "kudzu") -> None:
     """Actions per image (mean of each round of k images) against images labeled, one line per strategy."""
     import matplotlib
 
@@ -87,7 +87,7 @@ def plot(runs: list[dict], path: Path, k: int) -> None:
         ax.plot(xs, ys, marker="o", label=run["strategy"].replace("_", " "))
     ax.set_xlabel("images labeled")
     ax.set_ylabel(f"actions per image (mean of each {k})")
-    ax.set_title("Labeling kudzu: CondInst in the loop vs drawing polygons")
+    ax.set_title(f"Labeling {dataset}: CondInst in the loop vs drawing polygons")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

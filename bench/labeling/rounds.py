@@ -31,11 +31,16 @@ def retrain(service, iterations: int, batch: int) -> dict:
 
 
 class HeldOut:
-    """Mask AP of the model in use on held-out images (cached by checkpoint)."""
+    """Mask AP of the model in use on held-out images (cached by checkpoint): "ap" over the dataset's classes
+    (a prediction counts for the class of its name), "ap_agnostic" with every class as one."""
 
     def __init__(self, coco: dict, images_dir: Path):
         self.coco, self.images_dir, self.cache = coco, images_dir, {}
         self.gt = load_coco(coco)
+        self.ids = {c["name"]: c["id"] for c in coco["categories"]}
+        one = {**coco, "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
+               "annotations": [{**a, "category_id": 1} for a in coco["annotations"]]}
+        self.gt_agnostic = load_coco(one)
 
     def ap(self, service) -> dict:
         from PIL import Image
@@ -55,11 +60,11 @@ class HeldOut:
                 entry = {"image_id": image["id"], "category_id": 1, "segmentation": masks.rle(k),
                          "score": float(result.scores[k])}
                 agnostic.append(entry)
-                if session.class_name(int(result.classes[k])) == "kudzu":
-                    named.append(entry)
+                category = self.ids.get(session.class_name(int(result.classes[k])))
+                if category is not None:
+                    named.append({**entry, "category_id": category})
         out = {}
-        for name, results in (("ap", named), ("ap_agnostic", agnostic)):
-            out[name] = (evaluate_results(self.gt, results, iou_types=("segm",))[0]["segm"]["AP"]
-                         if results else 0.0)
+        for name, gt, results in (("ap", self.gt, named), ("ap_agnostic", self.gt_agnostic, agnostic)):
+            out[name] = (evaluate_results(gt, results, iou_types=("segm",))[0]["segm"]["AP"] if results else 0.0)
         self.cache[key] = out
         return out
