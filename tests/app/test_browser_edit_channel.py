@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.view import View
+from testutils import scaled
 from app.web.edit_channel import EditChannel
 from browserkit import (BROWSER_MARKS, canvas_point as at, interior, open_editor, playwright_or_skip,
                         screenshot_on_failure, wait_status)
@@ -191,13 +192,13 @@ def test_the_panels_refresh_resends_the_instance_table_only_when_its_rows_change
                                ".some(c => c.innerText.trim() === String(id))", arg=target.id)
         page.evaluate("id => window.condinstEditor.send({action: 'select', id})", target.id)
         page.wait_for_function("id => window.condinstEditor.state.scene.selected === id", arg=target.id)
-        assert answers.get(timeout=120) is True  # a select changes no row: the table is not sent again
+        assert answers.get(timeout=scaled(120)) is True  # a select changes no row: the table is not sent again
         page.locator("#editor button[data-tool=erase]").click()
         page.mouse.move(*at(page, x - 6, y))
         page.mouse.down()
         page.mouse.move(*at(page, x + 6, y), steps=4)
         page.mouse.up()
-        assert answers.get(timeout=120) is False  # the stroke changed the instance's area: its row is new
+        assert answers.get(timeout=scaled(120)) is False  # the stroke changed the instance's area: its row is new
         area = str(ws.get_instance(target.id).area)
         assert area != str(target.area)
         page.wait_for_function("a => [...document.querySelectorAll('#instances [data-col=\"3\"]')]"

@@ -53,6 +53,7 @@ def test_frame_steps_and_a_typed_frame_go_through_the_channel(app, page, monkeyp
         page.wait_for_function("() => !document.querySelector('#video-panel .pending, #tracks .pending')")
         box = page.locator("#frame-slider input[type=number]")
         box.fill("5")
+        page.wait_for_function("id => window.condinstEditor.state.pictures.has(id)", arg=frames[2])  # frame 1's prefetch
         calls.clear()
         box.press("Enter")
         shown(page, frames[5])
