@@ -61,7 +61,7 @@ from bench.common import REPO, write_json
 from bench.editor_refine import DEFAULT_WEIGHTS
 from bench.labeling.annotator import TARGET, Annotator, polygon_cost
 from bench.labeling.costs import ImageLog
-from bench.labeling.datasets import LabelingSet, coco_file, is_via, load_dataset
+from bench.labeling.datasets import NOT_A_DATASET, LabelingSet, coco_file, is_via, load_dataset
 from bench.labeling.geometry import entropy
 from bench.labeling.report import print_tables, plot, summarize
 from bench.labeling.rounds import HeldOut, retrain
@@ -155,8 +155,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown strategies: {', '.join(sorted(unknown))}")
     if not is_via(args.dataset) and coco_file(args.dataset) is None:
-        parser.error(f"{args.dataset}: neither a VIA dataset (train/ and val/ with via_region_data.json) "
-                     f"nor a COCO one (trainval.json)")
+        parser.error(f"{args.dataset}: {NOT_A_DATASET}")
     if is_via(args.dataset) and args.weights is None:
         args.weights = DEFAULT_WEIGHTS
     if set(args.start_images) & set(args.held_out):

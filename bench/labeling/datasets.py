@@ -51,6 +51,9 @@ def is_via(path: Path) -> bool:
     return all((Path(path) / split / "via_region_data.json").is_file() for split in ("train", "val"))
 
 
+NOT_A_DATASET = "neither a VIA dataset (train/ and val/ with via_region_data.json) nor a COCO one (trainval.json)"
+
+
 def _whole(train_masks: dict, val_masks: dict) -> dict:
     return {"train": sum(polygon_cost(m) for ms in train_masks.values() for m in ms),
             "train_objects": sum(len(v) for v in train_masks.values()),
@@ -58,7 +61,8 @@ def _whole(train_masks: dict, val_masks: dict) -> dict:
             "val_objects": sum(len(v) for v in val_masks.values())}
 
 
-def _subset(coco: dict, ids) -> dict:
+def coco_subset(coco: dict, ids) -> dict:
+    """The COCO dict `coco` with only the images `ids` and their annotations."""
     ids = set(ids)
     return {**coco, "images": [i for i in coco["images"] if i["id"] in ids],
             "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
@@ -71,7 +75,7 @@ def load_via(root: Path, images: int, max_objects: int, val_images: int, categor
     masks = coco_masks(train)
     pool = [i for i in train["images"] if len(masks[i["id"]]) <= max_objects][:images]
     whole = _whole(masks, coco_masks(val))
-    held_out = _subset(val, [i["id"] for i in val["images"][:val_images]])
+    held_out = coco_subset(val, [i["id"] for i in val["images"][:val_images]])
     return LabelingSet(root.name, "via", [category], root / "train", pool, {i["id"]: masks[i["id"]] for i in pool},
                        {i["id"]: [category] * len(masks[i["id"]]) for i in pool}, held_out, root / "val", whole,
                        problems + more)
@@ -81,19 +85,19 @@ def load_coco(path: Path, images: int, max_objects: int, start_ids, held_out_ids
     trainval = coco_file(path)
     data = json.loads(trainval.read_text())
     known = {i["id"] for i in data["images"]}
-    unknown = sorted((set(start_ids) | set(held_out_ids)) - known)
+    reserved = set(start_ids) | set(held_out_ids)
+    unknown = sorted(reserved - known)
     if unknown:
         raise ValueError(f"{trainval}: no image with id {unknown[0]}")
     names = {c["id"]: c["name"] for c in data["categories"]}
-    candidates = [i["id"] for i in sorted(data["images"], key=lambda i: i["id"])
-                  if i["id"] not in set(start_ids) | set(held_out_ids)]
-    train = _subset(data, candidates)
+    candidates = [i["id"] for i in sorted(data["images"], key=lambda i: i["id"]) if i["id"] not in reserved]
+    train = coco_subset(data, candidates)
     masks = coco_masks(train)
     by_image: dict[int, list[str]] = {i: [] for i in candidates}
     for ann in train["annotations"]:  # coco_masks keeps the annotations' order per image
         by_image[ann["image_id"]].append(names[ann["category_id"]])
     pool = [i for i in train["images"] if len(masks[i["id"]]) <= max_objects][:images]
-    held_out = _subset(data, held_out_ids)
+    held_out = coco_subset(data, held_out_ids)
     problems = [f"image {i['id']} ({i['file_name']}): {len(masks[i['id']])} objects > --max-objects; skipped"
                 for i in train["images"] if len(masks[i["id"]]) > max_objects]
     root = Path(path) if Path(path).is_dir() else trainval.parent
@@ -112,5 +116,4 @@ def load_dataset(path: Path, images: int, max_objects: int, val_images: int = 8,
         return load_via(path, images, max_objects, val_images)
     if coco_file(path) is not None:
         return load_coco(path, images, max_objects, start_ids, held_out_ids)
-    raise ValueError(f"{path}: neither a VIA dataset (train/ and val/ with via_region_data.json) "
-                     f"nor a COCO one (trainval.json)")
+    raise ValueError(f"{path}: {NOT_A_DATASET}")

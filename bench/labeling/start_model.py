@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO
+from bench.labeling.datasets import coco_subset
 
 CONFIG = REPO / "configs" / "fruits_nuts_default.json"
 CACHE = REPO / "runs" / "labeling_loop"
@@ -43,8 +44,7 @@ def start_model(trainval: Path, images_dir: Path, image_ids: tuple[int, ...], it
     if missing:
         raise ValueError(f"{trainval}: no image with id {missing[0]} for the start model")
     config = short_schedule(json.loads(CONFIG.read_text()), iterations, batch)
-    subset = {**data, "images": [i for i in data["images"] if i["id"] in image_ids],
-              "annotations": [a for a in data["annotations"] if a["image_id"] in image_ids]}
+    subset = coco_subset(data, image_ids)
     key = hashlib.sha256(json.dumps([config, subset], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cache) / f"start_{'_'.join(map(str, image_ids))}_{iterations}x{batch}_{key}"
     weights = folder / "train" / "model_final.pth"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from app.view import View
-from testutils import scaled
 from app.web.edit_channel import EditChannel
 from browserkit import (BROWSER_MARKS, canvas_point as at, interior, open_editor, playwright_or_skip,
                         screenshot_on_failure, wait_status)
+from testutils import scaled
 
 pytestmark = BROWSER_MARKS
 sync_api = playwright_or_skip()
