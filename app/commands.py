@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from condinst.errors import UserError
+from condinst.errors import reported
 from condinst.validate import ArgumentError, OneLineParser, existing_dir, existing_file, probability, writable_dir
 
 COMMANDS = ("export", "import", "qa", "users")
@@ -284,7 +284,6 @@ def main(argv: list[str]) -> int:
     try:
         check(args)
         print(run(args))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        return reported(exc)
     return 0

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from condinst.errors import UserError
+from condinst.errors import reported
 from condinst.validate import (ArgumentError, OneLineParser, existing_file, positive_int, probability, writable_dir,
                                writable_file)
 
@@ -186,11 +186,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"ml-backend": run_backend, "ls-predictions": run_predictions}[args.command](args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except SystemExit as exc:  # resolve_weights' one-line exits
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
             return 2
         raise
+    except Exception as exc:
+        return reported(exc)
