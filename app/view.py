@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from app.store.actor import StaleEdit, current_user
+from app.store.history import StaleEdit, current_user
 from app.errors import ServiceError
 from app.store.masks import decode_mask
 from app.store.workspace import Instance, Workspace, WorkspaceError
@@ -71,7 +71,7 @@ class View:
     propagation: PropagationState | None = None  # a pending video mask propagation (app.video.propagation)
     canvas_image: int | None = None  # the image the canvas editor already holds (its pixels are sent once)
     picture: bool = True  # whether the overlay picture (Click view) is drawn; the page's editor tab turns it off
-    seen: dict | None = None  # instance id -> revision this session was last shown (app.store.actor: no lost update)
+    seen: dict | None = None  # instance id -> revision this session was last shown (app.store.history: no lost update)
     stamp: tuple | None = None  # what the page shows of the image (app.web.team_page.poll refreshes when it changes)
     state_filter: str | None = None  # show and step through only images in this review state (app.annotate.review)
     explain_relabelled: bool = False  # the Explain pictures carry another model's labels (a SipMask explanation)

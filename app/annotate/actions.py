@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from app import view as view_lookups
-from app.store.actor import StaleEdit
+from app.store.history import StaleEdit
 from app.errors import ServiceError
 from app.annotate.images import ImageLibrary
 from app.annotate.mask_edits import MaskEditor

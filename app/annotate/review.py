@@ -7,18 +7,18 @@
     in_review   --reject (reviewer, admin)-->   rejected    (a comment is required)
     accepted    --reopen (reviewer, admin)-->   annotated
 
-The role is checked here, on the server, for the person acting (`app.store.actor.current_user`);
+The role is checked here, on the server, for the person acting (`app.store.history.current_user`);
 without accounts everyone is an admin. Each transition is one transaction that updates the image
-and appends to the ``reviews`` log (who, when, comment), through `app.store.review_state.write`, the one
+and appends to the ``reviews`` log (who, when, comment), through `app.store.storage.write_review`, the one
 writer of the review columns. Editing an accepted image keeps the edit and sends it back to "annotated"
-(`review_state.touch`).
+(`storage.touch_review`).
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from app.store import actor, review_state
-from app.store.review_state import ReviewEvent
+from app.store import history, storage
+from app.store.storage import ReviewEvent
 from app.errors import ServiceError
 from app.store.workspace_slot import WorkspaceSlot
 
@@ -43,7 +43,7 @@ class Reviews:
         return self.slot.ws
 
     def role(self) -> str:
-        return self.role_of(actor.current_user())
+        return self.role_of(history.current_user())
 
     def transition(self, image_id: int, target: str, comment: str | None = None,
                    threshold: float | None = None) -> str:
@@ -53,9 +53,9 @@ class Reviews:
         comment = (comment or "").strip() or None
         if target == "rejected" and not comment:
             raise ServiceError("Say what is wrong: a rejection needs a comment.")
-        user, role = actor.current_user(), self.role()
+        user, role = history.current_user(), self.role()
         with self.ws.db.write() as conn:
-            review = review_state.read(conn, image_id)
+            review = storage.read_review(conn, image_id)
             if review is None:
                 raise ServiceError(f"Image {image_id} does not exist.")
             current = review.state
@@ -68,7 +68,7 @@ class Reviews:
                 raise ServiceError(f"Only a reviewer can make an image {LABELS[target]} (you are {role}).")
             accepted = target == "accepted"
             frozen = (float(threshold) if threshold is not None else review.threshold) if accepted else None
-            review_state.write(conn, image_id, review_state.Review(
+            storage.write_review(conn, image_id, storage.Review(
                 target, frozen, user if TRANSITIONS[(current, target)] else None, comment,
                 False if accepted else review.changed_after_review), log_user=user)
         by = f" by {user}" if user else ""
@@ -77,7 +77,7 @@ class Reviews:
     def log(self, image_id: int) -> list[ReviewEvent]:
         """The image's review events, oldest first."""
         with self.ws.db.read() as conn:
-            return review_state.events(conn, image_id)
+            return storage.review_events(conn, image_id)
 
     def summary(self, image_id: int) -> str:
         """One line for the workspace view: state, who reviewed, the comment, the last events."""

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.store import categories, predictions_store, storage
+from app.store import predictions_store, storage
 from app.errors import WorkspaceError
 from app.interop.crowd_masks import crowd_ids
 from app.interop.import_ids import category_table, keep_or_renumber
@@ -145,7 +145,7 @@ def plan_coco(workspace: Workspace, ann_file: str | os.PathLike, image_dir: str 
 def write_coco(workspace: Workspace, conn, plan: CocoPlan, progress: Progress | None = None) -> ImportReport:
     """Write a planned dataset inside the caller's write transaction; returns its report."""
     report, dataset = plan.report, plan.dataset
-    categories.insert_categories(conn, plan.new_categories)
+    storage.insert_categories(conn, plan.new_categories)
     images = [info for info in dataset.images if info.id in plan.image_ids]
     for done, info in enumerate(images, start=1):
         if info.id in plan.prepared:

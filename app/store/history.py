@@ -1,6 +1,6 @@
-"""Undo/redo of instance edits, per person and per image, stored in the workspace database.
+"""Who acts, and the undo/redo of their instance edits (per person and per image), stored in the workspace database.
 
-Every edit pushes one history entry holding its author (`app.store.actor.current_user`) and the
+Every edit pushes one history entry holding its author (`current_user`, see the second part) and the
 before/after snapshot of each instance it touched (`SNAPSHOT_FIELDS`); `step(undo=True)` writes
 the "before" snapshots back, `step(undo=False)` the "after" ones. Each person undoes only their
 own entries; a new edit drops that person's redo entries. Every write bumps the instance's
@@ -13,16 +13,33 @@ own entries; a new edit drops that person's redo entries. Every write bumps the 
     their change.
 
 These functions run inside a transaction the caller opened (`app.store.db.Database.write`).
+
+Who acts, and which instance revisions they last saw: the context of one event.
+
+The event wrapper (`app.web.guard.guarded`) sets both from Gradio's ``request.username`` and the
+session's `View`; the store reads them inside its write transaction, so every edit
+records its author and an edit of an instance changed meanwhile by someone else is refused
+(`StaleEdit`) instead of silently overwriting it. Outside an event (CLI, tests) nobody in
+particular acts (`None`) and nothing is checked.
+
+    with acting("anna", seen={12: 3}):
+        workspace.set_category(12, 2)   # StaleEdit if instance 12 is no longer at revision 3
+
+Inside an event, the first read of an instance also pins the revision it read (`note_read`), so an
+edit computed from a read is refused if the instance changed between the read and the write; the
+event's own writes move the pin on (`saw`). `claim(image_id)` runs the event's check that the
+person may edit that image (`app.team.presence`), inside the write transaction.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from app.store import actor
-from app.store.actor import StaleEdit
+from app.errors import ServiceError
 from app.store.db import now
 
 # Instance columns an edit can change; mask columns are ASCII RLE text inside the JSON snapshots.
@@ -32,6 +49,60 @@ _BLOBS = ("mask_rle", "preview_rle")
 DROPPED = 2  # history.undone of an entry that can no longer be undone or redone (see the module docstring)
 
 
+# ---- who acts, and which revisions they saw: the context of one event ----------------------------
+_USER: contextvars.ContextVar[str | None] = contextvars.ContextVar("acting_user", default=None)
+_SEEN: contextvars.ContextVar[dict[int, int] | None] = contextvars.ContextVar("seen_revisions", default=None)
+_CLAIM: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar("claim_image", default=None)
+
+
+class StaleEdit(ServiceError):
+    """An edit of an instance someone else changed or deleted since the person last saw it."""
+
+
+def current_user() -> str | None:
+    return _USER.get()
+
+
+def seen_revision(instance_id: int) -> int | None:
+    """The revision of `instance_id` the acting person last saw (None: not known, not checked)."""
+    seen = _SEEN.get()
+    return None if seen is None else seen.get(int(instance_id))
+
+
+def note_read(instance_id: int, revision: int) -> None:
+    """An instance read inside an event: pin its revision unless one is known already."""
+    seen = _SEEN.get()
+    if seen is not None:
+        seen.setdefault(int(instance_id), int(revision))
+
+
+def saw(instance_id: int, revision: int) -> None:
+    """The event itself wrote the instance: its new revision is the one it knows."""
+    seen = _SEEN.get()
+    if seen is not None:
+        seen[int(instance_id)] = int(revision)
+
+
+def claim(image_id: int) -> None:
+    """Called before an edit of `image_id` is stored; the event's hook may refuse it (ServiceError)."""
+    hook = _CLAIM.get()
+    if hook is not None:
+        hook(int(image_id))
+
+
+@contextlib.contextmanager
+def acting(user: str | None, seen: dict[int, int] | None = None,
+           claim: Callable[[int], None] | None = None) -> Iterator[None]:
+    """Run an event as `user`, who last saw `seen` (instance id -> revision; copied); `claim` see above."""
+    tokens = _USER.set(user), _SEEN.set(dict(seen or {})), _CLAIM.set(claim)
+    try:
+        yield
+    finally:
+        for var, token in zip((_USER, _SEEN, _CLAIM), tokens):
+            var.reset(token)
+
+
+# ---- undo / redo ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HistoryEntry:
     """An undo/redo step: which image, what was done, which instances it touched."""
@@ -73,8 +144,8 @@ def _write(conn: sqlite3.Connection, instance_id: int, snapshot: Mapping[str, An
     assignments = ", ".join(f"{key} = ?" for key in SNAPSHOT_FIELDS)
     conn.execute(f"UPDATE instances SET {assignments}, updated_at = ?, updated_by = ?, revision = revision + 1"
                  " WHERE id = ?", [values.get(key) for key in SNAPSHOT_FIELDS]
-                 + [stamp, actor.current_user(), instance_id])
-    actor.saw(instance_id, _revision(conn, instance_id))
+                 + [stamp, current_user(), instance_id])
+    saw(instance_id, _revision(conn, instance_id))
     conn.execute("UPDATE images SET updated_at = ? WHERE id = (SELECT image_id FROM instances WHERE id = ?)",
                  (stamp, instance_id))
 
@@ -95,8 +166,8 @@ def check_fresh(values: Mapping[str, Any]) -> None:
 
     (The person's own later change, e.g. from a page state a poll overwrote, is not a conflict.)
     """
-    seen = actor.seen_revision(values["id"])
-    if seen is not None and seen != values["revision"] and values["updated_by"] != actor.current_user():
+    seen = seen_revision(values["id"])
+    if seen is not None and seen != values["revision"] and values["updated_by"] != current_user():
         raise StaleEdit(f"Instance #{values['id']} was {changed_by(values)} after you last saw it; nothing was "
                         "changed and your view now shows its current state: repeat the edit if it is still needed.")
 
@@ -118,8 +189,8 @@ def update(conn: sqlite3.Connection, instance_id: int, values: Mapping[str, Any]
 def created(conn: sqlite3.Connection, instance_id: int) -> tuple:
     """The change of a newly inserted instance (undoing a creation soft-deletes it); records its author."""
     conn.execute("UPDATE instances SET created_by = ?, updated_by = ? WHERE id = ?",
-                 (actor.current_user(), actor.current_user(), int(instance_id)))
-    actor.saw(instance_id, 0)
+                 (current_user(), current_user(), int(instance_id)))
+    saw(instance_id, 0)
     after = _snapshot(row(conn, instance_id))
     return instance_id, dict(after, deleted=1), after
 
@@ -128,8 +199,8 @@ def push(conn: sqlite3.Connection, image_id: int, label: str, changes: Sequence[
     """Record the acting person's undo entry, dropping their redo stack and the entries over `limit`."""
     if not changes:
         return
-    actor.claim(image_id)
-    user = actor.current_user()
+    claim(image_id)
+    user = current_user()
     conn.execute("DELETE FROM history WHERE image_id = ? AND undone = 1 AND user IS ?", (image_id, user))
     history_id = conn.execute("INSERT INTO history (image_id, label, undone, created_at, user) VALUES (?, ?, 0, ?, ?)",
                               (image_id, label, now(), user)).lastrowid
@@ -142,7 +213,7 @@ def push(conn: sqlite3.Connection, image_id: int, label: str, changes: Sequence[
 def can_step(conn: sqlite3.Connection, image_id: int, undo: bool) -> bool:
     """Whether the acting person has an entry of this image to undo (redo)."""
     return conn.execute("SELECT 1 FROM history WHERE image_id = ? AND undone = ? AND user IS ?",
-                        (image_id, 0 if undo else 1, actor.current_user())).fetchone() is not None
+                        (image_id, 0 if undo else 1, current_user())).fetchone() is not None
 
 
 def step(conn: sqlite3.Connection, image_id: int, undo: bool) -> HistoryEntry | None:
@@ -151,7 +222,7 @@ def step(conn: sqlite3.Connection, image_id: int, undo: bool) -> HistoryEntry | 
     None if there is none; an entry whose instances someone changed since is dropped, not applied,
     and returned with `blocked` saying who changed what.
     """
-    user = actor.current_user()
+    user = current_user()
     query = ("SELECT id, label FROM history WHERE image_id = ? AND undone = 0 AND user IS ? ORDER BY id DESC LIMIT 1"
              if undo else
              "SELECT id, label FROM history WHERE image_id = ? AND undone = 1 AND user IS ? ORDER BY id ASC LIMIT 1")
@@ -169,7 +240,7 @@ def step(conn: sqlite3.Connection, image_id: int, undo: bool) -> HistoryEntry | 
             conn.execute("UPDATE history SET undone = ? WHERE id = ?", (DROPPED, history_id))
             return HistoryEntry(history_id, image_id, label, ids, blocked=f"instance #{instance_id} was "
                                 f"{changed_by(current)} after it")
-    actor.claim(image_id)
+    claim(image_id)
     for instance_id, before, after in changes:
         _write(conn, instance_id, json.loads(before if undo else after))
     conn.execute("UPDATE history SET undone = ? WHERE id = ?", (int(undo), history_id))

@@ -15,7 +15,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from app.store import actor
+from app.store import history
 from app.errors import WorkspaceError
 from app.store.masks import decode_mask, preview_size
 from condinst.untrusted import OutsideError, inside
@@ -199,8 +199,8 @@ def image_from_row(row) -> ImageRecord:
 
 
 def instance_from_row(row) -> Instance:
-    """An instance row; read inside an event, it pins the revision the event saw (app.store.actor.note_read)."""
-    actor.note_read(row[0], row[17])
+    """An instance row; read inside an event, it pins the revision the event saw (app.store.history.note_read)."""
+    history.note_read(row[0], row[17])
     bbox = tuple(float(v) for v in row[9].split(",")) if row[9] else (0.0, 0.0, 0.0, 0.0)
     return Instance(row[0], row[1], row[2], row[3], bytes(row[4]), None if row[5] is None else bytes(row[5]),
                     row[6], row[7], int(row[8]), bbox, row[10], bool(row[11]), bool(row[12]), bool(row[13]),

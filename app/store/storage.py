@@ -1,4 +1,4 @@
-"""The workspace's storage primitives: what every module that writes images or instances shares.
+"""The workspace's storage primitives: the rows of images, instances, classes and reviews, which every writer shares.
 
 Each function works inside the caller's transaction (``Workspace.db.write()`` / ``read()``), so one
 edit, import, video or propagation is stored whole or not at all. `app.store.workspace`, `app.store.predictions_store`,
@@ -12,22 +12,47 @@ no module outside `app.store` holds SQL (tests/app/test_structure.py).
     add_image_row(conn, ...)        the one insert of an image row (still images and video frames)
     image_record / list_images / instances    rows read as records
     last_ids / used_ids             the image and instance ids taken (an import numbers its rows around them)
+
+The classes (the ``categories`` table):
+
+    all_categories(conn)                     [Category] by id
+    add_category(conn, name, id, super)      one new class (id defaults to max + 1), refusing a clash of id or name
+    insert_categories(conn, {id: name})      new classes of an import plan (checked by the plan)
+    missing_categories(conn, items)          which (id, name) pairs are absent; `ensure_categories` adds them
+    rename_category(conn, id, name)          a new name, refusing a clash
+    category_exists(conn, id)
+
+An image's review state: these are THE writers of the review columns and the ``reviews`` log.
+
+The columns (`app.store.schema`): ``review_state`` (annotated | in_review | accepted | rejected), ``reviewed``
+(1 exactly when accepted), ``review_threshold`` (the score threshold frozen by acceptance), ``reviewed_by``,
+``review_comment``, ``changed_after_review``. Every change of them goes through `write_review` (inside the caller's
+transaction): the review transitions (`app.annotate.review`), `Workspace.set_reviewed`, and `touch_review`, which an
+edit of an accepted image calls (the edit stays, the image goes back to "annotated", marked changed after review,
+its frozen threshold kept). The only other writer is the schema's migration (`app.store.schema`).
+
+    Review                                     the review columns of one image
+    read_review(conn, image_id)                its Review (None: no such image)
+    write_review(conn, image_id, review, ...)  store it (stamping the image; with ``log_user`` a ``reviews`` event)
+    touch_review(conn, image_id)               an edit of an accepted image sends it back for review
+    review_events(conn, image_id)              the ``reviews`` log, oldest first
+    freeze_v1_reviews(conn)                    opening a v1 workspace: its reviews used the threshold 0.3
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from app.store import actor, history
-from app.store.categories import category_exists
+from app.store import history
 from app.store.db import now
 from app.errors import WorkspaceError
 from app.store.ingest import PreparedImage
 from app.store.masks import EncodedMask, encode_with_preview
-from app.store.records import (IMAGE_COLUMNS, INSTANCE_COLUMNS, ImageRecord, Instance, check_id, dump_meta,
-                         image_from_row, instance_from_row, resolve_inside)
+from app.store.records import (IMAGE_COLUMNS, INSTANCE_COLUMNS, Category, ImageRecord, Instance, check_id,
+                              check_label, dump_meta, image_from_row, instance_from_row, resolve_inside)
 from app.store.staging import Staging
 
 IMAGES_DIR_NAME = "images"
@@ -80,7 +105,7 @@ def insert_instances(conn, image_id: int, items: list[tuple[int | None, int, Enc
     for category_id in {category_id for _, category_id, _, _ in items}:
         if not category_exists(conn, check_id(category_id, "Category id")):
             raise WorkspaceError(f"Category {category_id} does not exist; add it first")
-    stamp, user = now(), actor.current_user()
+    stamp, user = now(), history.current_user()
     conn.executemany(
         "INSERT INTO instances (id, image_id, category_id, score, mask_rle, preview_rle, area, bbox, source,"
         " hidden, deleted, user_edited, meta, created_at, updated_at, created_by, updated_by)"
@@ -89,7 +114,7 @@ def insert_instances(conn, image_id: int, items: list[tuple[int | None, int, Enc
           source, dump_meta(meta), stamp, stamp, user, user) for instance_id, category_id, enc, meta in items])
     for instance_id, *_ in items:
         if instance_id is not None:
-            actor.saw(instance_id, 0)
+            history.saw(instance_id, 0)
     conn.execute("UPDATE images SET updated_at = ? WHERE id = ?", (stamp, image_id))
 
 
@@ -152,3 +177,121 @@ def last_ids(conn) -> tuple[int, int]:
 def used_ids(conn) -> tuple[set[int], set[int]]:
     """(the image ids, the instance ids) the workspace uses."""
     return tuple({row[0] for row in conn.execute(f"SELECT id FROM {table}")} for table in ("images", "instances"))
+
+
+# ---- classes ------------------------------------------------------------------------------------
+def all_categories(conn) -> list[Category]:
+    return [Category(*row) for row in conn.execute("SELECT id, name, supercategory FROM categories ORDER BY id")]
+
+
+def category_exists(conn, category_id: int) -> bool:
+    return conn.execute("SELECT 1 FROM categories WHERE id = ?", (int(category_id),)).fetchone() is not None
+
+
+def add_category(conn, name: str, category_id: int | None, supercategory: str) -> int:
+    """Add a class; ``category_id`` defaults to max id + 1. Returns its id."""
+    name = check_label(name)
+    if category_id is None:
+        category_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM categories").fetchone()[0]
+    category_id = check_id(category_id, "Category id")
+    if category_exists(conn, category_id):
+        raise WorkspaceError(f"Category id {category_id} already exists")
+    if conn.execute("SELECT 1 FROM categories WHERE name = ?", (name,)).fetchone():
+        raise WorkspaceError(f"A class named {name!r} already exists")
+    conn.execute("INSERT INTO categories (id, name, supercategory) VALUES (?, ?, ?)",
+                 (category_id, name, str(supercategory)))
+    return category_id
+
+
+def insert_categories(conn, names: Mapping[int, str]) -> None:
+    """Insert new ``id -> name`` classes (an import's plan chose free ids and names)."""
+    conn.executemany("INSERT INTO categories (id, name) VALUES (?, ?)", list(names.items()))
+
+
+def missing_categories(conn, items: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
+    present = {row[0] for row in conn.execute("SELECT id FROM categories")}
+    return [(cid, name) for cid, name in items if cid not in present]
+
+
+def ensure_categories(conn, items: Iterable[tuple[int, str]]) -> None:
+    """Add every ``(id, name)`` that is missing (existing classes keep their names)."""
+    conn.executemany("INSERT OR IGNORE INTO categories (id, name) VALUES (?, ?)", list(items))
+
+
+def rename_category(conn, category_id: int, name: str) -> None:
+    name = check_label(name)
+    if conn.execute("SELECT 1 FROM categories WHERE name = ? AND id != ?",
+                    (name, check_id(category_id, "Category id"))).fetchone():
+        raise WorkspaceError(f"A class named {name!r} already exists")
+    if conn.execute("UPDATE categories SET name = ? WHERE id = ?", (name, int(category_id))).rowcount == 0:
+        raise WorkspaceError(f"Category {category_id} does not exist")
+
+
+# ---- review state ---------------------------------------------------------------------------------
+_UNLOGGED = object()
+
+
+@dataclass(frozen=True)
+class Review:
+    """The review columns of one image; ``state == "accepted"`` is what ``reviewed`` stores."""
+
+    state: str
+    threshold: float | None
+    by: str | None
+    comment: str | None
+    changed_after_review: bool
+
+    @property
+    def reviewed(self) -> bool:
+        return self.state == "accepted"
+
+
+@dataclass(frozen=True)
+class ReviewEvent:
+    image_id: int
+    state: str
+    user: str | None
+    comment: str | None
+    created_at: str
+
+
+def read_review(conn, image_id: int) -> Review | None:
+    row = conn.execute("SELECT review_state, review_threshold, reviewed_by, review_comment, changed_after_review,"
+                       " reviewed FROM images WHERE id = ?", (int(image_id),)).fetchone()
+    if row is None:
+        return None
+    state = "accepted" if row[5] else ("annotated" if row[0] == "accepted" else row[0])
+    return Review(state, row[1], row[2], row[3], bool(row[4]))
+
+
+def write_review(conn, image_id: int, review: Review, *, stamp: bool = True, log_user=_UNLOGGED) -> None:
+    """Store an image's review columns; ``stamp`` sets its ``updated_at``; ``log_user`` (a name or None for an
+    unnamed person) appends the change to the ``reviews`` log as theirs."""
+    stamp_at = now()
+    conn.execute("UPDATE images SET review_state = ?, reviewed = ?, review_threshold = ?, reviewed_by = ?,"
+                 " review_comment = ?, changed_after_review = ?, updated_at = CASE WHEN ? THEN ? ELSE updated_at END"
+                 " WHERE id = ?",
+                 (review.state, int(review.reviewed), review.threshold, review.by, review.comment,
+                  int(review.changed_after_review), int(stamp), stamp_at, int(image_id)))
+    if log_user is not _UNLOGGED:
+        conn.execute("INSERT INTO reviews (image_id, state, user, comment, created_at) VALUES (?, ?, ?, ?, ?)",
+                     (int(image_id), review.state, log_user, review.comment, stamp_at))
+
+
+def touch_review(conn, image_id: int) -> None:
+    """An edit of an accepted image un-reviews it and marks it for re-review (the edit and the frozen threshold
+    stay; the image's ``updated_at`` is the edit's)."""
+    current = read_review(conn, image_id)
+    if current is not None and current.reviewed:
+        write_review(conn, image_id, replace(current, state="annotated", changed_after_review=True), stamp=False)
+
+
+def freeze_v1_reviews(conn) -> None:
+    """A workspace of schema v1 reviewed at the score threshold 0.3 and did not store it: freeze that."""
+    conn.execute("UPDATE images SET review_threshold = 0.3 WHERE reviewed = 1")
+
+
+def review_events(conn, image_id: int) -> list[ReviewEvent]:
+    """The image's review events, oldest first."""
+    return [ReviewEvent(*row) for row in conn.execute("SELECT image_id, state, user, comment, created_at FROM reviews"
+                                                      " WHERE image_id = ? ORDER BY id", (int(image_id),))]

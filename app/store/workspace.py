@@ -29,12 +29,11 @@ from typing import Any, Mapping, Sequence, Union
 import cv2
 import numpy as np
 
-from app.store import categories as category_rows, history, predictions_store, review_state, storage, sweep
+from app.store import history, predictions_store, storage, sweep
 from app.store.db import Database
 from app.errors import AppError, WorkspaceError
 from app.store.ingest import DEFAULT_MAX_PIXELS, PreparedImage, prepare_array, prepare_file
 from app.store.masks import decode_mask, encode_with_preview, preview_size
-from app.store.review_state import Review
 from app.store.staging import Staging
 from app.store.records import (INSTANCE_COLUMNS, Category, ImageRecord, Instance, Prediction, PredictionReport,
                          WorkspaceSnapshot, check_id, check_label, default_workspace_dir, instance_from_row,
@@ -121,7 +120,7 @@ class Workspace:
             if self.db.migrated_from == 1:  # v1 images with instances were segmented; v1 reviews used 0.3
                 conn.execute("UPDATE images SET segmented_by = 'v1' WHERE segmented_by IS NULL AND id IN"
                              " (SELECT image_id FROM instances)")
-                review_state.freeze_v1_reviews(conn)
+                storage.freeze_v1_reviews(conn)
 
     def sweep(self, min_age: float = 300.0) -> int:
         """Remove what killed writers left in the workspace, only what is known to be a leftover and never a
@@ -136,24 +135,24 @@ class Workspace:
     def add_category(self, name: str, category_id: int | None = None, supercategory: str = "object") -> int:
         """Add a category; ``category_id`` defaults to max id + 1. Returns its id."""
         with self.db.write() as conn:
-            return category_rows.add_category(conn, name, category_id, supercategory)
+            return storage.add_category(conn, name, category_id, supercategory)
 
     def ensure_categories(self, names: Mapping[int, str]) -> None:
         """Add every ``id -> name`` that is missing (existing categories keep their names)."""
         items = [(check_id(cid, "Category id"), check_label(name)) for cid, name in names.items()]
         with self.db.read() as conn:
-            if not category_rows.missing_categories(conn, items):
+            if not storage.missing_categories(conn, items):
                 return  # no write: starting the app beside a CLI import's transaction does not wait for it
         with self.db.write() as conn:
-            category_rows.ensure_categories(conn, items)
+            storage.ensure_categories(conn, items)
 
     def rename_category(self, category_id: int, name: str) -> None:
         with self.db.write() as conn:
-            category_rows.rename_category(conn, category_id, name)
+            storage.rename_category(conn, category_id, name)
 
     def categories(self) -> list[Category]:
         with self.db.read() as conn:
-            return category_rows.all_categories(conn)
+            return storage.all_categories(conn)
 
     # ---- images ----------------------------------------------------------------------------------
     def prepare(self, source: ImageSource, file_name: str | None = None) -> PreparedImage:
@@ -238,7 +237,7 @@ class Workspace:
         with self.db.write() as conn:
             record = storage.image_record(conn, image_id)
             frozen = (float(threshold) if threshold is not None else record.review_threshold) if reviewed else None
-            review_state.write(conn, record.id, Review("accepted" if reviewed else "annotated", frozen,
+            storage.write_review(conn, record.id, storage.Review("accepted" if reviewed else "annotated", frozen,
                                                        record.reviewed_by, record.review_comment, False))
 
     # ---- instances: reads ------------------------------------------------------------------------
@@ -258,7 +257,7 @@ class Workspace:
     def snapshot(self, reviewed_only: bool = False) -> WorkspaceSnapshot:
         """Categories, images, image paths and live instances in one read."""
         with self.db.read() as conn:
-            classes = category_rows.all_categories(conn)
+            classes = storage.all_categories(conn)
             images = storage.list_images(conn, reviewed_only)
             paths = {img.id: resolve_inside(self.root, img.file_path) for img in images}
             instances = {img.id: storage.instances(conn, img.id, False) for img in images}
@@ -284,7 +283,7 @@ class Workspace:
         enc = storage.encode(mask, record.height, record.width)
         with self.db.write() as conn:
             new_id, change = storage.insert_instance(conn, record.id, category_id, enc, source, score, meta)
-            review_state.touch(conn, record.id)
+            storage.touch_review(conn, record.id)
             history.push(conn, record.id, f"add instance {new_id}", [change], self.history_limit)
             return new_id
 
@@ -305,14 +304,14 @@ class Workspace:
                 if not row["deleted"]:
                     changes.append(history.update(conn, row["id"], {"deleted": 1, "user_edited": 1}))
             if changes:
-                review_state.touch(conn, record.id)
+                storage.touch_review(conn, record.id)
                 history.push(conn, record.id, label, changes, self.history_limit)
             return len(changes)
 
     def set_category(self, instance_id: int, category_id: int) -> None:
         category_id = check_id(category_id, "Category id")
         with self.db.read() as conn:
-            if not category_rows.category_exists(conn, category_id):
+            if not storage.category_exists(conn, category_id):
                 raise WorkspaceError(f"Category {category_id} does not exist; add it first")
         self._edit(instance_id, {"category_id": category_id, "user_edited": 1}, "change category")
 
@@ -350,7 +349,7 @@ class Workspace:
                 new_id, change = storage.insert_instance(conn, record.id, new[0], new_enc, new[2], None, None)
                 changes.append(change)
             if changes:
-                review_state.touch(conn, record.id)
+                storage.touch_review(conn, record.id)
                 history.push(conn, record.id, label, changes, self.history_limit)
             return new_id
 
@@ -373,12 +372,12 @@ class Workspace:
                 return
             change = history.update(conn, row["id"], values)
             if review:
-                review_state.touch(conn, row["image_id"])
+                storage.touch_review(conn, row["image_id"])
             history.push(conn, row["image_id"], f"{label} instance {instance_id}", [change], self.history_limit)
 
     # ---- undo / redo ------------------------------------------------------------------------------
     def can_undo(self, image_id: int, undo: bool = True) -> bool:
-        """Whether the acting person (app.store.actor) has an edit of the image to undo (`undo=False`: redo)."""
+        """Whether the acting person (app.store.history) has an edit of the image to undo (`undo=False`: redo)."""
         with self.db.read() as conn:
             return history.can_step(conn, int(image_id), undo=undo)
 

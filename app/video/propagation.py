@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from app.store import actor, history, storage, video_store
+from app.store import history, storage, video_store
 from app.errors import ServiceError
 from app.store.masks import encode_mask
 from app.store.records import is_crowd, refuse_crowd
@@ -86,7 +86,7 @@ class Propagator:
     def _writable(self, frame_ids: list[int], track_id: int | None) -> tuple[list[tuple[int, tuple | None]], str | None]:
         """(frame id, (id, revision) of the track's live instance there or None) of the frames that may
         be written, up to the first that may not, and why not (None when all may)."""
-        ws, me = self.ws, actor.current_user()
+        ws, me = self.ws, history.current_user()
         out = []
         for frame_id in frame_ids:
             record = ws.get_image_record(frame_id)
@@ -135,16 +135,16 @@ class Propagator:
         frame = storage.image_record(conn, frame_id)
         index = frame.frame_index
         if frame.reviewed:
-            raise actor.StaleEdit(f"Frame {index} was reviewed after the preview; nothing was changed: preview again.")
+            raise history.StaleEdit(f"Frame {index} was reviewed after the preview; nothing was changed: preview again.")
         if target is None:
             joined = video_store.track_instance_on(conn, frame_id, track_id)
             if joined is not None:
-                raise actor.StaleEdit(f"Instance #{joined} joined this track on frame {index} after the preview; "
+                raise history.StaleEdit(f"Instance #{joined} joined this track on frame {index} after the preview; "
                                       "nothing was changed: preview again.")
             return
         row = history.row(conn, target[0])
         if row["revision"] != target[1] or row["deleted"]:
-            raise actor.StaleEdit(f"Instance #{target[0]} on frame {index} was {history.changed_by(row)} after the "
+            raise history.StaleEdit(f"Instance #{target[0]} on frame {index} was {history.changed_by(row)} after the "
                                   "preview; nothing was changed: preview again.")
         refuse_crowd(row)
 

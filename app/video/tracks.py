@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from app.store import history, review_state, video_store
+from app.store import history, storage, video_store
 from app.errors import ServiceError
 from app.store.records import check_id, refuse_crowd
 from app.store.workspace_slot import WorkspaceSlot
@@ -149,7 +149,7 @@ class TrackEditor:
             changes.append(change)
             frames.add(history.row(conn, instance_id)["image_id"])
         for image_id in frames:
-            review_state.touch(conn, image_id)
+            storage.touch_review(conn, image_id)
         history.push(conn, int(frame_id), label, changes, self.ws.history_limit)
 
 

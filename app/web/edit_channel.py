@@ -43,7 +43,7 @@ from dataclasses import replace
 import gradio as gr
 
 from app.view import View
-from app.store.actor import StaleEdit
+from app.store.history import StaleEdit
 from app.errors import AppError
 from condinst.errors import UserError, user_message
 

@@ -12,7 +12,7 @@ import inspect
 
 import gradio as gr
 
-from app.store.actor import StaleEdit
+from app.store.history import StaleEdit
 from condinst.errors import UserError, user_message
 
 WARNING = "**Not done:** "
@@ -22,7 +22,7 @@ def guarded(fn, n_outputs: int, message_index: int | None, context=None, conflic
     """Wrap a handler: an AppError becomes a toast + status message, other outputs are skipped.
 
     `context(args, request)` (optional) is entered around the call with Gradio's ``gr.Request``
-    (who is acting, see `app.store.actor`); the wrapper asks Gradio for the request itself. `conflict(view,
+    (who is acting, see `app.store.history`); the wrapper asks Gradio for the request itself. `conflict(view,
     message)` (optional) answers a `StaleEdit` with a fresh view of the annotate outputs instead.
     `sent(result)` (optional) sees what the handler returns (inside the context).
     """

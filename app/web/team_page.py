@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import gradio as gr
 
 from app.view import View
-from app.store.actor import acting, current_user
+from app.store.history import acting, current_user
 from app.errors import ServiceError
 from app.web.guard import WARNING
 from app.annotate.review import LABELS, STATES

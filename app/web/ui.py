@@ -287,7 +287,7 @@ class AppUI:
         h, state, status = self.h, top["state"], top["status"]
 
         def on(event, fn, inputs, outputs, message=status, bounds=None, **kwargs):
-            """Every event acts as the logged-in person (app.store.actor); a stale edit answers with a fresh view.
+            """Every event acts as the logged-in person (app.store.history); a stale edit answers with a fresh view.
             Its input values are checked first (app.web.api_inputs; `bounds` {label: (low, high)} for a number
             whose range the page changes)."""
             index = outputs.index(message) if message in outputs else None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.view import View
-from app.store.actor import acting
+from app.store.history import acting
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

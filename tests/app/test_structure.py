@@ -69,7 +69,8 @@ def test_all_sql_is_in_the_storage_layer():
 
 def test_one_image_row_insert_and_one_review_state_writer():
     """Observed before: video frames inserted their image rows themselves (app/video/sequences.py), and the review
-    columns were written by app/annotate/review.py, Workspace.set_reviewed and storage.touch_review."""
+    columns were written by app/annotate/review.py, Workspace.set_reviewed and storage.touch_review; now
+    one module writes them (app/store/storage.py, its review-state part)."""
     review_columns = re.compile(r"\bUPDATE\s+images\s+SET\b[^;]*\b(review_state|reviewed|review_threshold|reviewed_by|"
                                 r"review_comment|changed_after_review)\s*=")
     inserts, review_writers = [], []
@@ -81,7 +82,7 @@ def test_one_image_row_insert_and_one_review_state_writer():
             if review_columns.search(text) and path.name != "schema.py":
                 review_writers.append(where)
     assert len(inserts) == 1 and inserts[0].startswith("app/store/storage.py"), inserts
-    assert review_writers and all(w.startswith("app/store/review_state.py") for w in review_writers), review_writers
+    assert review_writers and all(w.startswith("app/store/storage.py") for w in review_writers), review_writers
 
 
 def app_imports(module_level_only: bool = False) -> dict[str, set[str]]:

@@ -1,7 +1,7 @@
 """Team annotation without a browser: accounts, attribution, per-person undo, no lost update,
 review states, presence, the v2 -> v3 migration and the one-app-per-workspace lock.
 
-People act through `app.store.actor.acting` exactly as the page's events do (`app.web.team_page.context`).
+People act through `app.store.history.acting` exactly as the page's events do (`app.web.team_page.context`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from app.team.accounts import (Account, Accounts, AccountsError, LoginGuard, add_user, hash_password, read_users,
                           verify_password)
-from app.store.actor import StaleEdit, acting
+from app.store.history import StaleEdit, acting
 from app.store.db import SCHEMA_VERSION
 from app.errors import ServiceError
 from app.team.presence import Presence

@@ -21,7 +21,7 @@ import requests
 from gradio_client import Client
 
 from app.team.accounts import Account, Accounts, hash_password
-from app.store.actor import acting
+from app.store.history import acting
 from app.web.guard import WARNING
 from testutils import http_timeout, scaled
 

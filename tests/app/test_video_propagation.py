@@ -9,7 +9,7 @@ import pytest
 
 import videokit
 from app.view import View
-from app.store.actor import StaleEdit, acting
+from app.store.history import StaleEdit, acting
 from app.errors import ServiceError
 from testutils import REPO
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import videokit
-from app.store.actor import StaleEdit, acting
+from app.store.history import StaleEdit, acting
 from app.errors import ServiceError
 
 pytestmark = pytest.mark.skipif(not videokit.FRUITS.is_dir(), reason="shared fruits_nuts photos not found")
