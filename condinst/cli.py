@@ -104,7 +104,7 @@ def run_predict(args: argparse.Namespace) -> int:
     writable_file(args.output, "--output")
     if args.vis:
         writable_dir(args.vis, "--vis")
-    from .result_images import gt_image_ids, images_file
+    from .coco import gt_image_ids, images_file
 
     if args.ann:
         image_ids = gt_image_ids(existing_file(args.ann, "--ann"), inputs)
@@ -150,10 +150,10 @@ def run_predict(args: argparse.Namespace) -> int:
 def _merge(store, keys: list[str], failures: int, output: Path, image_ids: dict[str, int],
            paths: dict[str, Path] | None) -> None:
     """Rank 0: every image's entries from the parts, in input order, into one file, each with its
-    ``image_id`` (`condinst.result_images`; with ``paths``, the images named in OUTPUT.images.json);
+    ``image_id`` (`condinst.coco`; with ``paths``, the images named in OUTPUT.images.json);
     then the parts go."""
     from .io import atomic_write_json
-    from .result_images import images_coco, images_file
+    from .coco import images_coco, images_file
 
     done = store.done()
     missing = [k for k in keys if k not in done]

@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from condinst.checkpoint import save_checkpoint
 from condinst.model import CondInst
-from condinst.result_images import ResultIdError, gt_image_ids, images_file
+from condinst.coco import ResultIdError, gt_image_ids, images_file
 from testutils import randomize_, run_condinst_here, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
