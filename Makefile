@@ -62,7 +62,7 @@ ultralytics-env: venv
 
 # CondInst vs YOLO-seg vs Mask R-CNN from scratch on fruits_nuts, 8 CPU-minutes each (bench/README.md, "Peers").
 peers: ultralytics-env
-	$(PY) -m bench.peers --cpu-minutes 8 --peers condinst,yolov8n-seg,yolo11n-seg,maskrcnn
+	$(PY) -m bench.peers --cpu-minutes 8 --minutes 14 --iters 10 --peers condinst,yolov8n-seg,yolo11n-seg,yolov8s-seg,maskrcnn
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not browser" $(XDIST) $(PYTEST_ARGS)
