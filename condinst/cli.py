@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError, reported
+from .preprocess import IMAGE_SUFFIXES
 from .validate import (OneLineParser, check_device, edge_size, existing_dir, existing_file, non_negative_int,
                        positive_int, probability, writable_dir, writable_file)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class CLIError(UserError):

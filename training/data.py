@@ -51,9 +51,11 @@ import numpy as np
 from condinst.errors import UserError
 from condinst.preprocess import ImageError, read_image
 from condinst.untrusted import InputError, OutsideError, inside, read_json
+from condinst.video.ytvis import YtvisError
 
 from .entry_checks import (box_area, check_box, check_image_file, check_polygon_part, check_rle, describe, is_id,
                            is_int, is_number, polygon_area, short_list)
+from .ytvis import is_ytvis, ytvis_to_coco
 
 logger = logging.getLogger(__name__)
 
@@ -310,10 +312,11 @@ def _load_json(path: Path) -> dict[str, Any]:
         data = read_json(path, "COCO annotation")
     except InputError as e:
         raise DatasetError(str(e)) from None
-    from .ytvis import is_ytvis, ytvis_to_coco
-
     if is_ytvis(data):  # a YouTube-VIS file: every listed frame is an image
-        data = ytvis_to_coco(data, path)
+        try:
+            data = ytvis_to_coco(data, path)
+        except YtvisError as e:
+            raise DatasetError(str(e)) from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a COCO JSON object with 'images', 'annotations' and "
                            f"'categories', got a {type(data).__name__}")

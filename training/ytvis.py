@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from condinst.video.ytvis import YtvisError, is_ytvis, load_dataset
+from condinst.video.ytvis import is_ytvis, load_dataset
 
 __all__ = ["is_ytvis", "ytvis_to_coco"]
 
@@ -21,12 +21,7 @@ def ytvis_to_coco(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """A parsed YouTube-VIS dataset -> a COCO instances dict (image ids 1..N in video and frame order)."""
     from pycocotools import mask as mask_utils
 
-    from .data import DatasetError
-
-    try:
-        dataset = load_dataset(path, data)
-    except YtvisError as e:
-        raise DatasetError(str(e)) from None
+    dataset = load_dataset(path, data)  # YtvisError (a UserError) on a bad file: training.data says it as a DatasetError
     images, annotations, image_id = [], [], {}
     for video in dataset.videos:
         for t, name in enumerate(video["file_names"]):

@@ -45,10 +45,10 @@ import yaml
 from app.store import storage
 from app.store.ingest import oriented_size
 from app.store.workspace import Workspace
+from condinst.preprocess import IMAGE_SUFFIXES
 from condinst.untrusted import InputError, inside, is_inside, parse_json, read_json
 from training.data import DatasetError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_ZIP_BYTES = 20 * 2**30
 MAX_YAML_BYTES = 2**20
 

@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import UserError
+from ..preprocess import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif"}
 
@@ -52,12 +53,6 @@ def natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
-def image_suffixes() -> set[str]:
-    from ..cli import IMAGE_SUFFIXES  # one list of image suffixes (imported late: cli imports this package)
-
-    return IMAGE_SUFFIXES
-
-
 def is_video_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
@@ -66,9 +61,9 @@ def open_video(path: str | os.PathLike, fps: float = 30.0) -> "VideoFile | Frame
     """A video file, or a folder of frame images (played at `fps`)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in image_suffixes()), key=natural_key)
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
         if not files:
-            raise VideoError(f"{path}: folder holds no frame images ({', '.join(sorted(image_suffixes()))})")
+            raise VideoError(f"{path}: folder holds no frame images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return FrameSequence(path, files, fps)
     if not path.exists():
         raise VideoError(f"{path}: no such file or folder")
