@@ -181,6 +181,9 @@ def test_review_by_a_second_person_filter_and_attribution_in_the_export(team_app
     image_id = ws.list_images()[0].id
     anna, rita = login(team_app, "anna", tmp_path), login(team_app, "rita", tmp_path, download=True)
     anna.predict(image_id, api_name="/go_to_image")
+    anna.predict(api_name="/take_over")  # (another test of this module may have left someone editing it)
+    out = stroke_at(anna, 30, 12)  # anna's own instance, whatever ran before (its attribution is checked below)
+    assert ws.get_instance(int(out[SELECTED])).created_by == "anna"
     out = anna.predict(api_name="/accept_image")
     assert out[STATUS].startswith(WARNING) and "Only a reviewer" in out[STATUS]
     out = anna.predict(api_name="/submit_review")
