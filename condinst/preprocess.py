@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
 
-# Refuse images whose decoded size would exhaust memory; 12000 x 9000 is 108 MP.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}  # what a folder of images holds
+# Refuse images whose decoded size would exhaust memory; 12000 x 9000 is 108 MP.
 MAX_IMAGE_PIXELS = 120_000_000
 MAX_INPUT_PIXELS = 4096 * 4096  # a resized model input (test or training size) has at most this many pixels
 STRIP_ROWS = 256  # rows converted at a time: bounds every intermediate to a strip of the image

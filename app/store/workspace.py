@@ -238,7 +238,7 @@ class Workspace:
             record = storage.image_record(conn, image_id)
             frozen = (float(threshold) if threshold is not None else record.review_threshold) if reviewed else None
             storage.write_review(conn, record.id, storage.Review("accepted" if reviewed else "annotated", frozen,
-                                                       record.reviewed_by, record.review_comment, False))
+                                                                 record.reviewed_by, record.review_comment, False))
 
     # ---- instances: reads ------------------------------------------------------------------------
     def instances(self, image_id: int, include_deleted: bool = False) -> list[Instance]:

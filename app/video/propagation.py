@@ -135,17 +135,18 @@ class Propagator:
         frame = storage.image_record(conn, frame_id)
         index = frame.frame_index
         if frame.reviewed:
-            raise history.StaleEdit(f"Frame {index} was reviewed after the preview; nothing was changed: preview again.")
+            raise history.StaleEdit(f"Frame {index} was reviewed after the preview; nothing was changed: "
+                                    "preview again.")
         if target is None:
             joined = video_store.track_instance_on(conn, frame_id, track_id)
             if joined is not None:
                 raise history.StaleEdit(f"Instance #{joined} joined this track on frame {index} after the preview; "
-                                      "nothing was changed: preview again.")
+                                        "nothing was changed: preview again.")
             return
         row = history.row(conn, target[0])
         if row["revision"] != target[1] or row["deleted"]:
             raise history.StaleEdit(f"Instance #{target[0]} on frame {index} was {history.changed_by(row)} after the "
-                                  "preview; nothing was changed: preview again.")
+                                    "preview; nothing was changed: preview again.")
         refuse_crowd(row)
 
     def discard(self, view: "View") -> tuple["View", str]:
