@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .errors import UserError
-from .io import atomic_write_json
+from .io import atomic_write_json, remove_stale_temp_files
 from .preprocess import ImageError, read_image, input_resized_shape
 
 RUN_FILE = "run.json"
@@ -146,8 +146,7 @@ class PartStore:
         """Create (or resume) the folder; temporary files of writes a kill interrupted are removed
         (rank 0 calls this before any rank of this run writes)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob(".part-*.tmp"):
-            stale.unlink(missing_ok=True)
+        remove_stale_temp_files(self.folder)
         atomic_write_json(self.folder / RUN_FILE, settings)
 
     def write(self, rank: int, images: list[tuple[str, list[dict]]]) -> Path:

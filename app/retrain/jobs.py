@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from condinst.io import atomic_write_json, atomic_write_text
+from condinst.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
 
 from app.retrain.data import (FINAL_CHECKPOINT, METRICS_FILE, FinishedJob, JobRecord, JobStatus, RetrainError,
                               ap_metrics, fine_tune_config, job_status, last_iteration, loss_history, mask_ap,
@@ -263,6 +263,8 @@ class RetrainJobs:
                                             daemon=True)
             self._thread.start()
         else:
+            if not process_alive(record.pid, record.pid_started):  # nobody writes there any more: a kill's leftovers go
+                remove_stale_temp_files(job_dir, recursive=True)
             self._interrupt(job_dir, record, f"the app stopped while the job was {record.state}")
 
     def _interrupt(self, job_dir: Path, record: JobRecord, why: str) -> None:

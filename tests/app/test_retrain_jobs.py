@@ -170,3 +170,24 @@ def test_two_finished_jobs_keep_both_checkpoints(tmp_path, coco_source, tiny_wei
         assert read_checkpoint(job.checkpoint)["model"]  # the first job's model is still whole
         assert job.before_ap is not None and job.after_ap is not None
     assert RetrainJobs(root).status().job_id == finished[0].job_id
+
+
+def test_a_restart_removes_what_writes_killed_with_the_job_left_and_keeps_the_record(tmp_path):
+    """Killed mid-write, the app leaves `.job.json.XXXX.tmp` (and its training process may leave one of a checkpoint):
+    the next app that finds the job with nobody alive marks it interrupted and removes them; the record stays the
+    last one written. (A kill landing in that write made the killing test above fail once.)"""
+    from app.retrain.data import JobRecord
+
+    job_dir = tmp_path / "retrain" / "job-1"
+    (job_dir / "train").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that ran and is gone
+    JobRecord("job-1", state="training", started="2026-12-05T00:00:00Z", iteration=3, max_iter=10,
+              owner_pid=dead.pid, pid=dead.pid).save(job_dir)
+    (job_dir / ".job.json.k1l2m3.tmp").write_text('{"job_id": "job-1", "sta')
+    (job_dir / "train" / ".model_final.pth.x9y8.tmp").write_bytes(b"half a checkpoint")
+    (job_dir / "train" / "kept.tmp").write_text("not an atomic write's")  # not the atomic-write pattern: kept
+    status = RetrainJobs(tmp_path / "retrain").status()
+    assert status.state == "interrupted" and status.iteration == 3, status.message
+    assert sorted(p.name for p in job_dir.rglob("*.tmp")) == ["kept.tmp"]
+    assert JobRecord.load(job_dir).state == "interrupted"
