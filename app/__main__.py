@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the predictor's fast mode (channels_last, bf16 autocast and resizing on CUDA)")
     parser.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
                         help="runtime of an exported .onnx --weights file (default onnxruntime)")
+    parser.add_argument("--raw-masks", action="store_true",
+                        help="keep the model's own masks (stride-4 logits pasted back); by default their boundaries "
+                             "are snapped to the image's edges (condinst.snap) when images are segmented")
     parser.add_argument("--recover", action="store_true",
                         help="if the workspace database is damaged, move it aside and start a new one")
     parser.add_argument("--samples", help="folder of sample images to offer (default: assets/samples)")
@@ -138,7 +141,8 @@ def create_service(args: argparse.Namespace):
     try:
         service = Service.create(args.workspace, weights, config=args.config, device=args.device,
                                  recover=args.recover, samples_dir=args.samples, fast=args.fast,
-                                 backend=args.backend or "onnxruntime", max_video_frames=args.max_video_frames)
+                                 backend=args.backend or "onnxruntime", max_video_frames=args.max_video_frames,
+                                 snap_edges=not args.raw_masks)
     except Exception as exc:  # a checkpoint, config or ONNX file that does not load: one line (condinst.errors)
         message = user_message(exc)
         if message is None:

@@ -248,7 +248,7 @@ def run_qa_command(args: argparse.Namespace) -> str:
     from app.store.workspace import Workspace
     from condinst.io import atomic_write_json
 
-    session = ModelSession.load(args.weights or DEFAULT_WEIGHTS, device=args.device)
+    session = ModelSession.load(args.weights or DEFAULT_WEIGHTS, device=args.device, snap_edges=True)  # as the app
     with Workspace.open(args.workspace) as workspace:
         report = run_qa(workspace, session, args.score)
     atomic_write_json(args.out, report.to_dict(), indent=1)

@@ -105,12 +105,15 @@ class Service:
     @classmethod
     def create(cls, workspace_dir: str | os.PathLike, weights: str | os.PathLike | None, config: str | None = None,
                device: str = "cpu", recover: bool = False, samples_dir: str | os.PathLike | None = None,
-               fast: bool = False, backend: str = "onnxruntime", max_video_frames: int = DEFAULT_MAX_FRAMES) -> "Service":
-        """Load the model and open the workspace; a damaged workspace is reported, not fatal.
+               fast: bool = False, backend: str = "onnxruntime", max_video_frames: int = DEFAULT_MAX_FRAMES,
+               snap_edges: bool = True) -> "Service":
+        """Load the model and open the workspace; a damaged workspace is reported, not fatal. `snap_edges`:
+        the model's masks get their boundaries snapped to the image's edges (`ModelSession`), as annotators
+        want them; False keeps the model's own masks (`python -m app --raw-masks`).
 
         Model errors (missing or unloadable weights) propagate: without a model there is no app.
         """
-        session = ModelSession.load(weights, config, device, fast=fast, backend=backend)
+        session = ModelSession.load(weights, config, device, fast=fast, backend=backend, snap_edges=snap_edges)
         workspace, error = None, None
         try:
             workspace = Workspace.open(workspace_dir, recover=recover)

@@ -51,7 +51,7 @@ def make_photo(path: Path, height: int, width: int, seed: int) -> None:
     cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
-def measure(height: int, width: int, repeats: int, threads: int, weights: Path) -> dict:
+def measure(height: int, width: int, repeats: int, threads: int, weights: Path, snap_edges: bool = True) -> dict:
     """Run in a fresh process: returns per-action median ms and the peak RSS."""
     import cv2
     import numpy as np
@@ -65,7 +65,7 @@ def measure(height: int, width: int, repeats: int, threads: int, weights: Path) 
     photos = [folder / f"photo{k}.jpg" for k in range(2)]
     for k, path in enumerate(photos):
         make_photo(path, height, width, k)
-    service = Service.create(folder / "ws", weights)
+    service = Service.create(folder / "ws", weights, snap_edges=snap_edges)
     handlers = Handlers(service)
     times: dict[str, list[float]] = {key: [] for key in TARGETS_MS}
 
@@ -114,6 +114,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "app_large_image.json")
+    parser.add_argument("--raw-masks", action="store_true",
+                        help="the app's --raw-masks: masks not snapped to the image's edges (default: snapped)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -122,12 +124,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:  # one measurement in this process
         height, width = parse_size(args.child)
-        print(json.dumps(measure(height, width, args.repeats, args.threads, args.weights)))
+        print(json.dumps(measure(height, width, args.repeats, args.threads, args.weights, not args.raw_masks)))
         return 0
     rows = []
     for height, width in args.sizes:
         command = [sys.executable, "-m", "bench.app_large_image", "--child", f"{height}x{width}", "--repeats",
-                   str(args.repeats), "--threads", str(args.threads), "--weights", str(args.weights)]
+                   str(args.repeats), "--threads", str(args.threads), "--weights", str(args.weights)] \
+            + (["--raw-masks"] if args.raw_masks else [])
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
@@ -138,6 +141,7 @@ def main(argv=None) -> int:
                ("next ms", "next_ms", "{:.0f}"), ("peak MB", "peak_mb", "{:.0f}")]
     print(format_table(rows, columns))
     write_json(args.output, {"targets_ms": TARGETS_MS, "target_peak_mb": 2048, "threads": args.threads,
+                             "snap_edges": not args.raw_masks,
                              "weights": str(args.weights), "rows": rows})
     print(f"wrote {args.output}")
     return 0

@@ -14,6 +14,7 @@ at most half of the 28 actions the last browser round needed on a comparable pho
 
     python -m bench.editor_photos
     python -m bench.editor_photos --images 15 --weights other.pth
+    python -m bench.editor_photos --raw-masks   # the model's own masks, not snapped to the image's edges
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--images", type=int, nargs="+", default=list(HELD_OUT), help="fruits_nuts image ids")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--raw-masks", action="store_true",
+                        help="the app's --raw-masks: the model's own masks (default: snapped to the image's edges)")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "editor_photos.json")
     args = parser.parse_args(argv)
     if not args.weights.is_file():
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
     photos = []
     with tempfile.TemporaryDirectory() as tmp:
         for coco_id in args.images:  # a fresh workspace per photo: no photo profits from another's edits
-            service = Service.create(Path(tmp) / f"ws{coco_id}", args.weights)
+            service = Service.create(Path(tmp) / f"ws{coco_id}", args.weights, snap_edges=not args.raw_masks)
             try:
                 photos.append(label_photo(service, coco, coco_id))
             finally:
@@ -109,6 +112,7 @@ def main(argv=None) -> int:
     print(f"\nmean {mean:.1f} actions per photo (before: {BEFORE}; bar: <= {BEFORE // 2}), "
           f"{'every photo complete' if all(p['complete'] for p in photos) else 'NOT every photo complete'}")
     write_json(args.output, {"benchmark": "editor_photos", "weights": str(args.weights), "threads": args.threads,
+                             "snap_edges": not args.raw_masks,
                              "target_iou": TARGET, "photos": photos, "by_kind": by_kind,
                              "mean_actions_per_photo": mean, "before": BEFORE})
     print(f"wrote {args.output}")

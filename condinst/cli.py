@@ -43,6 +43,9 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="fast mode: channels_last, resizing with torch, bf16 autocast on CUDA (close to, not "
                         "bit-identical with, the reference pipeline)")
+    p.add_argument("--snap-edges", action="store_true",
+                   help="re-place each mask's boundary on the image's edges (GrabCut in a band of one mask-logit "
+                        "cell, condinst.snap; what the annotation app stores); default: the model's own masks")
     p.add_argument("--batch-size", type=positive_int, default=1,
                    help="images per model call; a batch holds images of one padded size (default 1)")
     p.add_argument("--workers", type=non_negative_int, default=2,
@@ -91,7 +94,7 @@ def _run_settings(args: argparse.Namespace) -> dict:
     weights = Path(args.weights).resolve()
     return {"weights": str(weights), "weights_bytes": weights.stat().st_size, "config": args.config,
             "score_threshold": args.score_threshold, "min_size": args.min_size, "max_size": args.max_size,
-            "backend": args.backend, "fast": args.fast}
+            "backend": args.backend, "fast": args.fast, "snap_edges": args.snap_edges}
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -177,6 +180,7 @@ def _predict_share(args: argparse.Namespace, store, items: list[tuple[Path, str]
     from .predictor import Predictor
     from .preprocess import ImageError
     from .scale import SizeBatcher, decoded
+    from .snap import mask_stride, snap_result
 
     device = f"cuda:{local_rank}" if world > 1 and args.device == "cuda" else args.device
     predictor = Predictor.from_weights(args.weights, args.config, device=device, min_size=args.min_size,
@@ -190,10 +194,13 @@ def _predict_share(args: argparse.Namespace, store, items: list[tuple[Path, str]
     inp = predictor.cfg.input
     batcher = SizeBatcher(args.batch_size, inp.min_size_test, inp.max_size_test, inp.size_divisibility, inp.resize)
     key_of = dict(items)
+    stride = mask_stride(predictor.cfg)
 
     def run(batch: list[tuple[Path, "object"]]) -> None:
         start = time.perf_counter()
         results = predictor([image for _, image in batch])
+        if args.snap_edges:
+            results = [snap_result(image, r, stride) for (_, image), r in zip(batch, results)]
         entries = [result_to_coco(r, ids, file_name=path.name, class_names=names, min_score=min_score, decimals=3)
                    for (path, _), r in zip(batch, results)]
         if args.vis:  # before the part: an image counts as done once its picture is written too

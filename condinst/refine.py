@@ -13,7 +13,7 @@ adds the best candidate covering that click and no negative one, a negative clic
 cuts the best candidate covering that click and no positive one (an object next to it).
 
 The candidates' logits are at stride 4: a boundary can be off by a few pixels wherever it lies.
-`snap_to_image` re-places it with the image as guidance (GrabCut in a band of about one logit cell
+`condinst.snap.snap_to_image` re-places it with the image as guidance (GrabCut in a band of about one logit cell
 either side of the boundary; what lies deeper inside or outside is fixed, so is every click's disc).
 
 Later clicks correct locally (`correct_at_click`): with a pending proposal (or a selected instance's
@@ -36,6 +36,7 @@ import torch
 
 from .explain import CandidateMasks, Explainer
 from .postprocess import binarize
+from .snap import CLICK_RADIUS, band_width as image_band, snap_to_image
 
 EPS = 1e-4
 TOP_K = 8
@@ -46,10 +47,7 @@ W_DET = 0.5
 MAX_PART = 0.5  # a click's candidate correction (and a negative click's cut) is at most this fraction of the mask
 REACH = 0.08  # of the long side: how far a click's own correction may reach
 OPEN = 0.004  # of the long side: a later click's change is opened by a disc this wide (cuts thin bridges)
-CLICK_RADIUS = 2  # px: the disc around each click that always has the click's value
 BAND_CELLS = 1.0  # the snap band: this many logit cells either side of the boundary
-GRABCUT_ITERS = 1  # one colour-model fit and one graph cut: 2 or 3 gave the same NoC here, at 2-3x the time
-GRABCUT_MAX_PIXELS = 60_000  # a bigger crop is cut at a lower scale (`grabcut`): ~40 ms on this CPU
 # A later click's correction (`correct_at_click`), in units of d, the click's distance to the nearest pixel that
 # already has its value (at most MAX_SHARE x the square root of the mask's area):
 MAX_SHARE = 0.1
@@ -146,15 +144,6 @@ def click_disc(mask: np.ndarray, x: int, y: int, value: bool, reach: int) -> Non
     mask[y0:y1, x0:x1][disc.astype(bool)] = value
 
 
-def click_discs(shape: tuple[int, int], clicks, value: bool, radius: int = CLICK_RADIUS) -> np.ndarray:
-    """(H, W) bool: the discs of radius `radius` around the ((x, y), v) clicks with v == value."""
-    out = np.zeros(shape, np.uint8)
-    for (x, y), v in clicks:
-        if v == value:
-            cv2.circle(out, (int(x), int(y)), radius, 1, -1)
-    return out.astype(bool)
-
-
 def enforce_clicks(mask: np.ndarray, clicks, radius: int = CLICK_RADIUS) -> np.ndarray:
     """(H, W) bool: `mask` with every positive click's disc in and every negative click's disc out
     (a later click wins where two discs meet)."""
@@ -191,77 +180,6 @@ def local_update(prior: np.ndarray, proposal: np.ndarray, fresh, clicks) -> np.n
             continue
         mask[change] = value
     return mask
-
-
-def snap_to_image(image: np.ndarray, mask: np.ndarray, band: int, clicks=(), window: np.ndarray | None = None,
-                  unsure: np.ndarray | None = None, iterations: int = GRABCUT_ITERS) -> np.ndarray:
-    """(H, W) bool: `mask` with its boundary re-placed where the (H, W, 3) uint8 image shows an edge.
-
-    GrabCut (colour models + contrast-sensitive smoothness) decides only the pixels within `band` px
-    of the boundary; deeper inside stays in, farther outside stays out, every click's disc keeps the
-    click's value, and so does everything outside `window` ((H, W) bool, None = everywhere); the pixels
-    of `unsure` ((H, W) bool, e.g. what a later click changed) are decided by GrabCut whatever their depth.
-    """
-    if not mask.any() or band < 1:
-        return mask
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask | (window if window is not None else False))
-    margin = 2 * band + 2
-    y0, y1 = max(int(ys.min()) - margin, 0), min(int(ys.max()) + margin + 1, h)
-    x0, x1 = max(int(xs.min()) - margin, 0), min(int(xs.max()) + margin + 1, w)
-    m = mask[y0:y1, x0:x1].astype(np.uint8)
-    inside = cv2.distanceTransform(np.pad(m, 1, constant_values=1), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
-    labels = np.where(m > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-    labels[inside > band] = cv2.GC_FGD
-    labels[outside > band] = cv2.GC_BGD
-    if unsure is not None:
-        u = unsure[y0:y1, x0:x1]
-        labels[u & (m > 0)] = cv2.GC_PR_FGD
-        labels[u & (m == 0)] = cv2.GC_PR_BGD
-    if window is not None:
-        fixed = ~window[y0:y1, x0:x1]
-        labels[fixed & (m > 0)] = cv2.GC_FGD
-        labels[fixed & (m == 0)] = cv2.GC_BGD
-    clicks = [((x - x0, y - y0), v) for (x, y), v in clicks if y0 <= y < y1 and x0 <= x < x1]
-    labels[click_discs(m.shape, clicks, True)] = cv2.GC_FGD
-    labels[click_discs(m.shape, clicks, False)] = cv2.GC_BGD
-    unsure = (labels == cv2.GC_PR_FGD) | (labels == cv2.GC_PR_BGD)
-    hard_fg, hard_bg = (labels == cv2.GC_FGD).sum(), (labels == cv2.GC_BGD).sum()
-    if not unsure.any() or hard_fg < 20 or hard_bg < 20:  # too few samples for the colour models
-        return mask
-    crop = np.ascontiguousarray(image[y0:y1, x0:x1, ::-1])  # GrabCut reads BGR-ordered 8-bit
-    out = mask.copy()
-    out[y0:y1, x0:x1] = grabcut(crop, labels, iterations)
-    return out
-
-
-def grabcut(crop: np.ndarray, labels: np.ndarray, iterations: int = GRABCUT_ITERS,
-            max_pixels: int = GRABCUT_MAX_PIXELS) -> np.ndarray:
-    """(h, w) bool foreground of GrabCut on the (h, w, 3) BGR crop from `labels` (h, w) GC_* uint8.
-
-    GrabCut's time grows with the crop's pixels (about 1.5 us each here, hard ones included): a crop above
-    `max_pixels` is cut at the scale that brings it there and the answer brought back to full size for the
-    unsure pixels only (hard labels keep their value), so its boundary is placed to within 1 / scale px
-    (at 12 MP: ~2 px, where one logit cell spans ~15 px).
-    """
-    h, w = labels.shape
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)  # GrabCut's k-means starts from OpenCV's global RNG: the same clicks give the same mask
-    if h * w <= max_pixels:
-        labels = labels.copy()
-        cv2.grabCut(crop, labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-        return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-    scale = np.sqrt(max_pixels / (h * w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
-    if not ((small == cv2.GC_PR_FGD) | (small == cv2.GC_PR_BGD)).any():
-        return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-    cv2.grabCut(cv2.resize(crop, size, interpolation=cv2.INTER_AREA), small, None, bgd, fgd, iterations,
-                cv2.GC_INIT_WITH_MASK)
-    fg = ((small == cv2.GC_FGD) | (small == cv2.GC_PR_FGD)).astype(np.float32)
-    fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
-    return np.where(labels == cv2.GC_FGD, True, np.where(labels == cv2.GC_BGD, False, fg))
 
 
 def correct_at_click(image: np.ndarray, mask: np.ndarray, x: int, y: int, value: bool, clicks, band: int,
@@ -302,8 +220,7 @@ def correct_at_click(image: np.ndarray, mask: np.ndarray, x: int, y: int, value:
 
 def band_width(explainer: Explainer, stride: int) -> int:
     """Pixels of the original image that one logit cell spans, times BAND_CELLS."""
-    scale = explainer.input_size[0] / explainer.image_size[0]
-    return max(1, int(round(BAND_CELLS * stride / scale)))
+    return image_band(explainer.input_size, explainer.image_size, stride, BAND_CELLS)
 
 
 def refine_mask(explainer: Explainer, image: np.ndarray | None, positive, negative, threshold: float,

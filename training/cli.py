@@ -166,6 +166,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     parser.add_argument("--output", help="write the detections as a COCO results JSON here")
     parser.add_argument("--max-images", type=positive_int, help="evaluate only the first N images (quick check)")
+    parser.add_argument("--snap-edges", action="store_true",
+                        help="score the masks with their boundaries snapped to the image's edges (condinst.snap; "
+                             "what the annotation app stores); default: the model's own masks")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="bad annotations/images: stop with an error (default) or skip them")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -198,7 +201,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     dataset = _open_dataset(args.ann, args.images, args.on_error)  # checked before the model loads
     predictor = Predictor.from_weights(args.weights, config, device=str(device))
     out = evaluate(predictor, dataset, output_file=args.output, progress=not args.no_progress,
-                   max_images=args.max_images, log_summary=False)
+                   max_images=args.max_images, log_summary=False, snap_edges=args.snap_edges)
     print(f"{out.num_images} images, {out.num_detections} detections, {out.seconds:.1f}s "
           f"({1000 * out.timings['inference_s_per_image']:.0f} ms/image inference)")
     print(format_metrics(out.metrics))

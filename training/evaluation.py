@@ -31,6 +31,7 @@ from pycocotools.cocoeval import COCOeval
 from condinst.config import ConfigError
 from condinst.coco import result_to_coco
 from condinst.io import atomic_write_json
+from condinst.snap import mask_stride, snap_result
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +136,10 @@ def model_category_ids(predictor: Any, dataset: Any) -> tuple[int, ...]:
 
 @torch.no_grad()
 def evaluate(predictor: Any, dataset: Any, output_file: str | os.PathLike | None = None, progress: bool = True,
-             max_images: int | None = None, log_summary: bool = True) -> EvalOutput:
+             max_images: int | None = None, log_summary: bool = True, snap_edges: bool = False) -> EvalOutput:
     """Run `predictor` (a condinst.predictor.Predictor) over every image of `dataset` (CocoInstances)
     and score box and mask AP against the dataset's ground truth; optionally write the results JSON.
+    `snap_edges`: the masks' boundaries snapped to the image's edges first (`condinst.snap`, as the app does).
 
     Images whose dataset entry cannot be read raise (the dataset already checked them at start-up).
     """
@@ -162,6 +164,8 @@ def evaluate(predictor: Any, dataset: Any, output_file: str | os.PathLike | None
             t0 = time.perf_counter()
             result = predictor(record["image"])[0]
             infer_time += time.perf_counter() - t0
+            if snap_edges:
+                result = snap_result(record["image"], result, mask_stride(predictor.cfg))
             image_ids.append(int(record["image_id"]))
             results.extend(result_to_coco(result, category_ids, image_id=record["image_id"]))
     finally:

@@ -84,10 +84,11 @@ def health(backend) -> dict:
 
 @pytest.fixture(scope="module")
 def predicted(studio):
-    """`condinst predict` of the three images (score >= 0.5, the backend's default threshold)."""
+    """`condinst predict` of the three images (score >= 0.5, the backend's default threshold; masks snapped to the
+    image's edges, as the backend sends them by default)."""
     out = studio["tmp"] / "predict.json"
     run("-m", "condinst", "predict", "--weights", str(WEIGHTS), "--input", *[str(FRUITS / n) for n in IMAGES],
-        "--output", str(out), "--score-threshold", "0.5", "--workers", "0")
+        "--output", str(out), "--score-threshold", "0.5", "--workers", "0", "--snap-edges")
     by_image: dict[str, list] = {name: [] for name in IMAGES}
     names = {1: "date", 2: "fig", 3: "hazelnut"}
     for entry in json.loads(out.read_text()):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from condinst.refine import correct_at_click, enforce_clicks, snap_to_image
+from condinst.refine import correct_at_click, enforce_clicks
+from condinst.snap import snap_to_image
 
 
 def disc_image(shape=(160, 200), centre=(100, 80), radius=40) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +81,7 @@ def test_later_negative_clicks_cut_an_extra_band_and_never_add():
 def test_a_big_crop_is_snapped_at_a_lower_scale_to_within_a_few_pixels_and_keeps_its_hard_labels():
     """At 12 MP a fruit's crop is ~0.6 MP and GrabCut took ~1 s there: above GRABCUT_MAX_PIXELS it runs at the
     scale that brings the crop there, and the answer only fills the unsure band."""
-    from condinst.refine import grabcut
+    from condinst.snap import grabcut
 
     image, truth = disc_image(shape=(800, 1000), centre=(500, 400), radius=300)
     off = np.zeros(truth.shape, np.uint8)

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the Label Studio images and exports are fetched from (default: $LABEL_STUDIO_URL or "
                          "%(default)s)")
     ml.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ml.add_argument("--raw-masks", action="store_true",
+                    help="send the model's own masks (by default their boundaries are snapped to the image's edges, "
+                         "as in the app)")
     ml.add_argument("--score-threshold", type=probability, default=0.5,
                     help="pre-annotate instances scoring at least this (default %(default)s)")
     ml.add_argument("--workdir", default=str(default_workspace_dir().parent / "ml-backend"),
@@ -125,7 +128,7 @@ def run_backend(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        session = ModelSession.load(weights, args.config, device=args.device)
+        session = ModelSession.load(weights, args.config, device=args.device, snap_edges=not args.raw_masks)
     except (CheckpointError, ConfigError) as exc:
         raise ArgumentError(f"cannot load the model: {exc}") from None
     studio = LabelStudio(args.label_studio_url, os.environ["LABEL_STUDIO_API_KEY"])
