@@ -156,7 +156,8 @@ class ModelSession:
         """One Markdown line about the model in use."""
         classes = ", ".join(self.class_name(k) for k in range(min(self.num_classes, 6)))
         more = f", ... ({self.num_classes} classes)" if self.num_classes > 6 else ""
-        return f"Model: `{self.name}` on {self.device} - classes: {classes}{more}"
+        masks = " - masks snapped to edges" if self.snap_edges else ""
+        return f"Model: `{self.name}` on {self.device} - classes: {classes}{more}{masks}"
 
     # ---- running the model --------------------------------------------------------------------------
     def explainer(self, image_key: str, load_image: Callable[[], np.ndarray]):
