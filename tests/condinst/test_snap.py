@@ -78,3 +78,22 @@ def test_an_image_of_another_size_is_refused():
 def test_the_band_is_one_logit_cell_in_image_pixels():
     assert band_width((352, 469), (600, 800), 4) == 7  # the bundled model on an 800x600 photo
     assert band_width((800, 1067), (800, 1067), 4) == 4 and band_width((800, 1067), (3000, 4000), 4) == 15
+
+
+def test_a_wide_band_is_snapped_at_a_smaller_scale_as_well_as_at_full_scale():
+    """A big photo's band (here 5x the image, band 20 > SNAP_BAND_PX) is snapped at the scale where it is 8 px
+    wide: within a few pixels of the full-scale answer, and pixels away from the boundary keep their value."""
+    from condinst.snap import SNAP_BAND_PX, snap_scaled
+
+    image, truths = two_discs()
+    image = cv2.resize(image, (1500, 1000), interpolation=cv2.INTER_CUBIC)
+    truth = cv2.resize(truths[0].astype(np.uint8), (1500, 1000), interpolation=cv2.INTER_NEAREST).astype(bool)
+    guess = cv2.resize(stride4_guess(truths[0]).astype(np.uint8), (1500, 1000),
+                       interpolation=cv2.INTER_NEAREST).astype(bool)
+    band = 20
+    assert band > SNAP_BAND_PX
+    fast, full = snap_scaled(image, guess, band), snap_to_image(image, guess, band, max_pixels=10**9)
+    assert iou(fast, truth) > 0.98 and iou(full, truth) > 0.98 and iou(fast, full) > 0.98, \
+        (iou(guess, truth), iou(fast, truth), iou(full, truth))
+    far = cv2.distanceTransform((~guess).astype(np.uint8), cv2.DIST_L2, 3) > 2 * band  # far outside: untouched
+    assert not fast[far].any()
