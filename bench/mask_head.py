@@ -24,7 +24,7 @@ import torch
 from bench.common import (add_common_args, autocast, environment, format_table, parse_list, parse_size,
                           peak_memory_mb, release_memory, reset_peak_memory, settings_of, setup, time_fn, write_json)
 from condinst.dynamic_mask_head import DynamicMaskHead
-from condinst.config import get_preset
+from condinst.arch import get_preset
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condinst.config import (BackboneConfig, CondInstConfig, MaskBranchConfig, NeckConfig, get_preset)
+from condinst.arch import get_preset
+from condinst.config import BackboneConfig, CondInstConfig, MaskBranchConfig, NeckConfig
 from condinst.model import CondInst, normalize_and_pad
 from condinst.postprocess import ImageResult
 from condinst.predictor import Predictor

@@ -43,7 +43,8 @@ import torch
 from bench.common import (AMP_DTYPES, add_common_args, autocast, environment, format_table, parse_list, parse_size,
                           peak_memory_mb, release_memory, reset_peak_memory, settings_of, setup, time_fn, write_json)
 from bench.models import build_maskrcnn, condinst_config, random_instances, sipmask_config
-from condinst.config import CondInstConfig, load_config
+from condinst.config import CondInstConfig
+from condinst.config_sources import load_config
 from condinst.model import CondInst
 from condinst.sipmask.model import SipMask
 from training.losses import compute_losses

@@ -252,7 +252,7 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
     from .predictor import load_model
 
-    from .config import load_config
+    from .config_sources import load_config
 
     if (args.dense_only or calibration) and getattr(load_config(args.config or args.weights), "arch", "") == "sipmask":
         raise CLIError(f"{args.weights}: SipMask exports as the fp32 whole graph only (no --dense-only or "

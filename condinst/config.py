@@ -1,18 +1,15 @@
 """Plain-dataclass configuration of a CondInst model.
 
 One `CondInstConfig` describes the architecture, the input pipeline and the test-time settings.
-Presets named after the official AdelaiDet models (and the mmdetection recipe) are built by
-`get_preset(name)`; `CondInstConfig.to_dict` / `from_dict` round-trip a config through JSON so
-checkpoints can carry it. `load_config` is the one front door: preset, YAML, JSON dump or checkpoint.
+Presets named after the official AdelaiDet models (and the mmdetection recipe) are `PRESETS`;
+`CondInstConfig.to_dict` / `from_dict` round-trip a config through JSON so checkpoints can carry it.
+Above this module: `condinst.arch` (every model's presets, `get_preset`, `config_from_dict`) and
+`condinst.config_sources.load_config`, the one front door (preset, YAML, JSON dump or checkpoint).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from .errors import UserError
@@ -296,91 +293,3 @@ PRESETS: dict[str, Any] = {
     "MS_R_101_BiFPN_3x_sem": lambda: _adelaidet("MS_R_101_BiFPN_3x_sem", 101, True, True, True),
     "mmdet_condinst_r50_fpn_ms_poly_90k": _mmdet_r50,
 }
-
-
-def all_presets() -> dict[str, Any]:
-    """CondInst's presets and the other models' (SipMask), name -> factory."""
-    from .sipmask.presets import SIPMASK_PRESETS
-
-    return {**PRESETS, **SIPMASK_PRESETS}
-
-
-def get_preset(name: str) -> CondInstConfig:
-    """Return a fresh config for a named preset (see `PRESETS`, and SipMask's `SIPMASK_PRESETS`)."""
-    presets = all_presets()
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(presets)}")
-    return presets[name]().validate()
-
-
-def config_from_dict(d: Mapping[str, Any]) -> CondInstConfig:
-    """A config dict of any model (its `arch` entry decides: absent = CondInst, "sipmask" = SipMask)."""
-    if isinstance(d, Mapping) and d.get("arch") == "sipmask":
-        from .sipmask.config import SipMaskConfig
-
-        return SipMaskConfig.from_dict(dict(d))
-    return CondInstConfig.from_dict(dict(d) if isinstance(d, Mapping) else d)
-
-
-def is_config(obj: Any) -> bool:
-    """Whether `obj` is a model config (CondInst or SipMask)."""
-    from .sipmask.config import SipMaskConfig
-
-    return isinstance(obj, (CondInstConfig, SipMaskConfig))
-
-
-CHECKPOINT_SUFFIXES = (".pth", ".pt")
-
-
-def load_config(source: "CondInstConfig | str | os.PathLike | Mapping[str, Any]") -> CondInstConfig:
-    """Every way a config is given, in one place (CLI `--config`, the predictor, training resume).
-
-    `source` is a config (returned as is), a preset name (`PRESETS`), an AdelaiDet YAML file or
-    `cfg.dump()`, our JSON dump (a run's `config.json`, optionally `{"config": {...}}`), a checkpoint
-    file (its stored config, or the architecture recognised from an official one's keys), or an
-    already loaded checkpoint / config mapping. Raises ConfigError (or CheckpointError) in one line.
-    """
-    if is_config(source):
-        return source
-    if isinstance(source, Mapping):
-        return _config_from_mapping(source)
-    text = str(source)
-    presets = all_presets()
-    if text in presets:
-        return get_preset(text)
-    path = Path(text)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json", *CHECKPOINT_SUFFIXES):
-        raise ConfigError(f"--config {text!r} is neither a preset ({', '.join(presets)}) nor a .yaml, .json or "
-                          "checkpoint file")
-    if not path.is_file():
-        raise ConfigError(f"--config {text}: no such file")
-    if suffix in (".yaml", ".yml"):
-        from .yaml_config import config_from_yaml
-
-        return config_from_yaml(text)
-    if suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"--config {text}: not valid JSON ({e})") from None
-        return _config_from_mapping(data)
-    from .checkpoint import read_checkpoint
-
-    return _config_from_mapping(read_checkpoint(path))
-
-
-def _config_from_mapping(data: Any) -> CondInstConfig:
-    """A config dict, `{"config": {...}}`, or a loaded checkpoint (ours, AdelaiDet or mmdetection)."""
-    if isinstance(data, Mapping) and "backbone" not in data and isinstance(data.get("config"), Mapping) \
-            and "model" not in data:
-        data = data["config"]
-    if isinstance(data, Mapping) and ("model" in data or "state_dict" in data):
-        from .checkpoint import config_from_checkpoint, split_checkpoint
-
-        sd, kind, extras = split_checkpoint(dict(data))
-        return config_from_checkpoint(extras, sd, kind)
-    try:
-        return config_from_dict(data).validate()
-    except TypeError as e:
-        raise ConfigError(f"invalid config: {e}") from None

@@ -25,6 +25,10 @@ class UserError(Exception):
     """
 
 
+class CheckpointError(UserError, ValueError):
+    """A weights file that cannot be read, or that does not fit the model (`condinst.checkpoint`)."""
+
+
 def user_message(exc: BaseException) -> str | None:
     """The one-line message of an expected error, or None when `exc` is not one (a bug).
 

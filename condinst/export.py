@@ -24,7 +24,8 @@ from torch import nn
 
 import numpy as np
 
-from .config import CondInstConfig, config_from_dict
+from .arch import config_from_dict
+from .config import CondInstConfig
 from .detections import Detections, level_locations
 from .errors import UserError
 from .model import CondInst, HeadOutputs, InstanceResult

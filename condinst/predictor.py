@@ -14,7 +14,8 @@ import torch
 
 from .checkpoint import (CheckpointError, config_from_checkpoint, load_state_dict_strict, read_checkpoint,
                          split_checkpoint)
-from .config import CondInstConfig, ConfigError, load_config
+from .config import CondInstConfig, ConfigError
+from .config_sources import load_config
 from .model import CondInst, HeadOutputs, InstanceResult, build_model, normalize_and_pad
 from .postprocess import ImageResult
 from .preprocess import resize_for_test, resized_shape, to_rgb_uint8

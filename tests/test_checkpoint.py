@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from condinst.checkpoint import CheckpointError, save_checkpoint
-from condinst.config import ConfigError, PRESETS, get_preset
+from condinst.arch import get_preset
+from condinst.config import ConfigError, PRESETS
 from condinst.model import CondInst
 from condinst.predictor import Predictor, load_model
 from testutils import official_recipe_state_dict, randomize_, tiny_config

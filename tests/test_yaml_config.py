@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from condinst.config import CondInstConfig, ConfigError, get_preset
+from condinst.arch import get_preset
+from condinst.config import CondInstConfig, ConfigError
 from condinst.yaml_config import KEYS_FILE, config_from_yaml, config_from_yaml_dict, load_yaml_with_base
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -181,7 +181,8 @@ def tiny_sipmask(preset: str = "sipmask_r50_caffe_fpn_gn_1x", seed: int = 0, min
     everywhere (class logits 0, boxes about 2 x `box_cells` cells wide): (model in eval mode, config)."""
     import torch
 
-    from condinst.config import BackboneConfig, NeckConfig, get_preset
+    from condinst.arch import get_preset
+    from condinst.config import BackboneConfig, NeckConfig
     from condinst.sipmask.model import SipMask
 
     cfg = get_preset(preset)

@@ -18,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 from condinst.cli import Command, build_parser
-from condinst.config import PRESETS, load_config
+from condinst.config import PRESETS
+from condinst.config_sources import load_config
 from condinst.errors import EXIT_USAGE, UserError, run_reporting_errors
 from condinst.validate import (check_device, existing_dir, existing_file, non_negative_int, positive_int,
                                writable_dir, writable_file)

@@ -40,7 +40,8 @@ from torch import nn
 
 from condinst.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, split_checkpoint
 from condinst.checkpoint import load_state_dict_strict
-from condinst.config import CondInstConfig, ConfigError, load_config
+from condinst.config import CondInstConfig, ConfigError
+from condinst.config_sources import load_config
 from condinst.backbone import ResNet
 from condinst.model import CondInst, build_model
 

@@ -1,7 +1,7 @@
 """Official SipMask checkpoints (mmdetection v1, `{'meta', 'state_dict'}`): key renaming and the
 architecture recognised from the keys and shapes.
 
-Backbone and neck keys are renamed by CondInst's mmdetection rules (`checkpoint.convert_mmdet_state_dict`);
+Backbone and neck keys are renamed by CondInst's mmdetection rules (`condinst.mmdet_keys`);
 the head keeps the official names except mmcv ConvModule's `conv.` (the conv itself here) and `gn.`
 (its `norm`), and SipMask++'s re-scoring convs, which live under `bbox_head.rescoring.`.
 """
@@ -12,6 +12,8 @@ import re
 import torch
 
 from ..coco import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from ..errors import CheckpointError
+from ..mmdet_keys import convert_mmdet_state_dict
 from .config import SipMaskConfig
 from .presets import SIPMASK_PRESETS
 
@@ -25,8 +27,6 @@ def is_sipmask_state_dict(sd: dict[str, torch.Tensor]) -> bool:
 
 def convert_sipmask_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official SipMask state dict -> our key names (unknown keys kept, so a strict load names them)."""
-    from ..checkpoint import convert_mmdet_state_dict
-
     out = convert_mmdet_state_dict({k: v for k, v in sd.items() if not k.startswith("bbox_head.")})
     for key, value in sd.items():
         if not key.startswith("bbox_head."):
@@ -47,8 +47,6 @@ def infer_sipmask_config(sd: dict[str, torch.Tensor]) -> SipMaskConfig:
     4 = high-accuracy 800 model), GN in the head, DCN stages, the re-scoring branch. Schedules (1x / ms 2x,
     6x / 10x) do not show in the weights: the first official config of that architecture is used.
     """
-    from ..checkpoint import CheckpointError
-
     res4 = {int(m[1]) for k in sd if (m := re.match(r"backbone\.bottom_up\.res4\.(\d+)\.", k))}
     depth = {6: 50, 23: 101}.get(len(res4))
     if depth is None:

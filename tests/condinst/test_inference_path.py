@@ -15,7 +15,9 @@ import torch
 
 from condinst.checkpoint import CheckpointError, save_checkpoint
 from condinst.cli import commands
-from condinst.config import ConfigError, get_preset, load_config
+from condinst.arch import get_preset
+from condinst.config import ConfigError
+from condinst.config_sources import load_config
 from condinst.detections import cell_detections
 from condinst.explain import Explainer
 from condinst.model import CondInst

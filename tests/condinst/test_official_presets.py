@@ -31,7 +31,8 @@ import pytest
 import torch
 
 from condinst.checkpoint import IGNORED_KEYS, split_checkpoint
-from condinst.config import PRESETS, get_preset
+from condinst.arch import get_preset
+from condinst.config import PRESETS
 from condinst.model import build_model
 from condinst.predictor import load_model
 from condinst.sipmask.presets import SIPMASK_PRESETS

@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from condinst.checkpoint import save_checkpoint  # noqa: E402
-from condinst.config import get_preset  # noqa: E402
+from condinst.arch import get_preset  # noqa: E402
 from condinst.export import CONFIG_KEY, GRAPH_KEY, export_onnx  # noqa: E402
 from condinst.model import build_model  # noqa: E402
 from condinst.predictor import Predictor, with_test_settings  # noqa: E402

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from condinst.checkpoint import save_checkpoint
-from condinst.config import get_preset, load_config
+from condinst.arch import get_preset
+from condinst.config_sources import load_config
 from condinst.model import build_model
 from condinst.predictor import Predictor, load_model
 from condinst.sipmask.config import SipMaskConfig

@@ -58,7 +58,7 @@ def test_cli_train_predict_evaluate(coco, tmp_path):
     assert main(["evaluate", "--weights", str(out / "model_final.pth"), "--ann", str(ann), "--images", str(images),
                  "--device", "cpu", "--output", str(results), "--no-progress"]) == 0
     assert isinstance(json.loads(results.read_text()), list)
-    from condinst.config import load_config
+    from condinst.config_sources import load_config
 
     assert load_config(str(out / "model_final.pth")).arch == "sipmask"
 
@@ -110,7 +110,7 @@ def test_cli_trains_sipmask_plus_plus_and_refuses_too_small_inputs(tmp_path, cap
     assert main(["train", "--config", str(config), "--output-dir", str(out), *args]) == 0
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss_iou" in r for r in log), log
-    from condinst.config import load_config
+    from condinst.config_sources import load_config
 
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert "bbox_head.rescoring.mask_scoring.weight" in state["model"]

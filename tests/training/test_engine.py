@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from condinst.checkpoint import CheckpointError, read_checkpoint
-from condinst.config import CondInstConfig, get_preset
+from condinst.arch import get_preset
+from condinst.config import CondInstConfig
 from condinst.model import CondInst
 from training.backbone_init import (NumpyOnlyUnpickler, adapt_config_to_init, apply_init_weights, convert_c2_name,
                                     read_init_weights)
