@@ -85,68 +85,6 @@ def test_one_image_row_insert_and_one_review_state_writer():
     assert review_writers and all(w.startswith("app/store/storage.py") for w in review_writers), review_writers
 
 
-def app_imports(module_level_only: bool = False) -> dict[str, set[str]]:
-    """app module -> the app modules it imports (`from app.x import y` counts app.x.y when that is a module)."""
-    modules = {".".join(p.relative_to(APP.parent).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in APP.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        nodes = tree.body if module_level_only else ast.walk(tree)
-        targets = set()
-        for node in nodes:
-            if isinstance(node, ast.Import):
-                targets.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets.add(node.module)
-                targets.update(f"{node.module}.{a.name}" for a in node.names)
-        graph[name] = {t for t in targets if t in modules and t != name and not name.startswith(t + ".")}
-    return graph
-
-
-def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan)."""
-    index, low, stack, on_stack, circles = {}, {}, [], set(), []
-
-    def visit(v):
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                circles.append(sorted(component))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return circles
-
-
-def test_the_circle_finder_finds_a_circle():
-    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert import_circles({"a": {"b"}, "b": set()}) == []
-
-
-def test_no_import_circle_inside_app():
-    """Observed before the redesign: one 13-module circle (actions, canvas, explain_page, images, mask_edits,
-    propagation, refine, review, screen, sequences, service, tracks, ytvis_export). Imports inside functions count."""
-    circles = import_circles(app_imports())
-    assert not circles, "import circles in app/:\n" + "\n".join(" -> ".join(c) for c in circles)
-
-
 def test_the_view_types_its_pending_states():
     """`View.refine` / `View.propagation` were typed `Any` to dodge an import of app.annotate / app.video."""
     tree = ast.parse((APP / "view.py").read_text(encoding="utf-8"))
