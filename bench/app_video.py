@@ -42,11 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the app process (2)")
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="model (the bundled one)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "app_video.json")
+    p.add_argument("--raw-masks", action="store_true",
+                   help="the app's --raw-masks: the model's own masks (default: snapped to the image's edges)")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # one measurement, in a fresh process
     return p.parse_args(argv)
 
 
-def measure(video: Path, weights: Path, threads: int) -> dict:
+def measure(video: Path, weights: Path, threads: int, snap_edges: bool = True) -> dict:
     """Everything the module docstring lists, for one video, in this process."""
     import torch
 
@@ -54,7 +56,7 @@ def measure(video: Path, weights: Path, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="bench-app-video-") as tmp:
-        service = Service.create(Path(tmp) / "ws", weights, max_video_frames=100_000)
+        service = Service.create(Path(tmp) / "ws", weights, max_video_frames=100_000, snap_edges=snap_edges)
         try:
             row: dict = {}
             t0 = time.perf_counter()
@@ -87,7 +89,7 @@ def measure(video: Path, weights: Path, threads: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child, args.weights, args.threads)))
+        print(json.dumps(measure(args.child, args.weights, args.threads, not args.raw_masks)))
         return {}
     import torch
 
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
                 writer.write(frame)
             writer.close()
             done = subprocess.run([sys.executable, "-m", "bench.app_video", "--child", str(video), "--weights",
-                                   str(args.weights), "--threads", str(args.threads)], cwd=REPO, capture_output=True,
+                                   str(args.weights), "--threads", str(args.threads)]
+                                  + (["--raw-masks"] if args.raw_masks else []), cwd=REPO, capture_output=True,
                                   text=True, check=True)
             rows.append({"video": f"{count} x {args.frame_size[1]}x{args.frame_size[0]}",
                          **json.loads(done.stdout.strip().splitlines()[-1])})
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
                ("peak RSS MB", "peak_rss_mb", "{:.0f}")]
     print(format_table(rows, columns))
     payload = {"benchmark": "app_video", "settings": {"frames": args.frames, "frame_size": list(args.frame_size),
-                                                      "threads": args.threads, "weights": str(args.weights)},
+                                                      "threads": args.threads, "weights": str(args.weights),
+                                                      "snap_edges": not args.raw_masks},
                "torch": torch.__version__, "results": rows}
     print(f"wrote {write_json(args.out, payload)}")
     return payload
