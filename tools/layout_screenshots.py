@@ -37,7 +37,15 @@ def opened(page, url: str) -> None:
     page.wait_for_timeout(1500)  # let the side panels settle for the picture
 
 
+def settled(page) -> None:
+    """Wait until no Gradio progress text ("processing | 0.3s") shows: the page's load chain and any event have
+    answered (a shot taken earlier shows a spinner and a timer on every output of the event still running)."""
+    page.wait_for_function("() => ![...document.querySelectorAll('.progress-text')].some(e => e.offsetParent)",
+                           timeout=120_000)
+
+
 def shoot(page, path: Path) -> None:
+    settled(page)
     page.screenshot(path=str(path), quality=80)
     print(path)
 
