@@ -150,8 +150,10 @@ def snap_scaled(image: np.ndarray, mask: np.ndarray, band: int) -> np.ndarray:
     return np.where(changed, grown, mask)
 
 
-def snap_masks(image: np.ndarray, masks: InstanceMasks, band: int, workers: int = 2) -> InstanceMasks:
-    """Every mask of `masks` with its boundary snapped to the (H, W, 3) uint8 RGB image (`snap_to_image`).
+def snap_masks(image: np.ndarray, masks: InstanceMasks, band: int, workers: int = 2,
+               rows: set[int] | None = None) -> InstanceMasks:
+    """Every mask of `masks` (or those of `rows`, the others as they are) with its boundary snapped to the
+    (H, W, 3) uint8 RGB image (`snap_to_image`).
 
     Works crop by crop, each widened by the band it may move into (nothing full-size), on `workers`
     threads (OpenCV releases the GIL; each thread seeds its own GrabCut RNG, so the result does not depend
@@ -179,18 +181,23 @@ def snap_masks(image: np.ndarray, masks: InstanceMasks, band: int, workers: int 
         return (torch.from_numpy(np.ascontiguousarray(snapped[r0:r1, c0:c1])).to(crop.device),
                 (int(wy0 + r0), int(wx0 + c0)))
 
-    if workers > 1 and len(masks) > 1:
-        with ThreadPoolExecutor(min(workers, len(masks))) as pool:
-            done = list(pool.map(one, masks.crops, masks.offsets))
+    todo = [k for k in range(len(masks)) if rows is None or k in rows]
+    done = dict(zip(range(len(masks)), zip(masks.crops, masks.offsets)))
+    if workers > 1 and len(todo) > 1:
+        with ThreadPoolExecutor(min(workers, len(todo))) as pool:
+            done.update(zip(todo, pool.map(lambda k: one(*done[k]), todo)))
     else:
-        done = [one(c, o) for c, o in zip(masks.crops, masks.offsets)]
-    return InstanceMasks([c for c, _ in done], [o for _, o in done], masks.image_size)
+        done.update((k, one(*done[k])) for k in todo)
+    return InstanceMasks([done[k][0] for k in range(len(masks))], [done[k][1] for k in range(len(masks))],
+                         masks.image_size)
 
 
-def snap_result(image: np.ndarray, result: ImageResult, stride: int, workers: int = 2) -> ImageResult:
-    """`result` (one image's detections) with its masks snapped to the (H, W, 3) uint8 RGB image, in a band of
-    one logit cell (`stride` / the scale the model read the image at); boxes, scores and classes unchanged."""
+def snap_result(image: np.ndarray, result: ImageResult, stride: int, workers: int = 2,
+                rows: set[int] | None = None) -> ImageResult:
+    """`result` (one image's detections) with its masks (or those of `rows`) snapped to the (H, W, 3) uint8 RGB
+    image, in a band of one logit cell (`stride` / the scale the model read the image at); boxes, scores and
+    classes unchanged."""
     band = band_width(result.input_size, result.image_size, stride)
     return ImageResult(result.boxes, result.scores, result.classes,
-                       snap_masks(image, result.instance_masks, band, workers), result.detections,
+                       snap_masks(image, result.instance_masks, band, workers, rows), result.detections,
                        result.image_size, result.input_size)

@@ -210,13 +210,14 @@ class ModelSession:
                 result = self.predictor(pixels())[0]
         return self.to_predictions(result, pixels() if self.snap_edges and len(result) else None)
 
-    def to_predictions(self, result, image: np.ndarray | None = None) -> list[Prediction]:
+    def to_predictions(self, result, image: np.ndarray | None = None, rows: set[int] | None = None) -> list[Prediction]:
         """A `condinst.postprocess.ImageResult` as workspace predictions (per-instance RLE, with meta);
-        with `snap_edges` and the (H, W, 3) uint8 RGB `image`, their boundaries snapped to its edges."""
+        with `snap_edges` and the (H, W, 3) uint8 RGB `image`, their boundaries snapped to its edges (only
+        those of `rows` when given: the ones the caller keeps)."""
         from condinst.snap import mask_stride, snap_result
 
         if self.snap_edges and image is not None:  # outside the model's lock: plain CPU work on this image
-            result = snap_result(image, result, mask_stride(self.predictor.cfg))
+            result = snap_result(image, result, mask_stride(self.predictor.cfg), rows=rows)
         det = result.detections
         (h, w), (ih, iw) = result.image_size, result.input_size
         masks = result.instance_masks

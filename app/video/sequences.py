@@ -154,7 +154,7 @@ class SequenceLibrary:
                     break
                 assignments = tracker.update(frame)
             tracks = {row: track_id for track_id, row in assignments}
-            predictions = session.to_predictions(frame.result, frame.image)
+            predictions = session.to_predictions(frame.result, frame.image, rows=set(tracks))  # the rows stored
             prepared = prepare_array(frame.image, ws.max_pixels, f"{stem}_{frame.index:05d}.png")
             relative = f"{ws.images_dir.name}/{token}-{frame.index:05d}.png"
             preview = f"{ws.previews_dir.name}/{token}-{frame.index:05d}.jpg" if prepared.preview_jpeg else None

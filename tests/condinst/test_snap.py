@@ -97,3 +97,14 @@ def test_a_wide_band_is_snapped_at_a_smaller_scale_as_well_as_at_full_scale():
         (iou(guess, truth), iou(fast, truth), iou(full, truth))
     far = cv2.distanceTransform((~guess).astype(np.uint8), cv2.DIST_L2, 3) > 2 * band  # far outside: untouched
     assert not fast[far].any()
+
+
+def test_only_the_rows_asked_for_are_snapped():
+    """A video stores only the detections its tracker kept: the others are left as the model gave them."""
+    image, truths = two_discs()
+    guesses = [stride4_guess(t) for t in truths]
+    masks = InstanceMasks.from_dense(torch.from_numpy(np.stack(guesses)))
+    out = snap_masks(image, masks, 4, rows={1})
+    assert torch.equal(out.crops[0], masks.crops[0]) and out.offsets[0] == masks.offsets[0]
+    assert (out.mask(1).numpy() == snap_masks(image, masks, 4).mask(1).numpy()).all()
+    assert not torch.equal(out.mask(1), masks.mask(1))
