@@ -33,7 +33,7 @@ from app.view import View, visible
 from app.store.workspace_slot import WorkspaceSlot
 
 EDITOR_DIR = Path(__file__).resolve().parent / "editor"
-EDITOR_JS = ("editor.js", "editor_tiles.js", "editor_video.js", "editor_page.js")  # one function body, in this order (the others use editor.js's names)
+EDITOR_JS = ("editor.js", "editor_tiles.js", "editor_video.js", "editor_empty.js", "editor_page.js")  # one function body, in this order (the others use editor.js's names)
 PALETTE = sv.ColorPalette.DEFAULT
 REFINE_COLOR = (255, 255, 255)
 CROWD_COLOR = (160, 160, 160)  # crowd regions: grey, hatched

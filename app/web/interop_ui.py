@@ -98,7 +98,7 @@ def build_tab() -> dict:
                 "**Preview import** shows the class mapping and new ids before anything is written. "
                 "For results JSON and folders use `python -m app import`.")
     with gr.Row():
-        p["file"] = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="import-file", height=110)
+        p["file"] = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="import-file", height=150)
         with gr.Column():
             p["skip_bad"] = gr.Checkbox(label="Skip bad annotations (listed in the report)", elem_id="import-skip-bad")
             p["duplicates"] = gr.Radio(["skip", "merge"], value="skip", elem_id="import-duplicates",

@@ -171,11 +171,11 @@ class AppUI:
             p["filter"] = gr.CheckboxGroup(label="Show classes", choices=categories, value=[c for _, c in categories],
                                            elem_id="class-filter")
         empty = self.service.workspace is None or not self.service.ws.list_images()
-        with gr.Accordion("Add images", open=empty):
+        with gr.Accordion("Add images", open=empty, elem_id="add-images"):
             with gr.Row():
                 p["upload"] = gr.File(label="Upload images or videos (segmented and tracked at once)",
                                       file_count="multiple", file_types=["image", *video_ui.VIDEO_TYPES],
-                                      elem_id="upload", height=120)
+                                      elem_id="upload", height=150)
                 with gr.Column():
                     p["samples"] = gr.Dropdown(label="Bundled samples", multiselect=True, elem_id="samples",
                                                choices=self.service.images.sample_names())

@@ -152,14 +152,8 @@ function draw() {
   ctx.setTransform(1, 0, 0, 1, 0, 0); ctx.clearRect(0, 0, canvas.width, canvas.height);
   const scene = st.scene;
   $(".ce-zoom").textContent = Math.round(st.s * k() * 100) + "%";
-  if (!scene || !scene.image || !st.img) {
-    if (scene && !scene.image) {  // an empty workspace or an empty filter: say what to do, where the picture would be
-      ctx.setTransform(dpr, 0, 0, dpr, 0, 0); ctx.fillStyle = "#ddd"; ctx.font = "15px sans-serif"; ctx.textAlign = "center";
-      ctx.fillText("No image to show: add images or videos in \u201cAdd images\u201d below (or the bundled samples).",
-                   canvas.clientWidth / 2, canvas.clientHeight / 2); ctx.textAlign = "left";
-    }
-    return;
-  }
+  showEmpty(!!scene && !scene.image);  // an empty workspace or filter: the ways to add images (editor_empty.js)
+  if (!scene || !scene.image || !st.img) return;
   ctx.setTransform(st.s * dpr, 0, 0, st.s * dpr, st.ox * dpr, st.oy * dpr);
   ctx.imageSmoothingEnabled = st.s < 1;
   if (st.img.complete) ctx.drawImage(st.img, 0, 0, scene.image.pw, scene.image.ph);
