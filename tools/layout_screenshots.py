@@ -1,7 +1,7 @@
-"""Screenshots of the app as an annotator sees it, to look at by hand: the main view at 1280x720, 1400x1000 and
-1920x1080, the key list (`?`), a video frame, Explain and Import & QA at 1280x720, and the team view (a second app
-with two accounts: bob's page while anna edits) at 1280x720 and 1920x1080 (bundled model, two bundled samples and
-a generated 8-frame clip; JPEG files in OUT).
+"""Screenshots of the app as an annotator sees it, to look at by hand: the main view, a video frame, Explain and
+Import & QA at 1280x720, 1400x1000 and 1920x1080, the key list (`?`) and an empty workspace at 1280x720, and the team
+view (a second app with two accounts: bob's page while anna edits) at 1280x720 and 1920x1080 (bundled model, two
+bundled samples and a generated 8-frame clip; JPEG files in OUT).
 
     python tools/layout_screenshots.py OUT [--port 7896]
 """
@@ -69,36 +69,37 @@ def main(argv: list[str] | None = None) -> int:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM)
                 for width, height in SIZES:
+                    size = f"{width}x{height}"
                     page = browser.new_page(viewport={"width": width, "height": height})
                     opened(page, f"{url}?image={first}")
-                    shoot(page, args.out / f"main-{width}x{height}.jpg")
+                    shoot(page, args.out / f"main-{size}.jpg")
+                    if width == 1280:
+                        page.keyboard.press("?")
+                        page.locator("#editor .ce-keys").wait_for(state="visible")
+                        shoot(page, args.out / f"keys-{size}.jpg")
+                        page.keyboard.press("Escape")
+                    opened(page, f"{url}?image={frame}")
+                    page.wait_for_selector("#video-header", state="visible")
+                    shoot(page, args.out / f"video-{size}.jpg")
+                    opened(page, f"{url}?image={first}")
+                    biggest = max(service.ws.instances(first), key=lambda inst: inst.area)
+                    page.locator("#instances [data-col='0']").filter(has_text=str(biggest.id)).first.click()
+                    page.wait_for_function("id => document.querySelector('#selected input').value === String(id)",
+                                           arg=biggest.id)
+                    page.get_by_role("tab", name="Explain").click()
+                    page.wait_for_selector("#explain-text h3")
+                    page.wait_for_timeout(1500)
+                    shoot(page, args.out / f"explain-{size}.jpg")
+                    page.get_by_role("tab", name="Import & QA").click()
+                    page.wait_for_timeout(1000)
+                    shoot(page, args.out / f"import-qa-{size}.jpg")
                     page.close()
-                page = browser.new_page(viewport={"width": 1280, "height": 720})
-                opened(page, f"{url}?image={first}")
-                page.keyboard.press("?")
-                page.locator("#editor .ce-keys").wait_for(state="visible")
-                shoot(page, args.out / "keys-1280x720.jpg")
-                page.keyboard.press("Escape")
-                opened(page, f"{url}?image={frame}")
-                page.wait_for_selector("#video-header", state="visible")
-                shoot(page, args.out / "video-1280x720.jpg")
-                opened(page, f"{url}?image={first}")
-                biggest = max(service.ws.instances(first), key=lambda inst: inst.area)
-                page.locator("#instances [data-col='0']").filter(has_text=str(biggest.id)).first.click()
-                page.wait_for_function("id => document.querySelector('#selected input').value === String(id)",
-                                       arg=biggest.id)
-                page.get_by_role("tab", name="Explain").click()
-                page.wait_for_selector("#explain-text h3")
-                page.wait_for_timeout(1500)
-                shoot(page, args.out / "explain-1280x720.jpg")
-                page.get_by_role("tab", name="Import & QA").click()
-                page.wait_for_timeout(1000)
-                shoot(page, args.out / "import-qa-1280x720.jpg")
                 browser.close()
         finally:
             demo.close()
             service.close()
         team_view(Path(tmp) / "team", args.out, args.port + 1)
+        empty_view(Path(tmp) / "empty", args.out, args.port + 2)
     return 0
 
 
@@ -134,6 +135,23 @@ def team_view(workspace: Path, out: Path, port: int) -> None:
                                               timeout=60_000)
                 width, height = pages[name].viewport_size["width"], pages[name].viewport_size["height"]
                 shoot(pages[name], out / f"team-{width}x{height}.jpg")
+            browser.close()
+    finally:
+        demo.close()
+        service.close()
+
+
+def empty_view(workspace: Path, out: Path, port: int) -> None:
+    """A new, empty workspace: what the canvas offers to add images, at 1280x720."""
+    service = Service.create(workspace, DEFAULT_WEIGHTS)
+    demo = launch(service, "127.0.0.1", port, block=False)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM)
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#editor .ce-empty").wait_for(state="visible")
+            shoot(page, out / "empty-1280x720.jpg")
             browser.close()
     finally:
         demo.close()
