@@ -38,10 +38,11 @@ def opened(page, url: str) -> None:
 
 
 def settled(page) -> None:
-    """Wait until no Gradio progress text ("processing | 0.3s") shows: the page's load chain and any event have
-    answered (a shot taken earlier shows a spinner and a timer on every output of the event still running)."""
-    page.wait_for_function("() => ![...document.querySelectorAll('.progress-text')].some(e => e.offsetParent)",
-                           timeout=120_000)
+    """Wait until no Gradio progress text ("processing | 0.3s") and no pending (dimmed) output shows: the page's load
+    chain and any event have answered (a shot taken earlier shows a spinner and a timer, or a dimmed component, on
+    every output of the event still running)."""
+    page.wait_for_function("() => ![...document.querySelectorAll('.progress-text, .pending, .translucent')]"
+                           ".some(e => e.offsetParent)", timeout=120_000)
 
 
 def shoot(page, path: Path) -> None:
