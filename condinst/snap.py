@@ -174,22 +174,23 @@ def snap_masks(image: np.ndarray, masks: InstanceMasks, band: int, workers: int 
         local = np.zeros((wy1 - wy0, wx1 - wx0), bool)
         local[y0 - wy0:y0 - wy0 + ch, x0 - wx0:x0 - wx0 + cw] = crop.cpu().numpy()
         snapped = (snap_scaled if band > SNAP_BAND_PX else snap_to_image)(image[wy0:wy1, wx0:wx1], local, band)
-        rows, cols = np.flatnonzero(snapped.any(1)), np.flatnonzero(snapped.any(0))
-        if not len(rows):
+        ys, xs = np.flatnonzero(snapped.any(1)), np.flatnonzero(snapped.any(0))
+        if not len(ys):
             return crop, offset
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        r0, r1, c0, c1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
         return (torch.from_numpy(np.ascontiguousarray(snapped[r0:r1, c0:c1])).to(crop.device),
                 (int(wy0 + r0), int(wx0 + c0)))
 
+    crops, offsets = list(masks.crops), list(masks.offsets)
     todo = [k for k in range(len(masks)) if rows is None or k in rows]
-    done = dict(zip(range(len(masks)), zip(masks.crops, masks.offsets)))
     if workers > 1 and len(todo) > 1:
         with ThreadPoolExecutor(min(workers, len(todo))) as pool:
-            done.update(zip(todo, pool.map(lambda k: one(*done[k]), todo)))
+            answers = list(pool.map(one, [crops[k] for k in todo], [offsets[k] for k in todo]))
     else:
-        done.update((k, one(*done[k])) for k in todo)
-    return InstanceMasks([done[k][0] for k in range(len(masks))], [done[k][1] for k in range(len(masks))],
-                         masks.image_size)
+        answers = [one(crops[k], offsets[k]) for k in todo]
+    for k, (crop, offset) in zip(todo, answers):
+        crops[k], offsets[k] = crop, offset
+    return InstanceMasks(crops, offsets, masks.image_size)
 
 
 def snap_result(image: np.ndarray, result: ImageResult, stride: int, workers: int = 2,
