@@ -50,6 +50,14 @@ def click_discs(shape: tuple[int, int], clicks, value: bool, radius: int = CLICK
     return out.astype(bool)
 
 
+def boundary_band(mask: np.ndarray, band: int) -> np.ndarray:
+    """(H, W) bool: the pixels of the (H, W) bool mask within `band` px of its boundary, on either side."""
+    m = mask.astype(np.uint8)
+    inside = cv2.distanceTransform(np.pad(m, 1, constant_values=1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    return np.where(m > 0, inside, outside) <= band
+
+
 def snap_to_image(image: np.ndarray, mask: np.ndarray, band: int, clicks=(), window: np.ndarray | None = None,
                   unsure: np.ndarray | None = None, iterations: int = GRABCUT_ITERS,
                   max_pixels: int = GRABCUT_MAX_PIXELS) -> np.ndarray:
@@ -68,11 +76,9 @@ def snap_to_image(image: np.ndarray, mask: np.ndarray, band: int, clicks=(), win
     y0, y1 = max(int(ys.min()) - margin, 0), min(int(ys.max()) + margin + 1, h)
     x0, x1 = max(int(xs.min()) - margin, 0), min(int(xs.max()) + margin + 1, w)
     m = mask[y0:y1, x0:x1].astype(np.uint8)
-    inside = cv2.distanceTransform(np.pad(m, 1, constant_values=1), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
-    labels = np.where(m > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-    labels[inside > band] = cv2.GC_FGD
-    labels[outside > band] = cv2.GC_BGD
+    near = boundary_band(m, band)  # GrabCut decides these; deeper inside is in, farther outside is out
+    labels = np.where(m > 0, np.where(near, cv2.GC_PR_FGD, cv2.GC_FGD),
+                      np.where(near, cv2.GC_PR_BGD, cv2.GC_BGD)).astype(np.uint8)
     if unsure is not None:
         u = unsure[y0:y1, x0:x1]
         labels[u & (m > 0)] = cv2.GC_PR_FGD
@@ -120,14 +126,6 @@ def grabcut(crop: np.ndarray, labels: np.ndarray, iterations: int = GRABCUT_ITER
     fg = ((small == cv2.GC_FGD) | (small == cv2.GC_PR_FGD)).astype(np.float32)
     fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
     return np.where(labels == cv2.GC_FGD, True, np.where(labels == cv2.GC_BGD, False, fg))
-
-
-def boundary_band(mask: np.ndarray, band: int) -> np.ndarray:
-    """(H, W) bool: the pixels of the (H, W) bool mask within `band` px of its boundary, on either side."""
-    m = mask.astype(np.uint8)
-    inside = cv2.distanceTransform(np.pad(m, 1, constant_values=1), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
-    return np.where(m > 0, inside, outside) <= band
 
 
 def snap_scaled(image: np.ndarray, mask: np.ndarray, band: int) -> np.ndarray:
