@@ -57,14 +57,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", durable: bool = True,
 
 def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = False) -> int:
     """Remove the temporary files (`.NAME.XXXX.tmp`) that writes interrupted by a kill left in `folder` (and its
-    subfolders when `recursive`); how many. Call it only when no process can be writing there."""
+    subfolders when `recursive`); how many. Call it only when no process can be writing there; a file that cannot be
+    removed is left (cleanup is best effort)."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
     for path in (folder.rglob if recursive else folder.glob)(".*.tmp"):
-        if path.is_file() and not path.is_symlink():
-            with contextlib.suppress(FileNotFoundError):
+        if path.is_file():
+            with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1
     return removed

@@ -62,7 +62,7 @@ from app.store.polygons import PolygonStats, export_polygons, mask_to_polygons  
 from app.store.records import is_crowd
 from app.interop.source_ids import export_ids
 from app.store.workspace import Instance, Workspace, WorkspaceSnapshot
-from condinst.io import atomic_open, fsync_dir
+from condinst.io import atomic_open, fsync_dir, remove_stale_temp_files
 
 MaskFormat = Literal["rle", "polygon"]
 ANNOTATIONS_DIR = "annotations"
@@ -314,12 +314,8 @@ def remove_stale_staging(folder: Path) -> int:
     removed = 0
     if not Path(folder).is_dir():
         return 0
-    for path in Path(folder).iterdir():
-        if path.name.startswith(".coco-export-") and path.is_dir():
+    for path in Path(folder).glob(".coco-export-*"):
+        if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
-        elif path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed += 1
-    return removed
+    return removed + remove_stale_temp_files(folder)
