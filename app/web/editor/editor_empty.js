@@ -5,7 +5,6 @@ function uploadInput() { return document.querySelector("#upload input[type=file]
 function showEmpty(empty) {  // called by draw()
   const box = $(".ce-empty");
   if (empty) { box.style.top = canvas.offsetTop + "px"; box.style.height = canvas.clientHeight + "px"; }
-  if (box.hidden === !empty) return;
   box.hidden = !empty;
 }
 function emptyShown() { return !$(".ce-empty").hidden; }
